@@ -1,0 +1,3 @@
+"""electiond: leader election for bare-metal LANs."""
+
+__version__ = "0.1.0"

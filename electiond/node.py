@@ -1,0 +1,184 @@
+"""Pure glue: one protocol, the membership view and the leadership history.
+
+The daemon's runtime, the simulator and the tests all drive a Node; none of
+them talks to a protocol directly, so a bug seen in one replays in the others.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from electiond.protocols.base import (
+    ROLE_FOLLOWER,
+    ROLE_LEADER,
+    Demote,
+    Effect,
+    ElectionProtocol,
+    LeaderChanged,
+    Message,
+    PersistedState,
+    Promote,
+    Settings,
+    SplitBrain,
+)
+from electiond.protocols.bully import Bully
+
+PROTOCOLS: dict[str, type[ElectionProtocol]] = {
+    Bully.name: Bully,
+}
+
+HISTORY_LENGTH = 200
+# DESIGN §6: more than this many leadership changes in an hour is flapping
+FLAP_CHANGES_PER_HOUR = 2
+FLAP_WINDOW_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    at: float  # node-local monotonic seconds
+    event: str  # promote, demote, leader, split_brain, hook, ...
+    term: int
+    detail: dict[str, Any]
+
+
+class Membership:
+    """Who was last heard from, and when (any authenticated message counts)."""
+
+    def __init__(self, settings: Settings, now: float) -> None:
+        self._settings = settings
+        self._last_seen: dict[str, float | None] = {m.name: None for m in settings.peers()}
+
+    def saw(self, name: str, now: float) -> None:
+        if name in self._last_seen:
+            self._last_seen[name] = now
+
+    def alive(self, name: str, now: float) -> bool:
+        seen = self._last_seen.get(name)
+        return seen is not None and now - seen <= self.liveness_window_s()
+
+    def liveness_window_s(self) -> float:
+        # a peer that multicasts nothing (a follower in bully) still answers
+        # elections; the window is generous because it is informational only
+        return max(3 * self._settings.election_timeout_max_s, 20 * self._settings.heartbeat_interval_s)
+
+    def last_seen(self, name: str) -> float | None:
+        return self._last_seen.get(name)
+
+
+class Node:
+    def __init__(
+        self,
+        settings: Settings,
+        protocol: str,
+        rng: random.Random,
+        now: float,
+        persisted: PersistedState | None = None,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}")
+        self.settings = settings
+        self.protocol_name = protocol
+        self.protocol = PROTOCOLS[protocol](settings, rng, now, persisted)
+        self.membership = Membership(settings, now)
+        self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_LENGTH)
+        self.leader_changes: deque[float] = deque()
+        self.split_brains = 0
+        self.started_at = now
+
+    # ---- inputs -----------------------------------------------------------
+
+    def on_message(self, msg: Message, now: float) -> list[Effect]:
+        self.membership.saw(msg.sender, now)
+        return self._observe(self.protocol.on_message(msg, now), now)
+
+    def on_tick(self, now: float) -> list[Effect]:
+        return self._observe(self.protocol.on_tick(now), now)
+
+    def deadline(self) -> float:
+        return self.protocol.deadline()
+
+    def transfer(self, target: str | None, now: float) -> list[Effect]:
+        return self._observe(self.protocol.transfer(target, now), now)
+
+    def stepdown(self, now: float) -> list[Effect]:
+        return self._observe(self.protocol.stepdown(now), now)
+
+    def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
+        return self._observe(self.protocol.set_eligible(eligible, now, reason), now)
+
+    def record(self, now: float, event: str, **detail: Any) -> None:
+        """Record something the shell did (a hook run, a pause) in the history."""
+        self.history.append(HistoryEntry(now, event, self.protocol.term, detail))
+
+    # ---- view -------------------------------------------------------------
+
+    def is_leader(self, now: float) -> bool:
+        return self.protocol.is_leader(now)
+
+    def role(self, now: float) -> str:
+        if self.is_leader(now):
+            return ROLE_LEADER
+        # a protocol whose lease ran out still says "leader" until its next tick
+        return ROLE_FOLLOWER if self.protocol.role == ROLE_LEADER else self.protocol.role
+
+    def flapping(self, now: float) -> bool:
+        self._trim_changes(now)
+        return len(self.leader_changes) > FLAP_CHANGES_PER_HOUR
+
+    def status(self, now: float) -> dict[str, Any]:
+        s = self.settings
+        self._trim_changes(now)
+        members = []
+        for m in s.members:
+            if m.name == s.node_name:
+                members.append({"name": m.name, "id": m.id, "alive": True, "last_seen_ms": 0.0, "self": True})
+                continue
+            seen = self.membership.last_seen(m.name)
+            members.append({
+                "name": m.name,
+                "id": m.id,
+                "alive": self.membership.alive(m.name, now),
+                "last_seen_ms": None if seen is None else round((now - seen) * 1000, 1),
+                "self": False,
+            })
+        leader = self.protocol.leader
+        return {
+            "node": s.node_name,
+            "cluster": s.cluster,
+            "protocol": self.protocol_name,
+            "role": self.role(now),
+            "leader": s.node_name if self.is_leader(now) else (leader if leader != s.node_name else None),
+            "term": self.protocol.term,
+            "members": members,
+            "quorum": s.quorum,
+            "leader_changes_last_hour": len(self.leader_changes),
+            "flapping": len(self.leader_changes) > FLAP_CHANGES_PER_HOUR,
+            "split_brains": self.split_brains,
+            **self.protocol.extra_status(now),
+        }
+
+    # ---- bookkeeping ----------------------------------------------------------
+
+    def _trim_changes(self, now: float) -> None:
+        while self.leader_changes and now - self.leader_changes[0] > FLAP_WINDOW_S:
+            self.leader_changes.popleft()
+
+    def _observe(self, effects: list[Effect], now: float) -> list[Effect]:
+        for e in effects:
+            if isinstance(e, Promote):
+                self.history.append(HistoryEntry(now, "promote", e.term, {"reason": e.reason}))
+            elif isinstance(e, Demote):
+                self.history.append(HistoryEntry(now, "demote", e.term, {"reason": e.reason}))
+            elif isinstance(e, LeaderChanged):
+                if e.leader is not None:
+                    self.leader_changes.append(now)
+                self.history.append(HistoryEntry(now, "leader", e.term, {"leader": e.leader}))
+            elif isinstance(e, SplitBrain):
+                self.split_brains += 1
+                self.history.append(
+                    HistoryEntry(now, "split_brain", e.term, {"other": e.other, "yielded": e.yielded})
+                )
+        return effects

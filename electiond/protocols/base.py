@@ -1,0 +1,235 @@
+"""Types shared by every protocol: settings, messages, effects, the interface.
+
+A protocol is a pure state machine. The shell (runtime, simulator, tests)
+feeds it messages and clock ticks with an explicit ``now`` (monotonic
+seconds on the node's own clock) and carries out the effects it returns, in
+order. Persist effects must be carried out before any later Send in the same
+list: that ordering is what makes a vote durable before it is announced.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+ROLE_LEADER = "leader"
+ROLE_FOLLOWER = "follower"
+ROLE_CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a protocol needs to know, already validated by config.py."""
+
+    cluster: str
+    node_name: str
+    members: tuple[Member, ...]
+    heartbeat_interval_s: float = 0.05
+    election_timeout_min_s: float = 0.15
+    election_timeout_max_s: float = 0.30
+    preempt: bool = True
+    preempt_delay_s: float = 5.0
+    priority: int = 0
+    # quorum-lease
+    lease_s: float = 0.15
+    clock_drift_ppm: float = 1000.0
+    lease_guard_s: float = 0.02
+    # failure detector
+    suspicion_threshold: float = 8.0
+    min_suspicion_timeout_s: float = 0.1
+    max_suspicion_timeout_s: float = 1.0
+    # election retries: backoff_base_s * 2**attempt + U(0, backoff_jitter_s), capped
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 2.0
+    backoff_jitter_s: float = 0.05
+    # bully: how long a candidate waits for ANSWER from a higher id
+    answer_timeout_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.members]
+        if self.node_name not in names:
+            raise ValueError(f"node {self.node_name!r} is not a member")
+        if len(set(names)) != len(names) or len({m.id for m in self.members}) != len(names):
+            raise ValueError("member names and ids must be unique")
+
+    @property
+    def self_member(self) -> Member:
+        return self.member(self.node_name)
+
+    @property
+    def self_id(self) -> int:
+        return self.self_member.id
+
+    @property
+    def quorum(self) -> int:
+        """A strict majority of the configured members."""
+        return len(self.members) // 2 + 1
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def id_of(self, name: str) -> int:
+        return self.member(name).id
+
+    def peers(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.name != self.node_name)
+
+    def follower_promise_s(self) -> float:
+        """L_f: how long a vote or heartbeat ack binds a follower.
+
+        L_f >= L*(1+rho)/(1-rho) + eps, so that even if the follower's clock
+        runs fast and the leader's slow by rho, the promise outlasts the lease.
+        """
+        rho = self.clock_drift_ppm / 1e6
+        epsilon_s = max(0.001, 0.05 * self.lease_s)
+        return self.lease_s * (1 + rho) / (1 - rho) + epsilon_s
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded, authenticated protocol message (the wire envelope's payload)."""
+
+    kind: str
+    sender: str
+    term: int
+    body: dict[str, Any] = field(default_factory=dict)
+    recipient: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PersistedState:
+    """What must survive a restart: the term (epoch) and the vote cast in it."""
+
+    term: int = 0
+    voted_for: str | None = None
+
+
+# ---- effects -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send a message; ``to=None`` means the multicast group."""
+
+    kind: str
+    term: int
+    body: dict[str, Any] = field(default_factory=dict)
+    to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Durably store state before carrying out any later effect."""
+
+    state: PersistedState
+
+
+@dataclass(frozen=True, slots=True)
+class Promote:
+    """This node became leader; ``term`` is the fencing token."""
+
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Demote:
+    """This node stopped being leader."""
+
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderChanged:
+    """This node's view of who leads changed (None: nobody known)."""
+
+    leader: str | None
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class SplitBrain:
+    """Two leaders heard each other (bully, ring): recorded and counted."""
+
+    other: str
+    term: int
+    yielded: bool
+
+
+Effect = Union[Send, Persist, Promote, Demote, LeaderChanged, SplitBrain]
+
+
+class CommandError(Exception):
+    """A local request (transfer, stepdown) that cannot be carried out now."""
+
+
+class ElectionProtocol(abc.ABC):
+    """The interface every protocol implements. All methods are pure."""
+
+    name: str = ""
+    # message kind -> {body field: type}; wire.py checks incoming bodies against it
+    MESSAGE_SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {}
+
+    def __init__(
+        self,
+        settings: Settings,
+        rng: random.Random,
+        now: float,
+        persisted: PersistedState | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rng = rng
+
+    @abc.abstractmethod
+    def on_message(self, msg: Message, now: float) -> list[Effect]:
+        """Handle one authenticated message from a peer."""
+
+    @abc.abstractmethod
+    def on_tick(self, now: float) -> list[Effect]:
+        """Handle the passage of time; called at or after ``deadline()``."""
+
+    @abc.abstractmethod
+    def deadline(self) -> float:
+        """The next local time at which on_tick must run."""
+
+    @property
+    @abc.abstractmethod
+    def role(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def leader(self) -> str | None: ...
+
+    @property
+    @abc.abstractmethod
+    def term(self) -> int: ...
+
+    def is_leader(self, now: float) -> bool:
+        return self.role == ROLE_LEADER
+
+    def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
+        """Health or pause changed: an ineligible node never stands and a
+        leader that becomes ineligible steps down."""
+        raise CommandError(f"{self.name} does not support eligibility changes")
+
+    def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
+        raise CommandError(f"{self.name} does not support stepdown")
+
+    def transfer(self, target: str | None, now: float) -> list[Effect]:
+        raise CommandError(f"{self.name} does not support transfer")
+
+    def extra_status(self, now: float) -> dict[str, Any]:
+        """Protocol-specific fields for `electionctl status`."""
+        return {}

@@ -1,0 +1,273 @@
+"""The bully algorithm (Garcia-Molina), sans-IO.
+
+A node that suspects the leader sends ELECTION to every higher id. No ANSWER
+in time: it announces itself with COORDINATOR. An ANSWER: it waits for a
+COORDINATOR from above, and if none comes, retries with backoff. The leader
+multicasts HEARTBEAT. The epoch grows with every new coordinator and is the
+fencing token. Bully cannot prevent two leaders during a partition; when two
+leaders hear each other the lower id yields and the event is reported.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from electiond.detector import Backoff, LeaderWatch
+from electiond.protocols.base import (
+    ROLE_CANDIDATE,
+    ROLE_FOLLOWER,
+    ROLE_LEADER,
+    CommandError,
+    Demote,
+    Effect,
+    ElectionProtocol,
+    LeaderChanged,
+    Message,
+    Persist,
+    PersistedState,
+    Promote,
+    Send,
+    Settings,
+    SplitBrain,
+)
+
+ELECTION = "ELECTION"
+ANSWER = "ANSWER"
+COORDINATOR = "COORDINATOR"
+HEARTBEAT = "HEARTBEAT"
+
+_ELECTING = "electing"  # waiting for ANSWER from a higher id
+_ANSWERED = "answered"  # a higher id answered: waiting for its COORDINATOR
+
+
+class Bully(ElectionProtocol):
+    name = "bully"
+    MESSAGE_SCHEMAS = {ELECTION: {}, ANSWER: {}, COORDINATOR: {}, HEARTBEAT: {}}
+
+    def __init__(
+        self,
+        settings: Settings,
+        rng: random.Random,
+        now: float,
+        persisted: PersistedState | None = None,
+    ) -> None:
+        super().__init__(settings, rng, now, persisted)
+        self._epoch = persisted.term if persisted else 0
+        self._role = ROLE_FOLLOWER
+        self._leader: str | None = None
+        self._phase: str | None = None
+        self._phase_deadline = float("inf")
+        self._next_heartbeat = float("inf")
+        self._eligible = True
+        self._hold_until = now  # after a stepdown, do not stand before this
+        self._watch = LeaderWatch(settings, rng)
+        self._watch.reset(now)
+        self._backoff = Backoff(settings)
+        # with no leader known: when to start the next election
+        self._retry_at = self._watch.deadline()
+
+    # ---- read-only view -------------------------------------------------
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    @property
+    def leader(self) -> str | None:
+        return self._leader
+
+    @property
+    def term(self) -> int:
+        return self._epoch
+
+    def extra_status(self, now: float) -> dict[str, Any]:
+        return {
+            "phase": self._phase,
+            "eligible": self._eligible,
+            "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
+            "election_attempt": self._backoff.attempt,
+        }
+
+    # ---- time -------------------------------------------------------------
+
+    def deadline(self) -> float:
+        if self._role == ROLE_LEADER:
+            return self._next_heartbeat
+        if self._role == ROLE_CANDIDATE:
+            return self._phase_deadline
+        if self._leader is not None:
+            return self._watch.deadline()
+        return self._retry_at
+
+    def on_tick(self, now: float) -> list[Effect]:
+        if self._role == ROLE_LEADER:
+            if now >= self._next_heartbeat:
+                self._next_heartbeat = now + self.settings.heartbeat_interval_s
+                return [Send(HEARTBEAT, self._epoch)]
+            return []
+        if self._role == ROLE_CANDIDATE:
+            if now < self._phase_deadline:
+                return []
+            if self._phase == _ELECTING:
+                return self._become_leader(now, "elected")
+            # answered but no COORDINATOR came: the higher node died meanwhile
+            self._to_follower_without_leader(now, self._backoff.next_delay_s(self.rng))
+            return []
+        if self._leader is not None:
+            if self._watch.suspects(now):
+                self._leader = None
+                return [LeaderChanged(None, self._epoch), *self._start_election(now)]
+            return []
+        if now >= self._retry_at:
+            return self._start_election(now)
+        return []
+
+    # ---- messages -----------------------------------------------------------
+
+    def on_message(self, msg: Message, now: float) -> list[Effect]:
+        if msg.sender == self.settings.node_name:
+            return []
+        effects: list[Effect] = []
+        if msg.term > self._epoch:
+            self._epoch = msg.term
+            effects.append(self._persist())
+        if msg.kind == ELECTION:
+            effects += self._on_election(msg, now)
+        elif msg.kind == ANSWER:
+            if self._role == ROLE_CANDIDATE and self._phase == _ELECTING:
+                self._phase = _ANSWERED
+                self._phase_deadline = now + self.settings.election_timeout_max_s
+        elif msg.kind in (COORDINATOR, HEARTBEAT):
+            effects += self._on_leader_claim(msg, now)
+        return effects
+
+    def _on_election(self, msg: Message, now: float) -> list[Effect]:
+        if not self._can_stand(now) or self.settings.id_of(msg.sender) > self.settings.self_id:
+            return []
+        effects: list[Effect] = [Send(ANSWER, self._epoch, to=msg.sender)]
+        if self._role == ROLE_LEADER:
+            # the sender lost our heartbeats: remind everyone who leads
+            effects.append(Send(COORDINATOR, self._epoch))
+        elif self._role == ROLE_FOLLOWER and not self._has_live_leader(now):
+            effects += self._start_election(now)
+        return effects
+
+    def _on_leader_claim(self, msg: Message, now: float) -> list[Effect]:
+        sender_id = self.settings.id_of(msg.sender)
+        my_id = self.settings.self_id
+        if self._role == ROLE_LEADER:
+            takeover = msg.kind == COORDINATOR and sender_id > my_id
+            if sender_id > my_id:
+                effects: list[Effect] = []
+                if not takeover:
+                    effects.append(SplitBrain(msg.sender, self._epoch, yielded=True))
+                effects.append(Demote(self._epoch, "preempted" if takeover else "split_brain"))
+                self._role = ROLE_FOLLOWER
+                return effects + self._follow(msg.sender, now)
+            # a lower id claims to lead: it lost our heartbeats; assert with a new epoch
+            self._epoch += 1
+            return [
+                SplitBrain(msg.sender, self._epoch, yielded=False),
+                self._persist(),
+                Send(COORDINATOR, self._epoch),
+            ]
+        if self._role == ROLE_CANDIDATE:
+            if sender_id < my_id:
+                return []  # our own election will override it
+            self._role = ROLE_FOLLOWER
+            self._phase = None
+            return self._follow(msg.sender, now)
+        # follower
+        if msg.sender == self._leader:
+            self._watch.heartbeat(now)
+            return self._maybe_preempt(now)
+        if (
+            self._leader is None
+            or not self._has_live_leader(now)
+            or sender_id > self.settings.id_of(self._leader)
+        ):
+            return self._follow(msg.sender, now)
+        return []  # a lower claimant while a higher leader lives: it will yield
+
+    def _follow(self, leader: str, now: float) -> list[Effect]:
+        self._leader = leader
+        self._watch.reset(now)
+        self._watch.heartbeat(now)
+        self._backoff.reset()
+        return [LeaderChanged(leader, self._epoch), *self._maybe_preempt(now)]
+
+    def _maybe_preempt(self, now: float) -> list[Effect]:
+        assert self._leader is not None
+        if (
+            self.settings.preempt
+            and self._can_stand(now)
+            and self.settings.id_of(self._leader) < self.settings.self_id
+        ):
+            return self._start_election(now)
+        return []
+
+    # ---- transitions ----------------------------------------------------------
+
+    def _start_election(self, now: float) -> list[Effect]:
+        if not self._can_stand(now):
+            self._to_follower_without_leader(now, max(self._hold_until - now, 0.0) + self.settings.election_timeout_min_s)
+            return []
+        higher = [m for m in self.settings.members if m.id > self.settings.self_id]
+        if not higher:
+            return self._become_leader(now, "elected")
+        self._role = ROLE_CANDIDATE
+        self._phase = _ELECTING
+        self._phase_deadline = now + self.settings.answer_timeout_s
+        return [Send(ELECTION, self._epoch, to=m.name) for m in higher]
+
+    def _become_leader(self, now: float, reason: str) -> list[Effect]:
+        self._epoch += 1
+        self._role = ROLE_LEADER
+        self._leader = self.settings.node_name
+        self._phase = None
+        self._next_heartbeat = now + self.settings.heartbeat_interval_s
+        self._backoff.reset()
+        return [
+            self._persist(),
+            Send(COORDINATOR, self._epoch),
+            Promote(self._epoch, reason),
+            LeaderChanged(self._leader, self._epoch),
+        ]
+
+    def _to_follower_without_leader(self, now: float, delay_s: float) -> None:
+        self._role = ROLE_FOLLOWER
+        self._phase = None
+        self._leader = None
+        self._retry_at = now + delay_s
+
+    def _persist(self) -> Persist:
+        return Persist(PersistedState(self._epoch, None))
+
+    def _can_stand(self, now: float) -> bool:
+        return self._eligible and now >= self._hold_until
+
+    def _has_live_leader(self, now: float) -> bool:
+        return self._leader is not None and not self._watch.suspects(now)
+
+    # ---- local requests -----------------------------------------------------------
+
+    def _resign(self, now: float, reason: str, hold_s: float) -> list[Effect]:
+        effects: list[Effect] = []
+        if self._role == ROLE_LEADER:
+            effects += [Demote(self._epoch, reason), LeaderChanged(None, self._epoch)]
+        self._hold_until = now + hold_s
+        self._to_follower_without_leader(now, hold_s + self.settings.election_timeout_min_s)
+        return effects
+
+    def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
+        self._eligible = eligible
+        if not eligible:
+            return self._resign(now, reason, 0.0)
+        return []
+
+    def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
+        if self._role != ROLE_LEADER:
+            raise CommandError("not the leader")
+        # hold back long enough for a lower node to notice and win
+        return self._resign(now, reason, 2 * self.settings.election_timeout_max_s + self.settings.answer_timeout_s)
