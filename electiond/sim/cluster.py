@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 
 from electiond.node import Node
 from electiond.protocols.base import (
+    ROLE_LEADER,
     Demote,
     ElectionProtocol,
     LeaderChanged,
@@ -48,7 +49,7 @@ class Host:
     """One simulated machine: clock, disk, and the daemon when it runs."""
 
     __slots__ = ("index", "name", "settings", "clock", "node", "disk", "paused", "inbox", "timer_local",
-                 "timer_version", "spin_t", "spin_count")
+                 "timer_version", "timer_true", "spin_t", "spin_count")
 
     def __init__(self, index: int, settings: Settings, clock: SimClock) -> None:
         self.index = index
@@ -61,6 +62,7 @@ class Host:
         self.inbox: list[Message] = []
         self.timer_local = float("inf")
         self.timer_version = 0
+        self.timer_true = float("inf")  # when the live queue entry fires
         self.spin_t = -1.0
         self.spin_count = 0
 
@@ -146,6 +148,12 @@ class Cluster:
                 h = hosts[a]
                 if b != h.timer_version or h.node is None or h.paused:
                     continue
+                h.timer_true = float("inf")
+                if h.timer_local > h.clock.local(t):
+                    # the deadline moved later since this entry was queued
+                    # (a heartbeat arrived): not due yet, queue the new time
+                    self._arm(h, force=True)
+                    continue
                 self._tick(h)
             else:
                 a()
@@ -185,7 +193,14 @@ class Cluster:
         if effects:
             self._carry_out(h, effects)
         self._arm(h)
-        self.checker.after_event(self.now, h.index)
+        self._check(h)
+
+    def _check(self, h: Host) -> None:
+        # only a node whose leadership may have changed, or a leader while
+        # another node also claims to lead, needs the checker's attention
+        leaders = self.checker.role_leaders
+        if (h.node.protocol.role == ROLE_LEADER) != (h.index in leaders) or len(leaders) > 1:
+            self.checker.after_event(self.now, h.index)
 
     def _tick(self, h: Host) -> None:
         local = h.clock.local(self.now)
@@ -202,25 +217,42 @@ class Cluster:
         else:
             h.spin_t = self.now
             h.spin_count = 0
-        h.timer_local = float("inf")  # the armed timer just fired
-        self._arm(h)
-        self.checker.after_event(self.now, h.index)
+        self._arm(h, force=True)
+        self._check(h)
 
-    def _arm(self, h: Host) -> None:
+    def _arm(self, h: Host, force: bool = False) -> None:
+        """Make sure a queue entry fires no later than the node's deadline.
+
+        A deadline that only moved later keeps the earlier entry: when that
+        fires, the run loop sees the deadline is not due and queues the new
+        one. Followers push their deadline on every heartbeat, so this saves
+        most queue traffic.
+        """
         deadline = h.node.deadline()
-        if deadline == h.timer_local:
-            return
+        if not force:
+            if deadline == h.timer_local:
+                return
+            if deadline > h.timer_local and h.timer_true != float("inf"):
+                h.timer_local = deadline  # the queued entry comes first
+                return
         h.timer_local = deadline
+        if deadline == float("inf"):
+            return  # a live entry, if any, will find nothing due
+        t = h.clock.true_time_of(deadline)
+        if t < self.now:
+            t = self.now
+        if t >= h.timer_true and not force:
+            return
         h.timer_version += 1
-        if deadline != float("inf"):
-            t = h.clock.true_time_of(deadline)
-            self._push(t if t > self.now else self.now, TIMER, h.index, h.timer_version)
+        h.timer_true = t
+        self._push(t, TIMER, h.index, h.timer_version)
 
     def _rearm(self, h: Host) -> None:
         """The clock's rate changed or the host resumed: the armed timer's true time moved."""
-        h.timer_local = float("nan")  # never equal: forces a fresh timer
+        h.timer_true = float("inf")
+        h.timer_version += 1
         if h.node is not None and not h.paused:
-            self._arm(h)
+            self._arm(h, force=True)
 
     # ---- effects ----------------------------------------------------------------
 
@@ -304,6 +336,7 @@ class Cluster:
         h.paused = False
         h.inbox.clear()
         h.timer_version += 1
+        h.timer_true = float("inf")
         self.note(f"{h.name} CRASH")
         self.checker.fault(self.now)
         self.checker.node_gone(self.now, i)
@@ -314,6 +347,7 @@ class Cluster:
             return
         h.paused = True
         h.timer_version += 1
+        h.timer_true = float("inf")
         self.note(f"{h.name} PAUSE")
         self.checker.fault(self.now)
         self.checker.node_gone(self.now, i)
@@ -327,7 +361,6 @@ class Cluster:
         h.paused = False
         self.note(f"{h.name} RESUME ({len(h.inbox)} queued)")
         self.checker.fault(self.now)
-        h.timer_local = float("nan")
         self._tick(h)
         inbox, h.inbox = h.inbox, []
         for msg in inbox:

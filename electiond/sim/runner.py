@@ -221,3 +221,10 @@ def campaign(
                 break
     summary.wall_s = _time.perf_counter() - start
     return summary
+
+
+def with_variant(protocol: str, cls: type[ElectionProtocol]) -> dict[str, type[ElectionProtocol]]:
+    """A copy of PROTOCOLS where ``cls`` (a mutant, say) stands in for ``protocol``."""
+    from electiond.node import PROTOCOLS
+
+    return {**PROTOCOLS, protocol: cls}
