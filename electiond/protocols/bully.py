@@ -163,6 +163,11 @@ class Bully(ElectionProtocol):
                 if not takeover:
                     effects.append(SplitBrain(msg.sender, self._epoch, yielded=True))
                 effects.append(Demote(self._epoch, "preempted" if takeover else "split_brain"))
+                if msg.term < self._epoch:
+                    # the winner's token is older than ours (it led on the other
+                    # side of a partition, or froze): tell it, so it re-asserts
+                    # with an epoch above every token issued meanwhile
+                    effects.append(Send(COORDINATOR, self._epoch, to=msg.sender))
                 self._role = ROLE_FOLLOWER
                 return effects + self._follow(msg.sender, now)
             # a lower id claims to lead: it lost our heartbeats; assert with a new epoch
