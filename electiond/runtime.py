@@ -92,7 +92,7 @@ class Runtime:
             node_name=self.settings.node_name,
             members={m.name for m in self.settings.members},
             key=self.config.key,
-            schemas=type(self.node.protocol).MESSAGE_SCHEMAS,
+            schemas=self.node.message_schemas(),
             incarnation=incarnation,
             unicast_port=unicast_sock.getsockname()[1],
         )

@@ -2,11 +2,12 @@ import msgpack
 import pytest
 
 from electiond import wire
-from electiond.node import PROTOCOLS
+from electiond.node import PRESENCE, PROTOCOLS
 from electiond.protocols.base import Send
 
 KEY = b"k" * 32
 SCHEMAS = {kind: schema for proto in PROTOCOLS.values() for kind, schema in proto.MESSAGE_SCHEMAS.items()}
+SCHEMAS[PRESENCE] = {}
 
 
 def codec(name, key=KEY, incarnation=1, cluster="c"):
