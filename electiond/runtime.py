@@ -282,7 +282,7 @@ class Runtime:
             "authenticated": self.codec.authenticated,
             "uptime_s": round(time.time() - self.started_wall, 3),
             "dropped": dict(self.codec.dropped),
-            "hooks_busy": bool(self.hooks and self.hooks.busy),
+            "hooks": self.hooks.status() if self.hooks else None,
         })
         return status
 
