@@ -33,6 +33,7 @@ decide preemption.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -353,6 +354,9 @@ class QuorumLease(ElectionProtocol):
             return [Send(HEARTBEAT_ACK, self._term, {"round": msg.body["round"], "ok": False, "priority": self.settings.priority}, to=msg.sender)]
         if msg.term == self._term and self._role == ROLE_LEADER:
             return []  # one leader per term: quorum intersection rules this out
+        if self._released_by == (msg.sender, msg.term):
+            # overtaken by its own RELEASE: that leader never leads this term again
+            return []
         effects: list[Effect] = []
         if msg.term > self._term:
             effects += self._adopt_term(msg.term, now)
@@ -405,13 +409,15 @@ class QuorumLease(ElectionProtocol):
         return effects
 
     def _on_timeout_now(self, msg: Message, now: float) -> list[Effect]:
-        # only from the leader we follow (or that just released us) in our
-        # term: a stale or duplicated TIMEOUT_NOW must not start a candidacy
-        # that inflates terms under a healthy leader
+        # a stale or duplicated TIMEOUT_NOW must not start a candidacy that
+        # inflates terms under a healthy leader: only in our own term, and
+        # not while we follow somebody else (the sender's own heartbeat or
+        # RELEASE may still be on its way: datagrams overtake each other)
         if msg.term != self._term or self._role != ROLE_FOLLOWER:
             return []
-        if msg.sender != self._leader and self._released_by != (msg.sender, msg.term):
+        if self._leader not in (None, msg.sender):
             return []
+        self._released_by = (msg.sender, msg.term)
         effects: list[Effect] = []
         if self._promised_to == msg.sender:
             # the old leader demoted before sending this, as it does before RELEASE
@@ -733,5 +739,5 @@ class QuorumLease(ElectionProtocol):
 
 
 def _ceil_ms(seconds: float) -> int:
-    ms = int(seconds * 1000)
-    return ms + 1 if ms < seconds * 1000 else ms
+    # round up (a hint that is early only wastes a round), ignoring float noise
+    return max(0, math.ceil(seconds * 1000 - 1e-6))
