@@ -26,9 +26,11 @@ from electiond.protocols.base import (
     SplitBrain,
 )
 from electiond.protocols.bully import Bully
+from electiond.protocols.lease import QuorumLease
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
     Bully.name: Bully,
+    QuorumLease.name: QuorumLease,
 }
 
 HISTORY_LENGTH = 200
