@@ -43,6 +43,8 @@ class Recorder(ElectionProtocol):
 
     def on_tick(self, now):
         Recorder.log.append((self.settings.node_name, "tick", now, None))
+        if now < self._deadline:
+            return []  # the node glue ticks for its own timers too
         self._deadline = now + 1.0
         effects = list(self.script.get((self.settings.node_name, "tick"), []))
         if any(isinstance(e, Promote) for e in effects):
@@ -163,12 +165,15 @@ def test_each_node_sees_its_own_clock():
     for i in range(3):
         c.boot(i)
     c.run_until(2.5)
-    ticks = [(who, now) for who, what, now, _ in Recorder.log if what == "tick"]
-    first = {who: now for who, now in reversed(ticks)}
-    assert first["n1"] == pytest.approx(101.0)
-    assert first["n2"] == pytest.approx(6.0)
-    assert first["n3"] == pytest.approx(1.0)
-    # each fired at the true time its own clock reached the deadline
+    ticks = {}
+    for who, what, now, _ in Recorder.log:
+        if what == "tick":
+            ticks.setdefault(who, []).append(now)
+    # the protocol asked for a tick 1 s after start on its own clock (the node
+    # glue adds presence-beacon ticks in between); the simulator delivered it
+    # at exactly that local reading, whatever the offset and rate
+    for name, start in {"n1": 100.0, "n2": 5.0, "n3": 0.0}.items():
+        assert any(abs(t - (start + 1.0)) < 1e-9 for t in ticks[name]), (name, ticks[name])
     starts = {who: now for who, what, now, _ in Recorder.log if what == "start"}
     assert starts == {"n1": 100.0, "n2": 5.0, "n3": 0.0}
 
