@@ -57,7 +57,9 @@ class InvariantSet:
         Persist effects), across restarts that keep the disk.
     terms_always: fencing tokens (Promote.term) strictly increase and are never
         reused, even with partitions and loss; otherwise only asserted until
-        the first partition, lost datagram or delay spike of a run. Never asserted once a node lost its disk: a node
+        the first partition, lost or late datagram or delay spike of a run,
+        and not for a promotion made while no other running node knew the
+        newest token (every node that saw it was down). Never asserted once a node lost its disk: a node
         that forgets its term cannot be expected to fence.
     settle_s: bully-style protocols, partition-free runs: two leaders at once
         are a violation once this long has passed after the last fault.
@@ -140,6 +142,11 @@ class Checker:
         self.role_leaders: set[int] = set()
         self.split = SplitBrainLog()
         self.max_promoted_term = -1
+        self.tokens_forgotten = 0  # promotions not judged: no running node knew the newest token
+        # bully-style: node -> (deadline, stale token, newest token) awaiting a re-assertion
+        self._stale: dict[int, tuple[float, int, int]] = {}
+        self.reassert_grace_s = 0.1
+        self.schedule: Callable[[float, Callable[[], None]], None] | None = None
         self.promotions: list[tuple[float, int, int]] = []  # (t, node, term)
         self._term_owner: dict[int, int] = {}
         self._votes: dict[tuple[int, int], str] = {}  # (node, term) -> voted for
@@ -178,6 +185,21 @@ class Checker:
     def promoted(self, t: float, i: int, term: int) -> None:
         self.promotions.append((t, i, term))
         asserted = not self.state_lost and (self.inv.terms_always or not (self.partitioned or self.lossy))
+        if asserted and not self.inv.terms_always and term <= self.max_promoted_term and not self._informed(i):
+            # without quorums, the newest token lives only in the nodes that
+            # saw it; with every one of them down, nobody can carry it on
+            asserted = False
+            self.tokens_forgotten += 1
+        if asserted and not self.inv.terms_always and term <= self.max_promoted_term:
+            # a bully-style leader cannot learn the newest token before it
+            # crowns itself; its followers tell it and it must re-assert with
+            # a fresh token within a round trip (or stop leading)
+            self._stale[i] = (t + self.reassert_grace_s, term, self.max_promoted_term)
+            if self.schedule is not None:
+                self.schedule(t + self.reassert_grace_s, lambda: self._check_stale(t + self.reassert_grace_s))
+            asserted = False
+        elif i in self._stale and term > self._stale[i][2]:
+            del self._stale[i]
         if asserted:
             owner = self._term_owner.get(term)
             if owner is not None and owner != i:
@@ -191,8 +213,33 @@ class Checker:
         self._term_owner.setdefault(term, i)
         self.max_promoted_term = max(self.max_promoted_term, term)
 
+    def _check_stale(self, t: float) -> None:
+        for i, (until, term, newest) in list(self._stale.items()):
+            if t < until:
+                continue
+            del self._stale[i]
+            proto = self._protocol_of(i)
+            if self._running(i) and proto is not None and proto.role == ROLE_LEADER:
+                self.violate(
+                    t,
+                    "fencing",
+                    f"{self.names[i]} promoted with token {term} (not above {newest}) and still leads with no "
+                    f"fresh token {self.reassert_grace_s:.3f}s later",
+                )
+
+    def _informed(self, i: int) -> bool:
+        """Does some other running node know the newest token issued?"""
+        for j in range(len(self.names)):
+            if j != i and self._running(j):
+                proto = self._protocol_of(j)
+                if proto is not None and proto.term >= self.max_promoted_term:
+                    return True
+        return False
+
     def after_event(self, t: float, i: int) -> None:
         """Node i just handled an input; only its leadership can have changed."""
+        if self._stale and self.schedule is None:
+            self._check_stale(t)
         proto = self._protocol_of(i)
         is_role_leader = proto is not None and self._running(i) and proto.role == ROLE_LEADER
         if is_role_leader:

@@ -34,6 +34,7 @@ from electiond.sim.network import Links, NetworkModel
 DELIVER = 0
 TIMER = 1
 ACTION = 2
+FAULT = 3  # an action the liveness phase cancels
 
 INBOX_LIMIT = 512  # a frozen process's socket buffer: later datagrams are lost
 SPIN_LIMIT = 100  # on_tick calls at one instant before we call it a busy loop
@@ -106,6 +107,9 @@ class Cluster:
             running=self.running,
             protocol_of=lambda i: self.hosts[i].node.protocol if self.hosts[i].node is not None else None,
         )
+        self.checker.schedule = self.at
+        # a stale-token leader hears of it within a round trip, then re-asserts
+        self.checker.reassert_grace_s = 2 * self.network.worst_delay_s() + 0.01
         # called after every event (the runner's liveness watch); None = off
         self.after_event: Callable[[float], None] | None = None
 
@@ -128,9 +132,13 @@ class Cluster:
         self._seq += 1
         heapq.heappush(self._queue, (t, self._seq, kind, a, b))
 
-    def at(self, t: float, action: Callable[[], None]) -> None:
-        """Run ``action`` (a fault, a phase change) at true time t."""
-        self._push(t, ACTION, action, None)
+    def at(self, t: float, action: Callable[[], None], fault: bool = False) -> None:
+        """Run ``action`` (a fault, a check) at true time t."""
+        self._push(t, FAULT if fault else ACTION, action, None)
+
+    def cancel_faults(self) -> None:
+        self._queue = [e for e in self._queue if e[2] != FAULT]
+        heapq.heapify(self._queue)
 
     def run_until(self, t_end: float, stop_on_violation: bool = True) -> None:
         q = self._queue
@@ -306,9 +314,18 @@ class Cluster:
                 if self.tracing:
                     self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (loss)")
                 continue
-            self._push(self.now + net.delay_s(rng), DELIVER, j, msg)
+            self._push(self._arrival(net, rng), DELIVER, j, msg)
             if net.duplicate and rng.random() < net.duplicate:
-                self._push(self.now + net.delay_s(rng), DELIVER, j, msg)
+                self._push(self._arrival(net, rng), DELIVER, j, msg)
+
+    def _arrival(self, net: NetworkModel, rng: random.Random) -> float:
+        delay_s = net.delay_s(rng)
+        if delay_s > net.max_delay_s:
+            # held up past what the protocol's timeouts assume: as good as
+            # lost for protocols without quorums, until it lands
+            self.checker.lossy = True
+            self.checker.fault(self.now, self.now + delay_s)
+        return self.now + delay_s
 
     # ---- host lifecycle (faults) ---------------------------------------------------
 

@@ -22,6 +22,7 @@ PARTITION_KINDS = ("symmetric", "one-way", "isolate-one", "split-majority")
 class Fault:
     t: float
     kind: str  # partition, heal, crash, restart, pause, resume, clock, loss, spike
+    # (a "crash-many" draw becomes several crash/restart faults)
     node: int = -1
     detail: dict = field(default_factory=dict)
 
@@ -88,22 +89,34 @@ def plan_run(seed: int, size: int | None = None) -> RunPlan:
         loss=rng.choice([0.0, 0.0, 0.01, 0.05, 0.1]),
         duplicate=rng.choice([0.0, 0.01, 0.05]),
     )
+    if rng.random() < 0.3:
+        network.straggler = rng.uniform(0.005, 0.1)
+        network.straggler_max_s = s0.lease_s * rng.uniform(0.2, 3.0)
     round_s = max(s0.election_timeout_max_s, s0.max_suspicion_timeout_s) + s0.answer_timeout_s
     boot_at = [rng.uniform(0.0, s0.election_timeout_min_s) for _ in range(n)]
     safety_s = round_s * rng.uniform(4.0, 12.0)
     partitions = rng.random() < 0.5
     state_loss = rng.random() < 0.25
     faults: list[Fault] = []
-    kinds = ["crash", "pause", "clock", "loss", "spike"] + ["partition"] * (3 if partitions else 0)
-    for _ in range(rng.randint(0, 8)):
+    kinds = ["crash", "crash", "crash-many", "pause", "clock", "loss", "spike", "spike"] + ["partition"] * (4 if partitions else 0)
+    for _ in range(rng.randint(0, 12)):
         t = rng.uniform(0.0, safety_s)
         kind = rng.choice(kinds)
         node = rng.randrange(n)
-        if kind == "crash":
-            faults.append(Fault(t, "crash", node))
-            if rng.random() < 0.8:
-                keep = not (state_loss and rng.random() < 0.5)
-                faults.append(Fault(t + round_s * rng.uniform(0.2, 5.0), "restart", node, {"keep": keep}))
+        if kind in ("crash", "crash-many"):
+            # crash-many: a rack's power blips, several hosts go at once
+            victims = [node] if kind == "crash" else rng.sample(range(n), rng.randint(2, n))
+            for node in victims:
+                faults.append(Fault(t, "crash", node))
+                if rng.random() < 0.8:
+                    keep = not (state_loss and rng.random() < 0.5)
+                    if rng.random() < 0.5:
+                        # a quick daemon restart (systemd Restart=): back while
+                        # the promises it made before the crash may still bind it
+                        down_s = s0.lease_s * rng.uniform(0.01, 1.5)
+                    else:
+                        down_s = round_s * rng.uniform(0.2, 5.0)
+                    faults.append(Fault(t + down_s, "restart", node, {"keep": keep}))
         elif kind == "pause":
             faults.append(Fault(t, "pause", node))
             faults.append(Fault(t + round_s * rng.uniform(0.3, 6.0), "resume", node))

@@ -20,15 +20,21 @@ class NetworkModel:
     duplicate: float = 0.0
     # a "delay spike" fault: delays stretched up to this cap while it lasts
     spike_max_delay_s: float = 0.0
+    # stragglers: now and then one datagram is held up (a busy switch queue,
+    # a descheduled sender) for up to straggler_max_s
+    straggler: float = 0.0
+    straggler_max_s: float = 0.0
 
     def delay_s(self, rng: random.Random) -> float:
         if self.spike_max_delay_s > 0.0:
             return rng.uniform(self.base_delay_s, self.spike_max_delay_s)
+        if self.straggler and rng.random() < self.straggler:
+            return rng.uniform(self.base_delay_s, self.straggler_max_s)
         d = self.base_delay_s + (rng.expovariate(1.0 / self.jitter_mean_s) if self.jitter_mean_s > 0 else 0.0)
         return min(d, self.max_delay_s)
 
     def worst_delay_s(self) -> float:
-        return max(self.max_delay_s, self.spike_max_delay_s)
+        return max(self.max_delay_s, self.spike_max_delay_s, self.straggler_max_s if self.straggler else 0.0)
 
 
 class Links:

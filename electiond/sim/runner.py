@@ -93,7 +93,7 @@ def run_seed(
     for i, t in enumerate(plan.boot_at):
         cluster.at(t, lambda i=i: cluster.boot(i))
     for f in plan.faults:
-        cluster.at(f.t, lambda f=f: _apply(cluster, f))
+        cluster.at(f.t, lambda f=f: _apply(cluster, f), fault=True)
     cluster.run_until(plan.safety_s)
     result = RunResult(seed, protocol, plan.size, cluster.checker.violations, None, plan.safety_s, cluster.events,
                        [], plan.partitions, plan.state_loss)
@@ -111,10 +111,7 @@ def run_seed(
 
 def _liveness(cluster: Cluster, plan: RunPlan, inv: InvariantSet, result: RunResult) -> None:
     start = cluster.now
-    cluster._queue = [e for e in cluster._queue if e[2] != 2]  # drop faults not yet fired
-    import heapq
-
-    heapq.heapify(cluster._queue)
+    cluster.cancel_faults()
     cluster.note("LIVENESS PHASE: heal, resume, restart; no more faults")
     cluster.heal()
     cluster.network.loss = 0.0
