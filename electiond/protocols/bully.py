@@ -87,6 +87,11 @@ class Bully(ElectionProtocol):
             "eligible": self._eligible,
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
             "election_attempt": self._backoff.attempt,
+            "leader_watch": (
+                self._watch.suspicion_snapshot(now)
+                if self._role == ROLE_FOLLOWER and self._leader is not None
+                else None
+            ),
         }
 
     # ---- time -------------------------------------------------------------
@@ -192,7 +197,9 @@ class Bully(ElectionProtocol):
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
         self._leader = leader
-        self._watch.reset(now)
+        # same leader again (after a false alarm): the watch keeps its history
+        # and learns the gap that caused the alarm from this heartbeat
+        self._watch.reset(now, leader)
         self._watch.heartbeat(now)
         self._backoff.reset()
         return [LeaderChanged(leader, self._epoch), *self._maybe_preempt(now)]
