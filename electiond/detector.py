@@ -144,6 +144,9 @@ class LeaderWatch:
         self._window = _Window(window)
         self._peer: str | None = None
         self._last_arrival: float | None = None  # last heartbeat from the peer
+        # where the next inter-arrival gap is measured from; None after a local
+        # pause, since a gap that spans our own freeze is not the peer's
+        self._gap_from: float | None = None
         self._anchor = 0.0  # suspicion counts from here (last heartbeat or grace start)
         self._last_local = 0.0  # last time this node was seen running
         self._fallback_s = self._random_election_timeout()
@@ -165,6 +168,7 @@ class LeaderWatch:
         if peer is None or peer != self._peer:
             self._window.clear()
             self._last_arrival = None
+            self._gap_from = None
         self._peer = peer
         self._anchor = now
         self._last_local = now
@@ -173,15 +177,16 @@ class LeaderWatch:
         self._timeout_s = self._compute_timeout_s()
 
     def heartbeat(self, now: float) -> None:
-        paused = self._locally_paused(now)
-        previous = self._last_arrival
-        if previous is not None and not paused:
+        self._locally_paused(now)
+        previous = self._gap_from
+        if previous is not None:
             gap_s = now - previous
             # longer than the ceiling is an outage, not jitter: learning it
             # would only pin the timeout at the ceiling
             if 0.0 <= gap_s <= self._settings.max_suspicion_timeout_s:
                 self._window.add(gap_s)
         self._last_arrival = now
+        self._gap_from = now
         self._anchor = now
         self._last_local = now
         self._timeout_s = self._compute_timeout_s()
@@ -284,6 +289,7 @@ class LeaderWatch:
         self.local_pauses += 1
         self._anchor = now
         self._last_local = now
+        self._gap_from = None
         return True
 
 
