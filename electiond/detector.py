@@ -138,8 +138,15 @@ class LeaderWatch:
     ``deadline()``. ``note_local_activity`` is optional (see there).
     """
 
-    def __init__(self, settings: Settings, rng: random.Random, window: int = WINDOW_SIZE) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        rng: random.Random,
+        window: int = WINDOW_SIZE,
+        survived_gap_margin: float = SURVIVED_GAP_MARGIN,
+    ) -> None:
         self._settings = settings
+        self._survived_gap_margin = survived_gap_margin
         self._rng = rng
         self._window = _Window(window)
         self._peer: str | None = None
@@ -272,7 +279,7 @@ class LeaderWatch:
             return self._fallback_s
         s = self._settings
         phi_timeout_s = self._window.mean() + self._z_threshold * self._std_s()
-        survived_s = SURVIVED_GAP_MARGIN * self._window.max()
+        survived_s = self._survived_gap_margin * self._window.max()
         timeout_s = max(phi_timeout_s, survived_s, self.floor_s()) * self._spread
         return min(timeout_s, max(s.max_suspicion_timeout_s, self.floor_s()))
 

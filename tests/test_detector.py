@@ -419,3 +419,30 @@ def test_rtt_for_settings_and_validation():
         RttEstimator(0.1, 0.0, 1.0)
     with pytest.raises(ValueError):
         RttEstimator(0.1, 0.5, 0.1)
+
+
+def _start_bully_election(b: Bully, now: float) -> float:
+    at = max(now, b.deadline())
+    effects = b.on_tick(at)
+    assert [e.to for e in effects if isinstance(e, Send)] == ["L"]
+    return at
+
+
+def test_bully_answer_wait_lengthens_after_slow_answers_but_never_shortens():
+    from electiond.protocols.bully import ANSWER
+
+    b = Bully(make_settings(), random.Random(5), 0.0)
+    assert b.answer_wait_s() == 0.1  # answer_timeout_s before any round trip
+    t = _start_bully_election(b, 0.0)
+    assert b.deadline() == pytest.approx(t + 0.1)
+    b.on_message(Message(ANSWER, "L", 0, recipient="f"), t + 0.09)  # a loaded higher node
+    assert b.answer_wait_s() == pytest.approx(0.09 + 4 * 0.045)
+    b.on_tick(b.deadline())  # no COORDINATOR came: back off and retry
+    t = _start_bully_election(b, b.deadline())
+    assert b.deadline() == pytest.approx(t + 0.27)
+    # fast answers bring it back down, but not below answer_timeout_s
+    for _ in range(40):
+        b.on_message(Message(ANSWER, "L", 0, recipient="f"), t + 0.0005)
+        b.on_tick(b.deadline())
+        t = _start_bully_election(b, b.deadline())
+    assert b.answer_wait_s() == 0.1

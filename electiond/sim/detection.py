@@ -180,12 +180,18 @@ def adaptive_factory(interval_s: float, seed: int) -> Detector:
     return LeaderWatch(bench_settings(interval_s), random.Random(seed))
 
 
+def phi_only_factory(interval_s: float, seed: int) -> Detector:
+    """Ablation: the normal phi model with floor and ceiling, no survived-gap rule."""
+    return LeaderWatch(bench_settings(interval_s), random.Random(seed), survived_gap_margin=0.0)
+
+
 def fixed_factory(interval_s: float, seed: int) -> Detector:
     return FixedTimeout(3 * interval_s)
 
 
 DETECTORS: dict[str, Callable[[float, int], Detector]] = {
     "adaptive": adaptive_factory,
+    "phi-only": phi_only_factory,
     "fixed-3x": fixed_factory,
 }
 
@@ -317,10 +323,11 @@ def measure(
     interval_s: float = 0.05,
     duration_s: float = 3600.0,
     crashes: int = 200,
+    detectors: Sequence[str] = tuple(DETECTORS),
 ) -> list[Row]:
     rows = []
     for name in profiles:
-        for detector in DETECTORS:
+        for detector in detectors:
             results = [
                 run_one(PROFILES[name], detector, seed, interval_s=interval_s, duration_s=duration_s, crashes=crashes)
                 for seed in seeds
@@ -372,13 +379,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="append", choices=sorted(PROFILES), help="repeatable; default: all"
     )
+    parser.add_argument(
+        "--detector", action="append", choices=list(DETECTORS), help="repeatable; default: all"
+    )
     args = parser.parse_args(argv)
     interval_s = args.interval_ms / 1000
     profiles = args.profile or list(PROFILES)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    rows = measure(profiles, seeds, interval_s=interval_s, duration_s=args.hours * 3600, crashes=args.crashes)
-    print(f"heartbeat interval {args.interval_ms:g} ms; seeds {seeds.start}..{seeds.stop - 1}; "
-          f"{args.hours:g} simulated h and {args.crashes} crash probes per seed\n")
+    detectors = args.detector or list(DETECTORS)
+    rows = measure(
+        profiles,
+        seeds,
+        interval_s=interval_s,
+        duration_s=args.hours * 3600,
+        crashes=args.crashes,
+        detectors=detectors,
+    )
+    print(
+        f"heartbeat interval {args.interval_ms:g} ms; seeds {seeds.start}..{seeds.stop - 1}; "
+        f"{args.hours:g} simulated h and {args.crashes} crash probes per seed\n"
+    )
     for name in profiles:
         print(f"- {name}: {PROFILES[name].description}")
     print()
