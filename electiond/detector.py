@@ -300,6 +300,38 @@ class LeaderWatch:
         return True
 
 
+class PeerWatches:
+    """One LeaderWatch per peer that sends periodic traffic, for status only.
+
+    A protocol watches just its leader; an operator wants to see every
+    member. The node feeds this from each periodic message (heartbeats, lease
+    acks), keyed by sender; members that never sent one show nothing.
+    """
+
+    def __init__(self, settings: Settings, rng: random.Random) -> None:
+        self._settings = settings
+        self._rng = rng
+        self._names = {m.name for m in settings.peers()}
+        self._watches: dict[str, LeaderWatch] = {}
+
+    def observe(self, peer: str, now: float) -> None:
+        if peer not in self._names:
+            return
+        watch = self._watches.get(peer)
+        if watch is None:
+            watch = self._watches[peer] = LeaderWatch(self._settings, self._rng)
+            watch.reset(now, peer)
+        watch.heartbeat(now)
+
+    def forget(self, peer: str, now: float) -> None:
+        """The peer stopped sending periodically on purpose (it stepped down)."""
+        self._watches.pop(peer, None)
+
+    def snapshot(self, now: float) -> dict[str, dict[str, Any]]:
+        """peer name -> LeaderWatch.suspicion_snapshot(now), for peers heard from."""
+        return {name: w.suspicion_snapshot(now) for name, w in sorted(self._watches.items())}
+
+
 class Backoff:
     """Election retries: base * 2**attempt + U(0, jitter), reset on success.
 

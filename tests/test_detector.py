@@ -446,3 +446,21 @@ def test_bully_answer_wait_lengthens_after_slow_answers_but_never_shortens():
         b.on_tick(b.deadline())
         t = _start_bully_election(b, b.deadline())
     assert b.answer_wait_s() == 0.1
+
+
+def test_peer_watches_show_each_periodic_sender():
+    s = Settings(cluster="t", node_name="f", members=(Member("f", 1), Member("a", 2), Member("b", 3)))
+    pw = det.PeerWatches(s, random.Random(1))
+    for k in range(1, 41):
+        pw.observe("a", k * IV)
+        if k <= 20:
+            pw.observe("b", k * IV)
+    pw.observe("f", 1.0)  # ourselves: ignored
+    pw.observe("stranger", 1.0)  # not a member: ignored
+    snap = pw.snapshot(2.0 + 0.02)
+    assert set(snap) == {"a", "b"}
+    assert snap["a"]["phi"] < 1.0 and snap["a"]["mode"] == "adaptive"
+    assert snap["b"]["since_heartbeat_ms"] == pytest.approx(1020.0)
+    assert snap["b"]["phi"] > snap["b"]["threshold"]  # b went quiet a second ago
+    pw.forget("b", 2.1)
+    assert set(pw.snapshot(2.1)) == {"a"}
