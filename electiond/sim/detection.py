@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
-from electiond.detector import LeaderWatch
+from electiond.detector import SURVIVED_GAP_MARGIN, WINDOW_SIZE, LeaderWatch
 from electiond.protocols.base import Member, Settings
 
 LEADER = "leader"
@@ -379,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="append", choices=sorted(PROFILES), help="repeatable; default: all"
     )
+    parser.add_argument("--window", type=int, default=None, help="adaptive: window size (sensitivity runs)")
+    parser.add_argument("--margin", type=float, default=None, help="adaptive: survived-gap margin")
     parser.add_argument(
         "--detector", action="append", choices=list(DETECTORS), help="repeatable; default: all"
     )
@@ -386,6 +388,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     interval_s = args.interval_ms / 1000
     profiles = args.profile or list(PROFILES)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if args.window is not None or args.margin is not None:
+        window = args.window or WINDOW_SIZE
+        margin = SURVIVED_GAP_MARGIN if args.margin is None else args.margin
+
+        def tuned(interval_s: float, seed: int) -> Detector:
+            settings = bench_settings(interval_s)
+            return LeaderWatch(settings, random.Random(seed), window=window, survived_gap_margin=margin)
+
+        DETECTORS["adaptive"] = tuned
     detectors = args.detector or list(DETECTORS)
     rows = measure(
         profiles,
