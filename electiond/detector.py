@@ -144,8 +144,12 @@ class LeaderWatch:
         rng: random.Random,
         window: int = WINDOW_SIZE,
         survived_gap_margin: float = SURVIVED_GAP_MARGIN,
+        detect_local_pauses: bool = True,
     ) -> None:
         self._settings = settings
+        # off for watches nobody wakes at their deadline (status-only views):
+        # there a late call says nothing about this node having been frozen
+        self._detect_local_pauses = detect_local_pauses
         self._survived_gap_margin = survived_gap_margin
         self._rng = rng
         self._window = _Window(window)
@@ -290,6 +294,8 @@ class LeaderWatch:
         that means this node did not run, so the silence says nothing about
         the peer (its heartbeats may be sitting in our socket buffer).
         """
+        if not self._detect_local_pauses:
+            return False
         late_s = now - max(self._last_local, self.deadline())
         if late_s <= LOCAL_PAUSE_TIMEOUTS * self._timeout_s:
             return False
@@ -319,7 +325,8 @@ class PeerWatches:
             return
         watch = self._watches.get(peer)
         if watch is None:
-            watch = self._watches[peer] = LeaderWatch(self._settings, self._rng)
+            watch = LeaderWatch(self._settings, self._rng, detect_local_pauses=False)
+            self._watches[peer] = watch
             watch.reset(now, peer)
         watch.heartbeat(now)
 

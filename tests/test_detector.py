@@ -462,5 +462,7 @@ def test_peer_watches_show_each_periodic_sender():
     assert snap["a"]["phi"] < 1.0 and snap["a"]["mode"] == "adaptive"
     assert snap["b"]["since_heartbeat_ms"] == pytest.approx(1020.0)
     assert snap["b"]["phi"] > snap["b"]["threshold"]  # b went quiet a second ago
+    pw.observe("b", 4.0)  # back after 2 s: an outage of b, not a pause of ours
+    assert pw.snapshot(4.0)["b"]["local_pauses"] == 0
     pw.forget("b", 2.1)
     assert set(pw.snapshot(2.1)) == {"a"}
