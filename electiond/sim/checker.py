@@ -150,6 +150,7 @@ class Checker:
         self.promotions: list[tuple[float, int, int]] = []  # (t, node, term)
         self._term_owner: dict[int, int] = {}
         self._votes: dict[tuple[int, int], str] = {}  # (node, term) -> voted for
+        self._followed: dict[int, int] = {}  # node -> highest term in which it followed another node
 
     # ---- notifications --------------------------------------------------
 
@@ -167,6 +168,7 @@ class Checker:
 
     def disk_wiped(self, i: int) -> None:
         self.state_lost = True
+        self._followed.pop(i, None)
         for key in [k for k in self._votes if k[0] == i]:
             del self._votes[key]
 
@@ -182,8 +184,21 @@ class Checker:
                 t, "double-vote", f"{self.names[i]} voted for {earlier} and then {state.voted_for} in term {state.term}"
             )
 
+    def followed(self, i: int, leader: str, term: int) -> None:
+        """Node i accepted ``leader`` (another node) as leader in ``term``."""
+        if term > self._followed.get(i, -1):
+            self._followed[i] = term
+
     def promoted(self, t: float, i: int, term: int) -> None:
         self.promotions.append((t, i, term))
+        followed = self._followed.get(i, -1)
+        if term <= followed:
+            # whatever the network did, a node never fences with a token no
+            # newer than one it saw another leader use
+            self.violate(
+                t, "fencing", f"{self.names[i]} promoted with token {term} after following another leader in term {followed}"
+            )
+            return
         asserted = not self.state_lost and (self.inv.terms_always or not (self.partitioned or self.lossy))
         if asserted and not self.inv.terms_always and term <= self.max_promoted_term and not self._informed(i):
             # without quorums, the newest token lives only in the nodes that

@@ -282,6 +282,8 @@ class Cluster:
                 if self.tracing:
                     self.note(f"{h.name} DEMOTE term={e.term} ({e.reason})")
             elif et is LeaderChanged:
+                if e.leader is not None and e.leader != h.name:
+                    self.checker.followed(h.index, e.leader, e.term)
                 if self.tracing:
                     self.note(f"{h.name} leader={e.leader} term={e.term}")
             elif et is SplitBrain:
