@@ -37,3 +37,12 @@ MUTANTS = [
     ("bully", NeverYieldBully, ("two-leaders", "liveness")),
     ("bully", SameEpochBully, ("fencing", "term-reused")),
 ]
+
+
+class EagerBully(Bully):
+    """Crowns itself at its first election timeout without asking anyone."""
+
+    def _start_election(self, now: float):
+        if not self._can_stand(now):
+            return super()._start_election(now)
+        return self._become_leader(now, "elected")
