@@ -316,12 +316,14 @@ class Cluster:
                 if self.tracing:
                     self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (loss)")
                 continue
-            self._push(self._arrival(net, rng), DELIVER, j, msg)
+            self._push(self._arrival(net, rng, h.index, j), DELIVER, j, msg)
             if net.duplicate and rng.random() < net.duplicate:
-                self._push(self._arrival(net, rng), DELIVER, j, msg)
+                self._push(self._arrival(net, rng, h.index, j), DELIVER, j, msg)
 
-    def _arrival(self, net: NetworkModel, rng: random.Random) -> float:
+    def _arrival(self, net: NetworkModel, rng: random.Random, src: int, dst: int) -> float:
         delay_s = net.delay_s(rng)
+        if net.slow_links:
+            delay_s += net.slow_links.get((src, dst), 0.0)
         if delay_s > net.max_delay_s:
             # held up past what the protocol's timeouts assume: as good as
             # lost for protocols without quorums, until it lands

@@ -18,7 +18,7 @@ from typing import Mapping
 from electiond.protocols.base import ElectionProtocol
 from electiond.sim.checker import InvariantSet, Violation, invariants_for
 from electiond.sim.cluster import Cluster
-from electiond.sim.faults import Fault, RunPlan, plan_run
+from electiond.sim.faults import LEADER, SAME, Fault, RunPlan, plan_run
 
 
 @dataclass(slots=True)
@@ -40,16 +40,36 @@ class RunResult:
         return not self.violations
 
 
+def _target(cluster: Cluster, f: Fault) -> int:
+    """The host a fault acts on: drawn in the plan, or the leader of the moment."""
+    if f.node == SAME:
+        return f.detail["ref"]["node"]
+    if f.node == LEADER:
+        leaders = cluster.leaders()
+        node = leaders[0] if leaders else f.detail["ref"]["node"]
+        f.detail["ref"]["node"] = node
+        return node
+    return f.node
+
+
 def _apply(cluster: Cluster, f: Fault) -> None:
     net = cluster.network
     if f.kind == "crash":
-        cluster.crash(f.node)
+        cluster.crash(_target(cluster, f))
     elif f.kind == "restart":
-        cluster.boot(f.node, keep_disk=f.detail["keep"])
+        cluster.boot(_target(cluster, f), keep_disk=f.detail["keep"])
+    elif f.kind == "crash-followers":
+        leaders = cluster.leaders()
+        for i in range(len(cluster.hosts)):
+            if i in leaders or cluster.hosts[i].node is None:
+                continue
+            cluster.crash(i)
+            down_s, keep = f.detail["downs"][i]
+            cluster.at(cluster.now + down_s, lambda i=i, keep=keep: cluster.boot(i, keep_disk=keep), fault=True)
     elif f.kind == "pause":
-        cluster.pause(f.node)
+        cluster.pause(_target(cluster, f))
     elif f.kind == "resume":
-        cluster.resume(f.node)
+        cluster.resume(_target(cluster, f))
     elif f.kind == "clock":
         cluster.set_clock_rate(f.node, f.detail["rate"])
     elif f.kind == "loss":
@@ -65,7 +85,12 @@ def _apply(cluster: Cluster, f: Fault) -> None:
         cluster.checker.lossy = True
     elif f.kind == "partition":
         d = f.detail
-        if "groups" in d:
+        if d["kind"] == "isolate-leader":
+            leaders = cluster.leaders()
+            lone = leaders[0] if leaders else d["groups"][0][0]
+            cluster.links.heal()
+            cluster.partition([[lone], [i for i in range(len(cluster.hosts)) if i != lone]])
+        elif "groups" in d:
             cluster.links.heal()
             cluster.partition(d["groups"])
         else:
@@ -116,6 +141,8 @@ def _liveness(cluster: Cluster, plan: RunPlan, inv: InvariantSet, result: RunRes
     cluster.heal()
     cluster.network.loss = 0.0
     cluster.network.spike_max_delay_s = 0.0
+    cluster.network.straggler = 0.0
+    cluster.network.slow_links = {}
     for i in range(plan.size):
         if i in plan.keep_down:
             cluster.crash(i)
