@@ -143,6 +143,8 @@ def plan_run(seed: int, size: int | None = None) -> RunPlan:
             f = _partition(rng, t, n)
             if at_leader and f.detail["kind"] == "isolate-one":
                 f.detail["kind"] = "isolate-leader"
+            elif at_leader and f.detail["kind"] == "one-way":
+                f.detail["kind"] = "mute-leader"  # it hears everyone, nobody hears it
             faults.append(f)
             faults.append(Fault(t + round_s * rng.uniform(0.5, 6.0), "heal"))
     faults.sort(key=lambda f: f.t)

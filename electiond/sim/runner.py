@@ -85,7 +85,12 @@ def _apply(cluster: Cluster, f: Fault) -> None:
         cluster.checker.lossy = True
     elif f.kind == "partition":
         d = f.detail
-        if d["kind"] == "isolate-leader":
+        if d["kind"] == "mute-leader":
+            leaders = cluster.leaders()
+            lone = leaders[0] if leaders else d["from"][0]
+            cluster.heal()
+            cluster.cut([lone], [i for i in range(len(cluster.hosts)) if i != lone])
+        elif d["kind"] == "isolate-leader":
             leaders = cluster.leaders()
             lone = leaders[0] if leaders else d["groups"][0][0]
             cluster.links.heal()
@@ -195,6 +200,8 @@ def _describe(plan: RunPlan, protocol: str) -> str:
         f"{s.election_timeout_max_s * 1000:.1f}ms lease={s.lease_s * 1000:.1f}ms drift={s.clock_drift_ppm:.0f}ppm "
         f"preempt={s.preempt} delay={net.base_delay_s * 1000:.2f}ms+exp({net.jitter_mean_s * 1000:.2f}ms)"
         f"<={net.max_delay_s * 1000:.2f}ms loss={net.loss} dup={net.duplicate} "
+        f"stragglers={net.straggler:.3f}<={net.straggler_max_s * 1000:.1f}ms "
+        f"slow_links={ {f'n{a + 1}->n{b + 1}': round(x * 1000, 1) for (a, b), x in net.slow_links.items()} } "
         f"partitions={plan.partitions} state_loss={plan.state_loss} faults={len(plan.faults)} "
         f"safety={plan.safety_s:.3f}s keep_down={[plan.settings[i].node_name for i in plan.keep_down]}"
     )
