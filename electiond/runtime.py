@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import time
@@ -108,6 +109,7 @@ class Runtime:
             },
             self._on_hook_result,
             logging.getLogger("electiond.hooks"),
+            token_file=os.path.join(self.config.state_directory, "hooks.token"),
         )
         # A daemon always starts as non-leader: give up whatever a crashed
         # predecessor may have held (a VIP) before standing for election.
