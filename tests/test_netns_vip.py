@@ -247,6 +247,20 @@ def write_timeline(tmp_path: Path, marks, arp_changes, cluster) -> None:
     (tmp_path / "timeline.txt").write_text("".join(f"{t:.3f} {kind:5} {text}\n" for t, kind, text in rows))
 
 
+def settled(lan: Lan, cluster: Cluster, hosts: list[str], diag) -> str:
+    """The VIP is on exactly the agreed leader and the client's ARP entry points
+    there. (Leadership itself may move again on a loaded machine, e.g. a lease
+    that was not renewed in time; the VIP must follow it.)"""
+
+    def check() -> str | None:
+        leader = cluster.agreed_leader()
+        if leader and vip_holders(lan, hosts) == [leader] and lan.client_arp() == lan.mac(leader):
+            return leader
+        return None
+
+    return wait_for(check, 20, "the VIP on exactly the leader, the client's ARP entry pointing there", diag)
+
+
 def vip_holders(lan: Lan, hosts: list[str]) -> list[str]:
     return [h for h in hosts if lan.has_vip(h)]
 
@@ -289,9 +303,8 @@ def test_vip_follows_the_leader_across_a_namespace_lan(tmp_path: Path) -> None:
         assert any(e[1] == "demote" and e[2] == first and e[4] == "startup" for e in cluster.hook_events())
         mark = max(pinger.replies())
         wait_for(lambda: max(pinger.replies()) >= mark + 5, 15, "pings to go on being answered")
-        assert cluster.agreed_leader() == second
-        assert lan.client_arp() == lan.mac(second)
-        results["daemon_killed"] = pinger.stop()
+        leader = settled(lan, cluster, hosts, diag)
+        results["daemon_killed"] = {**pinger.stop(), "leader_moved_again": leader != second}
         pinger = None
 
         # ---- phase 2: the leader's host dies (link down, daemon killed)
@@ -310,9 +323,9 @@ def test_vip_follows_the_leader_across_a_namespace_lan(tmp_path: Path) -> None:
         marks.append((time.time(), f"link up + restart {second}"))
         lan.set_link(second, True)
         cluster.start(second)
-        wait_for(lambda: vip_holders(lan, hosts) == [third], 20, "startup cleanup on the returning host", diag)
-        assert cluster.agreed_leader() == third
-        results["host_died"] = pinger.stop()
+        wait_for(lambda: not lan.has_vip(second), 20, "startup cleanup on the returning host", diag)
+        leader = settled(lan, cluster, hosts, diag)
+        results["host_died"] = {**pinger.stop(), "leader_moved_again": leader != third}
         pinger = None
         assert results["host_died"]["received"] > 0
     finally:
