@@ -81,6 +81,16 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+def kill_leftover(pid_file: Path) -> None:
+    """A failing test must not leave its sleeper behind."""
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    if not process_gone(pid):
+        os.kill(pid, 9)
+
+
 def read_lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
@@ -529,14 +539,17 @@ def test_cancelling_a_running_command_kills_its_group(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    asyncio.run(go())
-    pid = int(pid_file.read_text())
-    # SIGKILL was sent to the group; give the kernel a moment to deliver it
-    for _ in range(200):
-        if process_gone(pid):
-            break
-        time.sleep(0.01)
-    assert process_gone(pid)
+    try:
+        asyncio.run(go())
+        pid = int(pid_file.read_text())
+        # SIGKILL was sent to the group; give the kernel a moment to deliver it
+        for _ in range(200):
+            if process_gone(pid):
+                break
+            time.sleep(0.01)
+        assert process_gone(pid)
+    finally:
+        kill_leftover(pid_file)
 
 
 def test_long_output_lines_are_split_and_capped(tmp_path: Path) -> None:
