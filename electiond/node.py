@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from electiond.detector import PeerWatches
 from electiond.protocols.base import (
     ROLE_FOLLOWER,
     ROLE_LEADER,
@@ -92,6 +93,9 @@ class Node:
         self.protocol_name = protocol
         self.protocol = PROTOCOLS[protocol](settings, rng, now, persisted)
         self.membership = Membership(settings, now)
+        # every member's presence beacons through the same adaptive detector the
+        # protocols use for the leader, so status shows each member's suspicion
+        self.peer_watches = PeerWatches(settings, random.Random(rng.random()))
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_LENGTH)
         self.leader_changes: deque[float] = deque()
         self.split_brains = 0
@@ -106,6 +110,7 @@ class Node:
     def on_message(self, msg: Message, now: float) -> list[Effect]:
         self.membership.saw(msg.sender, now)
         if msg.kind == PRESENCE:
+            self.peer_watches.observe(msg.sender, now)
             return []
         return self._observe(self.protocol.on_message(msg, now), now)
 
@@ -151,6 +156,7 @@ class Node:
         s = self.settings
         self._trim_changes(now)
         members = []
+        suspicion = self.peer_watches.snapshot(now)
         for m in s.members:
             if m.name == s.node_name:
                 members.append({"name": m.name, "id": m.id, "alive": True, "last_seen_ms": 0.0, "self": True})
@@ -162,6 +168,7 @@ class Node:
                 "alive": self.membership.alive(m.name, now),
                 "last_seen_ms": None if seen is None else round((now - seen) * 1000, 1),
                 "self": False,
+                "suspicion": suspicion.get(m.name),
             })
         leader = self.protocol.leader
         return {
