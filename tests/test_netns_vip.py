@@ -104,8 +104,6 @@ class Lan:
             sh("ip", "-n", ns, "addr", "add", f"{addresses[name]}/24", "dev", "lan0")
             sh("ip", "-n", ns, "link", "set", "lan0", "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-            if os.environ.get("NETNS_ARP_ANNOUNCE"):
-                sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.conf.all.arp_announce={os.environ['NETNS_ARP_ANNOUNCE']}")
 
     def close(self) -> None:
         for ns in reversed(self.created):
