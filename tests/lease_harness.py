@@ -72,6 +72,7 @@ class Cluster:
         loss: float = 0.0,
         duplicate: float = 0.0,
         start_times: dict[str, float] | None = None,
+        hook_s: float = 0.0,
         **overrides,
     ) -> None:
         self.t = 0.0
@@ -81,6 +82,7 @@ class Cluster:
         self.delay_s = delay_s
         self.loss = loss
         self.duplicate = duplicate
+        self.hook_s = hook_s  # how long demote hooks take to run
         self.members = tuple(Member(f"n{i}", i) for i in range(1, n + 1))
         self.names = [m.name for m in self.members]
         priorities = priorities or {}
@@ -187,6 +189,8 @@ class Cluster:
                 if e.kind == HEARTBEAT and not node.is_leader(now):
                     raise InvariantViolation(f"t={self.t:.4f} {name} sent a heartbeat without a valid lease")
                 self._transmit(name, e)
+            elif isinstance(e, Demote):
+                self._push(self.t + self.hook_s, "hooks_done", name)
             elif isinstance(e, Promote):
                 other = self.promotions.get(e.term)
                 if other is not None and other != name:
@@ -257,6 +261,12 @@ class Cluster:
     def _handle(self, ev: _Event) -> None:
         if ev.kind == "start":
             self._boot(ev.to)
+            return
+        if ev.kind == "hooks_done":
+            if ev.to in self.paused_until:  # hooks finish, the daemon hears of it on waking
+                self._push(self.paused_until[ev.to] + 1e-9, ev.kind, ev.to)
+            elif ev.to not in self.down:
+                self.apply(ev.to, self.nodes[ev.to].demote_hooks_done(self.local(ev.to)))
             return
         if ev.kind == "wake":
             if self.paused_until.get(ev.to) == ev.at:

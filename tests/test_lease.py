@@ -584,21 +584,34 @@ def test_refusals_that_only_need_time_shorten_the_retry():
 # ---- transfer -------------------------------------------------------------------
 
 
-def test_transfer_demotes_first_then_releases_then_times_out_the_target():
+def test_transfer_demotes_at_once_and_hands_over_only_after_the_demote_hooks():
     p = make("n1")
     _, term = become_leader(p)
     now = p.lease_until - 0.05
     effects = p.transfer("n3", now)
     assert effects[0] == Demote(term, "transfer")
-    kinds = [(type(e).__name__, getattr(e, "kind", None)) for e in effects]
-    i_release = kinds.index(("Send", RELEASE))
-    i_timeout = kinds.index(("Send", TIMEOUT_NOW))
-    assert 0 < i_release < i_timeout
-    assert effects[i_timeout].to == "n3" and effects[i_release].to is None
+    assert not sends(effects), "nothing is released while the demote hooks may still run"
     assert not p.is_leader(now)
     # it stopped renewing: no heartbeat ever again in this term
-    for t in (now + 0.01, now + 0.06, now + 0.2):
+    for t in (now + 0.01, now + 0.06):
         assert not sends(p.on_tick(t), HEARTBEAT)
+    effects = p.demote_hooks_done(now + 0.08)
+    assert [(e.kind, e.term, e.to) for e in effects] == [(RELEASE, term, None), (TIMEOUT_NOW, term, "n3")]
+    assert p.demote_hooks_done(now + 0.09) == [], "handed over once"
+
+
+def test_transfer_hooks_never_overlap_even_with_slow_demote_hooks():
+    for hook_s in (0.0, 0.03, 0.12):
+        c = Cluster(3, seed=1, hook_s=hook_s)
+        old = c.elect()
+        c.run(0.2)
+        target = next(x for x in c.names if x != old)
+        c.apply(old, c.nodes[old].transfer(target, c.local(old)))
+        demoted = c.t
+        c.run_until(lambda: c.leader() == target, 1.0)
+        assert c.leader() == target
+        # the new leader is promoted only after the old one's hooks finished
+        assert c.t >= demoted + hook_s
 
 
 def test_transfer_errors():
@@ -656,6 +669,7 @@ def test_transfer_to_best_live_member_by_priority_then_id():
     c.crash("n3")
     c.run(0.3)
     c.apply("n1", c.nodes["n1"].transfer(None, c.local("n1")))
+    c.run(0.001)  # the demote hooks finish
     timeouts = [e for t, n, e in c.log if n == "n1" and isinstance(e, Send) and e.kind == TIMEOUT_NOW]
     assert timeouts[-1].to == "n4"  # n3 (also 90, lower id) is dead
     c.run_until(lambda: c.leader() == "n4", 1.0)
@@ -729,3 +743,16 @@ def test_extra_status_reports_lease_promise_and_phase():
     st = f.extra_status(1.05)
     assert st["phase"] == "follower" and st["promised_to"] == "n1" and st["lease_remaining_ms"] is None
     assert st["promise_remaining_ms"] == pytest.approx((f.settings.follower_promise_s() - 0.05) * 1000, abs=0.2)
+
+
+def test_transfer_without_a_hooks_report_falls_back_to_an_ordinary_election():
+    # a shell that never reports finished hooks: promises lapse, someone wins
+    c = Cluster(3, seed=2, hook_s=1e9)
+    old = c.elect()
+    c.run(0.2)
+    c.apply(old, c.nodes[old].transfer(None, c.local(old)))
+    t0 = c.t
+    c.run_until(lambda: c.leader() not in (None, old), 2.0)
+    assert c.leader() not in (None, old)
+    assert c.t - t0 >= c.settings[old].follower_promise_s() - 0.05
+    assert not [e for t, n, e in c.log if n == old and isinstance(e, Send) and e.kind == RELEASE]

@@ -136,6 +136,7 @@ class QuorumLease(ElectionProtocol):
         self._following_since = -INF
         self._next_preempt_request = -INF
         self._released_by: tuple[str, int] | None = None
+        self._handover: tuple[int, str | None] | None = None  # (term, target) once hooks are done
 
     # ---- read-only view -------------------------------------------------
 
@@ -511,14 +512,18 @@ class QuorumLease(ElectionProtocol):
 
     def _maybe_win(self, now: float) -> list[Effect]:
         lease_until = self._quorum_lease_until()
-        # a majority whose grants are too old to leave any lease is no win
-        if now >= lease_until - self.settings.lease_guard_s:
+        # grants so old that the lease would lapse before one heartbeat could
+        # renew it are no win: promoting would only flap (promote, then
+        # lease_lost a moment later); a retransmission fetches fresher grants
+        margin_s = self.settings.lease_guard_s + self.settings.heartbeat_interval_s
+        if now >= lease_until - margin_s:
             return []
         self._role = ROLE_LEADER
         self._leader = self.settings.node_name
         self._leader_priority = self.settings.priority
         self._lease_until = lease_until
         self._phase_deadline = INF
+        self._handover = None  # a hand-over from an earlier term is moot
         self._backoff.reset()
         self._sent_at = {r: t for r, t in self._sent_at.items() if t + self.settings.lease_s > now}
         effects: list[Effect] = [Promote(self._term, "elected"), LeaderChanged(self._leader, self._term)]
@@ -682,16 +687,31 @@ class QuorumLease(ElectionProtocol):
         return best.name
 
     def _hand_over(self, target: str | None, now: float, reason: str) -> list[Effect]:
-        """Demote first (the shell runs the demote hook), then release the
-        followers' promises and tell the target to campaign at once."""
+        """Stop renewing and demote now; release the followers and wake the
+        target only once the shell reports the demote hooks finished
+        (``demote_hooks_done``), so the two nodes' hooks never overlap. If
+        the shell never reports, the promises lapse and an ordinary election
+        follows: slower, never unsafe."""
         term = self._term
         effects = self._demote(now, reason)
-        effects.append(Send(RELEASE, term))
-        if target is not None:
-            effects.append(Send(TIMEOUT_NOW, term, to=target))
+        self._handover = (term, target)
         # give the target (or anyone, if there is none) the first go
         self._hold_until = now + self.settings.election_timeout_max_s
         self._candidacy_at = self._hold_until + self._rank_delay_s()
+        return effects
+
+    def demote_hooks_done(self, now: float) -> list[Effect]:
+        """The shell ran the demote hooks of our last demotion to completion."""
+        if self._handover is None:
+            return []
+        term, target = self._handover
+        self._handover = None
+        effects: list[Effect] = [Send(RELEASE, term)]
+        if target is not None:
+            effects.append(Send(TIMEOUT_NOW, term, to=target))
+        # the target campaigns now; stand ourselves only if it does not
+        self._hold_until = max(self._hold_until, now + self.settings.election_timeout_max_s)
+        self._candidacy_at = max(self._candidacy_at, self._hold_until + self._rank_delay_s())
         return effects
 
     def transfer(self, target: str | None, now: float) -> list[Effect]:
