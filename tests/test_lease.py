@@ -756,3 +756,19 @@ def test_transfer_without_a_hooks_report_falls_back_to_an_ordinary_election():
     assert c.leader() not in (None, old)
     assert c.t - t0 >= c.settings[old].follower_promise_s() - 0.05
     assert not [e for t, n, e in c.log if n == old and isinstance(e, Send) and e.kind == RELEASE]
+
+
+def test_no_win_with_a_lease_too_short_to_renew_then_a_fresh_grant_wins():
+    p = make("n1")
+    now, effects = tick_until(p, PREVOTE)
+    rnd = sends(effects, PREVOTE)[0].body["round"]
+    effects = p.on_message(m(PREVOTE_REPLY, "n2", 1, round=rnd, granted=True, retry_ms=0), now)
+    req = sends(effects, REQUEST_VOTE)[0]
+    # 90 ms late: 60 ms of lease left, less than guard + one heartbeat interval
+    effects = p.on_message(m(VOTE, "n2", 1, round=req.body["round"], granted=True, retry_ms=0), now + 0.09)
+    assert not of_type(effects, Promote)
+    t_re = p.deadline()
+    assert t_re == pytest.approx(now + 0.05)  # the retransmission was due already
+    req2 = sends(p.on_tick(now + 0.091), REQUEST_VOTE)[0]
+    effects = p.on_message(m(VOTE, "n2", 1, round=req2.body["round"], granted=True, retry_ms=0), now + 0.092)
+    assert of_type(effects, Promote) and p.lease_until == pytest.approx(now + 0.091 + L)
