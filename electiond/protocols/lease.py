@@ -437,7 +437,9 @@ class QuorumLease(ElectionProtocol):
             return []
         if int(msg.body["priority"]) <= self.settings.priority:
             return []
-        return self._hand_over(msg.sender, now, "preempted")
+        # several preferred nodes may ask at once: hand over to the best live
+        # one (the asker at worst), so one transfer settles it
+        return self._hand_over(self._best_live_peer(now) or msg.sender, now, "preempted")
 
     # ---- election -------------------------------------------------------------
 
