@@ -37,7 +37,7 @@ from electiond.protocols.lease import (
     VOTE,
     QuorumLease,
 )
-from lease_harness import Cluster, settings_for
+from lease_harness import Cluster, random_faults, settings_for
 
 L = 0.15  # default lease_s
 GUARD = 0.02  # default lease_guard_s
@@ -355,35 +355,11 @@ def test_leader_isolated_in_a_minority_demotes_before_the_majority_elects(n):
 
 
 def test_lease_quorums_intersect_under_random_partitions_3_and_5_nodes():
-    """Randomized schedule of partitions, crashes, restarts, pauses, drift."""
+    """Randomized schedule of partitions, crashes, restarts, pauses, drift,
+    loss, duplication and 20 ms delays; then liveness on a healed cluster."""
     for n in (3, 5):
         for seed in range(25):
-            rng = random.Random(seed)
-            drift = {f"n{i}": rng.choice([-1000.0, 0.0, 1000.0]) for i in range(1, n + 1)}
-            c = Cluster(n, seed=seed, drift_ppm=drift, delay_s=(0.0002, 0.02), loss=0.05, duplicate=0.02)
-            for _ in range(12):
-                c.run(rng.uniform(0.05, 0.6))
-                action = rng.random()
-                live = [x for x in c.names if x not in c.down]
-                if action < 0.35:
-                    names = list(c.names)
-                    rng.shuffle(names)
-                    k = rng.randint(1, n - 1)
-                    c.partition(names[:k], names[k:])
-                elif action < 0.5:
-                    c.heal()
-                elif action < 0.65 and len(live) > 1:
-                    c.crash(rng.choice(live))
-                elif action < 0.8 and c.down:
-                    c.restart(rng.choice(sorted(c.down)))
-                elif live:
-                    c.pause(rng.choice(live), rng.uniform(0.01, 0.5))
-            # liveness on a healed cluster
-            c.heal()
-            for x in sorted(c.down):
-                c.restart(x)
-            c.run(0.6)
-            assert c.elect(timeout_s=5.0), f"seed {seed}"
+            c = random_faults(QuorumLease, seed, n)
             assert c.max_leaders_seen == 1
 
 

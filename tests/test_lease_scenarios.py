@@ -11,7 +11,7 @@ import pytest
 
 from electiond.protocols.base import Demote, Promote, Send
 from electiond.protocols.lease import REQUEST_VOTE, VOTE, QuorumLease
-from lease_harness import Cluster, InvariantViolation
+from lease_harness import Cluster, InvariantViolation, random_faults
 from lease_mutants import (
     MUTANTS,
     LeaderIgnoresLeaseExpiry,
@@ -115,10 +115,37 @@ def test_scenario_is_safe_and_recovers(name):
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_scenario_catches_its_mutant(name):
+def test_scenario_catches_its_mutant_as_an_actual_overlap(name, monkeypatch):
+    monkeypatch.setattr(Cluster, "CHECK_COVERAGE", False)
     scenario, mutant = SCENARIOS[name]
     with pytest.raises(InvariantViolation, match="two leaders"):
         scenario(mutant, 0)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_lease_coverage_catches_the_mutant_before_any_overlap(name):
+    scenario, mutant = SCENARIOS[name]
+    with pytest.raises(InvariantViolation, match="lease-uncovered"):
+        scenario(mutant, 0)
+
+
+@pytest.mark.parametrize("mutant", sorted(MUTANTS), ids=sorted(MUTANTS))
+def test_randomized_faults_catch_every_mutant_within_a_few_seeds(mutant):
+    """No hand-made scenario: the randomized fault schedule alone finds each."""
+    cls = MUTANTS[mutant]
+    for seed in range(30):
+        try:
+            random_faults(cls, seed, 3)
+        except InvariantViolation:
+            return
+    raise AssertionError(f"{mutant} survived 30 randomized runs")
+
+
+def test_randomized_faults_never_violate_the_real_protocol():
+    for n in (3, 5):
+        for seed in range(15):
+            c = random_faults(QuorumLease, seed, n)
+            assert c.max_leaders_seen == 1
 
 
 def test_every_mutant_has_a_scenario_that_catches_it():

@@ -156,6 +156,16 @@ class QuorumLease(ElectionProtocol):
     def lease_until(self) -> float:
         return self._lease_until
 
+    @property
+    def promise(self) -> tuple[str | None, float]:
+        """(to whom, until when on our clock) we promised not to vote for others."""
+        return self._promised_to, self._promise_until
+
+    @property
+    def quarantine_until(self) -> float:
+        """Until then we grant no vote at all (we may have promised before a crash)."""
+        return self._quarantine_until
+
     def is_leader(self, now: float) -> bool:
         # answered from the clock: a node woken from a freeze must not claim a
         # lease that ran out while it was stopped, even before its next tick
@@ -187,6 +197,7 @@ class QuorumLease(ElectionProtocol):
             "promise_remaining_ms": round(max(0.0, self._promise_until - now) * 1000, 1),
             "quarantine_remaining_ms": round(max(0.0, self._quarantine_until - now) * 1000, 1),
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
+            "leader_watch": self._watch.suspicion_snapshot(now) if self._leader not in (None, self.settings.node_name) else None,
             "election_attempt": self._backoff.attempt,
         }
 
@@ -366,7 +377,7 @@ class QuorumLease(ElectionProtocol):
         self._cancel_prevote()
         if self._leader != msg.sender:
             self._leader = msg.sender
-            self._watch.reset(now)
+            self._watch.reset(now, msg.sender)
             self._following_since = now
             self._backoff.reset()
             effects.append(LeaderChanged(msg.sender, self._term))
