@@ -748,3 +748,26 @@ def test_no_win_with_a_lease_too_short_to_renew_then_a_fresh_grant_wins():
     req2 = sends(p.on_tick(now + 0.091), REQUEST_VOTE)[0]
     effects = p.on_message(m(VOTE, "n2", 1, round=req2.body["round"], granted=True, retry_ms=0), now + 0.092)
     assert of_type(effects, Promote) and p.lease_until == pytest.approx(now + 0.091 + L)
+
+
+def test_a_vote_granted_during_our_own_prevote_cancels_it():
+    p = make("n1", persisted=PersistedState(5, None))
+    now, effects = tick_until(p, PREVOTE)
+    rnd = sends(effects, PREVOTE)[0].body["round"]
+    # a candidate of our current term asks (no term change cancels anything)
+    granted = p.on_message(m(REQUEST_VOTE, "n3", 5, round=1, priority=0), now + 0.001)
+    assert sends(granted, VOTE)[0].body["granted"] is True
+    # a late pre-vote grant must not make us stand while promised to n3
+    effects = p.on_message(m(PREVOTE_REPLY, "n2", 6, round=rnd, granted=True, retry_ms=0), now + 0.002)
+    assert not sends(effects, REQUEST_VOTE) and p.role == "follower"
+    assert p.promise[0] == "n3"
+
+
+def test_a_granted_vote_reports_the_leader_it_stopped_following():
+    p = make("n2")
+    follow(p, "n1", 3, 1.0)
+    later = 1.0 + p.settings.follower_promise_s() + 0.001  # n1 went quiet, promise lapsed
+    effects = p.on_message(m(REQUEST_VOTE, "n3", 4, round=1, priority=0), later)
+    assert LeaderChanged(None, 4) in effects
+    assert effects.index(LeaderChanged(None, 4)) < effects.index(sends(effects, VOTE)[0])
+    assert sends(effects, VOTE)[0].body["granted"] is True

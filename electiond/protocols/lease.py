@@ -125,10 +125,8 @@ class QuorumLease(ElectionProtocol):
         self._prevote_refusals: dict[str, int] = {}  # name -> retry hint ms
         self._sent_at: dict[int, float] = {}  # round -> local send time
         self._granted_at: dict[str, float] = {}  # voter -> latest send time it granted
-        self._vote_refusals: set[str] = set()
         self._next_send = INF  # leader: next heartbeat; candidate: next retransmit
         self._lease_until = -INF
-        self._promoted = False
         # what we learned about peers: priority and when last heard
         self._peer_priority: dict[str, int] = {}
         self._last_heard: dict[str, float] = {}
@@ -173,7 +171,8 @@ class QuorumLease(ElectionProtocol):
 
     def phase(self, now: float) -> str:
         if self._role == ROLE_LEADER:
-            return PHASE_LEADER
+            # a lease that ran out before the next tick is no longer leadership
+            return PHASE_LEADER if self.is_leader(now) else PHASE_FOLLOWER
         if self._role == ROLE_CANDIDATE:
             return PHASE_CANDIDATE
         if self._phase_deadline < INF:
@@ -322,9 +321,11 @@ class QuorumLease(ElectionProtocol):
             return effects + self._vote_reply(msg, False, NO_HINT_MS)
         self._voted_for = msg.sender
         self._promise(msg.sender, now)
-        # an election is under way: do not stand before it could have finished
+        # an election is under way: drop our own pre-vote (standing now would
+        # break the promise just made) and do not stand before it could finish
+        self._cancel_prevote()
         self._candidacy_at = max(self._candidacy_at, self._promise_until + self._rank_delay_s())
-        return self._vote_reply(msg, True, 0)
+        return effects + self._vote_reply(msg, True, 0)
 
     def _refuse_vote(self, msg: Message, now: float) -> list[Effect] | None:
         """A refusal that leaves our term alone (stale request, or we are bound)."""
@@ -354,9 +355,7 @@ class QuorumLease(ElectionProtocol):
         if sent_at is None:
             return []
         if not msg.body["granted"]:
-            self._vote_refusals.add(msg.sender)
             return []
-        self._vote_refusals.discard(msg.sender)
         self._record_grant(msg.sender, self._lease_start(sent_at, now))
         return self._maybe_win(now)
 
@@ -497,13 +496,17 @@ class QuorumLease(ElectionProtocol):
     def _start_candidacy(self, now: float) -> list[Effect]:
         me = self.settings.node_name
         self._cancel_prevote()
+        wait_s = self._vote_blocked_for(me, now)
+        if wait_s > 0.0:
+            # voting for ourselves is a grant too: not while bound to another
+            self._candidacy_at = now + wait_s + self._rank_delay_s()
+            return []
         self._term += 1
         self._voted_for = me
         self._role = ROLE_CANDIDATE
         self._leader = None
         self._sent_at = {}
         self._granted_at = {}
-        self._vote_refusals = set()
         self._phase_deadline = now + self._election_round_s()
         effects: list[Effect] = self._persist()  # before the request leaves
         return effects + self._send_vote_requests(now) + self._maybe_win(now)
