@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from electiond.protocols.base import Demote, Promote, Send
+from electiond.protocols.base import CommandError, Demote, Promote, Send
 from electiond.protocols.lease import REQUEST_VOTE, VOTE, QuorumLease
 from lease_harness import Cluster, InvariantViolation, random_faults
 from lease_mutants import (
@@ -199,3 +199,58 @@ def test_restart_right_after_voting_keeps_the_vote_and_stays_safe():
         promoted = [e.term for _t, e in c.effects_of(new, Promote)]
         assert promoted
 
+
+
+# ---- hypothesis: shrinkable fault schedules ---------------------------------------------
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+_ACTION = st.one_of(
+    st.tuples(st.just("run"), st.floats(0.01, 0.5)),
+    st.tuples(st.just("partition"), st.permutations(["n1", "n2", "n3", "n4", "n5"]), st.integers(1, 4)),
+    st.tuples(st.just("cut"), st.sampled_from(["n1", "n2", "n3", "n4", "n5"]), st.sampled_from(["n1", "n2", "n3", "n4", "n5"])),
+    st.tuples(st.just("heal")),
+    st.tuples(st.just("crash"), st.sampled_from(["n1", "n2", "n3", "n4", "n5"])),
+    st.tuples(st.just("restart"), st.sampled_from(["n1", "n2", "n3", "n4", "n5"])),
+    st.tuples(st.just("pause"), st.sampled_from(["n1", "n2", "n3", "n4", "n5"]), st.floats(0.01, 0.4)),
+    st.tuples(st.just("transfer")),
+)
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), actions=st.lists(_ACTION, min_size=1, max_size=14),
+       drift=st.lists(st.sampled_from([-1000.0, 0.0, 1000.0]), min_size=5, max_size=5))
+def test_hypothesis_schedules_keep_leases_apart_and_recover(seed, actions, drift):
+    run_schedule(QuorumLease, seed, actions, drift)
+
+
+def run_schedule(protocol, seed, actions, drift):
+    c = Cluster(5, seed=seed, protocol=protocol, drift_ppm={f"n{i + 1}": d for i, d in enumerate(drift)}, delay_s=(0.0002, 0.015), loss=0.03)
+    for action in actions:
+        kind = action[0]
+        if kind == "run":
+            c.run(action[1])
+        elif kind == "partition":
+            names, k = action[1], action[2]
+            c.partition(list(names[:k]), list(names[k:]))
+        elif kind == "cut" and action[1] != action[2]:
+            c.block(action[1], action[2])
+        elif kind == "heal":
+            c.heal()
+        elif kind == "crash" and action[1] not in c.down:
+            c.crash(action[1])
+        elif kind == "restart" and action[1] in c.down:
+            c.restart(action[1])
+        elif kind == "pause" and action[1] not in c.down and action[1] not in c.paused_until:
+            c.pause(action[1], action[2])
+        elif kind == "transfer" and c.leader() is not None:
+            leader = c.leader()
+            try:
+                c.apply(leader, c.nodes[leader].transfer(None, c.local(leader)))
+            except CommandError:
+                pass  # no live member to hand over to
+    c.heal()
+    for name in sorted(c.down):
+        c.restart(name)
+    c.run(0.5)
+    assert c.elect(timeout_s=5.0)
