@@ -67,6 +67,7 @@ class Runtime:
         self._leader_seen: str | None = None
         self._last_status_line = ""
         self._transports_closed = False
+        self._background: set[asyncio.Task] = set()
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -215,7 +216,10 @@ class Runtime:
             elif isinstance(effect, Demote):
                 log.info("demoted in term %d (%s)", effect.term, effect.reason)
                 self.hooks.submit(Transition("demote", effect.term, None, self.settings.node_name, effect.reason))
-                asyncio.get_running_loop().create_task(self._after_demote_hooks())
+                # keep a reference: the loop holds tasks only weakly
+                task = asyncio.get_running_loop().create_task(self._after_demote_hooks())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             elif isinstance(effect, LeaderChanged):
                 if effect.leader != self._leader_seen:
                     log.info("leader is now %s (term %d)", effect.leader or "unknown", effect.term)
