@@ -771,3 +771,15 @@ def test_a_granted_vote_reports_the_leader_it_stopped_following():
     assert LeaderChanged(None, 4) in effects
     assert effects.index(LeaderChanged(None, 4)) < effects.index(sends(effects, VOTE)[0])
     assert sends(effects, VOTE)[0].body["granted"] is True
+
+
+def test_timeout_now_during_quarantine_campaigns_without_prevote_when_it_ends():
+    start = 3.0
+    target = make("n3", now=start)
+    follow(target, "n1", 4, start + 0.01)
+    assert target.on_message(m(TIMEOUT_NOW, "n1", 4), start + 0.02) == [LeaderChanged(None, 4)]
+    quarantine_end = start + target.settings.follower_promise_s()
+    assert target.deadline() == pytest.approx(quarantine_end)
+    effects = target.on_tick(quarantine_end)
+    assert not sends(effects, PREVOTE)
+    assert effects[0] == Persist(PersistedState(5, "n3")) and sends(effects, REQUEST_VOTE)

@@ -159,3 +159,21 @@ def test_transfer_hands_over_in_a_few_round_trips(tmp_path):
         _assert_no_overlap(_intervals(c.hook_events(), {}))
         print(f"transfer: all agree after {took_s * 1000:.0f} ms; "
               f"demote hook to promote hook {(promote[-1][0] - demote[-1][0]) * 1000:.0f} ms")
+
+
+def test_sigterm_of_the_leader_hands_over_after_its_demote_hook(tmp_path):
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        old = c.wait_leader(10.0)
+        c.wait_for(lambda: any(e[1] == "promote" and e[2] == old for e in c.hook_events()), 5.0, "promote hook")
+        others = [n for n in c.names if n != old]
+        t0 = time.monotonic()
+        c.signal(old, signal.SIGTERM)
+        new = c.wait_leader(5.0, among=others)
+        took_s = time.monotonic() - t0
+        c.wait_for(lambda: any(e[1] == "promote" and e[2] == new for e in c.hook_events()), 5.0, "promote hook")
+        demote = [e for e in c.hook_events() if e[1] == "demote" and e[2] == old and e[4] == "transfer"]
+        promote = [e for e in c.hook_events() if e[1] == "promote" and e[2] == new]
+        assert demote and demote[-1][0] < promote[-1][0]
+        _assert_no_overlap(_intervals(c.hook_events(), {}))
+        print(f"graceful stop: new leader agreed after {took_s * 1000:.0f} ms")

@@ -135,6 +135,7 @@ class QuorumLease(ElectionProtocol):
         self._next_preempt_request = -INF
         self._released_by: tuple[str, int] | None = None
         self._handover: tuple[int, str | None] | None = None  # (term, target) once hooks are done
+        self._skip_prevote = False  # picked by a hand-over while we could not stand yet
 
     # ---- read-only view -------------------------------------------------
 
@@ -374,6 +375,7 @@ class QuorumLease(ElectionProtocol):
         elif self._role == ROLE_CANDIDATE:
             self._to_follower()  # someone else won this term
         self._cancel_prevote()
+        self._skip_prevote = False
         if self._leader != msg.sender:
             self._leader = msg.sender
             self._watch.reset(now, msg.sender)
@@ -434,12 +436,19 @@ class QuorumLease(ElectionProtocol):
             # the old leader demoted before sending this, as it does before RELEASE
             self._promise_until = now
             self._promised_to = None
-        if not self._can_stand(now) or self._vote_blocked_for(self.settings.node_name, now) > 0.0:
-            return effects
         if self._leader == msg.sender:
             self._leader = None
             effects.append(LeaderChanged(None, self._term))
         self._cancel_prevote()
+        if not self._eligible:
+            return effects
+        wait_s = max(self._vote_blocked_for(self.settings.node_name, now), self._hold_until - now)
+        if wait_s > 0.0:
+            # just restarted (quarantine): campaign, still without a pre-vote,
+            # the moment we may, unless a leader shows up first
+            self._skip_prevote = True
+            self._candidacy_at = now + wait_s
+            return effects
         return effects + self._start_candidacy(now)
 
     def _on_transfer_request(self, msg: Message, now: float) -> list[Effect]:
@@ -454,6 +463,9 @@ class QuorumLease(ElectionProtocol):
     # ---- election -------------------------------------------------------------
 
     def _start_prevote(self, now: float) -> list[Effect]:
+        if self._skip_prevote and self._can_stand(now) and self._vote_blocked_for(self.settings.node_name, now) == 0.0:
+            self._skip_prevote = False  # a hand-over picked us: no pre-vote
+            return self._start_candidacy(now)
         if not self._can_stand(now):
             self._candidacy_at = max(now, self._hold_until, self._quarantine_until) + self._rank_delay_s()
             return []
@@ -496,6 +508,7 @@ class QuorumLease(ElectionProtocol):
     def _start_candidacy(self, now: float) -> list[Effect]:
         me = self.settings.node_name
         self._cancel_prevote()
+        self._skip_prevote = False
         wait_s = self._vote_blocked_for(me, now)
         if wait_s > 0.0:
             # voting for ourselves is a grant too: not while bound to another
@@ -592,6 +605,7 @@ class QuorumLease(ElectionProtocol):
             self._to_follower()
         self._term = term
         self._voted_for = None
+        self._skip_prevote = False  # a new term: any hand-over we were picked for is moot
         if self._leader is not None:
             self._leader = None
             self._leader_priority = None
