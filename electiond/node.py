@@ -133,6 +133,10 @@ class Node:
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
         return self._observe(self.protocol.set_eligible(eligible, now, reason), now)
 
+    def demote_hooks_done(self, now: float) -> list[Effect]:
+        """Call when the demote hooks submitted for a Demote effect finished."""
+        return self._observe(self.protocol.demote_hooks_done(now), now)
+
     def record(self, now: float, event: str, **detail: Any) -> None:
         """Record something the shell did (a hook run, a pause) in the history."""
         self.history.append(HistoryEntry(now, event, self.protocol.term, detail))
