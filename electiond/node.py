@@ -25,9 +25,11 @@ from electiond.protocols.base import (
     SplitBrain,
 )
 from electiond.protocols.bully import Bully
+from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
     Bully.name: Bully,
+    Ring.name: Ring,
 }
 
 HISTORY_LENGTH = 200
