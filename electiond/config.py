@@ -1,12 +1,23 @@
 """Parse and validate the INI configuration into frozen dataclasses.
 
-(The parser is being written; the hook and health sections' shapes are fixed
-here first because hooks.py and health.py are built against them.)
+Every error names the file, the section and the key, so that an operator can
+fix it without reading code; the daemon exits 78 (EX_CONFIG) on any of them
+and systemd does not restart-loop.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import configparser
+import ipaddress
+import re
+import shlex
+import socket
+from dataclasses import dataclass, field
+
+from electiond.protocols.base import Member, Settings
+
+DEFAULT_PATH = "/etc/electiond/electiond.conf"
+PROTOCOL_NAMES = ("bully", "ring", "quorum-lease")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +45,372 @@ class HealthConfig:
     timeout_s: float = 5.0
     rise: int = 2
     fall: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    protocol: str
+    settings: Settings
+    group: str
+    port: int
+    interface: str  # an IPv4 address or an interface name (resolved by net.py)
+    key_file: str | None
+    key: bytes | None = field(repr=False)
+    control_socket: str
+    control_socket_mode: int
+    state_directory: str
+    hooks: HooksConfig
+    health: HealthConfig
+    log_level: str
+    warnings: tuple[str, ...] = ()
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, section: str | None, key: str | None, message: str) -> None:
+        where = path
+        if section:
+            where += f": [{section}]"
+        if key:
+            where += f" {key}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.section, self.key = path, section, key
+
+
+# section -> known keys; anything else is a typo and an error
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "cluster": ("name", "protocol", "members", "group", "port", "interface", "key_file"),
+    "node": ("name", "preempt", "preempt_delay", "priority", "log_level"),
+    "timing": (
+        "heartbeat_interval", "election_timeout", "lease", "lease_guard", "clock_drift",
+        "suspicion_threshold", "min_suspicion_timeout", "max_suspicion_timeout",
+        "backoff_base", "backoff_max", "backoff_jitter", "answer_timeout",
+    ),
+    "control": ("socket", "socket_mode"),
+    "state": ("directory",),
+    "hooks": ("promote", "demote", "fault", "directory", "timeout", "kill_grace", "on_promote_failure"),
+    "health": ("track_process", "track_script", "track_interface", "interval", "timeout", "rise", "fall"),
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+def parse_duration_s(text: str) -> float:
+    """'50ms', '1.5s', '2m' -> seconds. A unit is required: '50' is ambiguous."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"bad duration {text.strip()!r} (expected a number with ms, s or m, e.g. 150ms)")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def parse_members(text: str) -> tuple[Member, ...]:
+    members: list[Member] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, ident = item.partition("=")
+        name, ident = name.strip(), ident.strip()
+        if not sep or not _NAME.match(name):
+            raise ValueError(f"bad member {item!r} (expected name=id, e.g. n1=1)")
+        if not ident.isdigit() or int(ident) < 1:
+            raise ValueError(f"member {name!r} needs a positive integer id, got {ident!r}")
+        members.append(Member(name, int(ident)))
+    if not members:
+        raise ValueError("no members listed")
+    names = [m.name for m in members]
+    for n in names:
+        if names.count(n) > 1:
+            raise ValueError(f"member name {n!r} is listed twice")
+    ids = [m.id for m in members]
+    for i in ids:
+        if ids.count(i) > 1:
+            raise ValueError(f"member id {i} is used twice")
+    return tuple(members)
+
+
+class _Section:
+    """Typed getters that turn every failure into a ConfigError naming the key."""
+
+    def __init__(self, path: str, parser: configparser.ConfigParser, name: str) -> None:
+        self.path, self.name = path, name
+        self._values = dict(parser[name]) if parser.has_section(name) else {}
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(self.path, self.name, key, message)
+
+    def raw(self, key: str, default: str | None = None) -> str | None:
+        value = self._values.get(key)
+        if value is None or value.strip() == "":
+            return default
+        return value.strip()
+
+    def required(self, key: str) -> str:
+        value = self.raw(key)
+        if value is None:
+            raise self.error(key, "is required")
+        return value
+
+    def convert(self, key: str, default, convert):
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def duration_s(self, key: str, default: float, minimum_s: float = 0.001) -> float:
+        value = self.convert(key, default, parse_duration_s)
+        if value < minimum_s:
+            raise self.error(key, f"must be at least {minimum_s * 1000:g}ms")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        def convert(text: str) -> bool:
+            lowered = text.lower()
+            if lowered in ("yes", "true", "on", "1"):
+                return True
+            if lowered in ("no", "false", "off", "0"):
+                return False
+            raise ValueError(f"expected yes or no, got {text!r}")
+        return self.convert(key, default, convert)
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
+        def convert(text: str) -> int:
+            try:
+                number = int(text)
+            except ValueError:
+                raise ValueError(f"expected an integer, got {text!r}") from None
+            if not minimum <= number <= maximum:
+                raise ValueError(f"must be between {minimum} and {maximum}, got {number}")
+            return number
+        return self.convert(key, default, convert)
+
+    def number(self, key: str, default: float, minimum: float) -> float:
+        def convert(text: str) -> float:
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(f"expected a number, got {text!r}") from None
+            if number < minimum:
+                raise ValueError(f"must be at least {minimum:g}")
+            return number
+        return self.convert(key, default, convert)
+
+    def argv(self, key: str) -> tuple[str, ...]:
+        return self.convert(key, (), lambda text: tuple(shlex.split(text)))
+
+    def words(self, key: str) -> tuple[str, ...]:
+        return self.convert(key, (), lambda text: tuple(w for w in re.split(r"[\s,]+", text) if w))
+
+
+def _parse_drift_ppm(text: str) -> float:
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*ppm\s*$", text)
+    if not m:
+        raise ValueError(f"bad clock drift {text!r} (expected e.g. 1000ppm)")
+    ppm = float(m.group(1))
+    if ppm >= 100_000:
+        raise ValueError("must be below 100000ppm")
+    return ppm
+
+
+def _parse_timeout_range(text: str) -> tuple[float, float]:
+    low, sep, high = text.partition("-")
+    low_s = parse_duration_s(low)
+    high_s = parse_duration_s(high) if sep else low_s
+    if high_s < low_s:
+        raise ValueError(f"range {text!r} ends before it starts")
+    return low_s, high_s
+
+
+def _parse_interface(text: str) -> str:
+    try:
+        ipaddress.IPv4Address(text)
+        return text
+    except ValueError:
+        pass
+    if not _IFNAME.match(text):
+        raise ValueError(f"{text!r} is neither an IPv4 address nor an interface name")
+    return text
+
+
+def _parse_group(text: str) -> str:
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+    if not address.is_multicast:
+        raise ValueError(f"{text} is not a multicast address (224.0.0.0/4)")
+    return text
+
+
+def _parse_mode(text: str) -> int:
+    if not re.match(r"^0?[0-7]{3}$", text):
+        raise ValueError(f"expected an octal mode like 0660, got {text!r}")
+    return int(text, 8)
+
+
+def _read_key(path: str, section: _Section) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as exc:
+        raise section.error("key_file", f"cannot read {path}: {exc.strerror}") from None
+    if len(key) < 16:
+        raise section.error("key_file", f"{path} holds {len(key)} bytes; use at least 16 (e.g. head -c 32 /dev/urandom | base64)")
+    return key
+
+
+def load(path: str = DEFAULT_PATH, node_name: str | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError."""
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";",),
+        comment_prefixes=("#", ";"),
+        empty_lines_in_values=False,
+        strict=True,
+    )
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f, source=path)
+    except OSError as exc:
+        raise ConfigError(path, None, None, f"cannot read: {exc.strerror}") from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(path, exc.section, exc.option, "is set twice") from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(path, exc.section, None, "section appears twice") from None
+    except configparser.Error as exc:
+        raise ConfigError(path, None, None, f"not a valid INI file: {exc.message}") from None
+    return _validate(path, parser, node_name)
+
+
+def _validate(path: str, parser: configparser.ConfigParser, node_override: str | None) -> Config:
+    for section_name in parser.sections():
+        if section_name not in KNOWN_KEYS:
+            raise ConfigError(path, section_name, None, f"unknown section (known: {', '.join(KNOWN_KEYS)})")
+        for key in parser[section_name]:
+            if key not in KNOWN_KEYS[section_name]:
+                raise ConfigError(path, section_name, key, "unknown key")
+    warnings: list[str] = []
+    sec = {name: _Section(path, parser, name) for name in KNOWN_KEYS}
+
+    cluster = sec["cluster"]
+    cluster_name = cluster.required("name")
+    if not _NAME.match(cluster_name):
+        raise cluster.error("name", f"{cluster_name!r}: use letters, digits, '.', '_' or '-'")
+    protocol = cluster.raw("protocol", "quorum-lease")
+    if protocol not in PROTOCOL_NAMES:
+        raise cluster.error("protocol", f"unknown protocol {protocol!r} (choose {', '.join(PROTOCOL_NAMES)})")
+    members = cluster.convert("members", None, parse_members)
+    if members is None:
+        raise cluster.error("members", "is required (e.g. members = n1=1, n2=2, n3=3)")
+    if len(members) % 2 == 0:
+        warnings.append(
+            f"{path}: [cluster] members: {len(members)} members is an even count; "
+            f"it tolerates no more failures than {len(members) - 1}"
+        )
+    group = cluster.convert("group", "239.255.76.1", _parse_group)
+    port = cluster.integer("port", 7676, 1, 65535)
+    interface = cluster.convert("interface", "127.0.0.1", _parse_interface)
+    key_file = cluster.raw("key_file")
+    key = _read_key(key_file, cluster) if key_file else None
+
+    node = sec["node"]
+    name = node_override or node.raw("name") or socket.gethostname().split(".")[0]
+    if name not in {m.name for m in members}:
+        key_name = None if node_override else "name"
+        raise ConfigError(path, "node", key_name, f"node {name!r} is not in [cluster] members")
+    log_level = node.raw("log_level", "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise node.error("log_level", f"expected debug, info, warning or error, got {log_level!r}")
+
+    timing = sec["timing"]
+    heartbeat_s = timing.duration_s("heartbeat_interval", 0.05)
+    election_min_s, election_max_s = timing.convert("election_timeout", (0.15, 0.30), _parse_timeout_range)
+    if election_min_s <= heartbeat_s:
+        raise timing.error("election_timeout", "must be longer than heartbeat_interval")
+    lease_s = timing.duration_s("lease", 0.15)
+    lease_guard_s = timing.duration_s("lease_guard", min(0.02, lease_s / 5), minimum_s=0.0)
+    if protocol == "quorum-lease" and lease_s - lease_guard_s < 2 * heartbeat_s:
+        raise timing.error(
+            "lease",
+            f"{lease_s * 1000:g}ms leaves room for fewer than two renewals at heartbeat_interval "
+            f"{heartbeat_s * 1000:g}ms after the {lease_guard_s * 1000:g}ms guard; "
+            "lengthen the lease or shorten the heartbeat",
+        )
+    min_suspicion_s = timing.duration_s("min_suspicion_timeout", max(2 * heartbeat_s, 0.02))
+    max_suspicion_s = timing.duration_s("max_suspicion_timeout", max(1.0, 2 * election_max_s))
+    if max_suspicion_s < min_suspicion_s:
+        raise timing.error("max_suspicion_timeout", "must not be below min_suspicion_timeout")
+    backoff_base_s = timing.duration_s("backoff_base", heartbeat_s)
+    backoff_max_s = timing.duration_s("backoff_max", 2.0)
+    if backoff_max_s < backoff_base_s:
+        raise timing.error("backoff_max", "must not be below backoff_base")
+
+    settings = Settings(
+        cluster=cluster_name,
+        node_name=name,
+        members=members,
+        heartbeat_interval_s=heartbeat_s,
+        election_timeout_min_s=election_min_s,
+        election_timeout_max_s=election_max_s,
+        preempt=node.boolean("preempt", True),
+        preempt_delay_s=node.duration_s("preempt_delay", 5.0, minimum_s=0.0),
+        priority=node.integer("priority", 100, 0, 255),
+        lease_s=lease_s,
+        clock_drift_ppm=timing.convert("clock_drift", 1000.0, _parse_drift_ppm),
+        lease_guard_s=lease_guard_s,
+        suspicion_threshold=timing.number("suspicion_threshold", 8.0, 0.5),
+        min_suspicion_timeout_s=min_suspicion_s,
+        max_suspicion_timeout_s=max_suspicion_s,
+        backoff_base_s=backoff_base_s,
+        backoff_max_s=backoff_max_s,
+        backoff_jitter_s=timing.duration_s("backoff_jitter", heartbeat_s, minimum_s=0.0),
+        answer_timeout_s=timing.duration_s("answer_timeout", 2 * heartbeat_s),
+    )
+
+    control = sec["control"]
+    state = sec["state"]
+    hooks_sec = sec["hooks"]
+    on_failure = hooks_sec.raw("on_promote_failure", "stepdown")
+    if on_failure not in ("stepdown", "ignore"):
+        raise hooks_sec.error("on_promote_failure", f"expected stepdown or ignore, got {on_failure!r}")
+    hooks = HooksConfig(
+        promote=hooks_sec.argv("promote"),
+        demote=hooks_sec.argv("demote"),
+        fault=hooks_sec.argv("fault"),
+        directory=hooks_sec.raw("directory"),
+        timeout_s=hooks_sec.duration_s("timeout", 30.0),
+        kill_grace_s=hooks_sec.duration_s("kill_grace", 5.0),
+        on_promote_failure=on_failure,
+    )
+    health_sec = sec["health"]
+    health = HealthConfig(
+        track_process=health_sec.words("track_process"),
+        track_script=health_sec.argv("track_script"),
+        track_interface=health_sec.words("track_interface"),
+        interval_s=health_sec.duration_s("interval", 2.0),
+        timeout_s=health_sec.duration_s("timeout", 5.0),
+        rise=health_sec.integer("rise", 2, 1, 100),
+        fall=health_sec.integer("fall", 2, 1, 100),
+    )
+    return Config(
+        path=path,
+        protocol=protocol,
+        settings=settings,
+        group=group,
+        port=port,
+        interface=interface,
+        key_file=key_file,
+        key=key,
+        control_socket=control.raw("socket", "/run/electiond/control.sock"),
+        control_socket_mode=control.convert("socket_mode", 0o660, _parse_mode),
+        state_directory=state.raw("directory", "/var/lib/electiond"),
+        hooks=hooks,
+        health=health,
+        log_level=log_level,
+        warnings=tuple(warnings),
+    )

@@ -15,6 +15,7 @@ from electiond.protocols.base import (
     ROLE_FOLLOWER,
     ROLE_LEADER,
     Demote,
+    Send,
     Effect,
     ElectionProtocol,
     LeaderChanged,
@@ -36,6 +37,9 @@ HISTORY_LENGTH = 200
 # DESIGN §6: more than this many leadership changes in an hour is flapping
 FLAP_CHANGES_PER_HOUR = 2
 FLAP_WINDOW_S = 3600.0
+# Followers in bully and ring send nothing while all is well; a slow presence
+# beacon lets every member's table say who is alive.
+PRESENCE = "PRESENCE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,10 @@ class Membership:
     def liveness_window_s(self) -> float:
         # a peer that multicasts nothing (a follower in bully) still answers
         # elections; the window is generous because it is informational only
-        return max(3 * self._settings.election_timeout_max_s, 20 * self._settings.heartbeat_interval_s)
+        return 3 * self.presence_interval_s()
+
+    def presence_interval_s(self) -> float:
+        return max(0.5, 10 * self._settings.heartbeat_interval_s)
 
     def last_seen(self, name: str) -> float | None:
         return self._last_seen.get(name)
@@ -89,18 +96,28 @@ class Node:
         self.leader_changes: deque[float] = deque()
         self.split_brains = 0
         self.started_at = now
+        self._next_presence = now
 
     # ---- inputs -----------------------------------------------------------
 
+    def message_schemas(self) -> dict[str, dict]:
+        return {**self.protocol.MESSAGE_SCHEMAS, PRESENCE: {}}
+
     def on_message(self, msg: Message, now: float) -> list[Effect]:
         self.membership.saw(msg.sender, now)
+        if msg.kind == PRESENCE:
+            return []
         return self._observe(self.protocol.on_message(msg, now), now)
 
     def on_tick(self, now: float) -> list[Effect]:
-        return self._observe(self.protocol.on_tick(now), now)
+        effects = self._observe(self.protocol.on_tick(now), now)
+        if now >= self._next_presence:
+            self._next_presence = now + self.membership.presence_interval_s()
+            effects.append(Send(PRESENCE, self.protocol.term))
+        return effects
 
     def deadline(self) -> float:
-        return self.protocol.deadline()
+        return min(self.protocol.deadline(), self._next_presence)
 
     def transfer(self, target: str | None, now: float) -> list[Effect]:
         return self._observe(self.protocol.transfer(target, now), now)

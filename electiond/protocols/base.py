@@ -198,7 +198,10 @@ class ElectionProtocol(abc.ABC):
 
     @abc.abstractmethod
     def on_tick(self, now: float) -> list[Effect]:
-        """Handle the passage of time; called at or after ``deadline()``."""
+        """Handle the passage of time.
+
+        The shell calls this before every event, so it may come early: it must
+        do nothing that is not yet due at ``now``."""
 
     @abc.abstractmethod
     def deadline(self) -> float:

@@ -1,0 +1,5 @@
+import sys
+
+from electiond.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""electiond entry point: config, logging, sd_notify, signals, the event loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from electiond import __version__, config as configmod
+from electiond.control import ControlServer
+from electiond.net import NetError
+from electiond.state import StateError
+
+EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus keeps it from looping
+EX_UNAVAILABLE = 69
+
+log = logging.getLogger("electiond")
+
+
+def sd_notify(message: str) -> bool:
+    """The sd_notify protocol, spoken directly: one datagram to $NOTIFY_SOCKET."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.sendall(message.encode())
+        return True
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+        return False
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of WatchdogSec, when systemd asked for pings from this very process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 2e6
+    except ValueError:
+        return None
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(level.upper())
+    handler: logging.Handler
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        try:
+            from systemd.journal import JournalHandler
+
+            handler = JournalHandler(SYSLOG_IDENTIFIER="electiond")
+        except ImportError:
+            handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="electiond", description="Leader election daemon for a LAN.")
+    parser.add_argument("--config", default=configmod.DEFAULT_PATH, help="config file (default %(default)s)")
+    parser.add_argument("--node", help="this node's name (overrides [node] name)")
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument("--version", action="version", version=f"electiond {__version__}")
+    return parser.parse_args(argv)
+
+
+async def serve(cfg: configmod.Config) -> int:
+    from electiond.runtime import Runtime
+
+    runtime = Runtime(cfg, on_status=lambda line: sd_notify(f"STATUS={line}"))
+    await runtime.start()
+    control = ControlServer(cfg.control_socket, cfg.control_socket_mode, runtime.command)
+    await control.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: runtime.reload(cfg.path))
+    watchdog_s = watchdog_interval_s()
+    if watchdog_s:
+        def ping() -> None:
+            sd_notify("WATCHDOG=1")
+            loop.call_later(watchdog_s, ping)
+        ping()
+    sd_notify("READY=1")
+    await stop.wait()
+    log.info("stopping")
+    sd_notify("STOPPING=1")
+    await runtime.stop()
+    await control.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = configmod.load(args.config, args.node)
+    except configmod.ConfigError as exc:
+        print(f"electiond: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(cfg.log_level)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    if args.check_config:
+        print(f"{args.config}: OK (node {cfg.settings.node_name}, protocol {cfg.protocol}, "
+              f"{len(cfg.settings.members)} members)")
+        return 0
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        log.info("uvloop not available; using the default asyncio loop")
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(serve(cfg))
+    except StateError as exc:
+        log.error("state: %s", exc)
+        print(f"electiond: state error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except NetError as exc:
+        log.error("network: %s", exc)
+        print(f"electiond: network error: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

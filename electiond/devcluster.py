@@ -1,0 +1,195 @@
+"""Run a cluster of real electiond processes on loopback multicast.
+
+Used by scripts/demo, the process-level tests and the benchmarks. Each
+cluster gets its own port, group and cluster name, so parallel test workers
+never hear each other. Every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from electiond.cli import Refused, Unreachable, request
+
+# PYTHONPATH for the daemons: wherever this package is imported from
+REPO = pathlib.Path(__file__).resolve().parent.parent
+_counter = itertools.count()
+
+HOOK_SCRIPT = """#!/bin/sh
+# records every transition: wall time, event, node, term, reason
+echo "$(date +%s.%N) $ELECTIOND_EVENT $ELECTIOND_NODE ${ELECTIOND_TERM:-0} $ELECTIOND_REASON" >> "$HOOK_LOG"
+"""
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        size: int,
+        protocol: str = "bully",
+        node_options: dict[str, str] | None = None,
+        timing: dict[str, str] | None = None,
+        hooks: dict[str, str] | None = None,
+        per_node: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.names = [f"n{i}" for i in range(1, size + 1)]
+        self.protocol = protocol
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.hook_log = workdir / "hooks.log"
+        self.hook_log.touch()
+        hook = workdir / "record-hook"
+        hook.write_text(HOOK_SCRIPT)
+        hook.chmod(0o755)
+        unique = os.getpid() * 100 + next(_counter)
+        self.cluster_name = f"t{unique}"
+        self.group = f"239.255.{(unique >> 8) % 256}.{unique % 256}"
+        self.port = free_udp_port()
+        self.per_node = per_node or {}
+        node_lines = "\n".join(f"{k} = {v}" for k, v in (node_options or {}).items())
+        timing_lines = "\n".join(f"{k} = {v}" for k, v in (timing or {}).items())
+        hook_cfg = {"promote": f"{hook}", "demote": f"{hook}", "fault": f"{hook}", "timeout": "10s"}
+        hook_cfg.update(hooks or {})
+        hook_lines = "\n".join(f"{k} = {v}" for k, v in hook_cfg.items())
+        self.config_text = f"""
+[cluster]
+name = {self.cluster_name}
+protocol = {protocol}
+members = {", ".join(f"{n}={i}" for i, n in enumerate(self.names, 1))}
+group = {self.group}
+port = {self.port}
+interface = 127.0.0.1
+
+[node]
+{node_lines}
+
+[timing]
+{timing_lines}
+
+[hooks]
+{hook_lines}
+"""
+
+    def config_path(self, name: str) -> pathlib.Path:
+        path = self.workdir / f"{name}.conf"
+        text = self.config_text
+        text += f"\n[control]\nsocket = {self.socket(name)}\n\n[state]\ndirectory = {self.workdir / name}\n"
+        extra = self.per_node.get(name)
+        if extra:
+            text = text.replace("[node]\n", "[node]\n" + "".join(f"{k} = {v}\n" for k, v in extra.items()))
+        path.write_text(text)
+        return path
+
+    def socket(self, name: str) -> str:
+        return str(self.workdir / f"{name}.sock")
+
+    # ---- processes ----------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        env = dict(os.environ, HOOK_LOG=str(self.hook_log), PYTHONPATH=str(REPO))
+        log = open(self.workdir / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "electiond", "--config", str(self.config_path(name)), "--node", name],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        log.close()
+        self.wait_for(lambda: os.path.exists(self.socket(name)), 10, f"{name} to open its socket")
+
+    def start_all(self) -> None:
+        for name in self.names:
+            self.start(name)
+
+    def signal(self, name: str, sig: int) -> None:
+        self.procs[name].send_signal(sig)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_all()
+
+    # ---- observation ---------------------------------------------------------
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        try:
+            return request(self.socket(name), "status", timeout_s=2.0)
+        except (Unreachable, Refused):
+            return None
+
+    def running(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is None]
+
+    def agreed_leader(self, among: list[str] | None = None) -> str | None:
+        """The leader if every running node names the same one and only it says it leads."""
+        statuses = [self.status(n) for n in (among or self.running())]
+        if not statuses or any(s is None for s in statuses):
+            return None
+        leaders = {s["leader"] for s in statuses}
+        claimants = [s["node"] for s in statuses if s["role"] == "leader"]
+        if len(leaders) == 1 and None not in leaders and claimants == [next(iter(leaders))]:
+            return claimants[0]
+        return None
+
+    def wait_for(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{self.logs()}")
+
+    def wait_leader(self, timeout_s: float = 5.0, among: list[str] | None = None) -> str:
+        return self.wait_for(lambda: self.agreed_leader(among), timeout_s, "an agreed leader")
+
+    def hook_events(self) -> list[tuple[float, str, str, int, str]]:
+        events = []
+        for line in self.hook_log.read_text().splitlines():
+            stamp, event, node, term, reason = (line.split() + [""] * 5)[:5]
+            events.append((float(stamp), event, node, int(term), reason))
+        return events
+
+    def logs(self) -> str:
+        parts = []
+        for name in self.names:
+            path = self.workdir / f"{name}.log"
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-15:]
+                parts.append(f"--- {name}.log\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def status_json(self, name: str) -> str:
+        return json.dumps(self.status(name), indent=1)

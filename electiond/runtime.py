@@ -1,0 +1,293 @@
+"""The asyncio shell around the pure Node.
+
+It reads the clock once per event, lets the node look at the time first (so a
+process woken from SIGSTOP drops a stale lease before it does anything else),
+then feeds the event and carries out the effects in the order given:
+persisting happens before the sends that follow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from electiond import net
+from electiond.config import Config
+from electiond.hooks import HookResult, HookRunner, Transition
+from electiond.node import Node
+from electiond.protocols.base import (
+    CommandError,
+    Demote,
+    Effect,
+    LeaderChanged,
+    Message,
+    Persist,
+    Promote,
+    Send,
+    SplitBrain,
+)
+from electiond.state import StateStore
+from electiond.wire import Codec
+
+log = logging.getLogger("electiond")
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, handler: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self._handler = handler
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._handler(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("socket error: %s", exc)
+
+
+class Runtime:
+    def __init__(self, config: Config, on_status: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.settings = config.settings
+        self._on_status = on_status or (lambda text: None)
+        self.store = StateStore(config.state_directory)
+        self.node: Node | None = None
+        self.codec: Codec | None = None
+        self.hooks: HookRunner | None = None
+        self.health: Any = None
+        self.started_wall = time.time()
+        self._peer_addresses: dict[str, tuple[str, int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._unicast: asyncio.DatagramTransport | None = None
+        self._stopping = asyncio.Event()
+        self._leader_seen: str | None = None
+        self._last_status_line = ""
+
+    # ---- life cycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        persisted = self.store.load()  # StateError propagates: the daemon refuses to start
+        incarnation = self.store.begin_incarnation()
+        now = time.monotonic()
+        rng = random.Random(random.SystemRandom().getrandbits(64))
+        self.node = Node(self.settings, self.config.protocol, rng, now, persisted)
+
+        local_address = net.interface_address(self.config.interface)
+        unicast_sock = net.unicast_socket(local_address)
+        group_sock = net.group_socket(self.config.group, self.config.port, local_address)
+        self._unicast, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._on_datagram), sock=unicast_sock
+        )
+        group_transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._on_datagram), sock=group_sock
+        )
+        self._transports = [self._unicast, group_transport]
+        self.codec = Codec(
+            cluster=self.settings.cluster,
+            node_name=self.settings.node_name,
+            members={m.name for m in self.settings.members},
+            key=self.config.key,
+            schemas=self.node.message_schemas(),
+            incarnation=incarnation,
+            unicast_port=unicast_sock.getsockname()[1],
+        )
+        if self.config.key is None:
+            log.warning("no [cluster] key_file: messages are NOT authenticated; any host on the LAN can forge them")
+
+        self.hooks = HookRunner(
+            self.config.hooks,
+            {
+                "ELECTIOND_NODE": self.settings.node_name,
+                "ELECTIOND_PROTOCOL": self.config.protocol,
+                "ELECTIOND_CLUSTER": self.settings.cluster,
+            },
+            self._on_hook_result,
+            logging.getLogger("electiond.hooks"),
+        )
+        # A daemon always starts as non-leader: give up whatever a crashed
+        # predecessor may have held (a VIP) before standing for election.
+        self.hooks.submit(Transition("demote", self.node.protocol.term, None, None, "startup"))
+        self.node.record(now, "startup", incarnation=incarnation)
+        log.info(
+            "started node=%s cluster=%s protocol=%s term=%d group=%s:%d unicast=%s:%d",
+            self.settings.node_name, self.settings.cluster, self.config.protocol,
+            self.node.protocol.term, self.config.group, self.config.port,
+            local_address, unicast_sock.getsockname()[1],
+        )
+        self._process(lambda now: [])
+
+    async def stop(self) -> None:
+        """Clean shutdown: hand over leadership where the protocol can, run demote hooks."""
+        assert self.node is not None and self.hooks is not None
+        now = time.monotonic()
+        if self.node.is_leader(now):
+            try:
+                self._process(lambda now: self.node.transfer(None, now))
+            except CommandError:
+                pass
+            if self.node.is_leader(time.monotonic()):
+                self._process(lambda now: self.node.stepdown(now))
+        if self.node.is_leader(time.monotonic()):
+            self.hooks.submit(Transition("demote", self.node.protocol.term, None, self._leader_seen, "shutdown"))
+        if self._timer:
+            self._timer.cancel()
+        await self.hooks.close()
+        for transport in self._transports:
+            transport.close()
+
+    def reload(self, path: str) -> None:
+        """SIGHUP: apply what can change safely (hooks, log level); refuse the rest."""
+        from electiond import config as configmod
+
+        try:
+            new = configmod.load(path, self.settings.node_name)
+        except configmod.ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        fixed = ("protocol", "settings", "group", "port", "interface", "key", "control_socket",
+                 "control_socket_mode", "state_directory", "health")
+        changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
+        if changed:
+            log.error("reload refused: %s cannot change while running (restart the daemon)", ", ".join(changed))
+            return
+        self.config = new
+        if self.hooks is not None:
+            self.hooks.config = new.hooks
+        logging.getLogger().setLevel(new.log_level.upper())
+        log.info("reloaded %s", path)
+
+    # ---- events ---------------------------------------------------------------
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.codec is not None
+        received = self.codec.decode(data)
+        if received is None:
+            return
+        msg = received.message
+        if msg.recipient is not None and msg.recipient != self.settings.node_name:
+            return
+        self._peer_addresses[msg.sender] = (addr[0], received.unicast_port)
+        self._process(lambda now: self.node.on_message(msg, now))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._process(lambda now: [])
+
+    def _process(self, handler: Callable[[float], list[Effect]]) -> list[Effect]:
+        """One event: read the clock once, let time pass first, then the event itself."""
+        assert self.node is not None
+        now = time.monotonic()
+        effects = self.node.on_tick(now)
+        self._execute(effects, now)
+        more = handler(now)
+        self._execute(more, now)
+        self._schedule()
+        return effects + more
+
+    def _schedule(self) -> None:
+        assert self.node is not None
+        if self._timer:
+            self._timer.cancel()
+        delay_s = max(0.0, self.node.deadline() - time.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(min(delay_s, 1.0), self._on_timer)
+
+    def _execute(self, effects: list[Effect], now: float) -> None:
+        for effect in effects:
+            if isinstance(effect, Persist):
+                self.store.save(effect.state)
+            elif isinstance(effect, Send):
+                self._send(effect)
+            elif isinstance(effect, Promote):
+                log.info("promoted: leader of term %d (%s)", effect.term, effect.reason)
+                self.hooks.submit(Transition("promote", effect.term, self.settings.node_name,
+                                             self._leader_seen, effect.reason))
+            elif isinstance(effect, Demote):
+                log.info("demoted in term %d (%s)", effect.term, effect.reason)
+                self.hooks.submit(Transition("demote", effect.term, None, self.settings.node_name, effect.reason))
+            elif isinstance(effect, LeaderChanged):
+                if effect.leader != self._leader_seen:
+                    log.info("leader is now %s (term %d)", effect.leader or "unknown", effect.term)
+                self._leader_seen = effect.leader
+                if self.node.flapping(now):
+                    log.warning("leadership flapping: %d changes in the last hour", len(self.node.leader_changes))
+            elif isinstance(effect, SplitBrain):
+                log.warning("split brain: %s also claimed leadership (term %d); %s",
+                            effect.other, effect.term, "we yielded" if effect.yielded else "it must yield")
+        line = self.status_line()
+        if line != self._last_status_line:
+            self._last_status_line = line
+            self._on_status(line)
+
+    def _send(self, send: Send) -> None:
+        assert self.codec is not None and self._unicast is not None
+        datagram = self.codec.encode(send)
+        address = self._peer_addresses.get(send.to) if send.to else None
+        if address is None:
+            # the group reaches every member; receivers ignore what is not addressed to them
+            address = (self.config.group, self.config.port)
+        self._unicast.sendto(datagram, address)
+
+    # ---- hooks ------------------------------------------------------------
+
+    def _on_hook_result(self, result: HookResult) -> None:
+        assert self.node is not None
+        now = time.monotonic()
+        self.node.record(now, "hook", event=result.event, command=result.command, exit_code=result.exit_code,
+                         duration_ms=round(result.duration_s * 1000, 1), reason=result.reason,
+                         timed_out=result.timed_out)
+        failed = result.timed_out or result.exit_code != 0
+        if result.event == "promote" and failed and self.config.hooks.on_promote_failure == "stepdown":
+            if self.node.is_leader(now):
+                log.error("promote hook %s failed; stepping down", result.command)
+                try:
+                    self._process(lambda now: self.node.stepdown(now))
+                except CommandError as exc:
+                    log.error("stepdown after failed promote hook: %s", exc)
+
+    # ---- control requests ------------------------------------------------------
+
+    def command(self, name: str, args: dict[str, Any]) -> Any:
+        """Answer a control-socket request; raises CommandError for the client."""
+        assert self.node is not None
+        node = self.node
+        if name == "status":
+            return self.status()
+        if name == "is-leader":
+            self._process(lambda now: [])  # a woken process checks its lease before answering
+            return {"leader": node.is_leader(time.monotonic()), "node": self.settings.node_name}
+        if name == "history":
+            return [
+                {"ago_s": round(time.monotonic() - h.at, 3), "event": h.event, "term": h.term, **h.detail}
+                for h in node.history
+            ]
+        if name == "transfer":
+            self._process(lambda now: node.transfer(args.get("target"), now))
+            return {"ok": True}
+        if name == "stepdown":
+            self._process(lambda now: node.stepdown(now))
+            return {"ok": True}
+        raise CommandError(f"unknown command {name!r}")
+
+    def status(self) -> dict[str, Any]:
+        assert self.node is not None and self.codec is not None
+        self._process(lambda now: [])
+        now = time.monotonic()
+        status = self.node.status(now)
+        status.update({
+            "authenticated": self.codec.authenticated,
+            "uptime_s": round(time.time() - self.started_wall, 3),
+            "dropped": dict(self.codec.dropped),
+            "hooks": self.hooks.status() if self.hooks else None,
+        })
+        return status
+
+    def status_line(self) -> str:
+        assert self.node is not None
+        now = time.monotonic()
+        leader = self.node.protocol.leader
+        return f"{self.node.role(now)}; leader {leader or 'unknown'}; term {self.node.protocol.term}"

@@ -1,0 +1,187 @@
+"""Bully rules, driven on the pure core with made-up times."""
+
+import random
+
+import pytest
+
+from electiond.protocols.base import (
+    CommandError, Demote, LeaderChanged, Member, Message, Persist, PersistedState, Promote, Send, Settings,
+    SplitBrain,
+)
+from electiond.protocols.bully import ANSWER, COORDINATOR, ELECTION, HEARTBEAT, Bully
+
+MEMBERS = tuple(Member(f"n{i}", i) for i in range(1, 4))
+
+
+def bully(name, now=0.0, preempt=True, persisted=None, seed=1):
+    s = Settings(cluster="c", node_name=name, members=MEMBERS, preempt=preempt)
+    return Bully(s, random.Random(seed), now, persisted)
+
+
+def sends(effects, kind=None):
+    return [e for e in effects if isinstance(e, Send) and (kind is None or e.kind == kind)]
+
+
+def of(effects, cls):
+    return [e for e in effects if isinstance(e, cls)]
+
+
+def msg(kind, sender, term=0, to=None):
+    return Message(kind, sender, term, {}, to)
+
+
+def test_nothing_happens_before_the_election_timeout():
+    b = bully("n1")
+    assert b.on_tick(0.1) == []
+    assert 0.15 <= b.deadline() <= 0.30
+
+
+def test_suspecting_sends_election_to_higher_ids_only():
+    b = bully("n1")
+    effects = b.on_tick(b.deadline())
+    assert [(e.kind, e.to) for e in sends(effects)] == [(ELECTION, "n2"), (ELECTION, "n3")]
+    assert b.role == "candidate"
+
+
+def test_no_answer_in_time_makes_coordinator_with_a_new_epoch_persisted_first():
+    b = bully("n2", persisted=PersistedState(4, None))
+    t = b.deadline()
+    b.on_tick(t)
+    effects = b.on_tick(t + b.settings.answer_timeout_s)
+    assert isinstance(effects[0], Persist) and effects[0].state.term == 5
+    assert [e.kind for e in sends(effects)] == [COORDINATOR]
+    assert of(effects, Promote) == [Promote(5, "elected")]
+    assert b.role == "leader" and b.term == 5
+    assert effects.index(effects[0]) < effects.index(sends(effects)[0])
+
+
+def test_highest_id_becomes_leader_at_once():
+    b = bully("n3")
+    effects = b.on_tick(b.deadline())
+    assert of(effects, Promote) and b.role == "leader"
+
+
+def test_answer_waits_for_coordinator_then_retries_with_backoff():
+    b = bully("n1")
+    t = b.deadline()
+    b.on_tick(t)
+    b.on_message(msg(ANSWER, "n3", to="n1"), t + 0.01)
+    assert b.on_tick(t + 0.01 + b.settings.answer_timeout_s) == []  # answered: no self-promotion
+    wait_end = t + 0.01 + b.settings.election_timeout_max_s
+    assert b.on_tick(wait_end) == [] and b.role == "follower"
+    first_retry = b.deadline() - wait_end
+    effects = b.on_tick(b.deadline())
+    assert sends(effects, ELECTION)
+    assert first_retry >= b.settings.backoff_base_s
+
+
+def test_backoff_grows_exponentially():
+    b = bully("n1")
+    delays = []
+    t = b.deadline()
+    for _ in range(4):
+        b.on_tick(t)
+        b.on_message(msg(ANSWER, "n3"), t)
+        t += b.settings.election_timeout_max_s
+        b.on_tick(t)
+        delays.append(b.deadline() - t)
+        t = b.deadline()
+    s = b.settings
+    for attempt, d in enumerate(delays):
+        base = min(s.backoff_max_s, s.backoff_base_s * 2 ** attempt)
+        assert base <= d <= base + s.backoff_jitter_s
+
+
+def test_election_from_lower_is_answered_and_starts_own():
+    b = bully("n2")
+    effects = b.on_message(msg(ELECTION, "n1", to="n2"), 0.05)
+    assert sends(effects)[0] == Send(ANSWER, 0, {}, to="n1")
+    assert [(e.kind, e.to) for e in sends(effects)[1:]] == [(ELECTION, "n3")]
+
+
+def test_leader_answers_election_and_reasserts():
+    b = bully("n3")
+    b.on_tick(b.deadline())
+    effects = b.on_message(msg(ELECTION, "n1"), 1.0)
+    assert [e.kind for e in sends(effects)] == [ANSWER, COORDINATOR]
+
+
+def test_follower_accepts_coordinator_and_heartbeats_keep_it():
+    b = bully("n1")
+    effects = b.on_message(msg(COORDINATOR, "n3", term=2), 0.05)
+    assert LeaderChanged("n3", 2) in effects and b.leader == "n3" and b.term == 2
+    t = 0.05
+    for _ in range(20):
+        t += 0.05
+        b.on_message(msg(HEARTBEAT, "n3", term=2), t)
+        assert b.on_tick(t) == []
+    assert b.leader == "n3"
+
+
+def test_silent_leader_is_suspected():
+    b = bully("n1")
+    b.on_message(msg(COORDINATOR, "n3", term=2), 0.0)
+    effects = b.on_tick(b.deadline())
+    assert LeaderChanged(None, 2) in effects and sends(effects, ELECTION)
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_preempt(preempt):
+    b = bully("n3", preempt=preempt)
+    effects = b.on_message(msg(HEARTBEAT, "n2", term=3), 0.05)
+    if preempt:
+        assert of(effects, Promote) == [Promote(4, "elected")] and b.role == "leader"
+    else:
+        assert not of(effects, Promote) and b.leader == "n2"
+
+
+def test_split_brain_lower_yields():
+    b = bully("n2")
+    b.on_tick(b.deadline())
+    b.on_tick(b.deadline())  # no answer: leader
+    assert b.role == "leader"
+    effects = b.on_message(msg(HEARTBEAT, "n3", term=1), 5.0)
+    assert of(effects, SplitBrain) == [SplitBrain("n3", b.term, yielded=True)]
+    assert of(effects, Demote) and b.role == "follower" and b.leader == "n3"
+
+
+def test_split_brain_higher_reasserts_with_a_higher_epoch():
+    b = bully("n3")
+    b.on_tick(b.deadline())
+    epoch = b.term
+    effects = b.on_message(msg(HEARTBEAT, "n2", term=epoch), 5.0)
+    assert of(effects, SplitBrain)[0].yielded is False
+    assert sends(effects, COORDINATOR)[0].term == epoch + 1 and b.role == "leader"
+
+
+def test_epoch_learned_from_others_is_persisted_and_grows():
+    b = bully("n1", persisted=PersistedState(2, None))
+    effects = b.on_message(msg(HEARTBEAT, "n3", term=9), 0.05)
+    assert Persist(PersistedState(9, None)) in effects
+
+
+def test_stepdown_demotes_and_holds_back():
+    b = bully("n3")
+    b.on_tick(b.deadline())
+    effects = b.stepdown(1.0)
+    assert of(effects, Demote) and b.role == "follower"
+    # during the hold it neither answers elections nor stands
+    assert b.on_message(msg(ELECTION, "n1"), 1.01) == []
+    with pytest.raises(CommandError):
+        b.stepdown(1.02)
+
+
+def test_ineligible_node_never_stands_and_leader_steps_down():
+    b = bully("n3")
+    b.on_tick(b.deadline())
+    effects = b.set_eligible(False, 1.0, "fault")
+    assert of(effects, Demote) == [Demote(b.term, "fault")]
+    for t in (2.0, 5.0, 10.0):
+        assert not of(b.on_tick(t), Promote)
+    b.set_eligible(True, 11.0, "recovered")
+    assert of(b.on_tick(b.deadline()), Promote)
+
+
+def test_messages_from_self_ignored():
+    b = bully("n1")
+    assert b.on_message(msg(COORDINATOR, "n1", term=4), 0.1) == []

@@ -1,0 +1,152 @@
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from electiond import config
+from electiond.daemon import EX_CONFIG
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "etc" / "electiond.conf"
+
+BASE = """
+[cluster]
+name = demo
+protocol = bully                  ; bully | ring | quorum-lease
+members = n1=1, n2=2, n3=3        ; name=id
+group = 239.255.76.1
+port = 7676
+interface = 127.0.0.1
+
+[node]
+name = n1
+preempt = yes
+
+[timing]
+heartbeat_interval = 50ms
+election_timeout = 150ms-300ms
+
+[control]
+socket = /run/electiond/control.sock
+
+[state]
+directory = /var/lib/electiond
+
+[hooks]
+promote = /usr/lib/electiond/hooks/vip up 10.0.0.10/24 eth0
+demote  = /usr/lib/electiond/hooks/vip down 10.0.0.10/24 eth0
+timeout = 30s
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "electiond.conf"
+    path.write_text(text)
+    return str(path)
+
+
+def test_issue_example_parses(tmp_path):
+    cfg = config.load(write(tmp_path, BASE))
+    s = cfg.settings
+    assert (cfg.protocol, s.node_name, s.cluster) == ("bully", "n1", "demo")
+    assert [(m.name, m.id) for m in s.members] == [("n1", 1), ("n2", 2), ("n3", 3)]
+    assert s.heartbeat_interval_s == pytest.approx(0.05)
+    assert (s.election_timeout_min_s, s.election_timeout_max_s) == pytest.approx((0.15, 0.30))
+    assert cfg.hooks.promote == ("/usr/lib/electiond/hooks/vip", "up", "10.0.0.10/24", "eth0")
+    assert cfg.hooks.timeout_s == 30.0
+    assert cfg.key is None and cfg.warnings == ()
+
+
+def test_shipped_example_validates():
+    cfg = config.load(str(EXAMPLE))
+    assert cfg.protocol == "quorum-lease"
+
+
+def test_node_override_and_durations(tmp_path):
+    cfg = config.load(write(tmp_path, BASE.replace("heartbeat_interval = 50ms", "heartbeat_interval = 0.02s")), "n3")
+    assert cfg.settings.node_name == "n3"
+    assert cfg.settings.heartbeat_interval_s == pytest.approx(0.02)
+
+
+def test_even_member_count_warns(tmp_path):
+    cfg = config.load(write(tmp_path, BASE.replace("n3=3", "n3=3, n4=4")))
+    assert any("even" in w for w in cfg.warnings)
+
+
+def test_key_file(tmp_path):
+    key = tmp_path / "key"
+    key.write_bytes(b"0123456789abcdef0123")
+    cfg = config.load(write(tmp_path, BASE.replace("interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {key}")))
+    assert cfg.key == b"0123456789abcdef0123"
+
+
+BAD = [
+    ("protocol = bully", "protocol = raft", "[cluster] protocol"),
+    ("name = n1", "name = n9", "[node] name"),
+    ("n3=3", "n3=2", "[cluster] members"),
+    ("n3=3", "n1=3", "[cluster] members"),
+    ("n3=3", "n3=x", "[cluster] members"),
+    ("heartbeat_interval = 50ms", "heartbeat_interval = 50", "[timing] heartbeat_interval"),
+    ("heartbeat_interval = 50ms", "heartbeat_interval = fast", "[timing] heartbeat_interval"),
+    ("election_timeout = 150ms-300ms", "election_timeout = 300ms-150ms", "[timing] election_timeout"),
+    ("election_timeout = 150ms-300ms", "election_timeout = 40ms", "[timing] election_timeout"),
+    ("interface = 127.0.0.1", "interface = 127.0.0.1\nkey_file = /nonexistent/key", "[cluster] key_file"),
+    ("preempt = yes", "preempt = maybe", "[node] preempt"),
+    ("preempt = yes", "preempt = yes\npriorty = 3", "[node] priorty"),
+    ("port = 7676", "port = 70000", "[cluster] port"),
+    ("group = 239.255.76.1", "group = 10.1.2.3", "[cluster] group"),
+    ("timeout = 30s", "timeout = 30s\non_promote_failure = panic", "[hooks] on_promote_failure"),
+    ("[state]", "[stat]", "[stat]"),
+    ("name = demo", "", "[cluster] name"),
+    ("members = n1=1, n2=2, n3=3        ; name=id", "", "[cluster] members"),
+]
+
+
+@pytest.mark.parametrize("old,new,named", BAD)
+def test_bad_config_names_the_key(tmp_path, old, new, named):
+    assert old in BASE
+    path = write(tmp_path, BASE.replace(old, new, 1))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path)
+    assert path in str(err.value) and named in str(err.value)
+
+
+def test_quorum_lease_needs_two_renewals_per_lease(tmp_path):
+    text = BASE.replace("protocol = bully", "protocol = quorum-lease").replace(
+        "election_timeout = 150ms-300ms", "election_timeout = 150ms-300ms\nlease = 100ms")
+    with pytest.raises(config.ConfigError, match=r"\[timing\] lease"):
+        config.load(write(tmp_path, text))
+
+
+def test_short_key_rejected(tmp_path):
+    key = tmp_path / "key"
+    key.write_bytes(b"short")
+    path = write(tmp_path, BASE.replace("interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {key}"))
+    with pytest.raises(config.ConfigError, match="key_file"):
+        config.load(path)
+
+
+def run_daemon(*args):
+    return subprocess.run([sys.executable, "-m", "electiond", *args], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("old,new,named", [BAD[0], BAD[5], BAD[9], BAD[11]])
+def test_daemon_exits_78_naming_the_key(tmp_path, old, new, named):
+    path = write(tmp_path, BASE.replace(old, new, 1))
+    result = run_daemon("--config", path, "--check-config")
+    assert result.returncode == EX_CONFIG
+    assert named in result.stderr and path in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_config_ok(tmp_path):
+    result = run_daemon("--config", str(EXAMPLE), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_missing_file_exits_78(tmp_path):
+    result = run_daemon("--config", str(tmp_path / "none.conf"), "--check-config")
+    assert result.returncode == EX_CONFIG and "none.conf" in result.stderr

@@ -1,0 +1,40 @@
+import random
+
+from electiond.node import PRESENCE, Node
+from electiond.protocols.base import Member, Message, Send, Settings
+
+MEMBERS = tuple(Member(f"n{i}", i) for i in range(1, 4))
+
+
+def node(name="n1", now=0.0):
+    return Node(Settings(cluster="c", node_name=name, members=MEMBERS), "bully", random.Random(1), now)
+
+
+def test_presence_beacon_marks_members_alive():
+    n = node()
+    assert any(isinstance(e, Send) and e.kind == PRESENCE for e in n.on_tick(0.0))
+    assert n.deadline() <= n.membership.presence_interval_s()
+    n.on_message(Message(PRESENCE, "n2", 0), 1.0)
+    members = {m["name"]: m for m in n.status(1.2)["members"]}
+    assert members["n2"]["alive"] and members["n2"]["last_seen_ms"] == 200.0
+    assert not members["n3"]["alive"] and members["n3"]["last_seen_ms"] is None
+    later = 1.0 + n.membership.liveness_window_s() + 0.1
+    assert not {m["name"]: m for m in n.status(later)["members"]}["n2"]["alive"]
+
+
+def test_flapping_counts_leader_changes_in_the_last_hour():
+    n = node()
+    for k in range(3):
+        t = 10.0 + k * 5
+        n.on_tick(t)  # the leader is silent: suspected
+        n.on_message(Message("COORDINATOR", "n3", 10 + k), t + 0.01)
+    assert n.status(30.0)["leader_changes_last_hour"] == 3
+    assert n.flapping(30.0) and n.status(30.0)["flapping"]
+    assert not n.flapping(30.0 + 3601)
+
+
+def test_history_records_promotions():
+    n = node("n3")
+    t = n.protocol.deadline()
+    n.on_tick(t)
+    assert [h.event for h in n.history][:2] == ["promote", "leader"]
