@@ -58,6 +58,11 @@ JOIN = "JOIN"
 HOP_TRIES = 2
 
 
+def _member_ids(values: list[Any]) -> list[int]:
+    """Only the ints of a peer's id list: the wire checks the list, not its items."""
+    return [v for v in values if type(v) is int]
+
+
 @dataclass(slots=True)
 class _Hop:
     """A directed message waiting for its HOP_ACK."""
@@ -280,7 +285,7 @@ class Ring(ElectionProtocol):
         elif msg.kind == ELECTION:
             effects.append(self._send(HOP_ACK, {"hop": msg.body["hop"]}, to=msg.sender))
             # whoever forwarded it was alive a moment ago (its ack may just have been lost)
-            self._unsuspect_ids(msg.body["path"])
+            self._unsuspect_ids(_member_ids(msg.body["path"]))
             effects += self._on_election(msg, now)
         elif msg.kind == COORDINATOR:
             if msg.body.get("hop") is not None:
@@ -292,7 +297,7 @@ class Ring(ElectionProtocol):
         return effects
 
     def _on_election(self, msg: Message, now: float) -> list[Effect]:
-        b = msg.body
+        b = {**msg.body, "ids": _member_ids(msg.body["ids"]), "path": _member_ids(msg.body["path"])}
         initiator = b["initiator"]
         if initiator not in self._ids:
             return []
@@ -328,7 +333,7 @@ class Ring(ElectionProtocol):
             return []  # a stale result: acknowledged, not passed on
         me = self.settings.node_name
         effects: list[Effect] = []
-        ids = b["ids"]
+        ids = _member_ids(b["ids"])
         self._unsuspect_ids(ids)  # they took part in the election that just ended
         if ids and self._ids[me] not in ids and self._can_stand(now) and self._join_sent_epoch != msg.term:
             # we were skipped as dead: tell everyone we are here
