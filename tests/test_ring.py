@@ -24,6 +24,7 @@ from electiond.protocols.base import (
     Member,
     Message,
     Persist,
+    PersistedState,
     Promote,
     Send,
     Settings,
@@ -39,7 +40,7 @@ HOP_S = 0.125  # answer_timeout_s, the hop timeout (a binary fraction: exact sum
 def ring(name: str = "n3", now: float = 0.0, **kw) -> Ring:
     s = Settings(cluster="t", node_name=name, members=MEMBERS, answer_timeout_s=HOP_S, **kw)
     r = Ring(s, random.Random(7), now)
-    r.on_tick(now)  # the JOIN announcement
+    r.on_tick(now)
     return r
 
 
@@ -68,11 +69,18 @@ def start_election(r: Ring, now: float = 1.0):
 # ---- the pure core ----------------------------------------------------------------
 
 
-def test_first_tick_announces_the_node_once():
+def test_a_restarted_node_announces_itself_once():
     s = Settings(cluster="t", node_name="n2", members=MEMBERS)
-    r = Ring(s, random.Random(1), 0.0)
+    r = Ring(s, random.Random(1), 0.0, PersistedState(3, None))
     assert r.deadline() == 0.0
     assert [e.kind for e in sends(r.on_tick(0.0))] == [JOIN]
+    assert sends(r.on_tick(0.0)) == []
+
+
+def test_a_fresh_node_has_nobody_to_announce_itself_to():
+    s = Settings(cluster="t", node_name="n2", members=MEMBERS)
+    r = Ring(s, random.Random(1), 0.0)
+    assert r.deadline() > 0.0
     assert sends(r.on_tick(0.0)) == []
 
 
@@ -328,9 +336,11 @@ def test_stepdown_starts_an_election_that_leaves_the_old_leader_out():
 def test_every_message_body_fits_its_schema_and_msgpack():
     net = Net(5, seed=3)
     net.run_until(lambda: net.agreed_leader() is not None, 5.0)
-    net.kill(net.agreed_leader())
+    first = net.agreed_leader()
+    net.kill(first)
     net.run_until(lambda: net.agreed_leader() is not None, 5.0)
-    net.run(0.2)
+    net.start(first)  # rejoins with JOIN
+    net.run(0.5)
     protocol_log = [s for s in net.log if s.kind != PRESENCE]  # Node's beacon, not the protocol's
     assert {s.kind for s in protocol_log} == set(Ring.MESSAGE_SCHEMAS)
     for s in protocol_log:
@@ -345,7 +355,7 @@ def test_messages_sent_are_counted_by_kind():
     r = ring("n3")
     start_election(r)
     counts = r.extra_status(1.0)["messages_sent"]
-    assert counts == {ELECTION: 1, JOIN: 1}
+    assert counts == {ELECTION: 1}
 
 
 # ---- clusters on the in-memory network ------------------------------------------------
@@ -636,3 +646,13 @@ def test_random_double_kill_under_loss_and_jitter_ends_with_one_leader(seed):
         assert leaders == [max(net.alive, key=lambda m: int(m[1:]))]
     counts = Counter(net.nodes[m].protocol.term for m in net.alive)
     assert len(counts) == 1
+
+
+def test_a_leader_the_detector_gave_up_on_gets_one_hop_try_not_two():
+    r = ring("n4")
+    r.on_message(coordinator("n5", "n1", 1, ids=[1, 2, 3, 4, 5]), 0.1)
+    effects = r.on_tick(r.deadline())  # n5's heartbeats stopped
+    (e,) = sends(effects, ELECTION)
+    assert e.to == "n5"
+    (skip,) = sends(r.on_tick(r.deadline()))  # the hop deadline, not a retry
+    assert skip.to == "n1" and r.extra_status(r.deadline())["suspects"] == ["n5"]

@@ -121,9 +121,13 @@ class Ring(ElectionProtocol):
         self._part_key: tuple[int, int] | None = None
         self._part_until = float("-inf")
         self._last_coordinator: tuple[str, int] | None = None  # (origin, epoch) forwarded
-        self._join_due = True  # announce ourselves once at start: the splice
+        # a node that has been in the cluster before (it has an epoch on disk)
+        # announces itself once at start, so peers that skipped it while it was
+        # down splice it back in; a fresh cluster has nobody to tell
+        self._join_due = self._epoch > 0
         self._join_at = now
         self._join_sent_epoch = -1
+        self._lost_leader: str | None = None  # the leader our detector gave up on
         self.messages_sent: dict[str, int] = {}
         self.elections_started = 0
         self.elections_completed = 0
@@ -234,6 +238,8 @@ class Ring(ElectionProtocol):
             return effects
         if self._leader is not None:
             if self._watch.suspects(now):
+                # our detector already judged it: one unacked hop to it is enough to skip it
+                self._lost_leader = self._leader
                 self._leader = None
                 effects.append(LeaderChanged(None, self._epoch))
                 effects += self._start_election(now)
@@ -273,6 +279,8 @@ class Ring(ElectionProtocol):
             return []
         self._expire_suspects(now)
         self._suspects.pop(msg.sender, None)  # it spoke, so it is alive: splice it back in
+        if msg.sender == self._lost_leader:
+            self._lost_leader = None
         prior_epoch = self._epoch
         effects: list[Effect] = []
         if msg.term > self._epoch:
@@ -491,6 +499,8 @@ class Ring(ElectionProtocol):
             name = self._names.get(i)
             if name is not None:
                 self._suspects.pop(name, None)
+                if name == self._lost_leader:
+                    self._lost_leader = None
 
     def _participating(self, now: float) -> bool:
         return self._part_key is not None and now < self._part_until
@@ -547,7 +557,10 @@ class Ring(ElectionProtocol):
     def _send_hop(self, kind: str, body: dict[str, Any], target: str, term: int, now: float) -> Send:
         hop_id = self._next_hop
         self._next_hop = (self._next_hop + 1) % (1 << 31)
-        self._pending[hop_id] = _Hop(kind, term, body, target, now + self._hop_timeout_s(), 1)
+        # no second try for a leader whose heartbeats already stopped: that wait is what makes
+        # a ring failover slower than bully's, and the detector has already waited
+        tries = HOP_TRIES if target == self._lost_leader else 1
+        self._pending[hop_id] = _Hop(kind, term, body, target, now + self._hop_timeout_s(), tries)
         return self._send(kind, {**body, "hop": hop_id}, to=target, term=term)
 
     # ---- local requests -----------------------------------------------------------
