@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default=configmod.DEFAULT_PATH, help="config file (default %(default)s)")
     parser.add_argument("--node", help="this node's name (overrides [node] name)")
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="run the demote hooks once and exit (systemd ExecStopPost after a crash)")
     parser.add_argument("--version", action="version", version=f"electiond {__version__}")
     return parser.parse_args(argv)
 
@@ -104,6 +106,37 @@ async def serve(cfg: configmod.Config) -> int:
     return 0
 
 
+def cleanup(cfg: configmod.Config) -> int:
+    """After the daemon died without demoting, give up what it may have held."""
+    from electiond.hooks import HookRunner, Transition
+    from electiond.state import StateStore
+
+    service_result = os.environ.get("SERVICE_RESULT")
+    if service_result == "success":
+        log.info("clean stop: the daemon already ran its demote hooks")
+        return 0
+    try:
+        term = (StateStore(cfg.state_directory).load() or None)
+        term_number = term.term if term else 0
+    except StateError:
+        term_number = 0
+    failures: list[object] = []
+
+    async def run() -> None:
+        runner = HookRunner(
+            cfg.hooks,
+            {"ELECTIOND_NODE": cfg.settings.node_name, "ELECTIOND_PROTOCOL": cfg.protocol,
+             "ELECTIOND_CLUSTER": cfg.settings.cluster},
+            lambda result: None if result.ok else failures.append(result),
+            logging.getLogger("electiond.hooks"),
+        )
+        runner.submit(Transition("demote", term_number, None, None, "crash" if service_result else "cleanup"))
+        await runner.close()
+
+    asyncio.run(run())
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -118,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: OK (node {cfg.settings.node_name}, protocol {cfg.protocol}, "
               f"{len(cfg.settings.members)} members)")
         return 0
+    if args.cleanup:
+        return cleanup(cfg)
     try:
         import uvloop
 

@@ -288,17 +288,21 @@ async def _pump_lines(
             emit_line(line, emit, last)
         # an endless line is logged in pieces rather than buffered without bound
         while len(buf) > MAX_LINE_BYTES:
-            emit_line(buf[:MAX_LINE_BYTES] + b" [continued]", emit, last)
+            emit_line(buf[:MAX_LINE_BYTES], emit, last, split=True)
             buf = buf[MAX_LINE_BYTES:]
     if buf:
         emit_line(buf, emit, last)
 
 
-def emit_line(raw: bytes, emit: Callable[[str], None], last: list[str]) -> None:
-    line = raw.rstrip(b"\r").decode("utf-8", "replace")
-    if line.strip():
-        last[0] = line
-    emit(line)
+def emit_line(raw: bytes, emit: Callable[[str], None], last: list[str], split: bool = False) -> None:
+    for start in range(0, max(len(raw), 1), MAX_LINE_BYTES):
+        piece = raw[start : start + MAX_LINE_BYTES]
+        line = piece.rstrip(b"\r").decode("utf-8", "replace")
+        if split or len(raw) > MAX_LINE_BYTES:
+            line += " [split]"
+        if line.strip():
+            last[0] = line
+        emit(line)
 
 
 async def run_command(
@@ -351,13 +355,16 @@ async def run_command(
     finally:
         os.close(write_fd)
 
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
-    )
-    pump = asyncio.create_task(_pump_lines(reader, emit, last))
+    pipe_file = os.fdopen(read_fd, "rb", 0)
+    transport: asyncio.BaseTransport | None = None
+    pump: asyncio.Task[None] | None = None
     timed_out = False
     try:
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe_file
+        )
+        pump = asyncio.create_task(_pump_lines(reader, emit, last))
         try:
             await asyncio.wait_for(proc.wait(), timeout_s)
         except TimeoutError:
@@ -370,13 +377,23 @@ async def run_command(
             await asyncio.wait_for(asyncio.shield(pump), OUTPUT_DRAIN_S)
         except TimeoutError:
             logger.debug("hook %s: output still open after exit (background child?); not reading further", tag)
-    except asyncio.CancelledError:
+    except BaseException:
+        # cancelled (daemon shutting down hard) or a bug: never leave a hook
+        # running unsupervised
         if proc.returncode is None:
             _killpg(proc.pid, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), REAP_WAIT_S)
+            except BaseException:
+                pass
         raise
     finally:
-        pump.cancel()
-        transport.close()
+        if pump is not None:
+            pump.cancel()
+        if transport is not None:
+            transport.close()
+        else:
+            pipe_file.close()
 
     duration_s = loop.time() - t0
     rc = proc.returncode

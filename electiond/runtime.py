@@ -240,8 +240,7 @@ class Runtime:
         self.node.record(now, "hook", event=result.event, command=result.command, exit_code=result.exit_code,
                          duration_ms=round(result.duration_s * 1000, 1), reason=result.reason,
                          timed_out=result.timed_out)
-        failed = result.timed_out or result.exit_code != 0
-        if result.event == "promote" and failed and self.config.hooks.on_promote_failure == "stepdown":
+        if result.event == "promote" and not result.ok and self.config.hooks.on_promote_failure == "stepdown":
             if self.node.is_leader(now):
                 log.error("promote hook %s failed; stepping down", result.command)
                 try:

@@ -41,8 +41,13 @@ ensure_venv() {
         python3 -m venv "$VENV"
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+        echo "installing electiond and its dependencies into $VENV" >&2
+        if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+               && "$VENV/bin/python" -m pip install -e "$ROOT[test]"; } > "$VENV/pip.log" 2>&1; then
+            tail -30 "$VENV/pip.log" >&2
+            echo "pip install failed; full log: $VENV/pip.log" >&2
+            exit 1
+        fi
         echo "$want" > "$stamp"
     fi
 }

@@ -152,6 +152,7 @@ def test_split_brain_higher_reasserts_with_a_higher_epoch():
     effects = b.on_message(msg(HEARTBEAT, "n2", term=epoch), 5.0)
     assert of(effects, SplitBrain)[0].yielded is False
     assert sends(effects, COORDINATOR)[0].term == epoch + 1 and b.role == "leader"
+    assert of(effects, Promote) == [Promote(epoch + 1, "reasserted")]  # hooks learn the new token
 
 
 def test_epoch_learned_from_others_is_persisted_and_grows():

@@ -51,11 +51,10 @@ def test_restarted_node_does_not_take_over_without_preempt(tmp_path):
 def test_hooks_run_with_the_fencing_token(tmp_path):
     with Cluster(tmp_path, 3, protocol="bully") as c:
         c.start_all()
-        leader = c.wait_leader(5.0)
-        term = c.status(leader)["term"]
-        c.wait_for(lambda: any(e[1] == "promote" and e[2] == leader for e in c.hook_events()), 5.0, "promote hook")
-        promote = [e for e in c.hook_events() if e[1] == "promote"]
-        assert promote[-1][2:5] == (leader, term, "elected")
+        c.wait_for(lambda: c.agreed_leader() == "n3", 5.0, "n3 to lead")
+        term = c.status("n3")["term"]
+        c.wait_for(lambda: any(e[1:4] == ("promote", "n3", term) for e in c.hook_events()), 5.0,
+                   f"n3's promote hook with term {term}")
         # every daemon first gave up whatever a crashed predecessor held
-        startup = {e[2] for e in c.hook_events() if e[1] == "demote" and e[4] == "startup"}
-        assert startup == set(c.names)
+        c.wait_for(lambda: {e[2] for e in c.hook_events() if e[1] == "demote" and e[4] == "startup"} == set(c.names),
+                   5.0, "every node's startup demote")

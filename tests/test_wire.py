@@ -6,12 +6,13 @@ from electiond.node import PRESENCE, PROTOCOLS
 from electiond.protocols.base import Send
 
 KEY = b"k" * 32
-SCHEMAS = {kind: schema for proto in PROTOCOLS.values() for kind, schema in proto.MESSAGE_SCHEMAS.items()}
-SCHEMAS[PRESENCE] = {}
+SCHEMAS = {PRESENCE: {}}
+# every message kind of every protocol, with its own protocol's schema
+KINDS = [(proto.name, kind, schema) for proto in PROTOCOLS.values() for kind, schema in proto.MESSAGE_SCHEMAS.items()]
 
 
-def codec(name, key=KEY, incarnation=1, cluster="c"):
-    return wire.Codec(cluster, name, {"n1", "n2", "n3"}, key, SCHEMAS, incarnation, unicast_port=4000)
+def codec(name, key=KEY, incarnation=1, cluster="c", schemas=SCHEMAS):
+    return wire.Codec(cluster, name, {"n1", "n2", "n3"}, key, schemas, incarnation, unicast_port=4000)
 
 
 def sample_body(schema):
@@ -23,11 +24,12 @@ def sample_body(schema):
     return body
 
 
-@pytest.mark.parametrize("kind", sorted(SCHEMAS))
+@pytest.mark.parametrize("protocol,kind,schema", KINDS, ids=[f"{p}-{k}" for p, k, _ in KINDS])
 @pytest.mark.parametrize("key", [KEY, None])
-def test_round_trip_every_kind(kind, key):
-    a, b = codec("n1", key), codec("n2", key)
-    body = sample_body(SCHEMAS[kind])
+def test_round_trip_every_kind(protocol, kind, schema, key):
+    schemas = {kind: schema}
+    a, b = codec("n1", key, schemas=schemas), codec("n2", key, schemas=schemas)
+    body = sample_body(schema)
     got = b.decode(a.encode(Send(kind, 5, body, to="n2")))
     assert got is not None, b.dropped
     assert (got.message.kind, got.message.sender, got.message.term, got.message.body, got.message.recipient) == (
@@ -51,7 +53,7 @@ def craft(fields, key=KEY, mac=None):
     return msgpack.packb([inner, mac], use_bin_type=True)
 
 
-GOOD = [wire.VERSION, "c", "HEARTBEAT", "n1", 1, 1, 3, None, 4000, {}]
+GOOD = [wire.VERSION, "c", PRESENCE, "n1", 1, 1, 3, None, 4000, {}]
 
 
 def fields(**changes):
@@ -104,7 +106,7 @@ def test_unauthenticated_cluster_rejects_keyed_peer():
 
 def test_replay_and_reordering():
     a, b = codec("n1"), codec("n2")
-    d1, d2, d3 = (a.encode(Send("HEARTBEAT", 1)) for _ in range(3))
+    d1, d2, d3 = (a.encode(Send(PRESENCE, 1)) for _ in range(3))
     assert b.decode(d1) and b.decode(d3)
     assert b.decode(d2) is not None  # late but new: within the window
     assert reason_of(b, d2) == "replay"
@@ -113,9 +115,9 @@ def test_replay_and_reordering():
 
 def test_old_incarnation_is_stale_new_one_resets():
     old, b = codec("n1", incarnation=5), codec("n2")
-    stale = old.encode(Send("HEARTBEAT", 1))
+    stale = old.encode(Send(PRESENCE, 1))
     new = codec("n1", incarnation=6)
-    assert b.decode(new.encode(Send("HEARTBEAT", 1)))
+    assert b.decode(new.encode(Send(PRESENCE, 1)))
     assert reason_of(b, stale) == "replay"
 
 
@@ -128,7 +130,7 @@ def test_replay_window_too_old():
 
 def test_encode_refuses_oversize():
     with pytest.raises(wire.EncodeError):
-        codec("n1").encode(Send("HEARTBEAT", 1, {"pad": "x" * 2000}))
+        codec("n1").encode(Send(PRESENCE, 1, {"pad": "x" * 2000}))
 
 
 def test_garbage_never_raises():

@@ -165,12 +165,16 @@ class Bully(ElectionProtocol):
                 effects.append(Demote(self._epoch, "preempted" if takeover else "split_brain"))
                 self._role = ROLE_FOLLOWER
                 return effects + self._follow(msg.sender, now)
-            # a lower id claims to lead: it lost our heartbeats; assert with a new epoch
+            # a lower id claims to lead: it lost our heartbeats. Assert with a new
+            # epoch, above any token the other leader handed out, and run the
+            # promote hooks again with it (a VIP hook re-announces the address).
             self._epoch += 1
             return [
                 SplitBrain(msg.sender, self._epoch, yielded=False),
                 self._persist(),
                 Send(COORDINATOR, self._epoch),
+                Promote(self._epoch, "reasserted"),
+                LeaderChanged(self._leader, self._epoch),
             ]
         if self._role == ROLE_CANDIDATE:
             if sender_id < my_id:

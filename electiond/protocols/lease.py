@@ -1,0 +1,743 @@
+"""quorum-lease: Raft's election without the log, plus PaxosLease leases (sans-IO).
+
+Safety argument in one paragraph. Every vote and every heartbeat ack is a
+*lease grant*: the granting node promises (until its local r + L_f) to vote
+for nobody else. A requester that collects grants from a majority for
+requests it *sent* at local time s holds a lease until s + L on its own
+clock; since s precedes every grant and L_f outlasts L under the configured
+drift bound, every grant's promise outlives the lease. Two majorities share
+a node, and that node votes for a second candidate only after its promise to
+the first expired, so the second lease starts after the first one ended.
+The leader stops acting as leader at lease_until - guard on its own clock
+(``is_leader`` answers from the clock, not from the last tick), so a leader
+cut off in a minority, or frozen by SIGSTOP, never overlaps its successor.
+A restarted node may have forgotten promises, so it grants no vote for L_f
+(quarantine); ``(term, voted_for)`` is persisted before any vote reply or
+candidacy message is listed (the shell carries effects out in order).
+
+Candidacy order. The config gives this node only its own priority, so the
+delay before standing is a fixed function of what every node knows: its
+priority and its id's rank among the members (higher id first, as in bully):
+
+    delay = (heartbeat_interval / 2) * (255 - p) / 255      p clamped to [0, 255]
+          + (heartbeat_interval / 50) * (number of members with a higher id)
+          + U(0, heartbeat_interval / 50)
+
+The priority spread (25 ms at the default 50 ms interval, like keepalived's
+skew time) keeps failover short; priorities about 40 apart dominate the id
+order in a 5-node cluster, equal priorities fall back to the id order
+(1 ms apart), and the jitter only separates exact ties after backoff.
+Priorities learned from messages are used to pick a transfer target and to
+decide preemption.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from electiond.detector import Backoff, LeaderWatch
+from electiond.protocols.base import (
+    ROLE_CANDIDATE,
+    ROLE_FOLLOWER,
+    ROLE_LEADER,
+    CommandError,
+    Demote,
+    Effect,
+    ElectionProtocol,
+    LeaderChanged,
+    Message,
+    Persist,
+    PersistedState,
+    Promote,
+    Send,
+    Settings,
+)
+
+PREVOTE = "PREVOTE"
+PREVOTE_REPLY = "PREVOTE_REPLY"
+REQUEST_VOTE = "REQUEST_VOTE"
+VOTE = "VOTE"
+HEARTBEAT = "HEARTBEAT"
+HEARTBEAT_ACK = "HEARTBEAT_ACK"
+RELEASE = "RELEASE"
+TIMEOUT_NOW = "TIMEOUT_NOW"
+TRANSFER_REQUEST = "TRANSFER_REQUEST"
+
+PRIORITY_MAX = 255
+NO_HINT_MS = -1  # a refusal that waiting will not cure (stale term, already voted)
+
+PHASE_QUARANTINE = "quarantine"
+PHASE_FOLLOWER = "follower"
+PHASE_PREVOTE = "prevote"
+PHASE_CANDIDATE = "candidate"
+PHASE_LEADER = "leader"
+PHASE_INELIGIBLE = "ineligible"
+
+INF = float("inf")
+
+
+class QuorumLease(ElectionProtocol):
+    name = "quorum-lease"
+    MESSAGE_SCHEMAS = {
+        PREVOTE: {"round": int, "priority": int},
+        PREVOTE_REPLY: {"round": int, "granted": bool, "retry_ms": int},
+        REQUEST_VOTE: {"round": int, "priority": int},
+        VOTE: {"round": int, "granted": bool, "retry_ms": int},
+        HEARTBEAT: {"round": int, "priority": int},
+        HEARTBEAT_ACK: {"round": int, "ok": bool, "priority": int},
+        RELEASE: {},
+        TIMEOUT_NOW: {},
+        TRANSFER_REQUEST: {"priority": int},
+    }
+
+    def __init__(
+        self,
+        settings: Settings,
+        rng: random.Random,
+        now: float,
+        persisted: PersistedState | None = None,
+    ) -> None:
+        super().__init__(settings, rng, now, persisted)
+        state = persisted or PersistedState()
+        self._term = state.term
+        self._voted_for = state.voted_for
+        self._durable = state  # what the shell has stored
+        self._role = ROLE_FOLLOWER
+        self._leader: str | None = None
+        self._eligible = True
+        self._eligible_since = now
+        # we may have promised something before a crash we cannot remember
+        self._quarantine_until = now + settings.follower_promise_s()
+        self._promised_to: str | None = None
+        self._promise_until = -INF
+        self._round = 0
+        self._watch = LeaderWatch(settings, rng)
+        self._watch.reset(now)
+        self._backoff = Backoff(settings)
+        self._hold_until = -INF  # after stepdown/transfer: do not stand before this
+        self._candidacy_at = self._quarantine_until + self._rank_delay_s()
+        # the current pre-vote or vote round: request send times and grants
+        self._phase_deadline = INF
+        self._prevote_round = -1
+        self._prevote_grants: set[str] = set()
+        self._prevote_refusals: dict[str, int] = {}  # name -> retry hint ms
+        self._sent_at: dict[int, float] = {}  # round -> local send time
+        self._granted_at: dict[str, float] = {}  # voter -> latest send time it granted
+        self._vote_refusals: set[str] = set()
+        self._next_send = INF  # leader: next heartbeat; candidate: next retransmit
+        self._lease_until = -INF
+        self._promoted = False
+        # what we learned about peers: priority and when last heard
+        self._peer_priority: dict[str, int] = {}
+        self._last_heard: dict[str, float] = {}
+        self._leader_priority: int | None = None
+        self._following_since = -INF
+        self._next_preempt_request = -INF
+        self._released_by: tuple[str, int] | None = None
+
+    # ---- read-only view -------------------------------------------------
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    @property
+    def leader(self) -> str | None:
+        return self._leader
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def lease_until(self) -> float:
+        return self._lease_until
+
+    def is_leader(self, now: float) -> bool:
+        # answered from the clock: a node woken from a freeze must not claim a
+        # lease that ran out while it was stopped, even before its next tick
+        return self._role == ROLE_LEADER and now < self._step_down_at()
+
+    def phase(self, now: float) -> str:
+        if self._role == ROLE_LEADER:
+            return PHASE_LEADER
+        if self._role == ROLE_CANDIDATE:
+            return PHASE_CANDIDATE
+        if self._phase_deadline < INF:
+            return PHASE_PREVOTE
+        if now < self._quarantine_until:
+            return PHASE_QUARANTINE
+        if not self._eligible:
+            return PHASE_INELIGIBLE
+        return PHASE_FOLLOWER
+
+    def extra_status(self, now: float) -> dict[str, Any]:
+        lease_ms = None
+        if self._role == ROLE_LEADER:
+            lease_ms = round(max(0.0, self._lease_until - now) * 1000, 1)
+        return {
+            "phase": self.phase(now),
+            "eligible": self._eligible,
+            "voted_for": self._voted_for,
+            "lease_remaining_ms": lease_ms,
+            "promised_to": self._promised_to if now < self._promise_until else None,
+            "promise_remaining_ms": round(max(0.0, self._promise_until - now) * 1000, 1),
+            "quarantine_remaining_ms": round(max(0.0, self._quarantine_until - now) * 1000, 1),
+            "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
+            "election_attempt": self._backoff.attempt,
+        }
+
+    # ---- time -------------------------------------------------------------
+
+    def deadline(self) -> float:
+        if self._role == ROLE_LEADER:
+            return min(self._next_send, self._step_down_at())
+        if self._role == ROLE_CANDIDATE:
+            return min(self._next_send, self._phase_deadline)
+        if self._phase_deadline < INF:
+            return self._phase_deadline
+        if self._leader is not None:
+            return min(self._watch.deadline(), self._preempt_due())
+        if not self._eligible:
+            return INF
+        return self._candidacy_at
+
+    def on_tick(self, now: float) -> list[Effect]:
+        effects = self._check_lease(now)
+        if self._role == ROLE_LEADER:
+            if now >= self._next_send:
+                effects += self._send_heartbeat(now)
+            return effects
+        if self._role == ROLE_CANDIDATE:
+            if now >= self._phase_deadline:
+                self._abandon_round(now, self._backoff.next_delay_s(self.rng))
+            elif now >= self._next_send:
+                effects += self._retransmit_votes(now)
+            return effects
+        if self._phase_deadline < INF:
+            if now >= self._phase_deadline:
+                self._prevote_failed(now)
+            return effects
+        if self._leader is not None:
+            if self._watch.suspects(now):
+                self._leader = None
+                self._leader_priority = None
+                effects.append(LeaderChanged(None, self._term))
+                # stand once our own promise to the silent leader lapses
+                self._candidacy_at = max(now, self._promise_until) + self._rank_delay_s()
+                return effects
+            return effects + self._maybe_preempt(now)
+        if now >= self._candidacy_at:
+            effects += self._start_prevote(now)
+        return effects
+
+    # ---- messages -----------------------------------------------------------
+
+    def on_message(self, msg: Message, now: float) -> list[Effect]:
+        if msg.sender == self.settings.node_name:
+            return []
+        try:
+            self.settings.member(msg.sender)
+        except KeyError:
+            return []
+        # a leader woken from a freeze looks at its lease before anything else
+        effects = self._check_lease(now)
+        self._last_heard[msg.sender] = now
+        if "priority" in msg.body:
+            self._peer_priority[msg.sender] = int(msg.body["priority"])
+        handler = {
+            PREVOTE: self._on_prevote,
+            PREVOTE_REPLY: self._on_prevote_reply,
+            REQUEST_VOTE: self._on_request_vote,
+            VOTE: self._on_vote,
+            HEARTBEAT: self._on_heartbeat,
+            HEARTBEAT_ACK: self._on_heartbeat_ack,
+            RELEASE: self._on_release,
+            TIMEOUT_NOW: self._on_timeout_now,
+            TRANSFER_REQUEST: self._on_transfer_request,
+        }.get(msg.kind)
+        if handler is None:
+            return effects
+        return effects + handler(msg, now)
+
+    # pre-vote: non-binding, changes no term, persists nothing
+    def _on_prevote(self, msg: Message, now: float) -> list[Effect]:
+        wait_s = self._vote_blocked_for(msg.sender, now)
+        granted = msg.term > self._term and wait_s == 0.0
+        if granted:
+            hint = 0
+        elif msg.term <= self._term:
+            hint = NO_HINT_MS
+        else:
+            hint = _ceil_ms(wait_s)
+        return [
+            Send(
+                PREVOTE_REPLY,
+                msg.term if granted else self._term,
+                {"round": msg.body["round"], "granted": granted, "retry_ms": hint},
+                to=msg.sender,
+            )
+        ]
+
+    def _on_prevote_reply(self, msg: Message, now: float) -> list[Effect]:
+        if msg.term > self._term and not msg.body["granted"]:
+            return self._adopt_term(msg.term, now)
+        if self._phase_deadline == INF or self._role != ROLE_FOLLOWER:
+            return []
+        if msg.body["round"] != self._prevote_round:
+            return []
+        if msg.body["granted"]:
+            self._prevote_grants.add(msg.sender)
+            self._prevote_refusals.pop(msg.sender, None)
+        else:
+            self._prevote_refusals[msg.sender] = int(msg.body["retry_ms"])
+        if len(self._prevote_grants) >= self.settings.quorum:
+            return self._start_candidacy(now)
+        if len(self._prevote_refusals) > len(self.settings.members) - self.settings.quorum:
+            self._prevote_failed(now)
+        return []
+
+    def _on_request_vote(self, msg: Message, now: float) -> list[Effect]:
+        refuse = self._refuse_vote(msg, now)
+        if refuse is not None:
+            return refuse
+        effects: list[Effect] = []
+        if msg.term > self._term:
+            effects += self._adopt_term(msg.term, now, persist=False)
+        if self._voted_for not in (None, msg.sender):
+            return effects + self._vote_reply(msg, False, NO_HINT_MS)
+        self._voted_for = msg.sender
+        self._promise(msg.sender, now)
+        # an election is under way: do not stand before it could have finished
+        self._candidacy_at = max(self._candidacy_at, self._promise_until + self._rank_delay_s())
+        return self._vote_reply(msg, True, 0)
+
+    def _refuse_vote(self, msg: Message, now: float) -> list[Effect] | None:
+        """A refusal that leaves our term alone (stale request, or we are bound)."""
+        if msg.term < self._term:
+            return self._vote_reply(msg, False, NO_HINT_MS)
+        wait_s = self._vote_blocked_for(msg.sender, now)
+        if wait_s > 0.0:
+            # bound to another leader: keep our term, so a node that could
+            # not reach that leader cannot depose it by inflating terms
+            return self._vote_reply(msg, False, _ceil_ms(wait_s))
+        return None
+
+    def _vote_reply(self, msg: Message, granted: bool, hint_ms: int) -> list[Effect]:
+        # whatever the answer, the state it reflects is stored before it leaves
+        effects: list[Effect] = self._persist()
+        effects.append(
+            Send(VOTE, self._term, {"round": msg.body["round"], "granted": granted, "retry_ms": hint_ms}, to=msg.sender)
+        )
+        return effects
+
+    def _on_vote(self, msg: Message, now: float) -> list[Effect]:
+        if msg.term > self._term:
+            return self._adopt_term(msg.term, now)
+        if self._role != ROLE_CANDIDATE or msg.term != self._term:
+            return []
+        sent_at = self._sent_at.get(msg.body["round"])
+        if sent_at is None:
+            return []
+        if not msg.body["granted"]:
+            self._vote_refusals.add(msg.sender)
+            return []
+        self._vote_refusals.discard(msg.sender)
+        self._record_grant(msg.sender, self._lease_start(sent_at, now))
+        return self._maybe_win(now)
+
+    def _on_heartbeat(self, msg: Message, now: float) -> list[Effect]:
+        if msg.term < self._term:
+            # a deposed leader: tell it the term it missed
+            return [Send(HEARTBEAT_ACK, self._term, {"round": msg.body["round"], "ok": False, "priority": self.settings.priority}, to=msg.sender)]
+        if msg.term == self._term and self._role == ROLE_LEADER:
+            return []  # one leader per term: quorum intersection rules this out
+        if self._released_by == (msg.sender, msg.term):
+            # overtaken by its own RELEASE: that leader never leads this term again
+            return []
+        effects: list[Effect] = []
+        if msg.term > self._term:
+            effects += self._adopt_term(msg.term, now)
+        elif self._role == ROLE_CANDIDATE:
+            self._to_follower()  # someone else won this term
+        self._cancel_prevote()
+        if self._leader != msg.sender:
+            self._leader = msg.sender
+            self._watch.reset(now)
+            self._following_since = now
+            self._backoff.reset()
+            effects.append(LeaderChanged(msg.sender, self._term))
+        self._leader_priority = int(msg.body["priority"])
+        self._watch.heartbeat(now)
+        # the ack is a lease grant: promise before it leaves
+        self._promise(msg.sender, now)
+        effects.append(
+            Send(HEARTBEAT_ACK, self._term, {"round": msg.body["round"], "ok": True, "priority": self.settings.priority}, to=msg.sender)
+        )
+        return effects + self._maybe_preempt(now)
+
+    def _on_heartbeat_ack(self, msg: Message, now: float) -> list[Effect]:
+        if msg.term > self._term:
+            return self._adopt_term(msg.term, now)
+        if self._role != ROLE_LEADER or msg.term != self._term or not msg.body["ok"]:
+            return []
+        sent_at = self._sent_at.get(msg.body["round"])
+        if sent_at is None:
+            return []
+        self._record_grant(msg.sender, self._lease_start(sent_at, now))
+        self._lease_until = max(self._lease_until, self._quorum_lease_until())
+        return []
+
+    def _on_release(self, msg: Message, now: float) -> list[Effect]:
+        if msg.term < self._term:
+            return []
+        effects: list[Effect] = []
+        if msg.term > self._term:
+            effects += self._adopt_term(msg.term, now)
+        self._released_by = (msg.sender, msg.term)
+        if self._promised_to == msg.sender:
+            self._promise_until = now
+            self._promised_to = None
+        if self._leader == msg.sender:
+            self._leader = None
+            self._leader_priority = None
+            effects.append(LeaderChanged(None, self._term))
+            # the transfer target campaigns at once; stand only if it does not
+            self._candidacy_at = now + self._election_round_s() + self._rank_delay_s()
+        return effects
+
+    def _on_timeout_now(self, msg: Message, now: float) -> list[Effect]:
+        # a stale or duplicated TIMEOUT_NOW must not start a candidacy that
+        # inflates terms under a healthy leader: only in our own term, and
+        # not while we follow somebody else (the sender's own heartbeat or
+        # RELEASE may still be on its way: datagrams overtake each other)
+        if msg.term != self._term or self._role != ROLE_FOLLOWER:
+            return []
+        if self._leader not in (None, msg.sender):
+            return []
+        self._released_by = (msg.sender, msg.term)
+        effects: list[Effect] = []
+        if self._promised_to == msg.sender:
+            # the old leader demoted before sending this, as it does before RELEASE
+            self._promise_until = now
+            self._promised_to = None
+        if not self._can_stand(now) or self._vote_blocked_for(self.settings.node_name, now) > 0.0:
+            return effects
+        if self._leader == msg.sender:
+            self._leader = None
+            effects.append(LeaderChanged(None, self._term))
+        self._cancel_prevote()
+        return effects + self._start_candidacy(now)
+
+    def _on_transfer_request(self, msg: Message, now: float) -> list[Effect]:
+        if not self.is_leader(now) or msg.term != self._term:
+            return []
+        if int(msg.body["priority"]) <= self.settings.priority:
+            return []
+        return self._hand_over(msg.sender, now, "preempted")
+
+    # ---- election -------------------------------------------------------------
+
+    def _start_prevote(self, now: float) -> list[Effect]:
+        if not self._can_stand(now):
+            self._candidacy_at = max(now, self._hold_until, self._quarantine_until) + self._rank_delay_s()
+            return []
+        wait_s = self._vote_blocked_for(self.settings.node_name, now)
+        if wait_s > 0.0:
+            self._candidacy_at = now + wait_s + self._rank_delay_s()
+            return []
+        self._round += 1
+        self._prevote_round = self._round
+        self._prevote_grants = {self.settings.node_name}
+        self._prevote_refusals = {}
+        self._phase_deadline = now + self.settings.election_timeout_min_s
+        if len(self._prevote_grants) >= self.settings.quorum:  # a cluster of one
+            return self._start_candidacy(now)
+        return [Send(PREVOTE, self._term + 1, {"round": self._round, "priority": self.settings.priority})]
+
+    def _prevote_failed(self, now: float) -> None:
+        delay_s = self._backoff.next_delay_s(self.rng)
+        hint_s = self._prevote_retry_hint_s()
+        if hint_s is not None:
+            # refusals that only need time (quarantine, a lapsing promise):
+            # retry when enough of them lapse instead of backing off far
+            delay_s = min(delay_s, hint_s + self._jitter_s())
+        self._cancel_prevote()
+        self._candidacy_at = now + delay_s + self._rank_delay_s()
+
+    def _prevote_retry_hint_s(self) -> float | None:
+        needed = self.settings.quorum - len(self._prevote_grants)
+        waits = sorted(ms for ms in self._prevote_refusals.values() if ms >= 0)
+        if needed <= 0 or len(waits) < needed:
+            return None
+        return waits[needed - 1] / 1000.0
+
+    def _cancel_prevote(self) -> None:
+        self._phase_deadline = INF
+        self._prevote_round = -1
+        self._prevote_grants = set()
+        self._prevote_refusals = {}
+
+    def _start_candidacy(self, now: float) -> list[Effect]:
+        me = self.settings.node_name
+        self._cancel_prevote()
+        self._term += 1
+        self._voted_for = me
+        self._role = ROLE_CANDIDATE
+        self._leader = None
+        self._sent_at = {}
+        self._granted_at = {}
+        self._vote_refusals = set()
+        self._phase_deadline = now + self._election_round_s()
+        effects: list[Effect] = self._persist()  # before the request leaves
+        return effects + self._send_vote_requests(now) + self._maybe_win(now)
+
+    def _send_vote_requests(self, now: float) -> list[Effect]:
+        self._round += 1
+        self._sent_at[self._round] = now
+        # our own vote is a grant made when the request leaves
+        self._record_grant(self.settings.node_name, now)
+        self._promise(self.settings.node_name, now)
+        self._next_send = now + self.settings.heartbeat_interval_s
+        return [Send(REQUEST_VOTE, self._term, {"round": self._round, "priority": self.settings.priority})]
+
+    def _retransmit_votes(self, now: float) -> list[Effect]:
+        # ask everyone again: lost requests get another chance, a voter whose
+        # promise to a releasing leader has lapsed can now grant, and fresher
+        # grants from those who already voted lengthen the starting lease
+        return self._send_vote_requests(now)
+
+    def _maybe_win(self, now: float) -> list[Effect]:
+        lease_until = self._quorum_lease_until()
+        # a majority whose grants are too old to leave any lease is no win
+        if now >= lease_until - self.settings.lease_guard_s:
+            return []
+        self._role = ROLE_LEADER
+        self._leader = self.settings.node_name
+        self._leader_priority = self.settings.priority
+        self._lease_until = lease_until
+        self._phase_deadline = INF
+        self._backoff.reset()
+        self._sent_at = {r: t for r, t in self._sent_at.items() if t + self.settings.lease_s > now}
+        effects: list[Effect] = [Promote(self._term, "elected"), LeaderChanged(self._leader, self._term)]
+        return effects + self._send_heartbeat(now)
+
+    def _send_heartbeat(self, now: float) -> list[Effect]:
+        self._round += 1
+        self._sent_at[self._round] = now
+        self._record_grant(self.settings.node_name, now)
+        self._promise(self.settings.node_name, now)
+        # our own grant alone is a majority in a cluster of one
+        self._lease_until = max(self._lease_until, self._quorum_lease_until())
+        self._next_send = now + self.settings.heartbeat_interval_s
+        horizon = now - self.settings.lease_s
+        self._sent_at = {r: t for r, t in self._sent_at.items() if t > horizon}
+        return [Send(HEARTBEAT, self._term, {"round": self._round, "priority": self.settings.priority})]
+
+    def _lease_start(self, sent_at: float, now: float) -> float:
+        """A grant counts from when we sent the request it answers, never from
+        when the reply arrived: the granter's promise started in between."""
+        return sent_at
+
+    def _record_grant(self, name: str, sent_at: float) -> None:
+        self._granted_at[name] = max(self._granted_at.get(name, -INF), sent_at)
+
+    def _quorum_lease_until(self) -> float:
+        """s + L for the latest s such that a majority granted requests sent at or after s."""
+        times = sorted(self._granted_at.values(), reverse=True)
+        if len(times) < self.settings.quorum:
+            return -INF
+        return times[self.settings.quorum - 1] + self.settings.lease_s
+
+    def _step_down_at(self) -> float:
+        return self._lease_until - self.settings.lease_guard_s
+
+    def _check_lease(self, now: float) -> list[Effect]:
+        if self._role == ROLE_LEADER and now >= self._step_down_at():
+            effects = self._demote(now, "lease_lost")
+            self._candidacy_at = now + self._rank_delay_s() + self._jitter_s()
+            return effects
+        return []
+
+    # ---- transitions -----------------------------------------------------------
+
+    def _adopt_term(self, term: int, now: float, persist: bool = True) -> list[Effect]:
+        effects: list[Effect] = []
+        if self._role == ROLE_LEADER:
+            effects += self._demote(now, "higher_term")
+        elif self._role == ROLE_CANDIDATE:
+            self._to_follower()
+        self._term = term
+        self._voted_for = None
+        if self._leader is not None:
+            self._leader = None
+            self._leader_priority = None
+            effects.append(LeaderChanged(None, term))
+        self._cancel_prevote()
+        self._candidacy_at = max(self._candidacy_at, now + self._election_round_s() + self._rank_delay_s())
+        if persist:
+            effects += self._persist()
+        return effects
+
+    def _demote(self, now: float, reason: str) -> list[Effect]:
+        """Stop leading at once; the caller decides when to stand again."""
+        term = self._term
+        self._to_follower()
+        self._leader = None
+        self._leader_priority = None
+        return [Demote(term, reason), LeaderChanged(None, term)]
+
+    def _to_follower(self) -> None:
+        self._role = ROLE_FOLLOWER
+        self._lease_until = -INF
+        self._phase_deadline = INF
+        self._next_send = INF
+        self._sent_at = {}
+        self._granted_at = {}
+        # this term can never be ours again, so the lease our own grant
+        # protected will never exist: we may vote for others at once
+        if self._promised_to == self.settings.node_name:
+            self._promised_to = None
+            self._promise_until = -INF
+
+    def _abandon_round(self, now: float, delay_s: float) -> None:
+        self._to_follower()
+        self._candidacy_at = now + delay_s + self._rank_delay_s()
+
+    def _promise(self, name: str, now: float) -> None:
+        self._promised_to = name
+        self._promise_until = now + self.settings.follower_promise_s()
+
+    def _vote_blocked_for(self, candidate: str, now: float) -> float:
+        """Seconds before we may grant ``candidate`` a vote (0.0: we may now)."""
+        wait_s = max(0.0, self._quarantine_until - now)
+        if self._promised_to not in (None, candidate):
+            wait_s = max(wait_s, self._promise_until - now)
+        return wait_s
+
+    def _persist(self) -> list[Effect]:
+        """Persist (term, voted_for) unless the shell already stored exactly that."""
+        state = PersistedState(self._term, self._voted_for)
+        if state == self._durable:
+            return []
+        self._durable = state
+        return [Persist(state)]
+
+    def _election_round_s(self) -> float:
+        s = self.settings
+        return self.rng.uniform(s.election_timeout_min_s, s.election_timeout_max_s)
+
+    def _can_stand(self, now: float) -> bool:
+        return self._eligible and now >= self._hold_until and now >= self._quarantine_until
+
+    def _rank_delay_s(self) -> float:
+        s = self.settings
+        p = min(max(s.priority, 0), PRIORITY_MAX)
+        priority_delay_s = s.heartbeat_interval_s / 2 * (PRIORITY_MAX - p) / PRIORITY_MAX
+        id_rank = sum(1 for m in s.members if m.id > s.self_id)
+        return priority_delay_s + id_rank * s.heartbeat_interval_s / 50 + self._jitter_s()
+
+    def _jitter_s(self) -> float:
+        return self.rng.uniform(0.0, self.settings.heartbeat_interval_s / 50)
+
+    # ---- preemption ----------------------------------------------------------
+
+    def _preempt_since(self) -> float | None:
+        if (
+            not self.settings.preempt
+            or not self._eligible
+            or self._leader is None
+            or self._leader_priority is None
+            or self._leader_priority >= self.settings.priority
+        ):
+            return None
+        return max(self._eligible_since, self._following_since)
+
+    def _preempt_due(self) -> float:
+        since = self._preempt_since()
+        if since is None:
+            return INF
+        return max(since + self.settings.preempt_delay_s, self._next_preempt_request)
+
+    def _maybe_preempt(self, now: float) -> list[Effect]:
+        if self._role != ROLE_FOLLOWER or self._leader is None or now < self._preempt_due():
+            return []
+        # ask again if the transfer did not happen (the request may be lost)
+        self._next_preempt_request = now + self.settings.election_timeout_max_s
+        return [Send(TRANSFER_REQUEST, self._term, {"priority": self.settings.priority}, to=self._leader)]
+
+    # ---- local requests -----------------------------------------------------------
+
+    def _best_live_peer(self, now: float) -> str | None:
+        window_s = max(self.settings.lease_s, 3 * self.settings.heartbeat_interval_s)
+        live = [
+            m for m in self.settings.peers()
+            if now - self._last_heard.get(m.name, -INF) <= window_s
+        ]
+        if not live:
+            return None
+        best = max(live, key=lambda m: (self._peer_priority.get(m.name, 0), m.id))
+        return best.name
+
+    def _hand_over(self, target: str | None, now: float, reason: str) -> list[Effect]:
+        """Demote first (the shell runs the demote hook), then release the
+        followers' promises and tell the target to campaign at once."""
+        term = self._term
+        effects = self._demote(now, reason)
+        effects.append(Send(RELEASE, term))
+        if target is not None:
+            effects.append(Send(TIMEOUT_NOW, term, to=target))
+        # give the target (or anyone, if there is none) the first go
+        self._hold_until = now + self.settings.election_timeout_max_s
+        self._candidacy_at = self._hold_until + self._rank_delay_s()
+        return effects
+
+    def transfer(self, target: str | None, now: float) -> list[Effect]:
+        effects = self._check_lease(now)
+        if effects:
+            return effects  # the lease already ran out: nothing left to hand over
+        if not self.is_leader(now):
+            raise CommandError("not the leader")
+        if target is not None:
+            try:
+                self.settings.member(target)
+            except KeyError:
+                raise CommandError(f"unknown node {target!r}") from None
+            if target == self.settings.node_name:
+                raise CommandError("cannot transfer leadership to this node itself")
+        else:
+            target = self._best_live_peer(now)
+            if target is None:
+                raise CommandError("no live member to transfer to")
+        return self._hand_over(target, now, "transfer")
+
+    def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
+        effects = self._check_lease(now)
+        if effects:
+            return effects
+        if not self.is_leader(now):
+            raise CommandError("not the leader")
+        return self._hand_over(self._best_live_peer(now), now, reason)
+
+    def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
+        effects = self._check_lease(now)
+        if eligible == self._eligible:
+            return effects
+        self._eligible = eligible
+        if eligible:
+            self._eligible_since = now
+            self._candidacy_at = max(self._candidacy_at, now + self._rank_delay_s())
+            return effects
+        if self._role == ROLE_LEADER:
+            return effects + self._hand_over(self._best_live_peer(now), now, reason)
+        if self._role == ROLE_CANDIDATE:
+            self._to_follower()
+        self._cancel_prevote()
+        return effects
+
+
+def _ceil_ms(seconds: float) -> int:
+    # round up (a hint that is early only wastes a round), ignoring float noise
+    return max(0, math.ceil(seconds * 1000 - 1e-6))

@@ -1,0 +1,83 @@
+"""The systemd integration, without starting systemd: sd_notify spoken to a
+NOTIFY_SOCKET of our own, the unit checked with systemd-analyze verify, and
+the ExecStopPost cleanup run as a process."""
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster import REPO, Cluster
+
+
+def test_ready_status_and_watchdog_reach_notify_socket(tmp_path):
+    notify_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(0.2)
+    c = Cluster(tmp_path, 1, protocol="bully")
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="400000", PYTHONPATH=str(REPO),
+               HOOK_LOG=str(c.hook_log))
+    proc = subprocess.Popen([sys.executable, "-m", "electiond", "--config", str(c.config_path("n1")), "--node", "n1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    messages = []
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+            "READY=1" in messages and sum(m == "WATCHDOG=1" for m in messages) >= 3
+            and any(m.startswith("STATUS=leader") for m in messages)
+        ):
+            try:
+                messages.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except socket.timeout:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    assert "READY=1" in messages
+    assert sum(m == "WATCHDOG=1" for m in messages) >= 3
+    assert any(m.startswith("STATUS=leader; leader n1; term ") for m in messages), messages
+    assert "STOPPING=1" in messages
+
+
+def test_unit_file_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    daemon = pathlib.Path(sys.executable).with_name("electiond")
+    if not daemon.exists():
+        pytest.skip("the electiond console script is not installed in this environment (scripts/test installs it)")
+    unit = (REPO / "systemd" / "electiond.service").read_text().replace("/usr/bin/electiond", str(daemon))
+    path = tmp_path / "electiond.service"
+    path.write_text(unit)
+    result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    problems = [line for line in result.stderr.splitlines()
+                if "electiond.service" in line and "Documentation" not in line]
+    assert result.returncode == 0 and not problems, result.stderr
+
+
+def test_cleanup_runs_demote_hooks_after_a_crash(tmp_path):
+    c = Cluster(tmp_path, 1, protocol="bully")
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOOK_LOG=str(c.hook_log), SERVICE_RESULT="signal")
+    result = subprocess.run([sys.executable, "-m", "electiond", "--config", str(c.config_path("n1")), "--node", "n1",
+                             "--cleanup"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [(e[1], e[4]) for e in c.hook_events()] == [("demote", "crash")]
+    env["SERVICE_RESULT"] = "success"
+    subprocess.run([sys.executable, "-m", "electiond", "--config", str(c.config_path("n1")), "--node", "n1",
+                    "--cleanup"], env=env, capture_output=True, timeout=60, check=True)
+    assert len(c.hook_events()) == 1  # a clean stop already demoted
