@@ -494,6 +494,14 @@ class Ring(ElectionProtocol):
         if self._role == ROLE_CANDIDATE:
             self._role = ROLE_FOLLOWER
 
+    def _leader_looks_dead(self, target: str, now: float) -> bool:
+        """The leader our detector gave up on, or has half given up on: an
+        election is going round, so someone else already did."""
+        if target == self._lost_leader:
+            return True
+        threshold = self.settings.suspicion_threshold
+        return target == self._leader and self._watch.phi(now) >= threshold / 2
+
     def _unsuspect_ids(self, ids: list[Any]) -> None:
         for i in ids:
             name = self._names.get(i)
@@ -559,7 +567,7 @@ class Ring(ElectionProtocol):
         self._next_hop = (self._next_hop + 1) % (1 << 31)
         # no second try for a leader whose heartbeats already stopped: that wait is what makes
         # a ring failover slower than bully's, and the detector has already waited
-        tries = HOP_TRIES if target == self._lost_leader else 1
+        tries = HOP_TRIES if self._leader_looks_dead(target, now) else 1
         self._pending[hop_id] = _Hop(kind, term, body, target, now + self._hop_timeout_s(), tries)
         return self._send(kind, {**body, "hop": hop_id}, to=target, term=term)
 
