@@ -292,6 +292,7 @@ def test_split_brain_higher_leader_asserts_with_a_new_epoch():
     assert effects[0] == SplitBrain("n2", 3, yielded=False)
     assert isinstance(effects[1], Persist) and effects[1].state.term == 3
     assert effects[2] == Send(COORDINATOR, 3, {"leader": "n3", "origin": "n3", "ids": [], "hop": None})
+    assert effects[3] == Promote(3, "reasserted")  # hooks learn the new token
     assert r.role == ROLE_LEADER and r.term == 3
 
 
@@ -656,3 +657,12 @@ def test_a_leader_the_detector_gave_up_on_gets_one_hop_try_not_two():
     assert e.to == "n5"
     (skip,) = sends(r.on_tick(r.deadline()))  # the hop deadline, not a retry
     assert skip.to == "n1" and r.extra_status(r.deadline())["suspects"] == ["n5"]
+
+
+def test_a_leader_reelected_under_a_new_epoch_promotes_with_the_new_token():
+    r = ring("n5")
+    r.on_message(coordinator("n5", "n1", 1, ids=[1, 5]), 0.1)
+    effects = r.on_message(coordinator("n5", "n2", 2, ids=[1, 2, 5]), 0.2)
+    assert Promote(2, "reelected") in effects
+    same = r.on_message(coordinator("n5", "n3", 2, ids=[1, 2, 5]), 0.3)
+    assert not [e for e in same if isinstance(e, Promote)]

@@ -361,6 +361,9 @@ class Ring(ElectionProtocol):
         if leader == me:
             self._end_election()
             if self._role == ROLE_LEADER:
+                if newer:
+                    # re-elected under a new epoch: the hooks must learn the new token
+                    return True, [Promote(self._epoch, "reelected"), LeaderChanged(me, self._epoch)]
                 return True, []
             if self._can_stand(now):
                 return True, self._become_leader(now, "elected")
@@ -406,13 +409,16 @@ class Ring(ElectionProtocol):
             effects.append(Demote(self._epoch, "preempted" if takeover else "split_brain"))
             self._role = ROLE_FOLLOWER
             return True, effects + self._follow(other, now)
-        # a lower id claims to lead: it thought us dead; assert with a new epoch
+        # a lower id claims to lead: it thought us dead. Assert with a new epoch, above any
+        # token the other leader handed out, and run the promote hooks again with it (as bully)
         self._epoch += 1
         me = self.settings.node_name
         return False, [
             SplitBrain(other, self._epoch, yielded=False),
             self._persist(),
             self._send(COORDINATOR, {"leader": me, "origin": me, "ids": [], "hop": None}),
+            Promote(self._epoch, "reasserted"),
+            LeaderChanged(me, self._epoch),
         ]
 
     def _keeps_running_against(self, leader: str, now: float) -> bool:
