@@ -666,3 +666,26 @@ def test_a_leader_reelected_under_a_new_epoch_promotes_with_the_new_token():
     assert Promote(2, "reelected") in effects
     same = r.on_message(coordinator("n5", "n3", 2, ids=[1, 2, 5]), 0.3)
     assert not [e for e in same if isinstance(e, Promote)]
+
+
+def test_lower_leader_yielding_to_a_stale_higher_leader_tells_it_its_epoch():
+    n3 = ring("n3")
+    n3.on_message(coordinator("n3", "n1", 2, ids=[1, 3]), 0.1)
+    effects = n3.on_message(Message(HEARTBEAT, "n4", 1, {}), 0.2)
+    assert n3.role == ROLE_FOLLOWER and n3.leader == "n4"
+    told = [s for s in sends(effects, COORDINATOR) if s.to == "n4"]
+    assert told and told[0].term == 2
+    # n4 hears it as a lower id claiming to lead: it re-asserts above epoch 2
+    n4 = ring("n4")
+    n4.on_message(coordinator("n4", "n1", 1, ids=[1, 4]), 0.1)
+    effects = n4.on_message(Message(COORDINATOR, "n3", told[0].term, told[0].body, "n4"), 0.3)
+    assert n4.role == ROLE_LEADER and n4.term == 3
+    assert Promote(3, "reasserted") in effects
+
+
+def test_no_extra_message_when_the_winner_is_already_newer():
+    n3 = ring("n3")
+    n3.on_message(coordinator("n3", "n1", 2, ids=[1, 3]), 0.1)
+    effects = n3.on_message(Message(HEARTBEAT, "n4", 5, {}), 0.2)
+    assert n3.role == ROLE_FOLLOWER
+    assert not sends(effects)

@@ -300,7 +300,7 @@ class Ring(ElectionProtocol):
                 effects.append(self._send(HOP_ACK, {"hop": msg.body["hop"]}, to=msg.sender))
             effects += self._on_coordinator(msg, prior_epoch, now)
         elif msg.kind == HEARTBEAT:
-            effects += self._on_claim(msg.sender, msg.kind, now)
+            effects += self._on_claim(msg.sender, msg.term, now)
         # JOIN: hearing it was all it took (the sender is no longer suspect)
         return effects
 
@@ -347,7 +347,7 @@ class Ring(ElectionProtocol):
             # we were skipped as dead: tell everyone we are here
             self._join_sent_epoch = msg.term
             effects.append(self._send(JOIN, {}))
-        accepted, claim_effects = self._apply_coordinator(leader, msg.term > prior_epoch, now)
+        accepted, claim_effects = self._apply_coordinator(leader, msg.term, prior_epoch, now)
         effects += claim_effects
         key = (b["origin"], msg.term)
         if accepted and b.get("hop") is not None and key != self._last_coordinator:
@@ -356,8 +356,9 @@ class Ring(ElectionProtocol):
             effects += self._forward_coordinator(body, msg.term, now)
         return effects
 
-    def _apply_coordinator(self, leader: str, newer: bool, now: float) -> tuple[bool, list[Effect]]:
+    def _apply_coordinator(self, leader: str, term: int, prior_epoch: int, now: float) -> tuple[bool, list[Effect]]:
         me = self.settings.node_name
+        newer = term > prior_epoch
         if leader == me:
             self._end_election()
             if self._role == ROLE_LEADER:
@@ -370,7 +371,7 @@ class Ring(ElectionProtocol):
             # chosen, but no longer able to lead: let the others pick again
             return False, self._start_election(now)
         if self._role == ROLE_LEADER:
-            return self._leader_hears(leader, COORDINATOR, now)
+            return self._leader_hears(leader, COORDINATOR, term, now)
         if self._role == ROLE_CANDIDATE and self._keeps_running_against(leader, now):
             return False, []
         self._end_election()
@@ -382,10 +383,10 @@ class Ring(ElectionProtocol):
             return True, self._follow(leader, now)
         return False, []  # a lower claimant while a higher leader lives: it will yield
 
-    def _on_claim(self, leader: str, kind: str, now: float) -> list[Effect]:
+    def _on_claim(self, leader: str, term: int, now: float) -> list[Effect]:
         """A HEARTBEAT from ``leader``."""
         if self._role == ROLE_LEADER:
-            return self._leader_hears(leader, kind, now)[1]
+            return self._leader_hears(leader, HEARTBEAT, term, now)[1]
         if self._role == ROLE_CANDIDATE:
             if self._keeps_running_against(leader, now):
                 return []
@@ -399,7 +400,7 @@ class Ring(ElectionProtocol):
             return self._follow(leader, now)
         return []
 
-    def _leader_hears(self, other: str, kind: str, now: float) -> tuple[bool, list[Effect]]:
+    def _leader_hears(self, other: str, kind: str, their_term: int, now: float) -> tuple[bool, list[Effect]]:
         """Another node leads too (a split brain), or was elected over us."""
         if self._ids[other] > self.settings.self_id:
             takeover = kind == COORDINATOR
@@ -407,6 +408,11 @@ class Ring(ElectionProtocol):
             if not takeover:
                 effects.append(SplitBrain(other, self._epoch, yielded=True))
             effects.append(Demote(self._epoch, "preempted" if takeover else "split_brain"))
+            if their_term < self._epoch:
+                # the winner's token is older than ours (it led on the other side of a
+                # partition): tell it, so it re-asserts above every token issued meanwhile
+                me = self.settings.node_name
+                effects.append(self._send(COORDINATOR, {"leader": me, "origin": me, "ids": [], "hop": None}, to=other))
             self._role = ROLE_FOLLOWER
             return True, effects + self._follow(other, now)
         # a lower id claims to lead: it thought us dead. Assert with a new epoch, above any
