@@ -100,7 +100,8 @@ interface = 127.0.0.1
 
     # ---- processes ----------------------------------------------------------
 
-    def start(self, name: str) -> None:
+    def spawn(self, name: str) -> None:
+        """Start a daemon without waiting for it."""
         env = dict(os.environ, HOOK_LOG=str(self.hook_log), PYTHONPATH=str(REPO))
         log = open(self.workdir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
@@ -108,11 +109,20 @@ interface = 127.0.0.1
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
         log.close()
-        self.wait_for(lambda: os.path.exists(self.socket(name)), 10, f"{name} to open its socket")
+
+    def wait_socket(self, name: str) -> None:
+        self.wait_for(lambda: os.path.exists(self.socket(name)), 15, f"{name} to open its socket")
+
+    def start(self, name: str) -> None:
+        self.spawn(name)
+        self.wait_socket(name)
 
     def start_all(self) -> None:
+        """Start every daemon at once, as hosts booting together would."""
         for name in self.names:
-            self.start(name)
+            self.spawn(name)
+        for name in self.names:
+            self.wait_socket(name)
 
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)

@@ -1,0 +1,81 @@
+"""Failover benchmark: kill -9 the leader N times, time until the new leader's
+promote hook starts (and until every survivor agrees), per protocol.
+
+All protocols run side by side in one invocation at the same heartbeat
+interval, so their ratio is meaningful on a noisy shared machine even when
+the absolute numbers are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from electiond.devcluster import Cluster
+
+HEARTBEAT_MS = 50
+
+
+def measure(protocol: str, nodes: int, kills: int, rng: random.Random) -> tuple[list[float], list[float]]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"electiond-bench-{protocol}-"))
+    to_hook_ms: list[float] = []
+    to_agree_ms: list[float] = []
+    try:
+        # preempt off everywhere: a restarted node must not cause a second change
+        with Cluster(workdir, nodes, protocol=protocol, node_options={"preempt": "no"},
+                     timing={"heartbeat_interval": f"{HEARTBEAT_MS}ms"}) as cluster:
+            cluster.start_all()
+            leader = cluster.wait_leader(15.0)
+            for i in range(kills):
+                time.sleep(rng.uniform(0.3, 0.8))  # kill at a random heartbeat phase
+                killed_at = time.time()
+                cluster.kill(leader)
+                new_leader = cluster.wait_leader(15.0)
+                to_agree_ms.append((time.time() - killed_at) * 1000)
+                hook = cluster.wait_for(
+                    lambda: [e for e in cluster.hook_events()
+                             if e[1] == "promote" and e[2] == new_leader and e[0] >= killed_at],
+                    15.0, "the promote hook")[0]
+                to_hook_ms.append((hook[0] - killed_at) * 1000)
+                print(f"  {protocol} kill {i + 1}/{kills}: {leader} -> {new_leader} "
+                      f"hook {to_hook_ms[-1]:.0f} ms, agreed {to_agree_ms[-1]:.0f} ms", file=sys.stderr)
+                cluster.start(leader)
+                cluster.wait_for(lambda: cluster.agreed_leader() == new_leader, 15.0, "the restarted node to follow")
+                leader = new_leader
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return to_hook_ms, to_agree_ms
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--protocols", default="quorum-lease,bully")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    rows = []
+    for protocol in args.protocols.split(","):
+        hook_ms, agree_ms = measure(protocol, args.nodes, args.kills, rng)
+        rows.append((protocol, hook_ms, agree_ms))
+    print(f"\nfailover after kill -9 of the leader: {args.nodes} nodes on loopback, heartbeat {HEARTBEAT_MS} ms, "
+          f"{args.kills} kills each\n")
+    print("| protocol | median to promote hook | p90 | median until all agree | in heartbeat intervals (median) |")
+    print("|---|---|---|---|---|")
+    for protocol, hook_ms, agree_ms in rows:
+        p90 = statistics.quantiles(hook_ms, n=10)[-1] if len(hook_ms) >= 2 else hook_ms[0]
+        median = statistics.median(hook_ms)
+        print(f"| {protocol} | {median:.0f} ms | {p90:.0f} ms | {statistics.median(agree_ms):.0f} ms "
+              f"| {median / HEARTBEAT_MS:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
