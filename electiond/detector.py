@@ -1,55 +1,350 @@
-"""Failure detection and election retry policy (pure).
+"""Failure detection and retry policy (pure): DESIGN §4.
 
-FIRST CUT: a randomized fixed timeout (Raft style). The adaptive
-(phi-accrual) detector replaces the inside of LeaderWatch without changing
-its interface; protocols only call reset/heartbeat/deadline/suspects.
+``LeaderWatch`` is a phi-accrual detector (Hayashibara et al.; the variant
+Akka uses) for the heartbeats of one peer. It keeps a bounded window of
+heartbeat inter-arrival times, models them as a normal distribution and
+reports phi = -log10(P(the next heartbeat is still coming)). Suspicion starts
+when phi reaches ``settings.suspicion_threshold``. Because phi is monotonic in
+the time since the last heartbeat, that instant can be computed in advance by
+inverting phi, so the shell sleeps until ``deadline()`` instead of polling.
+
+A normal model alone underestimates rare long gaps (a GC pause, a lost
+heartbeat): one gap of 5 x the interval among 1000 samples barely moves the
+standard deviation. So the timeout is also never shorter than the largest gap
+in the window times a margin (Akka's "acceptable heartbeat pause", but learned
+rather than configured): a gap the leader has already survived is not proof of
+death. Then the timeout is clamped between a floor (quiet LAN: fast detection,
+but a single lost heartbeat never condemns) and a ceiling (a loaded network
+may widen the timeout, never without bound).
+
+Until the window holds enough samples (after start or a change of leader) the
+watch falls back to the configured randomized election timeout, as Raft does.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections import deque
+from statistics import NormalDist
+from typing import Any
 
 from electiond.protocols.base import Settings
 
+# 1000 heartbeats: 50 s at the default 50 ms, long enough to remember a
+# periodic stall (GC, cron, backup) that recurs every few tens of seconds
+WINDOW_SIZE = 1000
+# below this many samples the mean and deviation mean little: use the
+# configured randomized election timeout instead
+MIN_SAMPLES = 8
+# a perfectly regular LAN has a deviation near zero, which would make phi a
+# step function; Akka uses the same kind of lower bound
+MIN_STD_INTERVALS = 0.1
+# one lost heartbeat plus a 10 % late next one must not condemn a leader
+FLOOR_INTERVALS = 2.2
+# margin over the largest inter-arrival gap still in the window. 1.5 is what
+# the measurement (sim/DETECTOR.md) chose: one lost heartbeat in the window
+# (a 2-interval gap) then tolerates two in a row; larger margins buy few more
+# false-alarm reductions under heavy-tailed delay at a clear latency cost
+SURVIVED_GAP_MARGIN = 1.5
+# each timeout is stretched by U(0, SPREAD) so that followers watching the same
+# leader do not all suspect it, and start elections, at the same instant
+SPREAD_FRACTION = 0.1
+# the shell sleeps until deadline(); waking later than that by more than this
+# many timeouts means this node itself was frozen (SIGSTOP, VM pause, a starved
+# event loop), so the silence it measured says nothing about the peer
+LOCAL_PAUSE_TIMEOUTS = 1.0
+# phi for elapsed times so far in the tail that the float survival is 0
+_PHI_MAX = 1e6
+
+_STD_NORMAL = NormalDist()
+
+
+def _normal_phi(z: float) -> float:
+    """-log10(P(X > z)) for a standard normal X, accurate far into the tail."""
+    survival = 0.5 * math.erfc(z / math.sqrt(2.0))
+    if survival > 0.0:
+        return -math.log10(survival)
+    # asymptotic: log Q(z) ~ -z^2/2 - log(z * sqrt(2 pi))
+    log_q = -0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi))
+    return min(_PHI_MAX, -log_q / math.log(10.0))
+
+
+def _z_for_phi(phi: float) -> float:
+    """The z at which _normal_phi(z) == phi (the inverse of the survival)."""
+    return -_STD_NORMAL.inv_cdf(10.0 ** (-phi))
+
+
+class _Window:
+    """Bounded window of inter-arrival times with O(1) mean, deviation and max."""
+
+    # running sums drift; recompute them exactly this often
+    _RESUM_EVERY = 4096
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._samples: deque[float] = deque()
+        self._maxima: deque[float] = deque()  # non-increasing: sliding maximum
+        self._sum = 0.0
+        self._sum_sq = 0.0
+        self._since_resum = 0
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def add(self, gap_s: float) -> None:
+        if len(self._samples) == self._size:
+            old = self._samples.popleft()
+            self._sum -= old
+            self._sum_sq -= old * old
+            if self._maxima and self._maxima[0] == old:
+                self._maxima.popleft()
+        self._samples.append(gap_s)
+        self._sum += gap_s
+        self._sum_sq += gap_s * gap_s
+        while self._maxima and self._maxima[-1] < gap_s:
+            self._maxima.pop()
+        self._maxima.append(gap_s)
+        self._since_resum += 1
+        if self._since_resum >= self._RESUM_EVERY:
+            self._sum = math.fsum(self._samples)
+            self._sum_sq = math.fsum(x * x for x in self._samples)
+            self._since_resum = 0
+
+    def clear(self) -> None:
+        self._samples.clear()
+        self._maxima.clear()
+        self._sum = 0.0
+        self._sum_sq = 0.0
+        self._since_resum = 0
+
+    def mean(self) -> float:
+        return self._sum / len(self._samples)
+
+    def std(self) -> float:
+        n = len(self._samples)
+        mean = self._sum / n
+        return math.sqrt(max(0.0, self._sum_sq / n - mean * mean))
+
+    def max(self) -> float:
+        return self._maxima[0]
+
 
 class LeaderWatch:
-    """Watches the heartbeats of one peer (the current leader)."""
+    """Watches the heartbeats of one peer (the current leader).
 
-    def __init__(self, settings: Settings, rng: random.Random) -> None:
+    Protocols call ``reset`` when the watched peer changes, ``heartbeat`` on
+    each heartbeat from it, ``suspects`` when the shell wakes them at
+    ``deadline()``. ``note_local_activity`` is optional (see there).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        rng: random.Random,
+        window: int = WINDOW_SIZE,
+        survived_gap_margin: float = SURVIVED_GAP_MARGIN,
+        detect_local_pauses: bool = True,
+    ) -> None:
         self._settings = settings
+        # off for watches nobody wakes at their deadline (status-only views):
+        # there a late call says nothing about this node having been frozen
+        self._detect_local_pauses = detect_local_pauses
+        self._survived_gap_margin = survived_gap_margin
         self._rng = rng
-        self._last_heartbeat = 0.0
-        self._timeout_s = self._random_election_timeout()
+        self._window = _Window(window)
+        self._peer: str | None = None
+        self._last_arrival: float | None = None  # last heartbeat from the peer
+        # where the next inter-arrival gap is measured from; None after a local
+        # pause, since a gap that spans our own freeze is not the peer's
+        self._gap_from: float | None = None
+        self._anchor = 0.0  # suspicion counts from here (last heartbeat or grace start)
+        self._last_local = 0.0  # last time this node was seen running
+        self._fallback_s = self._random_election_timeout()
+        self._spread = 1.0
+        self._timeout_s = self._fallback_s
+        self._z_threshold = _z_for_phi(settings.suspicion_threshold)
+        self.local_pauses = 0  # how many times a local freeze earned a grace period
+
+    # ---- inputs -------------------------------------------------------------
+
+    def reset(self, now: float, peer: str | None = None) -> None:
+        """A new leader (or none): wait a fresh timeout from ``now``.
+
+        The window describes one peer's heartbeats over one path. If ``peer``
+        is given and is the one already watched (the same leader re-won after
+        a false alarm), its history is kept, so the gap that caused the alarm
+        is learned when its next heartbeat comes. Otherwise it is forgotten.
+        """
+        if peer is None or peer != self._peer:
+            self._window.clear()
+            self._last_arrival = None
+            self._gap_from = None
+        self._peer = peer
+        self._anchor = now
+        self._last_local = now
+        self._fallback_s = self._random_election_timeout()
+        self._spread = 1.0 + self._rng.uniform(0.0, SPREAD_FRACTION)
+        self._timeout_s = self._compute_timeout_s()
+
+    def heartbeat(self, now: float) -> None:
+        self._locally_paused(now)
+        previous = self._gap_from
+        if previous is not None:
+            gap_s = now - previous
+            # longer than the ceiling is an outage, not jitter: learning it
+            # would only pin the timeout at the ceiling
+            if 0.0 <= gap_s <= self._settings.max_suspicion_timeout_s:
+                self._window.add(gap_s)
+        self._last_arrival = now
+        self._gap_from = now
+        self._anchor = now
+        self._last_local = now
+        self._timeout_s = self._compute_timeout_s()
+
+    def note_local_activity(self, now: float) -> None:
+        """Optional: tell the watch this node is running at ``now``.
+
+        ``suspects`` and ``heartbeat`` already do this; a protocol that wakes
+        often without consulting the watch may call it so that a pause is
+        measured from its last wake-up rather than its last consultation.
+        """
+        self._locally_paused(now)
+        self._last_local = max(self._last_local, now)
+
+    note_tick = note_local_activity
+
+    # ---- queries ------------------------------------------------------------
+
+    def timeout_s(self) -> float:
+        """How long after the last heartbeat suspicion starts."""
+        return self._timeout_s
+
+    def deadline(self) -> float:
+        """Local time at which phi reaches the threshold if no heartbeat comes."""
+        return self._anchor + self._timeout_s
+
+    def suspects(self, now: float) -> bool:
+        self._locally_paused(now)
+        self._last_local = max(self._last_local, now)
+        return now >= self.deadline()
+
+    def phi(self, now: float) -> float:
+        """Suspicion level; reaches ``suspicion_threshold`` at ``deadline()``."""
+        elapsed_s = max(0.0, now - self._anchor)
+        threshold = self._settings.suspicion_threshold
+        if not self.adaptive():
+            return threshold * elapsed_s / self._timeout_s
+        std_s = self._std_s()
+        # the normal curve shifted so that it crosses the threshold exactly at
+        # the (floored, capped, spread) timeout: phi and deadline() agree
+        mean_s = self._timeout_s - self._z_threshold * std_s
+        return max(0.0, _normal_phi((elapsed_s - mean_s) / std_s))
+
+    def adaptive(self) -> bool:
+        """True once the window holds enough samples to replace the fallback."""
+        return len(self._window) >= MIN_SAMPLES
+
+    def suspicion_snapshot(self, now: float) -> dict[str, Any]:
+        """What `electionctl status` shows about this peer (read-only)."""
+        n = len(self._window)
+        return {
+            "peer": self._peer,
+            "phi": round(self.phi(now), 3),
+            "threshold": self._settings.suspicion_threshold,
+            "timeout_ms": round(self._timeout_s * 1000, 1),
+            "mode": "adaptive" if self.adaptive() else "fallback",
+            "samples": n,
+            "mean_interval_ms": round(self._window.mean() * 1000, 2) if n else None,
+            "std_interval_ms": round(self._window.std() * 1000, 2) if n else None,
+            "max_interval_ms": round(self._window.max() * 1000, 1) if n else None,
+            "since_heartbeat_ms": (
+                None if self._last_arrival is None else round((now - self._last_arrival) * 1000, 1)
+            ),
+            "local_pauses": self.local_pauses,
+        }
+
+    # ---- internals ----------------------------------------------------------
+
+    def floor_s(self) -> float:
+        s = self._settings
+        return max(s.min_suspicion_timeout_s, FLOOR_INTERVALS * s.heartbeat_interval_s)
 
     def _random_election_timeout(self) -> float:
         s = self._settings
         return self._rng.uniform(s.election_timeout_min_s, s.election_timeout_max_s)
 
-    def reset(self, now: float) -> None:
-        """Forget the past (new leader, no leader): wait a fresh randomized timeout."""
-        self._last_heartbeat = now
-        self._timeout_s = self._random_election_timeout()
+    def _std_s(self) -> float:
+        minimum = MIN_STD_INTERVALS * self._settings.heartbeat_interval_s
+        return max(self._window.std(), minimum)
 
-    def heartbeat(self, now: float) -> None:
-        self._last_heartbeat = now
+    def _compute_timeout_s(self) -> float:
+        if not self.adaptive():
+            return self._fallback_s
+        s = self._settings
+        phi_timeout_s = self._window.mean() + self._z_threshold * self._std_s()
+        survived_s = self._survived_gap_margin * self._window.max()
+        timeout_s = max(phi_timeout_s, survived_s, self.floor_s()) * self._spread
+        return min(timeout_s, max(s.max_suspicion_timeout_s, self.floor_s()))
 
-    def timeout_s(self) -> float:
-        return self._timeout_s
+    def _locally_paused(self, now: float) -> bool:
+        """Detect that this node itself was frozen, and grant a grace period.
 
-    def deadline(self) -> float:
-        return self._last_heartbeat + self._timeout_s
+        The shell wakes the protocol at deadline(); a wake-up far later than
+        that means this node did not run, so the silence says nothing about
+        the peer (its heartbeats may be sitting in our socket buffer).
+        """
+        if not self._detect_local_pauses:
+            return False
+        late_s = now - max(self._last_local, self.deadline())
+        if late_s <= LOCAL_PAUSE_TIMEOUTS * self._timeout_s:
+            return False
+        self.local_pauses += 1
+        self._anchor = now
+        self._last_local = now
+        self._gap_from = None
+        return True
 
-    def suspects(self, now: float) -> bool:
-        return now >= self.deadline()
 
-    def phi(self, now: float) -> float:
-        """Suspicion level; with a fixed timeout, elapsed / timeout scaled to the threshold."""
-        elapsed = max(0.0, now - self._last_heartbeat)
-        return self._settings.suspicion_threshold * elapsed / self._timeout_s
+class PeerWatches:
+    """One LeaderWatch per peer that sends periodic traffic, for status only.
+
+    A protocol watches just its leader; an operator wants to see every
+    member. The node feeds this from each periodic message (heartbeats, lease
+    acks), keyed by sender; members that never sent one show nothing.
+    """
+
+    def __init__(self, settings: Settings, rng: random.Random) -> None:
+        self._settings = settings
+        self._rng = rng
+        self._names = {m.name for m in settings.peers()}
+        self._watches: dict[str, LeaderWatch] = {}
+
+    def observe(self, peer: str, now: float) -> None:
+        if peer not in self._names:
+            return
+        watch = self._watches.get(peer)
+        if watch is None:
+            watch = LeaderWatch(self._settings, self._rng, detect_local_pauses=False)
+            self._watches[peer] = watch
+            watch.reset(now, peer)
+        watch.heartbeat(now)
+
+    def forget(self, peer: str, now: float) -> None:
+        """The peer stopped sending periodically on purpose (it stepped down)."""
+        self._watches.pop(peer, None)
+
+    def snapshot(self, now: float) -> dict[str, dict[str, Any]]:
+        """peer name -> LeaderWatch.suspicion_snapshot(now), for peers heard from."""
+        return {name: w.suspicion_snapshot(now) for name, w in sorted(self._watches.items())}
 
 
 class Backoff:
-    """base * 2**attempt + U(0, jitter), capped at backoff_max_s; reset on success."""
+    """Election retries: base * 2**attempt + U(0, jitter), reset on success.
+
+    The cap applies before the jitter, so that nodes that have all reached
+    the cap still retry at different instants instead of storming together.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -63,3 +358,60 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class RttEstimator:
+    """Round-trip time estimate for directed request/ack pairs (Jacobson/Karels,
+    RFC 6298): srtt and rttvar smoothed with gains 1/8 and 1/4, and
+    rto = srtt + 4 * rttvar, clamped to [min_s, max_s].
+
+    Karn's rule is the caller's: do not sample a reply to a request that was
+    sent more than once, since it cannot tell which copy was answered.
+    """
+
+    ALPHA = 1 / 8
+    BETA = 1 / 4
+    K = 4.0
+
+    def __init__(self, initial_s: float, min_s: float, max_s: float) -> None:
+        if not 0.0 < min_s <= max_s:
+            raise ValueError("need 0 < min_s <= max_s")
+        self._initial_s = initial_s
+        self._min_s = min_s
+        self._max_s = max_s
+        self.srtt_s: float | None = None
+        self.rttvar_s: float | None = None
+        self._backoff = 1.0
+        self.samples = 0
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RttEstimator:
+        """Directed-message timeouts in electiond: start at answer_timeout_s;
+        never below one heartbeat interval (a busy peer's event loop may be
+        late by that much, and a missed ANSWER makes a false coordinator);
+        never above the suspicion ceiling."""
+        min_s = settings.heartbeat_interval_s
+        max_s = max(settings.max_suspicion_timeout_s, min_s)
+        return cls(settings.answer_timeout_s, min_s, max_s)
+
+    def sample(self, rtt_s: float) -> None:
+        rtt_s = max(0.0, rtt_s)
+        if self.srtt_s is None or self.rttvar_s is None:
+            self.srtt_s = rtt_s
+            self.rttvar_s = rtt_s / 2
+        else:
+            self.rttvar_s = (1 - self.BETA) * self.rttvar_s + self.BETA * abs(self.srtt_s - rtt_s)
+            self.srtt_s = (1 - self.ALPHA) * self.srtt_s + self.ALPHA * rtt_s
+        self._backoff = 1.0
+        self.samples += 1
+
+    def timed_out(self) -> None:
+        """A request went unanswered: double the timeout until the next sample."""
+        self._backoff = min(self._backoff * 2, 64.0)
+
+    def rto_s(self) -> float:
+        if self.srtt_s is None or self.rttvar_s is None:
+            base_s = self._initial_s
+        else:
+            base_s = self.srtt_s + self.K * self.rttvar_s
+        return min(self._max_s, max(self._min_s, base_s * self._backoff))

@@ -237,7 +237,7 @@ class Runtime:
     def _on_hook_result(self, result: HookResult) -> None:
         assert self.node is not None
         now = time.monotonic()
-        self.node.record(now, "hook", event=result.event, command=result.command, exit_code=result.exit_code,
+        self.node.record(now, "hook", hook_event=result.event, command=result.command, exit_code=result.exit_code,
                          duration_ms=round(result.duration_s * 1000, 1), reason=result.reason,
                          timed_out=result.timed_out)
         if result.event == "promote" and not result.ok and self.config.hooks.on_promote_failure == "stepdown":

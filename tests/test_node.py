@@ -24,9 +24,14 @@ def test_presence_beacon_marks_members_alive():
 
 def test_flapping_counts_leader_changes_in_the_last_hour():
     n = node()
-    for k in range(3):
-        t = 10.0 + k * 5
-        n.on_tick(t)  # the leader is silent: suspected
+    n.on_tick(10.0)
+    n.on_message(Message("COORDINATOR", "n3", 10), 10.01)
+    for k in range(1, 3):
+        # the leader is silent: suspected when the shell wakes the node at the
+        # detector's deadline (a wake-up long after it would be a local pause)
+        t = n.protocol.deadline()
+        n.on_tick(t)
+        assert n.protocol.leader is None
         n.on_message(Message("COORDINATOR", "n3", 10 + k), t + 0.01)
     assert n.status(30.0)["leader_changes_last_hour"] == 3
     assert n.flapping(30.0) and n.status(30.0)["flapping"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from electiond.detector import Backoff, LeaderWatch
+from electiond.detector import Backoff, LeaderWatch, RttEstimator
 from electiond.protocols.base import (
     ROLE_CANDIDATE,
     ROLE_FOLLOWER,
@@ -64,6 +64,11 @@ class Bully(ElectionProtocol):
         self._watch = LeaderWatch(settings, rng)
         self._watch.reset(now)
         self._backoff = Backoff(settings)
+        # ELECTION -> ANSWER round trips; they may lengthen the ANSWER wait
+        # when higher nodes answer slowly (loaded hosts), never shorten it
+        # below answer_timeout_s: a missed ANSWER makes a false coordinator
+        self._answer_rtt = RttEstimator.for_settings(settings)
+        self._election_sent_at = now
         # with no leader known: when to start the next election
         self._retry_at = self._watch.deadline()
 
@@ -87,7 +92,17 @@ class Bully(ElectionProtocol):
             "eligible": self._eligible,
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
             "election_attempt": self._backoff.attempt,
+            "answer_wait_ms": round(self.answer_wait_s() * 1000, 1),
+            "leader_watch": (
+                self._watch.suspicion_snapshot(now)
+                if self._role == ROLE_FOLLOWER and self._leader is not None
+                else None
+            ),
         }
+
+    def answer_wait_s(self) -> float:
+        """How long a candidate waits for an ANSWER from a higher id."""
+        return max(self.settings.answer_timeout_s, self._answer_rtt.rto_s())
 
     # ---- time -------------------------------------------------------------
 
@@ -136,6 +151,7 @@ class Bully(ElectionProtocol):
             effects += self._on_election(msg, now)
         elif msg.kind == ANSWER:
             if self._role == ROLE_CANDIDATE and self._phase == _ELECTING:
+                self._answer_rtt.sample(now - self._election_sent_at)
                 self._phase = _ANSWERED
                 self._phase_deadline = now + self.settings.election_timeout_max_s
         elif msg.kind in (COORDINATOR, HEARTBEAT):
@@ -196,7 +212,9 @@ class Bully(ElectionProtocol):
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
         self._leader = leader
-        self._watch.reset(now)
+        # same leader again (after a false alarm): the watch keeps its history
+        # and learns the gap that caused the alarm from this heartbeat
+        self._watch.reset(now, leader)
         self._watch.heartbeat(now)
         self._backoff.reset()
         return [LeaderChanged(leader, self._epoch), *self._maybe_preempt(now)]
@@ -222,7 +240,8 @@ class Bully(ElectionProtocol):
             return self._become_leader(now, "elected")
         self._role = ROLE_CANDIDATE
         self._phase = _ELECTING
-        self._phase_deadline = now + self.settings.answer_timeout_s
+        self._election_sent_at = now
+        self._phase_deadline = now + self.answer_wait_s()
         return [Send(ELECTION, self._epoch, to=m.name) for m in higher]
 
     def _become_leader(self, now: float, reason: str) -> list[Effect]:

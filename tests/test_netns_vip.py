@@ -1,0 +1,265 @@
+"""A LAN in network namespaces: real daemons move a VIP with the shipped vip hook.
+
+Topology (every namespace and link is created here, named with our pid, and
+deleted in a finally and at exit):
+
+    client ─┐
+    h1 ─────┤ br0 (in its own "switch" namespace)
+    h2 ─────┤
+    h3 ─────┘
+
+Hosts run real electiond daemons (quorum-lease) inside their namespace with
+``vip auto 10.213.100.50/24 lan0`` as their promote/demote/fault hook. The
+private test subnet 10.213.100.0/24 exists only inside these namespaces; the
+client pings the VIP throughout. Two failures are exercised:
+
+* the leader's daemon is SIGKILLed (the host stays up and keeps the address
+  until its daemon restarts and runs the startup demote);
+* the leader's host dies (its link goes down and the daemon is killed), so
+  pings are lost until a new leader has announced the VIP.
+
+The number of pings lost in each phase is printed (run with ``-s``) and saved
+to ``netns_vip_results.json`` in the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster import REPO, Cluster
+
+VIP_HOOK = REPO / "scripts" / "hooks" / "vip"
+SUBNET = "10.213.100"
+VIP = f"{SUBNET}.50"
+VIP_CIDR = f"{VIP}/24"
+PING_INTERVAL_S = 0.05
+
+missing = [tool for tool in ("ip", "ping", "arping") if shutil.which(tool) is None]
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
+    pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (iproute2, iputils-ping, arping)"),
+]
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def wait_for(predicate, timeout_s: float, what: str, diagnostics=lambda: ""):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{diagnostics()}")
+
+
+class Lan:
+    """The namespaces, the bridge and the addresses."""
+
+    def __init__(self, hosts: list[str]) -> None:
+        pid = os.getpid()
+        self.switch = f"el{pid}sw"
+        self.ns = {name: f"el{pid}{name}" for name in [*hosts, "cl"]}
+        self.created: list[str] = []
+        atexit.register(self.close)
+        try:
+            self._build(pid, hosts)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, pid: int, hosts: list[str]) -> None:
+        sh("ip", "netns", "add", self.switch)
+        self.created.append(self.switch)
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+        addresses = {name: f"{SUBNET}.{11 + i}" for i, name in enumerate(hosts)}
+        addresses["cl"] = f"{SUBNET}.100"
+        self.address = addresses
+        for name, ns in self.ns.items():
+            sh("ip", "netns", "add", ns)
+            self.created.append(ns)
+            port = f"v{pid}{name}"[:15]
+            sh("ip", "link", "add", "lan0", "netns", ns, "type", "veth", "peer", "name", port, "netns", self.switch)
+            sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{addresses[name]}/24", "dev", "lan0")
+            sh("ip", "-n", ns, "link", "set", "lan0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def close(self) -> None:
+        for ns in reversed(self.created):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        self.created = []
+
+    def mac(self, name: str) -> str:
+        out = sh("ip", "-n", self.ns[name], "-o", "link", "show", "lan0")
+        return re.search(r"link/ether (\S+)", out).group(1)
+
+    def has_vip(self, name: str) -> bool:
+        out = sh("ip", "-n", self.ns[name], "-o", "-4", "addr", "show", "dev", "lan0")
+        return VIP_CIDR in re.findall(r"inet (\S+)", out)
+
+    def client_arp(self) -> str | None:
+        out = sh("ip", "-n", self.ns["cl"], "neigh", "show", VIP)
+        match = re.search(r"lladdr (\S+)", out)
+        return match.group(1) if match else None
+
+    def set_link(self, name: str, up: bool) -> None:
+        sh("ip", "-n", self.ns[name], "link", "set", "lan0", "up" if up else "down")
+
+
+class NetnsCluster(Cluster):
+    """The process harness, with each daemon inside its host namespace."""
+
+    def __init__(self, workdir: Path, lan: Lan, **kwargs) -> None:
+        self.lan = lan
+        hook_dir = workdir / "hooks.d"
+        for event in ("promote", "demote", "fault"):
+            (hook_dir / f"{event}.d").mkdir(parents=True, exist_ok=True)
+        vip = f"{VIP_HOOK} auto {VIP_CIDR} lan0"
+        super().__init__(
+            workdir, 3, protocol="quorum-lease",
+            node_options={"preempt": "no"},
+            hooks={"promote": vip, "demote": vip, "fault": vip, "directory": str(hook_dir), "timeout": "10s"},
+            **kwargs,
+        )
+        # the harness's recorder runs after the vip hook, so its timestamps
+        # say when the address was in place
+        for event in ("promote", "demote", "fault"):
+            (hook_dir / f"{event}.d" / "50-record").symlink_to(workdir / "record-hook")
+
+    def config_path(self, name: str) -> Path:
+        path = super().config_path(name)
+        path.write_text(path.read_text().replace("interface = 127.0.0.1", f"interface = {self.lan.address[name]}"))
+        return path
+
+    def start(self, name: str) -> None:
+        env = dict(os.environ, HOOK_LOG=str(self.hook_log), PYTHONPATH=str(REPO), VIP_ARP_COUNT="2")
+        log = open(self.workdir / f"{name}.log", "ab")
+        # ip netns exec execs the daemon, so the pid we hold is the daemon's
+        self.procs[name] = subprocess.Popen(
+            ["ip", "netns", "exec", self.lan.ns[name], sys.executable, "-m", "electiond",
+             "--config", str(self.config_path(name)), "--node", name],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        log.close()
+        self.wait_for(lambda: os.path.exists(self.socket(name)), 10, f"{name} to open its socket")
+
+
+class Pinger:
+    def __init__(self, lan: Lan, out: Path) -> None:
+        self.out = out
+        self.file = open(out, "w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lan.ns["cl"], "ping", "-n", "-i", str(PING_INTERVAL_S), "-W", "1", VIP],
+            stdout=self.file, stderr=subprocess.STDOUT,
+        )
+
+    def replies(self) -> list[int]:
+        return [int(m) for m in re.findall(r"icmp_seq=(\d+) ttl", self.out.read_text())]
+
+    def stop(self) -> dict[str, int]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # ping prints its summary on SIGINT
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.file.close()
+        text = self.out.read_text()
+        summary = re.search(r"(\d+) packets transmitted, (\d+) received", text)
+        sent, received = (int(summary.group(1)), int(summary.group(2))) if summary else (0, 0)
+        replied = set(self.replies())
+        last = max(replied) if replied else 0
+        # longest run of consecutive unanswered sequence numbers = the outage
+        longest = run = 0
+        for seq in range(1, last + 1):
+            run = 0 if seq in replied else run + 1
+            longest = max(longest, run)
+        return {"sent": sent, "received": received, "lost": sent - received, "longest_gap": longest}
+
+
+def vip_holders(lan: Lan, hosts: list[str]) -> list[str]:
+    return [h for h in hosts if lan.has_vip(h)]
+
+
+def test_vip_follows_the_leader_across_a_namespace_lan(tmp_path: Path) -> None:
+    hosts = ["n1", "n2", "n3"]
+    lan = Lan(hosts)
+    cluster: NetnsCluster | None = None
+    pinger: Pinger | None = None
+    results: dict[str, dict] = {}
+    try:
+        cluster = NetnsCluster(tmp_path, lan)
+        diag = cluster.logs
+        cluster.start_all()
+        first = cluster.wait_leader(20.0)
+        wait_for(lambda: vip_holders(lan, hosts) == [first], 20, f"the VIP on {first} only", diag)
+
+        # ---- phase 1: the leader's daemon crashes; its host stays up
+        pinger = Pinger(lan, tmp_path / "ping1.txt")
+        wait_for(lambda: len(pinger.replies()) >= 5, 15, "the client to reach the VIP")
+        assert lan.client_arp() == lan.mac(first)
+        cluster.kill(first)
+        second = cluster.wait_leader(20.0, among=[h for h in hosts if h != first])
+        wait_for(lambda: lan.has_vip(second), 20, f"the VIP on {second}", diag)
+        wait_for(lambda: lan.client_arp() == lan.mac(second), 20,
+                 f"the client's ARP entry to move to {second}", lambda: sh("ip", "-n", lan.ns["cl"], "neigh"))
+        # a crashed daemon cannot give the address up; its next start does
+        assert lan.has_vip(first)
+        cluster.start(first)
+        wait_for(lambda: vip_holders(lan, hosts) == [second], 20, "startup cleanup on the old leader", diag)
+        assert any(e[1] == "demote" and e[2] == first and e[4] == "startup" for e in cluster.hook_events())
+        mark = max(pinger.replies())
+        wait_for(lambda: max(pinger.replies()) >= mark + 5, 15, "pings to go on being answered")
+        assert cluster.agreed_leader() == second
+        assert lan.client_arp() == lan.mac(second)
+        results["daemon_killed"] = pinger.stop()
+        pinger = None
+
+        # ---- phase 2: the leader's host dies (link down, daemon killed)
+        pinger = Pinger(lan, tmp_path / "ping2.txt")
+        wait_for(lambda: len(pinger.replies()) >= 5, 15, "the client to reach the VIP")
+        lan.set_link(second, False)
+        cluster.kill(second)
+        killed_at = time.monotonic()
+        survivors = [h for h in hosts if h != second]
+        third = cluster.wait_leader(20.0, among=survivors)
+        wait_for(lambda: lan.has_vip(third), 20, f"the VIP on {third}", diag)
+        wait_for(lambda: lan.client_arp() == lan.mac(third), 20, f"the client's ARP entry to move to {third}")
+        mark = max(pinger.replies())
+        wait_for(lambda: max(pinger.replies()) >= mark + 5, 15, "pings to be answered by the new leader")
+        failover_s = time.monotonic() - killed_at
+        # the dead host comes back: its startup demote removes the stale address
+        lan.set_link(second, True)
+        cluster.start(second)
+        wait_for(lambda: vip_holders(lan, hosts) == [third], 20, "startup cleanup on the returning host", diag)
+        assert cluster.agreed_leader() == third
+        results["host_died"] = {**pinger.stop(), "observed_failover_s": round(failover_s, 2)}
+        pinger = None
+        assert results["host_died"]["received"] > 0
+    finally:
+        if pinger is not None:
+            results.setdefault("aborted", pinger.stop())
+        if cluster is not None:
+            cluster.stop_all()
+        lan.close()
+        (tmp_path / "netns_vip_results.json").write_text(json.dumps(results, indent=1))
+        print(f"\nnetns VIP pings (interval {PING_INTERVAL_S}s): {json.dumps(results)}")
