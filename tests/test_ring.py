@@ -689,3 +689,21 @@ def test_no_extra_message_when_the_winner_is_already_newer():
     effects = n3.on_message(Message(HEARTBEAT, "n4", 5, {}), 0.2)
     assert n3.role == ROLE_FOLLOWER
     assert not sends(effects)
+
+
+def test_slow_acks_widen_the_hop_timeout():
+    r = ring("n3")
+    (e,) = sends(start_election(r))
+    assert r.extra_status(1.0)["hop_timeout_ms"] == HOP_S * 1000
+    r.on_message(Message(HOP_ACK, "n4", 0, {"hop": e.body["hop"]}), 1.0 + 0.09)
+    # Jacobson/Karels: srtt 90 ms + 4 x rttvar 45 ms
+    assert r.extra_status(1.1)["hop_timeout_ms"] == pytest.approx(270.0)
+
+
+def test_an_ack_to_a_resent_hop_is_not_an_rtt_sample():
+    r = ring("n3")
+    (e,) = sends(start_election(r))
+    r.on_tick(1.0 + HOP_S)  # the retry
+    r.on_message(Message(HOP_ACK, "n4", 0, {"hop": e.body["hop"]}), 1.0 + HOP_S + 0.09)
+    assert r.extra_status(1.3)["hop_timeout_ms"] == HOP_S * 1000
+    assert r.extra_status(1.3)["suspects"] == []

@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from electiond.detector import Backoff, LeaderWatch
+from electiond.detector import Backoff, LeaderWatch, RttEstimator
 from electiond.protocols.base import (
     ROLE_CANDIDATE,
     ROLE_FOLLOWER,
@@ -73,6 +73,8 @@ class _Hop:
     target: str
     deadline: float
     tries: int
+    sent_at: float
+    resent: bool = False  # Karn's rule: an ack to a resent hop says nothing about the RTT
 
 
 class Ring(ElectionProtocol):
@@ -104,6 +106,8 @@ class Ring(ElectionProtocol):
         self._watch = LeaderWatch(settings, rng)
         self._watch.reset(now)
         self._backoff = Backoff(settings)
+        # hop -> HOP_ACK round trips widen the hop timeout on a slow network
+        self._hop_rtt = RttEstimator.for_settings(settings)
         # with no leader known: when to start the next election
         self._retry_at = self._watch.deadline()
         self._ring = tuple(m.name for m in sorted(settings.members, key=lambda m: m.id))
@@ -153,6 +157,11 @@ class Ring(ElectionProtocol):
             "suspects": sorted((n for n, until in self._suspects.items() if now < until), key=self._ids.__getitem__),
             "participating": self._participating(now),
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
+            "leader_watch": (
+                self._watch.suspicion_snapshot(now)
+                if self._role == ROLE_FOLLOWER and self._leader is not None
+                else None
+            ),
             "hop_timeout_ms": round(self._hop_timeout_s() * 1000, 1),
             "election_attempt": self._backoff.attempt,
             "elections_started": self.elections_started,
@@ -163,7 +172,11 @@ class Ring(ElectionProtocol):
     # ---- ring geometry -----------------------------------------------------
 
     def _hop_timeout_s(self) -> float:
-        return self.settings.answer_timeout_s
+        """How long a hop waits for its HOP_ACK: never below answer_timeout_s
+        (a busy peer's loop may be late), wider when measured round trips say so.
+        A timeout does not back the estimate off: a silent successor is usually
+        dead, not slow, and backing off would only make the next skip slower."""
+        return max(self.settings.answer_timeout_s, self._hop_rtt.rto_s())
 
     def _round_timeout_s(self) -> float:
         # long enough for a full lap that skips every other member once
@@ -263,6 +276,7 @@ class Ring(ElectionProtocol):
             return []
         if hop.tries < HOP_TRIES:
             hop.tries += 1
+            hop.resent = True
             hop.deadline = now + self._hop_timeout_s()
             return [self._send(hop.kind, {**hop.body, "hop": hop_id}, to=hop.target, term=hop.term)]
         del self._pending[hop_id]
@@ -290,6 +304,8 @@ class Ring(ElectionProtocol):
             hop = self._pending.get(msg.body.get("hop"))  # type: ignore[arg-type]
             if hop is not None and hop.target == msg.sender:
                 del self._pending[msg.body["hop"]]
+                if not hop.resent:
+                    self._hop_rtt.sample(now - hop.sent_at)
         elif msg.kind == ELECTION:
             effects.append(self._send(HOP_ACK, {"hop": msg.body["hop"]}, to=msg.sender))
             # whoever forwarded it was alive a moment ago (its ack may just have been lost)
@@ -511,8 +527,9 @@ class Ring(ElectionProtocol):
         election is going round, so someone else already did."""
         if target == self._lost_leader:
             return True
-        threshold = self.settings.suspicion_threshold
-        return target == self._leader and self._watch.phi(now) >= threshold / 2
+        # half the detector's timeout without a heartbeat: one or two missed at least
+        half_silent = now >= self._watch.deadline() - self._watch.timeout_s() / 2
+        return target == self._leader and half_silent
 
     def _unsuspect_ids(self, ids: list[Any]) -> None:
         for i in ids:
@@ -529,7 +546,8 @@ class Ring(ElectionProtocol):
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
         self._leader = leader
-        self._watch.reset(now)
+        # the same leader re-won after a false alarm: the watch keeps its history
+        self._watch.reset(now, leader)
         self._watch.heartbeat(now)
         self._backoff.reset()
         return [LeaderChanged(leader, self._epoch), *self._maybe_preempt(now)]
@@ -580,7 +598,7 @@ class Ring(ElectionProtocol):
         # no second try for a leader whose heartbeats already stopped: that wait is what makes
         # a ring failover slower than bully's, and the detector has already waited
         tries = HOP_TRIES if self._leader_looks_dead(target, now) else 1
-        self._pending[hop_id] = _Hop(kind, term, body, target, now + self._hop_timeout_s(), tries)
+        self._pending[hop_id] = _Hop(kind, term, body, target, now + self._hop_timeout_s(), tries, now)
         return self._send(kind, {**body, "hop": hop_id}, to=target, term=term)
 
     # ---- local requests -----------------------------------------------------------
