@@ -28,10 +28,12 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.bully import Bully
 from electiond.protocols.lease import QuorumLease
+from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
     Bully.name: Bully,
     QuorumLease.name: QuorumLease,
+    Ring.name: Ring,
 }
 
 HISTORY_LENGTH = 200
