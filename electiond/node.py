@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from electiond.detector import PeerWatches
 from electiond.protocols.base import (
@@ -88,12 +88,16 @@ class Node:
         rng: random.Random,
         now: float,
         persisted: PersistedState | None = None,
+        registry: Mapping[str, type[ElectionProtocol]] | None = None,
     ) -> None:
-        if protocol not in PROTOCOLS:
+        # registry: a copy of PROTOCOLS with a variant swapped in (the
+        # simulator's mutants); the daemon never passes one
+        protocols = PROTOCOLS if registry is None else registry
+        if protocol not in protocols:
             raise ValueError(f"unknown protocol {protocol!r}")
         self.settings = settings
         self.protocol_name = protocol
-        self.protocol = PROTOCOLS[protocol](settings, rng, now, persisted)
+        self.protocol = protocols[protocol](settings, rng, now, persisted)
         self.membership = Membership(settings, now)
         # every member's presence beacons through the same adaptive detector the
         # protocols use for the leader, so status shows each member's suspicion
