@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from electiond.detector import PeerWatches
 from electiond.protocols.base import (
@@ -28,10 +28,12 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.bully import Bully
 from electiond.protocols.lease import QuorumLease
+from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
     Bully.name: Bully,
     QuorumLease.name: QuorumLease,
+    Ring.name: Ring,
 }
 
 HISTORY_LENGTH = 200
@@ -86,12 +88,16 @@ class Node:
         rng: random.Random,
         now: float,
         persisted: PersistedState | None = None,
+        registry: Mapping[str, type[ElectionProtocol]] | None = None,
     ) -> None:
-        if protocol not in PROTOCOLS:
+        # registry: a copy of PROTOCOLS with a variant swapped in (the
+        # simulator's mutants); the daemon never passes one
+        protocols = PROTOCOLS if registry is None else registry
+        if protocol not in protocols:
             raise ValueError(f"unknown protocol {protocol!r}")
         self.settings = settings
         self.protocol_name = protocol
-        self.protocol = PROTOCOLS[protocol](settings, rng, now, persisted)
+        self.protocol = protocols[protocol](settings, rng, now, persisted)
         self.membership = Membership(settings, now)
         # every member's presence beacons through the same adaptive detector the
         # protocols use for the leader, so status shows each member's suspicion
@@ -132,6 +138,10 @@ class Node:
 
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
         return self._observe(self.protocol.set_eligible(eligible, now, reason), now)
+
+    def demote_hooks_done(self, now: float) -> list[Effect]:
+        """Call when the demote hooks submitted for a Demote effect finished."""
+        return self._observe(self.protocol.demote_hooks_done(now), now)
 
     def record(self, now: float, event: str, **detail: Any) -> None:
         """Record something the shell did (a hook run, a pause) in the history."""

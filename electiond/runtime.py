@@ -68,6 +68,8 @@ class Runtime:
         self._stopping = asyncio.Event()
         self._leader_seen: str | None = None
         self._last_status_line = ""
+        self._transports_closed = False
+        self._background: set[asyncio.Task] = set()
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -152,6 +154,11 @@ class Runtime:
         if self._timer:
             self._timer.cancel()
         await self.hooks.close()
+        # the demote hooks are done: hand over before the sockets close
+        self._process(lambda now: self.node.demote_hooks_done(now))
+        if self._timer:
+            self._timer.cancel()
+        self._transports_closed = True
         for transport in self._transports:
             transport.close()
 
@@ -224,6 +231,10 @@ class Runtime:
             elif isinstance(effect, Demote):
                 log.info("demoted in term %d (%s)", effect.term, effect.reason)
                 self.hooks.submit(Transition("demote", effect.term, None, self.settings.node_name, effect.reason))
+                # keep a reference: the loop holds tasks only weakly
+                task = asyncio.get_running_loop().create_task(self._after_demote_hooks())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             elif isinstance(effect, LeaderChanged):
                 if effect.leader != self._leader_seen:
                     log.info("leader is now %s (term %d)", effect.leader or "unknown", effect.term)
@@ -237,6 +248,14 @@ class Runtime:
         if line != self._last_status_line:
             self._last_status_line = line
             self._on_status(line)
+
+    async def _after_demote_hooks(self) -> None:
+        """Tell the protocol once the demote hooks ran to completion (a
+        graceful hand-over releases the followers only then)."""
+        assert self.hooks is not None and self.node is not None
+        await self.hooks.wait_idle()
+        if not self._transports_closed:
+            self._process(lambda now: self.node.demote_hooks_done(now))
 
     def _send(self, send: Send) -> None:
         assert self.codec is not None and self._unicast is not None
