@@ -28,10 +28,12 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.bully import Bully
 from electiond.protocols.lease import QuorumLease
+from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
     Bully.name: Bully,
     QuorumLease.name: QuorumLease,
+    Ring.name: Ring,
 }
 
 HISTORY_LENGTH = 200
@@ -136,6 +138,10 @@ class Node:
 
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
         return self._observe(self.protocol.set_eligible(eligible, now, reason), now)
+
+    def demote_hooks_done(self, now: float) -> list[Effect]:
+        """Call when the demote hooks submitted for a Demote effect finished."""
+        return self._observe(self.protocol.demote_hooks_done(now), now)
 
     def record(self, now: float, event: str, **detail: Any) -> None:
         """Record something the shell did (a hook run, a pause) in the history."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from electiond import net
 from electiond.config import Config
+from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
 from electiond.node import Node
 from electiond.protocols.base import (
@@ -66,6 +68,8 @@ class Runtime:
         self._stopping = asyncio.Event()
         self._leader_seen: str | None = None
         self._last_status_line = ""
+        self._transports_closed = False
+        self._background: set[asyncio.Task] = set()
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -108,11 +112,22 @@ class Runtime:
             },
             self._on_hook_result,
             logging.getLogger("electiond.hooks"),
+            token_file=os.path.join(self.config.state_directory, "hooks.token"),
         )
         # A daemon always starts as non-leader: give up whatever a crashed
         # predecessor may have held (a VIP) before standing for election.
         self.hooks.submit(Transition("demote", self.node.protocol.term, None, None, "startup"))
         self.node.record(now, "startup", incarnation=incarnation)
+        health = HealthMonitor(
+            self.config.health, self._on_health_change, logging.getLogger("electiond.health"),
+            env=dict(os.environ, ELECTIOND_NODE=self.settings.node_name, ELECTIOND_CLUSTER=self.settings.cluster,
+                     ELECTIOND_PROTOCOL=self.config.protocol),
+        )
+        if health.enabled:
+            self.health = health
+            # probes every check once; an unhealthy start makes the node
+            # ineligible (through _on_health_change) before it can stand
+            await health.start()
         log.info(
             "started node=%s cluster=%s protocol=%s term=%d group=%s:%d unicast=%s:%d",
             self.settings.node_name, self.settings.cluster, self.config.protocol,
@@ -124,6 +139,8 @@ class Runtime:
     async def stop(self) -> None:
         """Clean shutdown: hand over leadership where the protocol can, run demote hooks."""
         assert self.node is not None and self.hooks is not None
+        if self.health is not None:
+            await self.health.stop()
         now = time.monotonic()
         if self.node.is_leader(now):
             try:
@@ -137,6 +154,11 @@ class Runtime:
         if self._timer:
             self._timer.cancel()
         await self.hooks.close()
+        # the demote hooks are done: hand over before the sockets close
+        self._process(lambda now: self.node.demote_hooks_done(now))
+        if self._timer:
+            self._timer.cancel()
+        self._transports_closed = True
         for transport in self._transports:
             transport.close()
 
@@ -209,6 +231,10 @@ class Runtime:
             elif isinstance(effect, Demote):
                 log.info("demoted in term %d (%s)", effect.term, effect.reason)
                 self.hooks.submit(Transition("demote", effect.term, None, self.settings.node_name, effect.reason))
+                # keep a reference: the loop holds tasks only weakly
+                task = asyncio.get_running_loop().create_task(self._after_demote_hooks())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             elif isinstance(effect, LeaderChanged):
                 if effect.leader != self._leader_seen:
                     log.info("leader is now %s (term %d)", effect.leader or "unknown", effect.term)
@@ -222,6 +248,14 @@ class Runtime:
         if line != self._last_status_line:
             self._last_status_line = line
             self._on_status(line)
+
+    async def _after_demote_hooks(self) -> None:
+        """Tell the protocol once the demote hooks ran to completion (a
+        graceful hand-over releases the followers only then)."""
+        assert self.hooks is not None and self.node is not None
+        await self.hooks.wait_idle()
+        if not self._transports_closed:
+            self._process(lambda now: self.node.demote_hooks_done(now))
 
     def _send(self, send: Send) -> None:
         assert self.codec is not None and self._unicast is not None
@@ -247,6 +281,26 @@ class Runtime:
                     self._process(lambda now: self.node.stepdown(now))
                 except CommandError as exc:
                     log.error("stepdown after failed promote hook: %s", exc)
+
+    # ---- health -------------------------------------------------------------
+
+    def _on_health_change(self, healthy: bool, reason: str) -> None:
+        """FAULT: refuse to stand, step down if leading (the protocol's demote
+        runs first), then run the fault hooks. Recovery makes the node eligible
+        again; no hook runs until it is next promoted."""
+        assert self.node is not None and self.hooks is not None
+        node = self.node
+        if healthy:
+            log.info("healthy again: standing for election")
+        else:
+            log.warning("unhealthy, entering FAULT: %s", reason)
+        node.record(time.monotonic(), "health", healthy=healthy, reason=reason)
+        try:
+            self._process(lambda now: node.set_eligible(healthy, now, "recovered" if healthy else "fault"))
+        except CommandError as exc:
+            log.error("%s cannot act on health changes: %s", self.config.protocol, exc)
+        if not healthy:
+            self.hooks.submit(Transition("fault", node.protocol.term, node.protocol.leader, self._leader_seen, "fault"))
 
     # ---- control requests ------------------------------------------------------
 
@@ -282,6 +336,8 @@ class Runtime:
             "uptime_s": round(time.time() - self.started_wall, 3),
             "dropped": dict(self.codec.dropped),
             "hooks": self.hooks.status() if self.hooks else None,
+            "healthy": self.health.healthy if self.health else True,
+            "health": self.health.snapshot() if self.health else [],
         })
         return status
 

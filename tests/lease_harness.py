@@ -12,7 +12,13 @@ the shell: it carries out effects in order, keeps each node's durable state
 - at no event time do two running nodes answer is_leader() == True (a
   lease interval can only start at an event, so checking at events finds
   any overlap); a paused or crashed node counts as not leading;
-- at most one node is ever promoted per term.
+- at most one node is ever promoted per term;
+- lease coverage (stronger, catches unsafe rules before they cause an
+  overlap): a node that claims leadership at true time t must have a
+  majority bound to it until max(t, the true end of its claim): bound means
+  promised to it or quarantined (grants no vote at all) until then, on that
+  node's own clock. A crashed node stays bound by what it had promised (on
+  restart its quarantine takes over).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class _Event:
 
 
 class Cluster:
+    CHECK_COVERAGE = True  # tests may switch it off to see a mutant's actual overlap
     def __init__(
         self,
         n: int,
@@ -72,6 +79,7 @@ class Cluster:
         loss: float = 0.0,
         duplicate: float = 0.0,
         start_times: dict[str, float] | None = None,
+        hook_s: float = 0.0,
         **overrides,
     ) -> None:
         self.t = 0.0
@@ -81,6 +89,7 @@ class Cluster:
         self.delay_s = delay_s
         self.loss = loss
         self.duplicate = duplicate
+        self.hook_s = hook_s  # how long demote hooks take to run
         self.members = tuple(Member(f"n{i}", i) for i in range(1, n + 1))
         self.names = [m.name for m in self.members]
         priorities = priorities or {}
@@ -110,6 +119,8 @@ class Cluster:
         self.promotions: dict[int, str] = {}
         self.log: list[tuple[float, str, object]] = []  # (global t, node, effect)
         self.max_leaders_seen = 0
+        self.check_coverage = self.CHECK_COVERAGE
+        self._bound_at_crash: dict[str, tuple[str | None, float, float]] = {}
         start_times = start_times or {}
         for name in self.names:
             if name in start_times and start_times[name] > 0:
@@ -133,6 +144,9 @@ class Cluster:
         self.log.append((self.t, name, "start"))
 
     def crash(self, name: str) -> None:
+        p = self.nodes[name]
+        to, until = p.promise
+        self._bound_at_crash[name] = (to, until, p.quarantine_until)
         self.down.add(name)
         self.paused_until.pop(name, None)
         self.log.append((self.t, name, "crash"))
@@ -187,6 +201,8 @@ class Cluster:
                 if e.kind == HEARTBEAT and not node.is_leader(now):
                     raise InvariantViolation(f"t={self.t:.4f} {name} sent a heartbeat without a valid lease")
                 self._transmit(name, e)
+            elif isinstance(e, Demote):
+                self._push(self.t + self.hook_s, "hooks_done", name)
             elif isinstance(e, Promote):
                 other = self.promotions.get(e.term)
                 if other is not None and other != name:
@@ -222,9 +238,38 @@ class Cluster:
 
     def _check(self) -> None:
         leaders = self.leaders()
+        if self.check_coverage:
+            for leader in leaders:
+                self._check_coverage(leader)
         self.max_leaders_seen = max(self.max_leaders_seen, len(leaders))
         if len(leaders) > 1:
             raise InvariantViolation(f"seed={self.seed} t={self.t:.4f}: two leaders at once: {leaders}")
+
+    def bound_until(self, name: str, leader: str) -> float:
+        """True time until which ``name`` will grant no vote to anyone but ``leader``."""
+        if name in self.down:
+            to, until, quarantine = self._bound_at_crash.get(name, (None, -1.0, -1.0))
+            if to == leader or quarantine > -1e300:
+                return float("inf")  # it can vote only after restarting, in quarantine
+            return -float("inf")
+        p = self.nodes[name]
+        clock = self.clocks[name]
+        to, until = p.promise
+        bound = clock.global_of(p.quarantine_until)
+        if to == leader:
+            bound = max(bound, clock.global_of(until))
+        return bound
+
+    def _check_coverage(self, leader: str) -> None:
+        p = self.nodes[leader]
+        claim_end = self.clocks[leader].global_of(p.lease_until - p.settings.lease_guard_s)
+        need = max(self.t, claim_end) - 1e-9
+        bound = [n for n in self.names if self.bound_until(n, leader) >= need]
+        if len(bound) < p.settings.quorum:
+            raise InvariantViolation(
+                f"seed={self.seed} t={self.t:.4f}: lease-uncovered: {leader} claims until t={claim_end:.4f} "
+                f"but only {bound} are bound to it that long"
+            )
 
     def _next_deadline(self) -> tuple[float, str | None]:
         best, who = float("inf"), None
@@ -257,6 +302,12 @@ class Cluster:
     def _handle(self, ev: _Event) -> None:
         if ev.kind == "start":
             self._boot(ev.to)
+            return
+        if ev.kind == "hooks_done":
+            if ev.to in self.paused_until:  # hooks finish, the daemon hears of it on waking
+                self._push(self.paused_until[ev.to] + 1e-9, ev.kind, ev.to)
+            elif ev.to not in self.down:
+                self.apply(ev.to, self.nodes[ev.to].demote_hooks_done(self.local(ev.to)))
             return
         if ev.kind == "wake":
             if self.paused_until.get(ev.to) == ev.at:
@@ -312,3 +363,41 @@ class Cluster:
 def settings_for(n: int = 3, name: str = "n1", **overrides) -> Settings:
     members = tuple(Member(f"n{i}", i) for i in range(1, n + 1))
     return replace(Settings(cluster="test", node_name=name, members=members), **overrides)
+
+
+def random_faults(protocol, seed: int, n: int) -> Cluster:
+    """A seeded schedule of partitions, crashes, restarts and pauses with
+    drifting clocks, loss, duplication and up to 20 ms delays; then the
+    cluster heals and must elect a leader (raises InvariantViolation on any
+    safety failure, AssertionError if no leader comes back)."""
+    rng = random.Random(seed)
+    drift = {f"n{i}": rng.choice([-1000.0, 0.0, 1000.0]) for i in range(1, n + 1)}
+    c = Cluster(n, seed=seed, protocol=protocol, drift_ppm=drift, delay_s=(0.0002, 0.02), loss=0.05, duplicate=0.02)
+    for _ in range(12):
+        c.run(rng.uniform(0.05, 0.6))
+        action = rng.random()
+        live = [x for x in c.names if x not in c.down]
+        if action < 0.25:
+            names = list(c.names)
+            rng.shuffle(names)
+            k = rng.randint(1, n - 1)
+            c.partition(names[:k], names[k:])
+        elif action < 0.35:
+            # one broken link (a flaky cable or switch port): not transitive
+            a, b = rng.sample(c.names, 2)
+            c.block(a, b)
+            c.block(b, a)
+        elif action < 0.5:
+            c.heal()
+        elif action < 0.65 and len(live) > 1:
+            c.crash(rng.choice(live))
+        elif action < 0.8 and c.down:
+            c.restart(rng.choice(sorted(c.down)))
+        elif live:
+            c.pause(rng.choice(live), rng.uniform(0.01, 0.5))
+    c.heal()
+    for x in sorted(c.down):
+        c.restart(x)
+    c.run(0.6)
+    assert c.elect(timeout_s=5.0), f"seed {seed}: no leader after healing"
+    return c

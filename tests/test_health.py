@@ -91,6 +91,13 @@ def test_process_pattern_plain_name_vs_regex() -> None:
     assert not regex.matches("haproxy", ["/usr/sbin/haproxy", "-v"])
 
 
+def test_bad_process_pattern_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="bad process pattern"):
+        ProcessCheck("post(gres")
+    with pytest.raises(ValueError):
+        ProcessCheck("")
+
+
 def test_interface_name_validation() -> None:
     for bad in ["", "../etc", "a/b", ".."]:
         with pytest.raises(ValueError):
@@ -261,7 +268,7 @@ def test_interface_loopback_up_and_missing_interface() -> None:
 
 NETNS_PROBE = textwrap.dedent(
     """
-    import asyncio, json, logging, subprocess, sys
+    import asyncio, json, logging, subprocess, sys, time
     sys.path.insert(0, sys.argv[1])
     from electiond.config import HealthConfig
     from electiond.health import HealthMonitor
@@ -269,15 +276,22 @@ NETNS_PROBE = textwrap.dedent(
     m = HealthMonitor(HealthConfig(track_interface=("va",), rise=1, fall=1),
                       lambda ok, why: changes.append([ok, why]), logging.getLogger("x"))
     def ip(*a): subprocess.run(["ip", *a], check=True)
+    def settle(state):
+        # link state changes reach the kernel's flags asynchronously
+        for _ in range(500):
+            with open("/sys/class/net/va/operstate") as f:
+                if f.read().strip() == state:
+                    return
+            time.sleep(0.01)
     seen = []
     ip("link", "add", "va", "type", "veth", "peer", "name", "vb")
-    ip("link", "set", "va", "up"); ip("link", "set", "vb", "up")
+    ip("link", "set", "va", "up"); ip("link", "set", "vb", "up"); settle("up")
     asyncio.run(m.check_now()); seen.append(m.snapshot()[0]["detail"])
-    ip("link", "set", "vb", "down")  # peer down: va has no carrier
+    ip("link", "set", "vb", "down"); settle("lowerlayerdown")  # peer down: va has no carrier
     asyncio.run(m.check_now()); seen.append(m.snapshot()[0]["detail"])
-    ip("link", "set", "va", "down")
+    ip("link", "set", "va", "down"); settle("down")
     asyncio.run(m.check_now()); seen.append(m.snapshot()[0]["detail"])
-    ip("link", "set", "va", "up"); ip("link", "set", "vb", "up")
+    ip("link", "set", "va", "up"); ip("link", "set", "vb", "up"); settle("up")
     asyncio.run(m.check_now()); seen.append(m.snapshot()[0]["detail"])
     print(json.dumps({"seen": seen, "changes": changes}))
     """

@@ -37,7 +37,7 @@ from electiond.protocols.lease import (
     VOTE,
     QuorumLease,
 )
-from lease_harness import Cluster, settings_for
+from lease_harness import Cluster, random_faults, settings_for
 
 L = 0.15  # default lease_s
 GUARD = 0.02  # default lease_guard_s
@@ -355,35 +355,11 @@ def test_leader_isolated_in_a_minority_demotes_before_the_majority_elects(n):
 
 
 def test_lease_quorums_intersect_under_random_partitions_3_and_5_nodes():
-    """Randomized schedule of partitions, crashes, restarts, pauses, drift."""
+    """Randomized schedule of partitions, crashes, restarts, pauses, drift,
+    loss, duplication and 20 ms delays; then liveness on a healed cluster."""
     for n in (3, 5):
         for seed in range(25):
-            rng = random.Random(seed)
-            drift = {f"n{i}": rng.choice([-1000.0, 0.0, 1000.0]) for i in range(1, n + 1)}
-            c = Cluster(n, seed=seed, drift_ppm=drift, delay_s=(0.0002, 0.02), loss=0.05, duplicate=0.02)
-            for _ in range(12):
-                c.run(rng.uniform(0.05, 0.6))
-                action = rng.random()
-                live = [x for x in c.names if x not in c.down]
-                if action < 0.35:
-                    names = list(c.names)
-                    rng.shuffle(names)
-                    k = rng.randint(1, n - 1)
-                    c.partition(names[:k], names[k:])
-                elif action < 0.5:
-                    c.heal()
-                elif action < 0.65 and len(live) > 1:
-                    c.crash(rng.choice(live))
-                elif action < 0.8 and c.down:
-                    c.restart(rng.choice(sorted(c.down)))
-                elif live:
-                    c.pause(rng.choice(live), rng.uniform(0.01, 0.5))
-            # liveness on a healed cluster
-            c.heal()
-            for x in sorted(c.down):
-                c.restart(x)
-            c.run(0.6)
-            assert c.elect(timeout_s=5.0), f"seed {seed}"
+            c = random_faults(QuorumLease, seed, n)
             assert c.max_leaders_seen == 1
 
 
@@ -584,21 +560,34 @@ def test_refusals_that_only_need_time_shorten_the_retry():
 # ---- transfer -------------------------------------------------------------------
 
 
-def test_transfer_demotes_first_then_releases_then_times_out_the_target():
+def test_transfer_demotes_at_once_and_hands_over_only_after_the_demote_hooks():
     p = make("n1")
     _, term = become_leader(p)
     now = p.lease_until - 0.05
     effects = p.transfer("n3", now)
     assert effects[0] == Demote(term, "transfer")
-    kinds = [(type(e).__name__, getattr(e, "kind", None)) for e in effects]
-    i_release = kinds.index(("Send", RELEASE))
-    i_timeout = kinds.index(("Send", TIMEOUT_NOW))
-    assert 0 < i_release < i_timeout
-    assert effects[i_timeout].to == "n3" and effects[i_release].to is None
+    assert not sends(effects), "nothing is released while the demote hooks may still run"
     assert not p.is_leader(now)
     # it stopped renewing: no heartbeat ever again in this term
-    for t in (now + 0.01, now + 0.06, now + 0.2):
+    for t in (now + 0.01, now + 0.06):
         assert not sends(p.on_tick(t), HEARTBEAT)
+    effects = p.demote_hooks_done(now + 0.08)
+    assert [(e.kind, e.term, e.to) for e in effects] == [(RELEASE, term, None), (TIMEOUT_NOW, term, "n3")]
+    assert p.demote_hooks_done(now + 0.09) == [], "handed over once"
+
+
+def test_transfer_hooks_never_overlap_even_with_slow_demote_hooks():
+    for hook_s in (0.0, 0.03, 0.12):
+        c = Cluster(3, seed=1, hook_s=hook_s)
+        old = c.elect()
+        c.run(0.2)
+        target = next(x for x in c.names if x != old)
+        c.apply(old, c.nodes[old].transfer(target, c.local(old)))
+        demoted = c.t
+        c.run_until(lambda: c.leader() == target, 1.0)
+        assert c.leader() == target
+        # the new leader is promoted only after the old one's hooks finished
+        assert c.t >= demoted + hook_s
 
 
 def test_transfer_errors():
@@ -656,6 +645,7 @@ def test_transfer_to_best_live_member_by_priority_then_id():
     c.crash("n3")
     c.run(0.3)
     c.apply("n1", c.nodes["n1"].transfer(None, c.local("n1")))
+    c.run(0.001)  # the demote hooks finish
     timeouts = [e for t, n, e in c.log if n == "n1" and isinstance(e, Send) and e.kind == TIMEOUT_NOW]
     assert timeouts[-1].to == "n4"  # n3 (also 90, lower id) is dead
     c.run_until(lambda: c.leader() == "n4", 1.0)
@@ -729,3 +719,67 @@ def test_extra_status_reports_lease_promise_and_phase():
     st = f.extra_status(1.05)
     assert st["phase"] == "follower" and st["promised_to"] == "n1" and st["lease_remaining_ms"] is None
     assert st["promise_remaining_ms"] == pytest.approx((f.settings.follower_promise_s() - 0.05) * 1000, abs=0.2)
+
+
+def test_transfer_without_a_hooks_report_falls_back_to_an_ordinary_election():
+    # a shell that never reports finished hooks: promises lapse, someone wins
+    c = Cluster(3, seed=2, hook_s=1e9)
+    old = c.elect()
+    c.run(0.2)
+    c.apply(old, c.nodes[old].transfer(None, c.local(old)))
+    t0 = c.t
+    c.run_until(lambda: c.leader() not in (None, old), 2.0)
+    assert c.leader() not in (None, old)
+    assert c.t - t0 >= c.settings[old].follower_promise_s() - 0.05
+    assert not [e for t, n, e in c.log if n == old and isinstance(e, Send) and e.kind == RELEASE]
+
+
+def test_no_win_with_a_lease_too_short_to_renew_then_a_fresh_grant_wins():
+    p = make("n1")
+    now, effects = tick_until(p, PREVOTE)
+    rnd = sends(effects, PREVOTE)[0].body["round"]
+    effects = p.on_message(m(PREVOTE_REPLY, "n2", 1, round=rnd, granted=True, retry_ms=0), now)
+    req = sends(effects, REQUEST_VOTE)[0]
+    # 90 ms late: 60 ms of lease left, less than guard + one heartbeat interval
+    effects = p.on_message(m(VOTE, "n2", 1, round=req.body["round"], granted=True, retry_ms=0), now + 0.09)
+    assert not of_type(effects, Promote)
+    t_re = p.deadline()
+    assert t_re == pytest.approx(now + 0.05)  # the retransmission was due already
+    req2 = sends(p.on_tick(now + 0.091), REQUEST_VOTE)[0]
+    effects = p.on_message(m(VOTE, "n2", 1, round=req2.body["round"], granted=True, retry_ms=0), now + 0.092)
+    assert of_type(effects, Promote) and p.lease_until == pytest.approx(now + 0.091 + L)
+
+
+def test_a_vote_granted_during_our_own_prevote_cancels_it():
+    p = make("n1", persisted=PersistedState(5, None))
+    now, effects = tick_until(p, PREVOTE)
+    rnd = sends(effects, PREVOTE)[0].body["round"]
+    # a candidate of our current term asks (no term change cancels anything)
+    granted = p.on_message(m(REQUEST_VOTE, "n3", 5, round=1, priority=0), now + 0.001)
+    assert sends(granted, VOTE)[0].body["granted"] is True
+    # a late pre-vote grant must not make us stand while promised to n3
+    effects = p.on_message(m(PREVOTE_REPLY, "n2", 6, round=rnd, granted=True, retry_ms=0), now + 0.002)
+    assert not sends(effects, REQUEST_VOTE) and p.role == "follower"
+    assert p.promise[0] == "n3"
+
+
+def test_a_granted_vote_reports_the_leader_it_stopped_following():
+    p = make("n2")
+    follow(p, "n1", 3, 1.0)
+    later = 1.0 + p.settings.follower_promise_s() + 0.001  # n1 went quiet, promise lapsed
+    effects = p.on_message(m(REQUEST_VOTE, "n3", 4, round=1, priority=0), later)
+    assert LeaderChanged(None, 4) in effects
+    assert effects.index(LeaderChanged(None, 4)) < effects.index(sends(effects, VOTE)[0])
+    assert sends(effects, VOTE)[0].body["granted"] is True
+
+
+def test_timeout_now_during_quarantine_campaigns_without_prevote_when_it_ends():
+    start = 3.0
+    target = make("n3", now=start)
+    follow(target, "n1", 4, start + 0.01)
+    assert target.on_message(m(TIMEOUT_NOW, "n1", 4), start + 0.02) == [LeaderChanged(None, 4)]
+    quarantine_end = start + target.settings.follower_promise_s()
+    assert target.deadline() == pytest.approx(quarantine_end)
+    effects = target.on_tick(quarantine_end)
+    assert not sends(effects, PREVOTE)
+    assert effects[0] == Persist(PersistedState(5, "n3")) and sends(effects, REQUEST_VOTE)

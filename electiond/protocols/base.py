@@ -233,6 +233,11 @@ class ElectionProtocol(abc.ABC):
     def transfer(self, target: str | None, now: float) -> list[Effect]:
         raise CommandError(f"{self.name} does not support transfer")
 
+    def demote_hooks_done(self, now: float) -> list[Effect]:
+        """The shell finished running the hooks of the last Demote (quorum-lease
+        hands over only then, so old and new leader's hooks never overlap)."""
+        return []
+
     def extra_status(self, now: float) -> dict[str, Any]:
         """Protocol-specific fields for `electionctl status`."""
         return {}

@@ -59,8 +59,8 @@ PREVOTE = "PREVOTE"
 PREVOTE_REPLY = "PREVOTE_REPLY"
 REQUEST_VOTE = "REQUEST_VOTE"
 VOTE = "VOTE"
-HEARTBEAT = "HEARTBEAT"
-HEARTBEAT_ACK = "HEARTBEAT_ACK"
+HEARTBEAT = "LEASE_HEARTBEAT"  # distinct from bully/ring HEARTBEAT: other body
+HEARTBEAT_ACK = "LEASE_ACK"
 RELEASE = "RELEASE"
 TIMEOUT_NOW = "TIMEOUT_NOW"
 TRANSFER_REQUEST = "TRANSFER_REQUEST"
@@ -125,10 +125,8 @@ class QuorumLease(ElectionProtocol):
         self._prevote_refusals: dict[str, int] = {}  # name -> retry hint ms
         self._sent_at: dict[int, float] = {}  # round -> local send time
         self._granted_at: dict[str, float] = {}  # voter -> latest send time it granted
-        self._vote_refusals: set[str] = set()
         self._next_send = INF  # leader: next heartbeat; candidate: next retransmit
         self._lease_until = -INF
-        self._promoted = False
         # what we learned about peers: priority and when last heard
         self._peer_priority: dict[str, int] = {}
         self._last_heard: dict[str, float] = {}
@@ -136,6 +134,8 @@ class QuorumLease(ElectionProtocol):
         self._following_since = -INF
         self._next_preempt_request = -INF
         self._released_by: tuple[str, int] | None = None
+        self._handover: tuple[int, str | None] | None = None  # (term, target) once hooks are done
+        self._skip_prevote = False  # picked by a hand-over while we could not stand yet
 
     # ---- read-only view -------------------------------------------------
 
@@ -155,6 +155,16 @@ class QuorumLease(ElectionProtocol):
     def lease_until(self) -> float:
         return self._lease_until
 
+    @property
+    def promise(self) -> tuple[str | None, float]:
+        """(to whom, until when on our clock) we promised not to vote for others."""
+        return self._promised_to, self._promise_until
+
+    @property
+    def quarantine_until(self) -> float:
+        """Until then we grant no vote at all (we may have promised before a crash)."""
+        return self._quarantine_until
+
     def is_leader(self, now: float) -> bool:
         # answered from the clock: a node woken from a freeze must not claim a
         # lease that ran out while it was stopped, even before its next tick
@@ -162,7 +172,8 @@ class QuorumLease(ElectionProtocol):
 
     def phase(self, now: float) -> str:
         if self._role == ROLE_LEADER:
-            return PHASE_LEADER
+            # a lease that ran out before the next tick is no longer leadership
+            return PHASE_LEADER if self.is_leader(now) else PHASE_FOLLOWER
         if self._role == ROLE_CANDIDATE:
             return PHASE_CANDIDATE
         if self._phase_deadline < INF:
@@ -186,6 +197,7 @@ class QuorumLease(ElectionProtocol):
             "promise_remaining_ms": round(max(0.0, self._promise_until - now) * 1000, 1),
             "quarantine_remaining_ms": round(max(0.0, self._quarantine_until - now) * 1000, 1),
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
+            "leader_watch": self._watch.suspicion_snapshot(now) if self._leader not in (None, self.settings.node_name) else None,
             "election_attempt": self._backoff.attempt,
         }
 
@@ -310,9 +322,11 @@ class QuorumLease(ElectionProtocol):
             return effects + self._vote_reply(msg, False, NO_HINT_MS)
         self._voted_for = msg.sender
         self._promise(msg.sender, now)
-        # an election is under way: do not stand before it could have finished
+        # an election is under way: drop our own pre-vote (standing now would
+        # break the promise just made) and do not stand before it could finish
+        self._cancel_prevote()
         self._candidacy_at = max(self._candidacy_at, self._promise_until + self._rank_delay_s())
-        return self._vote_reply(msg, True, 0)
+        return effects + self._vote_reply(msg, True, 0)
 
     def _refuse_vote(self, msg: Message, now: float) -> list[Effect] | None:
         """A refusal that leaves our term alone (stale request, or we are bound)."""
@@ -342,9 +356,7 @@ class QuorumLease(ElectionProtocol):
         if sent_at is None:
             return []
         if not msg.body["granted"]:
-            self._vote_refusals.add(msg.sender)
             return []
-        self._vote_refusals.discard(msg.sender)
         self._record_grant(msg.sender, self._lease_start(sent_at, now))
         return self._maybe_win(now)
 
@@ -363,9 +375,10 @@ class QuorumLease(ElectionProtocol):
         elif self._role == ROLE_CANDIDATE:
             self._to_follower()  # someone else won this term
         self._cancel_prevote()
+        self._skip_prevote = False
         if self._leader != msg.sender:
             self._leader = msg.sender
-            self._watch.reset(now)
+            self._watch.reset(now, msg.sender)
             self._following_since = now
             self._backoff.reset()
             effects.append(LeaderChanged(msg.sender, self._term))
@@ -423,12 +436,19 @@ class QuorumLease(ElectionProtocol):
             # the old leader demoted before sending this, as it does before RELEASE
             self._promise_until = now
             self._promised_to = None
-        if not self._can_stand(now) or self._vote_blocked_for(self.settings.node_name, now) > 0.0:
-            return effects
         if self._leader == msg.sender:
             self._leader = None
             effects.append(LeaderChanged(None, self._term))
         self._cancel_prevote()
+        if not self._eligible:
+            return effects
+        wait_s = max(self._vote_blocked_for(self.settings.node_name, now), self._hold_until - now)
+        if wait_s > 0.0:
+            # just restarted (quarantine): campaign, still without a pre-vote,
+            # the moment we may, unless a leader shows up first
+            self._skip_prevote = True
+            self._candidacy_at = now + wait_s
+            return effects
         return effects + self._start_candidacy(now)
 
     def _on_transfer_request(self, msg: Message, now: float) -> list[Effect]:
@@ -436,11 +456,16 @@ class QuorumLease(ElectionProtocol):
             return []
         if int(msg.body["priority"]) <= self.settings.priority:
             return []
-        return self._hand_over(msg.sender, now, "preempted")
+        # several preferred nodes may ask at once: hand over to the best live
+        # one (the asker at worst), so one transfer settles it
+        return self._hand_over(self._best_live_peer(now) or msg.sender, now, "preempted")
 
     # ---- election -------------------------------------------------------------
 
     def _start_prevote(self, now: float) -> list[Effect]:
+        if self._skip_prevote and self._can_stand(now) and self._vote_blocked_for(self.settings.node_name, now) == 0.0:
+            self._skip_prevote = False  # a hand-over picked us: no pre-vote
+            return self._start_candidacy(now)
         if not self._can_stand(now):
             self._candidacy_at = max(now, self._hold_until, self._quarantine_until) + self._rank_delay_s()
             return []
@@ -483,13 +508,18 @@ class QuorumLease(ElectionProtocol):
     def _start_candidacy(self, now: float) -> list[Effect]:
         me = self.settings.node_name
         self._cancel_prevote()
+        self._skip_prevote = False
+        wait_s = self._vote_blocked_for(me, now)
+        if wait_s > 0.0:
+            # voting for ourselves is a grant too: not while bound to another
+            self._candidacy_at = now + wait_s + self._rank_delay_s()
+            return []
         self._term += 1
         self._voted_for = me
         self._role = ROLE_CANDIDATE
         self._leader = None
         self._sent_at = {}
         self._granted_at = {}
-        self._vote_refusals = set()
         self._phase_deadline = now + self._election_round_s()
         effects: list[Effect] = self._persist()  # before the request leaves
         return effects + self._send_vote_requests(now) + self._maybe_win(now)
@@ -511,14 +541,18 @@ class QuorumLease(ElectionProtocol):
 
     def _maybe_win(self, now: float) -> list[Effect]:
         lease_until = self._quorum_lease_until()
-        # a majority whose grants are too old to leave any lease is no win
-        if now >= lease_until - self.settings.lease_guard_s:
+        # grants so old that the lease would lapse before one heartbeat could
+        # renew it are no win: promoting would only flap (promote, then
+        # lease_lost a moment later); a retransmission fetches fresher grants
+        margin_s = self.settings.lease_guard_s + self.settings.heartbeat_interval_s
+        if now >= lease_until - margin_s:
             return []
         self._role = ROLE_LEADER
         self._leader = self.settings.node_name
         self._leader_priority = self.settings.priority
         self._lease_until = lease_until
         self._phase_deadline = INF
+        self._handover = None  # a hand-over from an earlier term is moot
         self._backoff.reset()
         self._sent_at = {r: t for r, t in self._sent_at.items() if t + self.settings.lease_s > now}
         effects: list[Effect] = [Promote(self._term, "elected"), LeaderChanged(self._leader, self._term)]
@@ -571,6 +605,7 @@ class QuorumLease(ElectionProtocol):
             self._to_follower()
         self._term = term
         self._voted_for = None
+        self._skip_prevote = False  # a new term: any hand-over we were picked for is moot
         if self._leader is not None:
             self._leader = None
             self._leader_priority = None
@@ -682,16 +717,31 @@ class QuorumLease(ElectionProtocol):
         return best.name
 
     def _hand_over(self, target: str | None, now: float, reason: str) -> list[Effect]:
-        """Demote first (the shell runs the demote hook), then release the
-        followers' promises and tell the target to campaign at once."""
+        """Stop renewing and demote now; release the followers and wake the
+        target only once the shell reports the demote hooks finished
+        (``demote_hooks_done``), so the two nodes' hooks never overlap. If
+        the shell never reports, the promises lapse and an ordinary election
+        follows: slower, never unsafe."""
         term = self._term
         effects = self._demote(now, reason)
-        effects.append(Send(RELEASE, term))
-        if target is not None:
-            effects.append(Send(TIMEOUT_NOW, term, to=target))
+        self._handover = (term, target)
         # give the target (or anyone, if there is none) the first go
         self._hold_until = now + self.settings.election_timeout_max_s
         self._candidacy_at = self._hold_until + self._rank_delay_s()
+        return effects
+
+    def demote_hooks_done(self, now: float) -> list[Effect]:
+        """The shell ran the demote hooks of our last demotion to completion."""
+        if self._handover is None:
+            return []
+        term, target = self._handover
+        self._handover = None
+        effects: list[Effect] = [Send(RELEASE, term)]
+        if target is not None:
+            effects.append(Send(TIMEOUT_NOW, term, to=target))
+        # the target campaigns now; stand ourselves only if it does not
+        self._hold_until = max(self._hold_until, now + self.settings.election_timeout_max_s)
+        self._candidacy_at = max(self._candidacy_at, self._hold_until + self._rank_delay_s())
         return effects
 
     def transfer(self, target: str | None, now: float) -> list[Effect]:
