@@ -50,7 +50,7 @@ class Host:
     """One simulated machine: clock, disk, and the daemon when it runs."""
 
     __slots__ = ("index", "name", "settings", "clock", "node", "disk", "paused", "inbox", "timer_local",
-                 "timer_version", "timer_true", "spin_t", "spin_count")
+                 "timer_version", "timer_true", "spin_t", "spin_count", "pending_done")
 
     def __init__(self, index: int, settings: Settings, clock: SimClock) -> None:
         self.index = index
@@ -66,6 +66,7 @@ class Host:
         self.timer_true = float("inf")  # when the live queue entry fires
         self.spin_t = -1.0
         self.spin_count = 0
+        self.pending_done = False  # demote hooks finished while frozen
 
 
 class Cluster:
@@ -108,6 +109,8 @@ class Cluster:
             protocol_of=lambda i: self.hosts[i].node.protocol if self.hosts[i].node is not None else None,
         )
         self.checker.schedule = self.at
+        # how long the demote hooks take, drawn per demotion (seconds)
+        self.demote_hook_s = (0.002, 0.05)
         # a stale-token leader hears of it within a round trip, then re-asserts
         self.checker.reassert_grace_s = 2 * self.network.worst_delay_s() + 0.01
         # called after every event (the runner's liveness watch); None = off
@@ -281,6 +284,7 @@ class Cluster:
             elif et is Demote:
                 if self.tracing:
                     self.note(f"{h.name} DEMOTE term={e.term} ({e.reason})")
+                self._run_demote_hooks(h)
             elif et is LeaderChanged:
                 if e.leader is not None and e.leader != h.name:
                     self.checker.followed(h.index, e.leader, e.term)
@@ -289,6 +293,31 @@ class Cluster:
             elif et is SplitBrain:
                 if self.tracing:
                     self.note(f"{h.name} SPLIT-BRAIN with {e.other} term={e.term} yielded={e.yielded}")
+
+    def _run_demote_hooks(self, h: Host) -> None:
+        """The shell runs demote hooks in child processes and tells the node
+        when they finished (quorum-lease hands over only then)."""
+        lo, hi = self.demote_hook_s
+        node = h.node
+        self.at(self.now + self.net_rng.uniform(lo, hi), lambda: self._demote_hooks_done(h, node))
+
+    def _demote_hooks_done(self, h: Host, node: Node) -> None:
+        if h.node is not node:
+            return  # the daemon that ran them has since crashed
+        if h.paused:
+            h.pending_done = True  # noticed when the daemon wakes
+            return
+        self._input_hooks_done(h)
+
+    def _input_hooks_done(self, h: Host) -> None:
+        h.pending_done = False
+        if self.tracing:
+            self.note(f"{h.name} demote hooks done")
+        effects = h.node.demote_hooks_done(h.clock.local(self.now))
+        if effects:
+            self._carry_out(h, effects)
+        self._arm(h)
+        self._check(h)
 
     def _send(self, h: Host, e: Send) -> None:
         msg = Message(e.kind, h.name, e.term, e.body, e.to)
@@ -355,6 +384,7 @@ class Cluster:
             return
         h.node = None
         h.paused = False
+        h.pending_done = False
         h.inbox.clear()
         h.timer_version += 1
         h.timer_true = float("inf")
@@ -383,6 +413,8 @@ class Cluster:
         self.note(f"{h.name} RESUME ({len(h.inbox)} queued)")
         self.checker.fault(self.now)
         self._tick(h)
+        if h.pending_done and h.node is not None:
+            self._input_hooks_done(h)
         inbox, h.inbox = h.inbox, []
         for msg in inbox:
             if h.node is None or h.paused:
