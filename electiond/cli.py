@@ -78,11 +78,14 @@ def print_status(status: dict[str, Any]) -> None:
 
 
 def print_members(members: list[dict[str, Any]]) -> None:
-    print(f"{'NAME':<16} {'ID':>4}  {'ALIVE':<5}  {'LAST SEEN':>9}")
+    print(f"{'NAME':<16} {'ID':>4}  {'ALIVE':<5}  {'LAST SEEN':>9}  {'PHI':>6}  {'TIMEOUT':>8}")
     for m in members:
         alive = "self" if m.get("self") else ("yes" if m["alive"] else "no")
         seen = "-" if m.get("self") else _fmt_ms(m["last_seen_ms"])
-        print(f"{m['name']:<16} {m['id']:>4}  {alive:<5}  {seen:>9}")
+        watch = m.get("suspicion") or {}
+        phi = f"{watch['phi']:.1f}" if "phi" in watch else "-"
+        timeout = f"{watch['timeout_ms']:.0f}ms" if "timeout_ms" in watch else "-"
+        print(f"{m['name']:<16} {m['id']:>4}  {alive:<5}  {seen:>9}  {phi:>6}  {timeout:>8}")
 
 
 def print_history(entries: list[dict[str, Any]]) -> None:

@@ -129,6 +129,7 @@ def cleanup(cfg: configmod.Config) -> int:
              "ELECTIOND_CLUSTER": cfg.settings.cluster},
             lambda result: None if result.ok else failures.append(result),
             logging.getLogger("electiond.hooks"),
+            token_file=os.path.join(cfg.state_directory, "hooks.token"),
         )
         runner.submit(Transition("demote", term_number, None, None, "crash" if service_result else "cleanup"))
         await runner.close()

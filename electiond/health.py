@@ -85,7 +85,13 @@ class ProcessCheck(Check):
     def __init__(self, pattern: str) -> None:
         super().__init__(pattern)
         self.pattern = pattern
-        self.regex = None if _PLAIN_NAME.match(pattern) else re.compile(pattern)
+        if not pattern:
+            raise ValueError("empty process pattern")
+        try:
+            self.regex = None if _PLAIN_NAME.match(pattern) else re.compile(pattern)
+        except re.error as exc:
+            # config validation calls this too, so the message names the problem
+            raise ValueError(f"bad process pattern {pattern!r}: {exc}") from None
 
     def matches(self, name: str, cmdline: Sequence[str]) -> bool:
         if self.regex is None:

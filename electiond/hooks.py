@@ -29,6 +29,7 @@ import os
 import signal
 import stat
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -240,6 +241,60 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+TOKEN_VARIABLE = "ELECTIOND_HOOK_TOKEN"
+
+
+def kill_token_holders(token: str, grace_s: float, logger: logging.Logger) -> int:
+    """SIGTERM, then SIGKILL, every process whose environment carries the token."""
+    me = os.getpid()
+    victims: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == me or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(TOKEN_VARIABLE) == token:
+                victims.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    if not victims:
+        return 0
+    logger.warning(
+        "hooks: killing %d hook process(es) left running by the previous daemon: %s",
+        len(victims), ", ".join(f"{p.pid} ({_describe(p)})" for p in victims),
+    )
+    for proc in victims:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    deadline = time.monotonic() + grace_s
+    alive = victims
+    while alive and time.monotonic() < deadline:
+        time.sleep(GROUP_POLL_S)
+        alive = [p for p in alive if _alive(p)]
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return len(victims)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    # an orphan that died may stay a zombie if init does not reap it promptly
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())[:80] or proc.name()
+    except psutil.Error:
+        return "?"
+
+
 def _killpg(pgid: int, sig: int) -> bool:
     try:
         os.killpg(pgid, sig)
@@ -436,8 +491,20 @@ class HookRunner:
         base_env: dict[str, str],
         on_result: Callable[[HookResult], None],
         logger: logging.Logger,
+        *,
+        token_file: str | None = None,
     ) -> None:
+        """``token_file`` (in the state directory) lets a restarted daemon kill
+        hook processes its crashed predecessor left running: every hook of this
+        runner carries ``ELECTIOND_HOOK_TOKEN`` in its environment, and before
+        its first hook a runner kills the processes carrying the token found in
+        the file, then writes its own. Without it (and without systemd's
+        control-group kill) an orphaned ``vip up`` could keep announcing the
+        VIP after another host took it over."""
         self.config = config
+        self._token_file = token_file
+        self._token = uuid.uuid4().hex
+        self._orphans_checked = token_file is None
         self._base_env = dict(base_env)
         self._on_result = on_result
         self._log = logger
@@ -527,12 +594,47 @@ class HookRunner:
                 "ELECTIOND_TERM": str(transition.term),
                 "ELECTIOND_PREVIOUS_LEADER": transition.previous_leader or "",
                 "ELECTIOND_REASON": transition.reason,
+                # lets a hook's background work stop when the daemon is gone
+                "ELECTIOND_PID": str(os.getpid()),
+                TOKEN_VARIABLE: self._token,
             }
         )
         return env
 
+    async def kill_orphans(self) -> int:
+        """Kill hook processes left by a previous daemon (see ``token_file``);
+        returns how many. Runs once, before the first hook."""
+        if self._orphans_checked:
+            return 0
+        self._orphans_checked = True
+        assert self._token_file is not None
+        previous = None
+        try:
+            with open(self._token_file) as f:
+                previous = f.read().strip() or None
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self._log.warning("hooks: cannot read %s: %s", self._token_file, exc.strerror or exc)
+        killed = 0
+        if previous and previous != self._token:
+            killed = await asyncio.to_thread(kill_token_holders, previous, self.config.kill_grace_s, self._log)
+        try:
+            directory = os.path.dirname(self._token_file) or "."
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+            tmp = f"{self._token_file}.tmp"
+            with open(tmp, "w") as f:
+                f.write(self._token + "\n")
+            os.replace(tmp, self._token_file)
+        except OSError as exc:
+            self._log.warning("hooks: cannot write %s: %s (orphaned hooks will not be found after a crash)",
+                              self._token_file, exc.strerror or exc)
+        return killed
+
     async def _drain(self) -> None:
         try:
+            if not self._orphans_checked:
+                await self.kill_orphans()
             while self._pending:
                 plan = plan_transitions(self._applied, self._applied_term, self._pending)
                 dropped = len(self._pending) - len(plan)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
+from electiond.detector import PeerWatches
 from electiond.protocols.base import (
     ROLE_FOLLOWER,
     ROLE_LEADER,
@@ -27,10 +28,12 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.bully import Bully
 from electiond.protocols.lease import QuorumLease
+from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
     Bully.name: Bully,
     QuorumLease.name: QuorumLease,
+    Ring.name: Ring,
 }
 
 HISTORY_LENGTH = 200
@@ -85,13 +88,20 @@ class Node:
         rng: random.Random,
         now: float,
         persisted: PersistedState | None = None,
+        registry: Mapping[str, type[ElectionProtocol]] | None = None,
     ) -> None:
-        if protocol not in PROTOCOLS:
+        # registry: a copy of PROTOCOLS with a variant swapped in (the
+        # simulator's mutants); the daemon never passes one
+        protocols = PROTOCOLS if registry is None else registry
+        if protocol not in protocols:
             raise ValueError(f"unknown protocol {protocol!r}")
         self.settings = settings
         self.protocol_name = protocol
-        self.protocol = PROTOCOLS[protocol](settings, rng, now, persisted)
+        self.protocol = protocols[protocol](settings, rng, now, persisted)
         self.membership = Membership(settings, now)
+        # every member's presence beacons through the same adaptive detector the
+        # protocols use for the leader, so status shows each member's suspicion
+        self.peer_watches = PeerWatches(settings, random.Random(rng.random()))
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_LENGTH)
         self.leader_changes: deque[float] = deque()
         self.split_brains = 0
@@ -106,6 +116,7 @@ class Node:
     def on_message(self, msg: Message, now: float) -> list[Effect]:
         self.membership.saw(msg.sender, now)
         if msg.kind == PRESENCE:
+            self.peer_watches.observe(msg.sender, now)
             return []
         return self._observe(self.protocol.on_message(msg, now), now)
 
@@ -155,6 +166,7 @@ class Node:
         s = self.settings
         self._trim_changes(now)
         members = []
+        suspicion = self.peer_watches.snapshot(now)
         for m in s.members:
             if m.name == s.node_name:
                 members.append({"name": m.name, "id": m.id, "alive": True, "last_seen_ms": 0.0, "self": True})
@@ -166,6 +178,7 @@ class Node:
                 "alive": self.membership.alive(m.name, now),
                 "last_seen_ms": None if seen is None else round((now - seen) * 1000, 1),
                 "self": False,
+                "suspicion": suspicion.get(m.name),
             })
         leader = self.protocol.leader
         return {

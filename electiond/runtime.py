@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from electiond import net
 from electiond.config import Config
+from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
 from electiond.node import Node
 from electiond.protocols.base import (
@@ -110,11 +112,22 @@ class Runtime:
             },
             self._on_hook_result,
             logging.getLogger("electiond.hooks"),
+            token_file=os.path.join(self.config.state_directory, "hooks.token"),
         )
         # A daemon always starts as non-leader: give up whatever a crashed
         # predecessor may have held (a VIP) before standing for election.
         self.hooks.submit(Transition("demote", self.node.protocol.term, None, None, "startup"))
         self.node.record(now, "startup", incarnation=incarnation)
+        health = HealthMonitor(
+            self.config.health, self._on_health_change, logging.getLogger("electiond.health"),
+            env=dict(os.environ, ELECTIOND_NODE=self.settings.node_name, ELECTIOND_CLUSTER=self.settings.cluster,
+                     ELECTIOND_PROTOCOL=self.config.protocol),
+        )
+        if health.enabled:
+            self.health = health
+            # probes every check once; an unhealthy start makes the node
+            # ineligible (through _on_health_change) before it can stand
+            await health.start()
         log.info(
             "started node=%s cluster=%s protocol=%s term=%d group=%s:%d unicast=%s:%d",
             self.settings.node_name, self.settings.cluster, self.config.protocol,
@@ -126,6 +139,8 @@ class Runtime:
     async def stop(self) -> None:
         """Clean shutdown: hand over leadership where the protocol can, run demote hooks."""
         assert self.node is not None and self.hooks is not None
+        if self.health is not None:
+            await self.health.stop()
         now = time.monotonic()
         if self.node.is_leader(now):
             try:
@@ -267,6 +282,26 @@ class Runtime:
                 except CommandError as exc:
                     log.error("stepdown after failed promote hook: %s", exc)
 
+    # ---- health -------------------------------------------------------------
+
+    def _on_health_change(self, healthy: bool, reason: str) -> None:
+        """FAULT: refuse to stand, step down if leading (the protocol's demote
+        runs first), then run the fault hooks. Recovery makes the node eligible
+        again; no hook runs until it is next promoted."""
+        assert self.node is not None and self.hooks is not None
+        node = self.node
+        if healthy:
+            log.info("healthy again: standing for election")
+        else:
+            log.warning("unhealthy, entering FAULT: %s", reason)
+        node.record(time.monotonic(), "health", healthy=healthy, reason=reason)
+        try:
+            self._process(lambda now: node.set_eligible(healthy, now, "recovered" if healthy else "fault"))
+        except CommandError as exc:
+            log.error("%s cannot act on health changes: %s", self.config.protocol, exc)
+        if not healthy:
+            self.hooks.submit(Transition("fault", node.protocol.term, node.protocol.leader, self._leader_seen, "fault"))
+
     # ---- control requests ------------------------------------------------------
 
     def command(self, name: str, args: dict[str, Any]) -> Any:
@@ -301,6 +336,8 @@ class Runtime:
             "uptime_s": round(time.time() - self.started_wall, 3),
             "dropped": dict(self.codec.dropped),
             "hooks": self.hooks.status() if self.hooks else None,
+            "healthy": self.health.healthy if self.health else True,
+            "health": self.health.snapshot() if self.health else [],
         })
         return status
 

@@ -91,6 +91,13 @@ def test_process_pattern_plain_name_vs_regex() -> None:
     assert not regex.matches("haproxy", ["/usr/sbin/haproxy", "-v"])
 
 
+def test_bad_process_pattern_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="bad process pattern"):
+        ProcessCheck("post(gres")
+    with pytest.raises(ValueError):
+        ProcessCheck("")
+
+
 def test_interface_name_validation() -> None:
     for bad in ["", "../etc", "a/b", ".."]:
         with pytest.raises(ValueError):

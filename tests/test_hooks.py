@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -78,6 +79,16 @@ def process_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def kill_leftover(pid_file: Path) -> None:
+    """A failing test must not leave its sleeper behind."""
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    if not process_gone(pid):
+        os.kill(pid, 9)
 
 
 def read_lines(path: Path) -> list[str]:
@@ -202,10 +213,10 @@ def test_directory_hooks_run_parts_rules(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- runner (real processes)
 
 
-def runner_for(config: HooksConfig, name: str, base_env: dict[str, str] | None = None):
+def runner_for(config: HooksConfig, name: str, base_env: dict[str, str] | None = None, **kwargs):
     logger, handler = make_logger(name)
     results: list[HookResult] = []
-    runner = HookRunner(config, base_env or {"ELECTIOND_NODE": "n1"}, results.append, logger)
+    runner = HookRunner(config, base_env or {"ELECTIOND_NODE": "n1"}, results.append, logger, **kwargs)
     return runner, results, handler
 
 
@@ -234,6 +245,7 @@ def test_environment_passed_to_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert env["ELECTIOND_CLUSTER"] == "c1"
     assert env["ELECTIOND_REASON"] == "elected"
     assert env["INHERITED_FROM_DAEMON"] == "yes"
+    assert env["ELECTIOND_PID"] == str(os.getpid())
     assert [r.ok for r in results] == [True]
 
 
@@ -527,14 +539,17 @@ def test_cancelling_a_running_command_kills_its_group(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    asyncio.run(go())
-    pid = int(pid_file.read_text())
-    # SIGKILL was sent to the group; give the kernel a moment to deliver it
-    for _ in range(200):
-        if process_gone(pid):
-            break
-        time.sleep(0.01)
-    assert process_gone(pid)
+    try:
+        asyncio.run(go())
+        pid = int(pid_file.read_text())
+        # SIGKILL was sent to the group; give the kernel a moment to deliver it
+        for _ in range(200):
+            if process_gone(pid):
+                break
+            time.sleep(0.01)
+        assert process_gone(pid)
+    finally:
+        kill_leftover(pid_file)
 
 
 def test_long_output_lines_are_split_and_capped(tmp_path: Path) -> None:
@@ -563,10 +578,66 @@ def test_works_under_uvloop(tmp_path: Path) -> None:
         runner.submit(T("fault"))
         await runner.close()
 
-    uvloop.run(go())
+    # asyncio.Runner with a loop factory, as the daemon does: uvloop.run() is
+    # not in Debian 12's uvloop 0.17
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner_:
+        runner_.run(go())
     assert results[0].timed_out and process_gone(int(child_pid.read_text()))
 
 
 def test_transition_rejects_unknown_event() -> None:
     with pytest.raises(ValueError):
         T("reboot")
+
+
+def test_restarted_runner_kills_hooks_left_by_a_crashed_predecessor(tmp_path: Path) -> None:
+    token_file = tmp_path / "state" / "hooks.token"
+    orphan_pid, log = tmp_path / "orphan.pid", tmp_path / "log"
+    # like "vip up" still sending gratuitous ARPs when its daemon was killed
+    promote = write_script(tmp_path / "p", f'sleep 100000 &\necho $! > "{orphan_pid}"\n')
+    demote = write_script(tmp_path / "d", f'echo "$ELECTIOND_REASON" >> "{log}"\n')
+    config = HooksConfig(promote=(str(promote),), demote=(str(demote),), kill_grace_s=2.0)
+    bystander = subprocess.Popen(["sleep", "100000"])  # not ours: must survive
+    try:
+        first, _, _ = runner_for(config, "crashed", token_file=str(token_file))
+
+        async def crashed_daemon() -> None:
+            first.submit(T("promote"))
+            await first.wait_idle()
+
+        asyncio.run(crashed_daemon())
+        pid = int(orphan_pid.read_text())
+        assert not process_gone(pid)
+        old_token = token_file.read_text().strip()
+
+        second, _, handler = runner_for(config, "restarted", token_file=str(token_file))
+
+        async def restarted_daemon() -> None:
+            second.submit(T("demote", reason="startup"))
+            await second.close()
+
+        asyncio.run(restarted_daemon())
+        assert process_gone(pid), "the orphaned hook survived the restart"
+        assert bystander.poll() is None
+        assert read_lines(log) == ["startup"]
+        assert token_file.read_text().strip() not in ("", old_token)
+        assert any("left running by the previous daemon" in m for m in handler.messages())
+    finally:
+        bystander.kill()
+        bystander.wait(10)
+        if orphan_pid.exists() and not process_gone(int(orphan_pid.read_text())):
+            os.kill(int(orphan_pid.read_text()), 9)
+
+
+def test_hook_environment_carries_the_runner_token(tmp_path: Path) -> None:
+    out = tmp_path / "token"
+    hook = write_script(tmp_path / "h", f'printf %s "$ELECTIOND_HOOK_TOKEN" > "{out}"\n')
+    token_file = tmp_path / "hooks.token"
+    runner, _, _ = runner_for(HooksConfig(fault=(str(hook),)), "token", token_file=str(token_file))
+
+    async def go() -> None:
+        runner.submit(T("fault"))
+        await runner.close()
+
+    asyncio.run(go())
+    assert out.read_text() == token_file.read_text().strip() and len(out.read_text()) == 32

@@ -43,3 +43,16 @@ def test_history_records_promotions():
     t = n.protocol.deadline()
     n.on_tick(t)
     assert [h.event for h in n.history][:2] == ["promote", "leader"]
+
+
+def test_status_shows_each_members_suspicion_from_presence_beacons():
+    n = node()
+    t = 0.0
+    for _ in range(12):
+        n.on_message(Message(PRESENCE, "n2", 0), t)
+        t += n.membership.presence_interval_s()
+    members = {m["name"]: m for m in n.status(t)["members"]}
+    watch = members["n2"]["suspicion"]
+    assert watch["mode"] == "adaptive" and watch["samples"] >= 8
+    assert watch["phi"] >= 0 and watch["timeout_ms"] > 0
+    assert members["n3"]["suspicion"] is None  # never heard from

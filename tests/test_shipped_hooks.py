@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,7 @@ def test_vip_unknown_interface_exits_4() -> None:
 def test_vip_bad_arp_settings_exit_2() -> None:
     assert run([VIP, "down", "192.0.2.10/24", "lo"], {"VIP_ARP_COUNT": "many"}).returncode == 2
     assert run([VIP, "down", "192.0.2.10/24", "lo"], {"VIP_ARP_MODE": "shout"}).returncode == 2
+    assert run([VIP, "down", "192.0.2.10/24", "lo"], {"VIP_ARP_INTERVAL": "soon"}).returncode == 2
 
 
 # --------------------------------------------------------------------------- vip: in namespaces
@@ -189,7 +191,7 @@ def test_vip_up_down_is_idempotent_and_announces(arping_index: int) -> None:
         up = pair.vip("up", vip, "lan0", env=env)
         assert up.returncode == 0, up.stderr
         assert f"added {vip} to lan0" in up.stdout
-        assert f"gratuitous ARP, {arping_flavor(arping)} arping)" in up.stdout
+        assert f"({arping_flavor(arping)} arping; 1 more every 1s while it stays here)" in up.stdout
         assert vip in pair.addresses()
         # the gratuitous ARP moved the peer's entry to our MAC
         assert pair.host_mac() in pair.peer_neighbour("10.213.77.50")
@@ -236,6 +238,66 @@ def test_vip_failed_announcement_exits_6_with_address_configured(tmp_path: Path)
         assert r.returncode == 6 and "gratuitous ARP for 10.213.77.52 on lan0 failed: send failed" in r.stderr
         assert "10.213.77.52/24" in pair.addresses()
     finally:
+        pair.close()
+
+
+def counting_arping(tmp_path: Path, real: str) -> tuple[Path, Path]:
+    """An arping that logs each call and then runs the real one."""
+    calls_log = tmp_path / "arping.calls"
+    wrapper = tmp_path / "arping"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *-c*) echo x >> "{calls_log}" ;; esac\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, calls_log
+
+
+def count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@needs_root
+def test_vip_repeats_stop_when_the_address_goes_or_the_daemon_dies(tmp_path: Path) -> None:
+    candidates = arpings()
+    if not candidates:
+        pytest.skip("no arping installed")
+    wrapper, calls_log = counting_arping(tmp_path, candidates[0])
+    pair = Pair("r")
+    daemon = subprocess.Popen(["sleep", "100000"])  # stands in for electiond
+    try:
+        env = {"VIP_ARPING": str(wrapper), "VIP_ARP_COUNT": "1000", "VIP_ARP_INTERVAL": "0.1",
+               "ELECTIOND_PID": str(daemon.pid)}
+        started = time.monotonic()
+        up = pair.vip("up", "10.213.77.53/24", "lan0", env=env)
+        assert up.returncode == 0, up.stderr
+        # "up" returns after the first announcement, not after all of them
+        assert time.monotonic() - started < 30 and count_lines(calls_log) >= 1
+        wait_until(lambda: count_lines(calls_log) >= 3, 30, "repeated announcements")
+        # a demote removes the address: the repeats stop
+        assert pair.vip("down", "10.213.77.53/24", "lan0", env=env).returncode == 0
+        settled = count_lines(calls_log)
+        time.sleep(1.5)  # many intervals; at most the one already under way may still go out
+        assert count_lines(calls_log) <= settled + 1
+
+        # the daemon dies while the address is up: the repeats stop too
+        calls_log.unlink()
+        assert pair.vip("up", "10.213.77.53/24", "lan0", env=env).returncode == 0
+        wait_until(lambda: count_lines(calls_log) >= 2, 30, "repeated announcements")
+        daemon.kill()
+        daemon.wait(10)
+        settled = count_lines(calls_log)
+        time.sleep(1.5)
+        assert count_lines(calls_log) <= settled + 1
+        assert "10.213.77.53/24" in pair.addresses()  # only the startup cleanup removes it
+    finally:
+        daemon.kill()
+        daemon.wait(10)
         pair.close()
 
 

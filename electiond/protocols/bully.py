@@ -54,6 +54,9 @@ class Bully(ElectionProtocol):
     ) -> None:
         super().__init__(settings, rng, now, persisted)
         self._epoch = persisted.term if persisted else 0
+        # who announced our current epoch (None: not known yet); kept on disk
+        # in voted_for, so a restarted node still knows whose token it saw
+        self._epoch_leader: str | None = persisted.voted_for if persisted else None
         self._role = ROLE_FOLLOWER
         self._leader: str | None = None
         self._phase: str | None = None
@@ -146,14 +149,20 @@ class Bully(ElectionProtocol):
         effects: list[Effect] = []
         if msg.term > self._epoch:
             self._epoch = msg.term
+            self._epoch_leader = None
             effects.append(self._persist())
         if msg.kind == ELECTION:
             effects += self._on_election(msg, now)
         elif msg.kind == ANSWER:
-            if self._role == ROLE_CANDIDATE and self._phase == _ELECTING:
+            higher = self.settings.id_of(msg.sender) > self.settings.self_id
+            if self._role == ROLE_CANDIDATE and self._phase == _ELECTING and higher:
                 self._answer_rtt.sample(now - self._election_sent_at)
                 self._phase = _ANSWERED
                 self._phase_deadline = now + self.settings.election_timeout_max_s
+            elif self._role == ROLE_LEADER and not higher and msg.term >= self._epoch:
+                # a follower tells us our epoch is not new: it already saw this
+                # token (or a newer one) from another leader
+                effects += self._reassert()
         elif msg.kind in (COORDINATOR, HEARTBEAT):
             effects += self._on_leader_claim(msg, now)
         return effects
@@ -179,12 +188,21 @@ class Bully(ElectionProtocol):
                 if not takeover:
                     effects.append(SplitBrain(msg.sender, self._epoch, yielded=True))
                 effects.append(Demote(self._epoch, "preempted" if takeover else "split_brain"))
+                if self._is_stale(msg):
+                    # the winner's token is not newer than ours (it led on the other
+                    # side of a partition, or froze): tell it, so it re-asserts
+                    # with an epoch above every token issued meanwhile
+                    effects.append(Send(COORDINATOR, self._epoch, to=msg.sender))
                 self._role = ROLE_FOLLOWER
                 return effects + self._follow(msg.sender, now)
             # a lower id claims to lead: it lost our heartbeats. Assert with a new
             # epoch, above any token the other leader handed out, and run the
             # promote hooks again with it (a VIP hook re-announces the address).
+            if msg.term < self._epoch:
+                # our token is already newer than any it handed out: remind only
+                return [SplitBrain(msg.sender, self._epoch, yielded=False), Send(COORDINATOR, self._epoch)]
             self._epoch += 1
+            self._epoch_leader = self.settings.node_name
             return [
                 SplitBrain(msg.sender, self._epoch, yielded=False),
                 self._persist(),
@@ -197,18 +215,45 @@ class Bully(ElectionProtocol):
                 return []  # our own election will override it
             self._role = ROLE_FOLLOWER
             self._phase = None
-            return self._follow(msg.sender, now)
+            return self._tell_if_stale(msg) + self._follow(msg.sender, now)
         # follower
         if msg.sender == self._leader:
             self._watch.heartbeat(now)
-            return self._maybe_preempt(now)
+            return self._tell_if_stale(msg) + self._maybe_preempt(now)
         if (
             self._leader is None
             or not self._has_live_leader(now)
             or sender_id > self.settings.id_of(self._leader)
         ):
-            return self._follow(msg.sender, now)
+            stale = self._tell_if_stale(msg)
+            return stale + self._follow(msg.sender, now)
         return []  # a lower claimant while a higher leader lives: it will yield
+
+    def _tell_if_stale(self, msg: Message) -> list[Effect]:
+        """A leader whose token is not newer than one already handed out by
+        someone else (a restarted node that only knew an old epoch, a leader
+        from the other side of a partition) would fence with a reused token:
+        tell it our epoch, so it re-asserts above it."""
+        if self._is_stale(msg):
+            return [Send(ANSWER, self._epoch, to=msg.sender)]
+        if msg.term == self._epoch and self._epoch_leader is None:
+            self._epoch_leader = msg.sender
+            return [self._persist()]
+        return []
+
+    def _is_stale(self, msg: Message) -> bool:
+        """Is this leader claim's token one we know was already handed out?"""
+        return msg.term < self._epoch or (msg.term == self._epoch and self._epoch_leader not in (None, msg.sender))
+
+    def _reassert(self) -> list[Effect]:
+        self._epoch += 1
+        self._epoch_leader = self.settings.node_name
+        return [
+            self._persist(),
+            Send(COORDINATOR, self._epoch),
+            Promote(self._epoch, "reasserted"),
+            LeaderChanged(self._leader, self._epoch),
+        ]
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
         self._leader = leader
@@ -246,6 +291,7 @@ class Bully(ElectionProtocol):
 
     def _become_leader(self, now: float, reason: str) -> list[Effect]:
         self._epoch += 1
+        self._epoch_leader = self.settings.node_name
         self._role = ROLE_LEADER
         self._leader = self.settings.node_name
         self._phase = None
@@ -265,7 +311,7 @@ class Bully(ElectionProtocol):
         self._retry_at = now + delay_s
 
     def _persist(self) -> Persist:
-        return Persist(PersistedState(self._epoch, None))
+        return Persist(PersistedState(self._epoch, self._epoch_leader))
 
     def _can_stand(self, now: float) -> bool:
         return self._eligible and now >= self._hold_until

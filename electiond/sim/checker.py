@@ -1,0 +1,305 @@
+"""Invariants, checked on the simulator's true clock.
+
+The rules differ by protocol, so they live in a table keyed by protocol name
+(``INVARIANTS``); a new protocol plugs in by adding a row, and a mutant
+subclass is checked with the row of the protocol it mutates.
+
+Why checking "after every event" is enough for lease overlap: a node's
+``is_leader(now)`` can only turn True because of an input (a message or a
+tick), never by time passing alone, while a node that is frozen is excluded
+(DESIGN §3: its leadership counts as ended when it froze; on resume it is
+ticked before anything else and checked right after). So if two leases ever
+overlap, they overlap at the later of the two inputs that made them true, and
+that input is an event we check at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from electiond.protocols.base import ROLE_LEADER, PersistedState, Settings
+
+
+def _bully_round_s(s: Settings) -> float:
+    """One election round: notice the leader is gone, ask, wait for the answer
+    and for the coordinator announcement."""
+    return max(s.election_timeout_max_s, s.max_suspicion_timeout_s) + s.answer_timeout_s + s.election_timeout_max_s
+
+
+def _bully_settle_s(s: Settings) -> float:
+    # a failure detector timeout, an election round and the worst retry backoff
+    return _bully_round_s(s) + s.backoff_max_s + s.backoff_jitter_s
+
+
+def _bully_liveness_s(s: Settings) -> float:
+    return 3 * _bully_round_s(s) + s.backoff_max_s + s.backoff_jitter_s + s.preempt_delay_s * s.preempt
+
+
+def _lease_liveness_s(s: Settings) -> float:
+    # a restarted node sits out L_f; then a few randomized election timeouts
+    return (
+        s.follower_promise_s()
+        + 4 * max(s.election_timeout_max_s, s.max_suspicion_timeout_s)
+        + s.backoff_max_s
+        + s.backoff_jitter_s
+        + s.preempt_delay_s * s.preempt
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InvariantSet:
+    """What a protocol promises, and so what the checker asserts.
+
+    leases: never two (running) nodes with is_leader(now) at one true instant,
+        whatever the faults.
+    votes: a node never votes for two candidates in one term (seen in its
+        Persist effects), across restarts that keep the disk.
+    terms_always: fencing tokens (Promote.term) strictly increase and are never
+        reused, even with partitions and loss; otherwise only asserted until
+        the first partition, lost or late datagram or delay spike of a run,
+        and not for a promotion made while no other running node knew the
+        newest token (every node that saw it was down). Never asserted once a node lost its disk: a node
+        that forgets its term cannot be expected to fence.
+    settle_s: bully-style protocols, partition-free runs: two leaders at once
+        are a violation once this long has passed after the last fault.
+    liveness_bound_s: after heal, exactly one agreed leader within this long.
+    """
+
+    leases: bool
+    votes: bool
+    terms_always: bool
+    settle_s: Callable[[Settings], float] | None
+    liveness_bound_s: Callable[[Settings], float]
+
+
+BULLY_INVARIANTS = InvariantSet(
+    leases=False, votes=False, terms_always=False, settle_s=_bully_settle_s, liveness_bound_s=_bully_liveness_s
+)
+LEASE_INVARIANTS = InvariantSet(
+    leases=True, votes=True, terms_always=True, settle_s=None, liveness_bound_s=_lease_liveness_s
+)
+
+INVARIANTS: dict[str, InvariantSet] = {
+    "bully": BULLY_INVARIANTS,
+    "ring": BULLY_INVARIANTS,
+    "quorum-lease": LEASE_INVARIANTS,
+}
+
+
+def invariants_for(protocol: str) -> InvariantSet:
+    try:
+        return INVARIANTS[protocol]
+    except KeyError:
+        raise ValueError(f"no invariants registered for protocol {protocol!r} (add a row to sim.checker.INVARIANTS)")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    t: float
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"t={self.t:.6f} VIOLATION {self.rule}: {self.detail}"
+
+
+@dataclass(slots=True)
+class SplitBrainLog:
+    intervals: list[tuple[float, float]] = field(default_factory=list)
+    open_since: float | None = None
+
+    def total_s(self) -> float:
+        return sum(end - start for start, end in self.intervals)
+
+
+class Checker:
+    """Fed by the cluster; ``local_now(i, t)``, ``running(i)``, ``protocol(i)``
+    and ``name(i)`` read the cluster's state."""
+
+    def __init__(
+        self,
+        invariants: InvariantSet,
+        settings: Settings,
+        names: list[str],
+        local_now: Callable[[int, float], float],
+        running: Callable[[int], bool],
+        protocol_of: Callable[[int], object],
+    ) -> None:
+        self.inv = invariants
+        self.names = names
+        self._local_now = local_now
+        self._running = running
+        self._protocol_of = protocol_of
+        self.settle_s = invariants.settle_s(settings) if invariants.settle_s else None
+        self.violations: list[Violation] = []
+        self.partitioned = False  # a partition happened at some point in this run
+        # a datagram was lost or delayed past the protocol's timeouts: for
+        # protocols without quorums that is a partition too, however brief
+        self.lossy = False
+        self.state_lost = False  # some node restarted with an empty disk
+        self.last_fault_s = 0.0  # start-up counts as a fault: nobody leads yet
+        self.role_leaders: set[int] = set()
+        self.split = SplitBrainLog()
+        self.max_promoted_term = -1
+        self.tokens_forgotten = 0  # promotions not judged: no running node knew the newest token
+        # bully-style: node -> (deadline, stale token, newest token) awaiting a re-assertion
+        self._stale: dict[int, tuple[float, int, int]] = {}
+        self.reassert_grace_s = 0.1
+        self.schedule: Callable[[float, Callable[[], None]], None] | None = None
+        self.promotions: list[tuple[float, int, int]] = []  # (t, node, term)
+        self._term_owner: dict[int, int] = {}
+        self._votes: dict[tuple[int, int], str] = {}  # (node, term) -> voted for
+        self._followed: dict[int, int] = {}  # node -> highest term in which it followed another node
+
+    # ---- notifications --------------------------------------------------
+
+    def fault(self, t: float, until_s: float | None = None) -> None:
+        self.last_fault_s = max(self.last_fault_s, t if until_s is None else until_s)
+
+    def violate(self, t: float, rule: str, detail: str) -> None:
+        self.violations.append(Violation(t, rule, detail))
+
+    def node_gone(self, t: float, i: int) -> None:
+        """Crashed or frozen: it leads nothing any more."""
+        if i in self.role_leaders:
+            self.role_leaders.discard(i)
+            self._update_split(t)
+
+    def disk_wiped(self, i: int) -> None:
+        self.state_lost = True
+        self._followed.pop(i, None)
+        for key in [k for k in self._votes if k[0] == i]:
+            del self._votes[key]
+
+    def persisted(self, t: float, i: int, state: PersistedState) -> None:
+        if not self.inv.votes or state.voted_for is None or self.state_lost:
+            return
+        key = (i, state.term)
+        earlier = self._votes.get(key)
+        if earlier is None:
+            self._votes[key] = state.voted_for
+        elif earlier != state.voted_for:
+            self.violate(
+                t, "double-vote", f"{self.names[i]} voted for {earlier} and then {state.voted_for} in term {state.term}"
+            )
+
+    def followed(self, i: int, leader: str, term: int) -> None:
+        """Node i accepted ``leader`` (another node) as leader in ``term``."""
+        if term > self._followed.get(i, -1):
+            self._followed[i] = term
+
+    def promoted(self, t: float, i: int, term: int) -> None:
+        self.promotions.append((t, i, term))
+        followed = self._followed.get(i, -1)
+        if term <= followed:
+            # whatever the network did, a node never fences with a token no
+            # newer than one it saw another leader use
+            self.violate(
+                t, "fencing", f"{self.names[i]} promoted with token {term} after following another leader in term {followed}"
+            )
+            return
+        asserted = not self.state_lost and (self.inv.terms_always or not (self.partitioned or self.lossy))
+        if asserted and not self.inv.terms_always and term <= self.max_promoted_term and not self._informed(i):
+            # without quorums, the newest token lives only in the nodes that
+            # saw it; with every one of them down, nobody can carry it on
+            asserted = False
+            self.tokens_forgotten += 1
+        if asserted and not self.inv.terms_always and term <= self.max_promoted_term:
+            # a bully-style leader cannot learn the newest token before it
+            # crowns itself; its followers tell it and it must re-assert with
+            # a fresh token within a round trip (or stop leading)
+            self._stale[i] = (t + self.reassert_grace_s, term, self.max_promoted_term)
+            if self.schedule is not None:
+                self.schedule(t + self.reassert_grace_s, lambda: self._check_stale(t + self.reassert_grace_s))
+            asserted = False
+        elif i in self._stale and term > self._stale[i][2]:
+            del self._stale[i]
+        if asserted:
+            owner = self._term_owner.get(term)
+            if owner is not None and owner != i:
+                self.violate(t, "term-reused", f"{self.names[i]} and {self.names[owner]} both led term {term}")
+            elif term <= self.max_promoted_term:
+                self.violate(
+                    t,
+                    "fencing",
+                    f"{self.names[i]} promoted with token {term}, not above the last token {self.max_promoted_term}",
+                )
+        self._term_owner.setdefault(term, i)
+        self.max_promoted_term = max(self.max_promoted_term, term)
+
+    def _check_stale(self, t: float) -> None:
+        for i, (until, term, newest) in list(self._stale.items()):
+            if t < until:
+                continue
+            del self._stale[i]
+            proto = self._protocol_of(i)
+            if self._running(i) and proto is not None and proto.role == ROLE_LEADER:
+                self.violate(
+                    t,
+                    "fencing",
+                    f"{self.names[i]} promoted with token {term} (not above {newest}) and still leads with no "
+                    f"fresh token {self.reassert_grace_s:.3f}s later",
+                )
+
+    def _informed(self, i: int) -> bool:
+        """Does some other running node know the newest token issued?"""
+        for j in range(len(self.names)):
+            if j != i and self._running(j):
+                proto = self._protocol_of(j)
+                if proto is not None and proto.term >= self.max_promoted_term:
+                    return True
+        return False
+
+    def after_event(self, t: float, i: int) -> None:
+        """Node i just handled an input; only its leadership can have changed."""
+        if self._stale and self.schedule is None:
+            self._check_stale(t)
+        proto = self._protocol_of(i)
+        is_role_leader = proto is not None and self._running(i) and proto.role == ROLE_LEADER
+        if is_role_leader:
+            self.role_leaders.add(i)
+        elif i in self.role_leaders:
+            self.role_leaders.discard(i)
+        else:
+            return
+        self._update_split(t)
+
+    # ---- checks -----------------------------------------------------------
+
+    def leaders_at(self, t: float) -> list[int]:
+        return [i for i in sorted(self.role_leaders) if self._protocol_of(i).is_leader(self._local_now(i, t))]
+
+    def _update_split(self, t: float) -> None:
+        if len(self.role_leaders) < 2:
+            if self.split.open_since is not None:
+                self.split.intervals.append((self.split.open_since, t))
+                self.split.open_since = None
+            return
+        leaders = self.leaders_at(t)
+        if len(leaders) < 2:
+            if self.split.open_since is not None:
+                self.split.intervals.append((self.split.open_since, t))
+                self.split.open_since = None
+            return
+        if self.split.open_since is None:
+            self.split.open_since = t
+        who = ", ".join(self.names[i] for i in leaders)
+        if self.inv.leases:
+            self.violate(t, "two-leaders", f"{who} all hold a valid lease")
+        elif self.settle_s is not None and not self.partitioned and t - self.last_fault_s > self.settle_s:
+            self.violate(
+                t,
+                "two-leaders",
+                f"{who} lead at once {t - self.last_fault_s:.3f}s after the last fault "
+                f"(detector timeouts settle in {self.settle_s:.3f}s)",
+            )
+
+    def recheck(self, t: float) -> None:
+        """Re-evaluate at a time with no input (the end of a phase)."""
+        self._update_split(t)
+
+    def finish(self, t: float) -> None:
+        if self.split.open_since is not None:
+            self.split.intervals.append((self.split.open_since, t))
+            self.split.open_since = None

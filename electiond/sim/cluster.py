@@ -1,0 +1,436 @@
+"""A simulated cluster: the real ``Node`` glue on simulated hosts.
+
+One event queue on true time drives everything. Each host has its own clock
+(``SimClock``), a disk that survives crashes, and at most one armed timer (the
+node's ``deadline()``, converted to true time). Effects are carried out in the
+order the node lists them, as the daemon's runtime does: a Persist reaches the
+disk before any later Send leaves.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from typing import Callable, Mapping
+
+from electiond.node import Node
+from electiond.protocols.base import (
+    ROLE_LEADER,
+    Demote,
+    ElectionProtocol,
+    LeaderChanged,
+    Message,
+    Persist,
+    PersistedState,
+    Promote,
+    Send,
+    Settings,
+    SplitBrain,
+)
+from electiond.sim.checker import Checker, InvariantSet
+from electiond.sim.clock import SimClock
+from electiond.sim.network import Links, NetworkModel
+
+DELIVER = 0
+TIMER = 1
+ACTION = 2
+FAULT = 3  # an action the liveness phase cancels
+
+INBOX_LIMIT = 512  # a frozen process's socket buffer: later datagrams are lost
+SPIN_LIMIT = 100  # on_tick calls at one instant before we call it a busy loop
+
+
+def _fmt_body(body: dict) -> str:
+    if not body:
+        return ""
+    return " " + " ".join(f"{k}={body[k]!r}" for k in sorted(body))
+
+
+class Host:
+    """One simulated machine: clock, disk, and the daemon when it runs."""
+
+    __slots__ = ("index", "name", "settings", "clock", "node", "disk", "paused", "inbox", "timer_local",
+                 "timer_version", "timer_true", "spin_t", "spin_count")
+
+    def __init__(self, index: int, settings: Settings, clock: SimClock) -> None:
+        self.index = index
+        self.name = settings.node_name
+        self.settings = settings
+        self.clock = clock
+        self.node: Node | None = None
+        self.disk: PersistedState | None = None
+        self.paused = False
+        self.inbox: list[Message] = []
+        self.timer_local = float("inf")
+        self.timer_version = 0
+        self.timer_true = float("inf")  # when the live queue entry fires
+        self.spin_t = -1.0
+        self.spin_count = 0
+
+
+class Cluster:
+    def __init__(
+        self,
+        settings: list[Settings],
+        protocol: str,
+        invariants: InvariantSet,
+        rng: random.Random,
+        clocks: list[SimClock] | None = None,
+        network: NetworkModel | None = None,
+        registry: Mapping[str, type[ElectionProtocol]] | None = None,
+        trace: bool = False,
+    ) -> None:
+        self.protocol = protocol
+        self.registry = registry
+        self.rng = rng
+        self.net_rng = random.Random(rng.getrandbits(64))
+        self.network = network or NetworkModel()
+        self.links = Links()
+        clocks = clocks or [SimClock(0.0, 1.0) for _ in settings]
+        self.hosts = [Host(i, s, clocks[i]) for i, s in enumerate(settings)]
+        self.index_of = {h.name: h.index for h in self.hosts}
+        self.names = [h.name for h in self.hosts]
+        self.all_indices = list(range(len(self.hosts)))
+        self.now = 0.0
+        self._queue: list[tuple] = []
+        self._seq = 0
+        self.events = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.tracing = trace
+        self.trace: list[str] = []
+        self.checker = Checker(
+            invariants,
+            settings[0],
+            self.names,
+            local_now=lambda i, t: self.hosts[i].clock.local(t),
+            running=self.running,
+            protocol_of=lambda i: self.hosts[i].node.protocol if self.hosts[i].node is not None else None,
+        )
+        self.checker.schedule = self.at
+        # a stale-token leader hears of it within a round trip, then re-asserts
+        self.checker.reassert_grace_s = 2 * self.network.worst_delay_s() + 0.01
+        # called after every event (the runner's liveness watch); None = off
+        self.after_event: Callable[[float], None] | None = None
+
+    # ---- state ----------------------------------------------------------------
+
+    def running(self, i: int) -> bool:
+        h = self.hosts[i]
+        return h.node is not None and not h.paused
+
+    def local_now(self, i: int) -> float:
+        return self.hosts[i].clock.local(self.now)
+
+    def note(self, text: str) -> None:
+        if self.tracing:
+            self.trace.append(f"t={self.now:.6f} {text}")
+
+    # ---- the queue ------------------------------------------------------------
+
+    def _push(self, t: float, kind: int, a, b) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (t, self._seq, kind, a, b))
+
+    def at(self, t: float, action: Callable[[], None], fault: bool = False) -> None:
+        """Run ``action`` (a fault, a check) at true time t."""
+        self._push(t, FAULT if fault else ACTION, action, None)
+
+    def cancel_faults(self) -> None:
+        self._queue = [e for e in self._queue if e[2] != FAULT]
+        heapq.heapify(self._queue)
+
+    def run_until(self, t_end: float, stop_on_violation: bool = True) -> None:
+        q = self._queue
+        checker = self.checker
+        hosts = self.hosts
+        while q and q[0][0] <= t_end:
+            if stop_on_violation and checker.violations:
+                return
+            t, _, kind, a, b = heapq.heappop(q)
+            self.now = t
+            self.events += 1
+            if kind == DELIVER:
+                self._deliver(a, b)
+            elif kind == TIMER:
+                h = hosts[a]
+                if b != h.timer_version or h.node is None or h.paused:
+                    continue
+                h.timer_true = float("inf")
+                if h.timer_local > h.clock.local(t):
+                    # the deadline moved later since this entry was queued
+                    # (a heartbeat arrived): not due yet, queue the new time
+                    self._arm(h, force=True)
+                    continue
+                self._tick(h)
+            else:
+                a()
+                continue
+            if self.after_event is not None:
+                self.after_event(t)
+        if not (stop_on_violation and checker.violations):
+            self.now = max(self.now, t_end)
+
+    # ---- node inputs ------------------------------------------------------------
+
+    def _deliver(self, i: int, msg: Message) -> None:
+        h = self.hosts[i]
+        if h.node is None:
+            self.dropped += 1
+            if self.tracing:
+                self.note(f"{msg.sender} → {h.name} {msg.kind} term={msg.term} dropped (host down)")
+            return
+        src = self.index_of[msg.sender]
+        if self.links.cut and not self.links.up(src, i):
+            self.dropped += 1
+            if self.tracing:
+                self.note(f"{msg.sender} → {h.name} {msg.kind} term={msg.term} dropped (partition)")
+            return
+        if h.paused:
+            if len(h.inbox) < INBOX_LIMIT:
+                h.inbox.append(msg)
+            return
+        self._input_message(h, msg)
+
+    def _input_message(self, h: Host, msg: Message) -> None:
+        self.delivered += 1
+        if self.tracing:
+            self.note(f"{msg.sender} → {h.name} {msg.kind} term={msg.term}{_fmt_body(msg.body)}")
+        local = h.clock.local(self.now)
+        effects = h.node.on_message(msg, local)
+        if effects:
+            self._carry_out(h, effects)
+        self._arm(h)
+        self._check(h)
+
+    def _check(self, h: Host) -> None:
+        # only a node whose leadership may have changed, or a leader while
+        # another node also claims to lead, needs the checker's attention
+        leaders = self.checker.role_leaders
+        if (h.node.protocol.role == ROLE_LEADER) != (h.index in leaders) or len(leaders) > 1:
+            self.checker.after_event(self.now, h.index)
+
+    def _tick(self, h: Host) -> None:
+        local = h.clock.local(self.now)
+        effects = h.node.on_tick(local)
+        if self.tracing and effects:
+            self.note(f"{h.name} tick")
+        if effects:
+            self._carry_out(h, effects)
+        if self.now == h.spin_t:
+            h.spin_count += 1
+            if h.spin_count > SPIN_LIMIT:
+                self.checker.violate(self.now, "busy-loop", f"{h.name}: deadline() stays due after on_tick")
+                return
+        else:
+            h.spin_t = self.now
+            h.spin_count = 0
+        self._arm(h, force=True)
+        self._check(h)
+
+    def _arm(self, h: Host, force: bool = False) -> None:
+        """Make sure a queue entry fires no later than the node's deadline.
+
+        A deadline that only moved later keeps the earlier entry: when that
+        fires, the run loop sees the deadline is not due and queues the new
+        one. Followers push their deadline on every heartbeat, so this saves
+        most queue traffic.
+        """
+        deadline = h.node.deadline()
+        if not force:
+            if deadline == h.timer_local:
+                return
+            if deadline > h.timer_local and h.timer_true != float("inf"):
+                h.timer_local = deadline  # the queued entry comes first
+                return
+        h.timer_local = deadline
+        if deadline == float("inf"):
+            return  # a live entry, if any, will find nothing due
+        t = h.clock.true_time_of(deadline)
+        if t < self.now:
+            t = self.now
+        if t >= h.timer_true and not force:
+            return
+        h.timer_version += 1
+        h.timer_true = t
+        self._push(t, TIMER, h.index, h.timer_version)
+
+    def _rearm(self, h: Host) -> None:
+        """The clock's rate changed or the host resumed: the armed timer's true time moved."""
+        h.timer_true = float("inf")
+        h.timer_version += 1
+        if h.node is not None and not h.paused:
+            self._arm(h, force=True)
+
+    # ---- effects ----------------------------------------------------------------
+
+    def _carry_out(self, h: Host, effects: list) -> None:
+        for e in effects:
+            et = type(e)
+            if et is Send:
+                self._send(h, e)
+            elif et is Persist:
+                h.disk = e.state
+                self.checker.persisted(self.now, h.index, e.state)
+                if self.tracing:
+                    self.note(f"{h.name} persist term={e.state.term} voted_for={e.state.voted_for}")
+            elif et is Promote:
+                if self.tracing:
+                    self.note(f"{h.name} PROMOTE term={e.term} ({e.reason})")
+                self.checker.promoted(self.now, h.index, e.term)
+            elif et is Demote:
+                if self.tracing:
+                    self.note(f"{h.name} DEMOTE term={e.term} ({e.reason})")
+            elif et is LeaderChanged:
+                if e.leader is not None and e.leader != h.name:
+                    self.checker.followed(h.index, e.leader, e.term)
+                if self.tracing:
+                    self.note(f"{h.name} leader={e.leader} term={e.term}")
+            elif et is SplitBrain:
+                if self.tracing:
+                    self.note(f"{h.name} SPLIT-BRAIN with {e.other} term={e.term} yielded={e.yielded}")
+
+    def _send(self, h: Host, e: Send) -> None:
+        msg = Message(e.kind, h.name, e.term, e.body, e.to)
+        if e.to is None:
+            targets = [j for j in self.all_indices if j != h.index]
+        else:
+            j = self.index_of.get(e.to)
+            if j is None or j == h.index:
+                self.note(f"{h.name} → {e.to} {e.kind}: no such peer, not sent")
+                return
+            targets = [j]
+        net = self.network
+        rng = self.net_rng
+        links = self.links
+        for j in targets:
+            if links.cut and not links.up(h.index, j):
+                self.dropped += 1
+                if self.tracing:
+                    self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (partition)")
+                continue
+            if net.loss and rng.random() < net.loss:
+                self.dropped += 1
+                self.checker.fault(self.now)
+                self.checker.lossy = True
+                if self.tracing:
+                    self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (loss)")
+                continue
+            self._push(self._arrival(net, rng), DELIVER, j, msg)
+            if net.duplicate and rng.random() < net.duplicate:
+                self._push(self._arrival(net, rng), DELIVER, j, msg)
+
+    def _arrival(self, net: NetworkModel, rng: random.Random) -> float:
+        delay_s = net.delay_s(rng)
+        if delay_s > net.max_delay_s:
+            # held up past what the protocol's timeouts assume: as good as
+            # lost for protocols without quorums, until it lands
+            self.checker.lossy = True
+            self.checker.fault(self.now, self.now + delay_s)
+        return self.now + delay_s
+
+    # ---- host lifecycle (faults) ---------------------------------------------------
+
+    def boot(self, i: int, keep_disk: bool = True) -> None:
+        h = self.hosts[i]
+        if h.node is not None:
+            return
+        if not keep_disk:
+            h.disk = None
+            self.checker.disk_wiped(i)
+        seed = self.rng.getrandbits(64)
+        h.node = Node(h.settings, self.protocol, random.Random(seed), h.clock.local(self.now), h.disk, self.registry)
+        h.paused = False
+        h.inbox.clear()
+        self.note(f"{h.name} start ({'disk ' + repr(h.disk) if h.disk else 'empty disk'})")
+        self.checker.fault(self.now)
+        self._rearm(h)
+        self.checker.after_event(self.now, i)
+
+    def crash(self, i: int) -> None:
+        h = self.hosts[i]
+        if h.node is None:
+            return
+        h.node = None
+        h.paused = False
+        h.inbox.clear()
+        h.timer_version += 1
+        h.timer_true = float("inf")
+        self.note(f"{h.name} CRASH")
+        self.checker.fault(self.now)
+        self.checker.node_gone(self.now, i)
+
+    def pause(self, i: int) -> None:
+        h = self.hosts[i]
+        if h.node is None or h.paused:
+            return
+        h.paused = True
+        h.timer_version += 1
+        h.timer_true = float("inf")
+        self.note(f"{h.name} PAUSE")
+        self.checker.fault(self.now)
+        self.checker.node_gone(self.now, i)
+
+    def resume(self, i: int) -> None:
+        """Wake a frozen node: tick first (it must check its lease before
+        anything else, as the daemon does), then hand it what queued up."""
+        h = self.hosts[i]
+        if h.node is None or not h.paused:
+            return
+        h.paused = False
+        self.note(f"{h.name} RESUME ({len(h.inbox)} queued)")
+        self.checker.fault(self.now)
+        self._tick(h)
+        inbox, h.inbox = h.inbox, []
+        for msg in inbox:
+            if h.node is None or h.paused:
+                break
+            self._input_message(h, msg)
+
+    def set_clock_rate(self, i: int, rate: float) -> None:
+        h = self.hosts[i]
+        h.clock.set_rate(self.now, rate)
+        self.note(f"{h.name} clock rate {rate:.6f}")
+        self._rearm(h)
+
+    def partition(self, groups: list[list[int]]) -> None:
+        self.links.partition(groups, self.all_indices)
+        self.checker.partitioned = True
+        self.checker.fault(self.now)
+        self.note("PARTITION " + " | ".join(" ".join(self.names[i] for i in g) for g in groups))
+
+    def cut(self, sources: list[int], destinations: list[int]) -> None:
+        self.links.cut_one_way(sources, destinations)
+        self.checker.partitioned = True
+        self.checker.fault(self.now)
+        self.note(
+            "CUT " + " ".join(self.names[i] for i in sources) + " -> " + " ".join(self.names[i] for i in destinations)
+        )
+
+    def heal(self) -> None:
+        if self.links.cut:
+            self.links.heal()
+            self.checker.fault(self.now)
+            self.note("HEAL")
+
+    # ---- views ------------------------------------------------------------------
+
+    def leaders(self) -> list[int]:
+        """Running nodes that consider themselves leader right now (own clocks)."""
+        out = []
+        for h in self.hosts:
+            if h.node is not None and not h.paused and h.node.is_leader(h.clock.local(self.now)):
+                out.append(h.index)
+        return out
+
+    def agreed_leader(self, among: list[int]) -> int | None:
+        """The one leader every node in ``among`` follows, if there is one."""
+        leaders = self.leaders()
+        if len(leaders) != 1:
+            return None
+        name = self.names[leaders[0]]
+        for i in among:
+            h = self.hosts[i]
+            if h.node is None or h.paused or h.node.protocol.leader != name:
+                return None
+        return leaders[0]
