@@ -66,7 +66,7 @@ class InvariantSet:
     liveness_bound_s: after heal, exactly one agreed leader within this long.
     lease_coverage: quorum-lease's own reason for "leases": a node that claims
         leadership at true time t has a majority bound to it until
-        max(t, the true end of its claim). Bound means promised to it (the
+        max(t, the true end of its lease). Bound means promised to it (the
         protocol's ``promise``) or quarantined (``quarantine_until``), on that
         node's clock; a crashed node votes for nobody (it restarts
         quarantined), so it counts as bound. It fails as soon as a rule is
@@ -227,15 +227,17 @@ class Checker:
         if not _has_lease_views(proto) or not proto.is_leader(self._local_now(i, t)):
             self._coverage.pop(i, None)
             return
-        claim_end = self._true_time_of(i, proto.lease_until - proto.settings.lease_guard_s)
-        need = max(t, claim_end) - 1e-9
+        # the lease itself, not just the claim (which ends a guard earlier):
+        # what the leader believes it holds must be backed by promises
+        lease_end = self._true_time_of(i, proto.lease_until)
+        need = max(t, lease_end) - 1e-9
         leader = self.names[i]
         bound = {k for k in range(len(self.names)) if self._bound_until(k, leader) >= need}
         self._coverage[i] = (need, bound)
         if len(bound) < self.quorum:
             self.violate(
                 t, "lease-uncovered",
-                f"{leader} claims its lease until t={claim_end:.6f} but only "
+                f"{leader} holds a lease until t={lease_end:.6f} but only "
                 f"{[self.names[k] for k in sorted(bound)]} are bound to it that long (quorum {self.quorum})",
             )
 
