@@ -183,10 +183,14 @@ class Checker:
     def violate(self, t: float, rule: str, detail: str) -> None:
         self.violations.append(Violation(t, rule, detail))
 
+    def _coverage_on(self) -> bool:
+        # needs the hosts' clocks (true_time_of); a driver without them skips it
+        return self.inv.lease_coverage and self._true_time_of is not None
+
     def crashing(self, t: float, i: int) -> None:
         """Node i is about to crash: remember the promise it may forget."""
         proto = self._protocol_of(i)
-        if not self.inv.lease_coverage or not _has_lease_views(proto):
+        if not self._coverage_on() or not _has_lease_views(proto):
             return
         to, until = proto.promise
         end = self._true_time_of(i, until)
@@ -214,6 +218,8 @@ class Checker:
         node j's inputs change what binds j; so unless j is a leader, or j
         was one of the nodes that covered a leader at its last full check
         and no longer does, nothing needs recounting."""
+        if not self._coverage_on():
+            return
         for i in sorted(self.role_leaders):
             cached = self._coverage.get(i)
             if i != j and cached is not None:
