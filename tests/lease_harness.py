@@ -15,7 +15,7 @@ the shell: it carries out effects in order, keeps each node's durable state
 - at most one node is ever promoted per term;
 - lease coverage (stronger, catches unsafe rules before they cause an
   overlap): a node that claims leadership at true time t must have a
-  majority bound to it until max(t, the true end of its claim): bound means
+  majority bound to it until max(t, the true end of its lease): bound means
   promised to it or quarantined (grants no vote at all) until then, on that
   node's own clock. A crashed node stays bound by what it had promised (on
   restart its quarantine takes over).
@@ -262,7 +262,8 @@ class Cluster:
 
     def _check_coverage(self, leader: str) -> None:
         p = self.nodes[leader]
-        claim_end = self.clocks[leader].global_of(p.lease_until - p.settings.lease_guard_s)
+        # the lease itself, not only the claim (which ends a guard earlier)
+        claim_end = self.clocks[leader].global_of(p.lease_until)
         need = max(self.t, claim_end) - 1e-9
         bound = [n for n in self.names if self.bound_until(n, leader) >= need]
         if len(bound) < p.settings.quorum:

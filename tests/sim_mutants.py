@@ -32,8 +32,23 @@ class SameEpochBully(Bully):
         return super()._become_leader(now, reason)
 
 
+from tests.lease_mutants import (  # noqa: E402
+    LeaderIgnoresLeaseExpiry,
+    LeaseMeasuredFromReply,
+    NoQuarantineAfterRestart,
+    VoterIgnoresPromise,
+)
+
+# the quorum-lease checker row fails a broken rule as soon as a claimed lease
+# is no longer covered by a majority's promises, or at the overlap itself
+LEASE_RULES = ("lease-uncovered", "promise-forgotten", "two-leaders")
+
 # (protocol it mutates, mutant class, the rule the checker must report)
 MUTANTS = [
+    ("quorum-lease", LeaderIgnoresLeaseExpiry, LEASE_RULES),
+    ("quorum-lease", VoterIgnoresPromise, LEASE_RULES),
+    ("quorum-lease", NoQuarantineAfterRestart, LEASE_RULES),
+    ("quorum-lease", LeaseMeasuredFromReply, LEASE_RULES),
     ("bully", NeverYieldBully, ("two-leaders", "liveness")),
     ("bully", SameEpochBully, ("fencing", "term-reused")),
 ]

@@ -548,13 +548,14 @@ def test_failed_rounds_back_off_exponentially_then_reset_on_success():
 
 
 def test_refusals_that_only_need_time_shorten_the_retry():
-    p = make("n1", n=3, backoff_base_s=1.0, backoff_max_s=1.0)
+    p = make("n1", n=3, backoff_base_s=1.0, backoff_max_s=1.0, backoff_jitter_s=0.01)
     now, effects = tick_until(p, PREVOTE)
     rnd = sends(effects, PREVOTE)[0].body["round"]
     p.on_message(m(PREVOTE_REPLY, "n2", 0, round=rnd, granted=False, retry_ms=30), now + 0.001)
     p.on_message(m(PREVOTE_REPLY, "n3", 0, round=rnd, granted=False, retry_ms=40), now + 0.001)
     # n2 will be free in 30 ms, enough for a majority with ourselves: no 1 s backoff
-    assert now + 0.031 <= p.deadline() <= now + 0.001 + 0.030 + 0.001 + 0.03 + 1e-9
+    # 30 ms hint + backoff jitter (10 ms) + rank delay (< 28 ms at priority 0, id rank 2)
+    assert now + 0.031 <= p.deadline() <= now + 0.001 + 0.030 + 0.010 + 0.028 + 1e-9
 
 
 # ---- transfer -------------------------------------------------------------------
@@ -783,3 +784,53 @@ def test_timeout_now_during_quarantine_campaigns_without_prevote_when_it_ends():
     effects = target.on_tick(quarantine_end)
     assert not sends(effects, PREVOTE)
     assert effects[0] == Persist(PersistedState(5, "n3")) and sends(effects, REQUEST_VOTE)
+
+
+def test_an_unwinnable_split_vote_is_abandoned_at_once():
+    p = make("n1", n=5, backoff_base_s=0.05, backoff_jitter_s=0.01)
+    now, effects = tick_until(p, PREVOTE)
+    rnd = sends(effects, PREVOTE)[0].body["round"]
+    for voter in ("n2", "n3"):
+        effects = p.on_message(m(PREVOTE_REPLY, voter, 1, round=rnd, granted=True, retry_ms=0), now)
+    req = sends(effects, REQUEST_VOTE)[0]
+    # voters that already chose someone else in term 1 are lost for good
+    p.on_message(m(VOTE, "n4", 1, round=req.body["round"], granted=False, retry_ms=NO_HINT_MS), now + 0.001)
+    p.on_message(m(VOTE, "n5", 1, round=req.body["round"], granted=False, retry_ms=NO_HINT_MS), now + 0.001)
+    assert p.role == "candidate", "5 - 2 lost = 3 could still make a majority"
+    p.on_message(m(VOTE, "n3", 1, round=req.body["round"], granted=False, retry_ms=NO_HINT_MS), now + 0.002)
+    assert p.role == "follower"
+    assert p.promise[0] is None, "our own vote no longer binds us: this term can never be ours"
+    assert p.deadline() >= now + 0.002 + 0.05
+
+
+def test_preemption_hands_over_to_the_asker():
+    p = make("n1", n=3, priority=10)
+    _, term = become_leader(p)
+    now = p.lease_until - 0.05
+    # n2 (priority 250) is known and live but did not ask: it may be unable to stand
+    p.on_message(m(HEARTBEAT_ACK, "n2", term, round=0, ok=True, priority=250), now - 0.01)
+    effects = p.on_message(m(TRANSFER_REQUEST, "n3", term, priority=100), now)
+    assert effects[0] == Demote(term, "preempted")
+    assert [(e.kind, e.to) for e in p.demote_hooks_done(now + 0.01)] == [(RELEASE, None), (TIMEOUT_NOW, "n3")]
+
+
+def test_a_rescue_heartbeat_goes_out_half_an_interval_before_the_step_down():
+    p = make("n1")
+    _, term = become_leader(p)
+    hb = p.settings.heartbeat_interval_s
+    t1 = p.deadline()
+    hb1 = sends(p.on_tick(t1), HEARTBEAT)[0]
+    p.on_message(m(HEARTBEAT_ACK, "n2", term, round=hb1.body["round"], ok=True, priority=0), t1 + 0.001)
+    assert p.lease_until == pytest.approx(t1 + L)
+    t2 = p.deadline()
+    assert t2 == pytest.approx(t1 + hb)  # healthy: the regular interval
+    p.on_tick(t2)  # this round's ack is lost
+    t3 = p.deadline()
+    assert t3 == pytest.approx(t2 + hb)
+    p.on_tick(t3)  # and this one's
+    # now the step-down (t1 + L - guard) is near: a rescue round half an
+    # interval before it, but never sooner than a quarter interval after the last
+    rescue = p.deadline()
+    assert rescue == pytest.approx(max(t1 + L - GUARD - hb / 2, t3 + hb / 4))
+    assert rescue < t3 + hb and rescue < t1 + L - GUARD
+    assert sends(p.on_tick(rescue), HEARTBEAT)

@@ -61,6 +61,21 @@ def test_bully_campaign_has_no_violations(chunk):
     assert summary.split_brain_runs > 0
 
 
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_quorum_lease_campaign_has_no_violations(chunk):
+    """Partitions, one-way cuts, loss, spikes, crashes with and without the
+    disk, pauses and clock drift: never two leases, never an uncovered lease,
+    no double vote, no reused token, and a leader after every heal."""
+    per = max(1, SEEDS // CHUNKS)
+    summary = campaign(range(chunk * per, (chunk + 1) * per), "quorum-lease")
+    assert summary.runs == per
+    failures = [f"seed {r.seed}: {r.violations[0]}" for r in summary.failures]
+    assert not failures, failures
+    assert len(summary.times_to_leader) == per
+    # quorum-lease never has two leaders, partitions or not
+    assert summary.split_brain_runs == 0
+
+
 @pytest.mark.parametrize("protocol,mutant,rules", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
 def test_mutant_is_caught_within_the_ci_budget(protocol, mutant, rules):
     summary = campaign(range(SEEDS), protocol, registry=with_variant(protocol, mutant), stop_at_first=True)

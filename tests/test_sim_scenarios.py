@@ -6,6 +6,7 @@ import pytest
 
 from electiond.sim.runner import with_variant
 from electiond.sim.scenario import ScenarioError, parse_duration_s, run_scenario
+from tests.lease_mutants import MUTANTS as LEASE_MUTANTS
 from tests.sim_mutants import NeverYieldBully
 
 SCENARIOS = sorted((pathlib.Path(__file__).parent / "sim_scenarios").glob("*.txt"))
@@ -79,3 +80,17 @@ def test_expect_violation_claims_a_checker_report():
                          registry=registry)
     finally:
         del checker.INVARIANTS["bully-as-lease"]
+
+
+LEASE_SCENARIOS = [p for p in SCENARIOS if p.stem.startswith("lease_")]
+
+
+@pytest.mark.parametrize("mutant", sorted(LEASE_MUTANTS), ids=sorted(LEASE_MUTANTS))
+def test_every_lease_mutant_fails_some_lease_scenario(mutant):
+    failed = []
+    for path in LEASE_SCENARIOS:
+        try:
+            run_scenario(path.read_text(), registry=with_variant("quorum-lease", LEASE_MUTANTS[mutant]), name=path.stem)
+        except ScenarioError as e:
+            failed.append(f"{path.stem}: {str(e).splitlines()[1].strip()}")
+    assert failed, f"{mutant} passed every quorum-lease scenario"

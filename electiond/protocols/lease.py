@@ -125,7 +125,9 @@ class QuorumLease(ElectionProtocol):
         self._prevote_refusals: dict[str, int] = {}  # name -> retry hint ms
         self._sent_at: dict[int, float] = {}  # round -> local send time
         self._granted_at: dict[str, float] = {}  # voter -> latest send time it granted
+        self._lost_votes: set[str] = set()  # voters that chose another candidate this term
         self._next_send = INF  # leader: next heartbeat; candidate: next retransmit
+        self._last_heartbeat_at = -INF
         self._lease_until = -INF
         # what we learned about peers: priority and when last heard
         self._peer_priority: dict[str, int] = {}
@@ -203,9 +205,18 @@ class QuorumLease(ElectionProtocol):
 
     # ---- time -------------------------------------------------------------
 
+    def _heartbeat_due(self) -> float:
+        """The regular interval, or sooner when the lease is about to lapse:
+        one lost or straggling ack must not cost the lease when the cluster
+        has no member to spare (a rescue round half an interval before the
+        step-down, never more often than every quarter interval)."""
+        hb_s = self.settings.heartbeat_interval_s
+        rescue = max(self._step_down_at() - hb_s / 2, self._last_heartbeat_at + hb_s / 4)
+        return min(self._next_send, rescue)
+
     def deadline(self) -> float:
         if self._role == ROLE_LEADER:
-            return min(self._next_send, self._step_down_at())
+            return min(self._heartbeat_due(), self._step_down_at())
         if self._role == ROLE_CANDIDATE:
             return min(self._next_send, self._phase_deadline)
         if self._phase_deadline < INF:
@@ -219,7 +230,7 @@ class QuorumLease(ElectionProtocol):
     def on_tick(self, now: float) -> list[Effect]:
         effects = self._check_lease(now)
         if self._role == ROLE_LEADER:
-            if now >= self._next_send:
+            if now >= self._heartbeat_due():
                 effects += self._send_heartbeat(now)
             return effects
         if self._role == ROLE_CANDIDATE:
@@ -356,6 +367,13 @@ class QuorumLease(ElectionProtocol):
         if sent_at is None:
             return []
         if not msg.body["granted"]:
+            if msg.body["retry_ms"] == NO_HINT_MS:
+                # it voted for another candidate of this term: that vote is final
+                self._lost_votes.add(msg.sender)
+                if len(self.settings.members) - len(self._lost_votes) < self.settings.quorum:
+                    # a split vote nobody can win: stop renewing our voters'
+                    # promises and retry later rather than at the round's end
+                    self._abandon_round(now, self._backoff.next_delay_s(self.rng))
             return []
         self._record_grant(msg.sender, self._lease_start(sent_at, now))
         return self._maybe_win(now)
@@ -456,9 +474,10 @@ class QuorumLease(ElectionProtocol):
             return []
         if int(msg.body["priority"]) <= self.settings.priority:
             return []
-        # several preferred nodes may ask at once: hand over to the best live
-        # one (the asker at worst), so one transfer settles it
-        return self._hand_over(self._best_live_peer(now) or msg.sender, now, "preempted")
+        # hand over to the asker: it is eligible and healthy (it would not ask
+        # otherwise). A better node that cannot stand would ignore the
+        # TIMEOUT_NOW, and preemption would then repeat forever
+        return self._hand_over(msg.sender, now, "preempted")
 
     # ---- election -------------------------------------------------------------
 
@@ -487,8 +506,9 @@ class QuorumLease(ElectionProtocol):
         hint_s = self._prevote_retry_hint_s()
         if hint_s is not None:
             # refusals that only need time (quarantine, a lapsing promise):
-            # retry when enough of them lapse instead of backing off far
-            delay_s = min(delay_s, hint_s + self._jitter_s())
+            # retry when enough of them lapse instead of backing off far, with
+            # the backoff's jitter: every refused candidate got the same hint
+            delay_s = min(delay_s, hint_s + self.rng.uniform(0.0, self.settings.backoff_jitter_s))
         self._cancel_prevote()
         self._candidacy_at = now + delay_s + self._rank_delay_s()
 
@@ -520,6 +540,7 @@ class QuorumLease(ElectionProtocol):
         self._leader = None
         self._sent_at = {}
         self._granted_at = {}
+        self._lost_votes: set[str] = set()
         self._phase_deadline = now + self._election_round_s()
         effects: list[Effect] = self._persist()  # before the request leaves
         return effects + self._send_vote_requests(now) + self._maybe_win(now)
@@ -566,6 +587,7 @@ class QuorumLease(ElectionProtocol):
         # our own grant alone is a majority in a cluster of one
         self._lease_until = max(self._lease_until, self._quorum_lease_until())
         self._next_send = now + self.settings.heartbeat_interval_s
+        self._last_heartbeat_at = now
         horizon = now - self.settings.lease_s
         self._sent_at = {r: t for r, t in self._sent_at.items() if t > horizon}
         return [Send(HEARTBEAT, self._term, {"round": self._round, "priority": self.settings.priority})]

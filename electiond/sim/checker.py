@@ -64,6 +64,16 @@ class InvariantSet:
     settle_s: bully-style protocols, partition-free runs: two leaders at once
         are a violation once this long has passed after the last fault.
     liveness_bound_s: after heal, exactly one agreed leader within this long.
+    lease_coverage: quorum-lease's own reason for "leases": a node that claims
+        leadership at true time t has a majority bound to it until
+        max(t, the true end of its lease). Bound means promised to it (the
+        protocol's ``promise``) or quarantined (``quarantine_until``), on that
+        node's clock; a crashed node votes for nobody (it restarts
+        quarantined), so it counts as bound. It fails as soon as a rule is
+        missing, before two claims happen to overlap. With it comes
+        "promise-forgotten": a node that restarts while a promise it made
+        before crashing still runs must come back bound (quarantined) at
+        least until that promise would have ended.
     """
 
     leases: bool
@@ -71,13 +81,15 @@ class InvariantSet:
     terms_always: bool
     settle_s: Callable[[Settings], float] | None
     liveness_bound_s: Callable[[Settings], float]
+    lease_coverage: bool = False
 
 
 BULLY_INVARIANTS = InvariantSet(
     leases=False, votes=False, terms_always=False, settle_s=_bully_settle_s, liveness_bound_s=_bully_liveness_s
 )
 LEASE_INVARIANTS = InvariantSet(
-    leases=True, votes=True, terms_always=True, settle_s=None, liveness_bound_s=_lease_liveness_s
+    leases=True, votes=True, terms_always=True, settle_s=None, liveness_bound_s=_lease_liveness_s,
+    lease_coverage=True,
 )
 
 INVARIANTS: dict[str, InvariantSet] = {
@@ -92,6 +104,12 @@ def invariants_for(protocol: str) -> InvariantSet:
         return INVARIANTS[protocol]
     except KeyError:
         raise ValueError(f"no invariants registered for protocol {protocol!r} (add a row to sim.checker.INVARIANTS)")
+
+
+def _has_lease_views(proto: object) -> bool:
+    """lease_coverage judges protocols that show their lease and promises
+    (quorum-lease); judging another protocol by the lease row skips it."""
+    return proto is not None and hasattr(proto, "promise") and hasattr(proto, "lease_until")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +143,13 @@ class Checker:
         local_now: Callable[[int, float], float],
         running: Callable[[int], bool],
         protocol_of: Callable[[int], object],
+        true_time_of: Callable[[int, float], float] | None = None,
     ) -> None:
         self.inv = invariants
+        self._true_time_of = true_time_of
+        self.quorum = settings.quorum
+        self._coverage: dict[int, tuple[float, set[int]]] = {}  # leader -> (need, bound) at its last full check
+        self._promise_at_crash: dict[int, tuple[str, float]] = {}  # node -> (to whom, true end)
         self.names = names
         self._local_now = local_now
         self._running = running
@@ -159,6 +182,83 @@ class Checker:
 
     def violate(self, t: float, rule: str, detail: str) -> None:
         self.violations.append(Violation(t, rule, detail))
+
+    def _coverage_on(self) -> bool:
+        # needs the hosts' clocks (true_time_of); a driver without them skips it
+        return self.inv.lease_coverage and self._true_time_of is not None
+
+    def crashing(self, t: float, i: int) -> None:
+        """Node i is about to crash: remember the promise it may forget."""
+        proto = self._protocol_of(i)
+        if not self._coverage_on() or not _has_lease_views(proto):
+            return
+        to, until = proto.promise
+        end = self._true_time_of(i, until)
+        if to is not None and to != self.names[i] and end > t:
+            self._promise_at_crash[i] = (to, end)
+
+    def booted(self, t: float, i: int) -> None:
+        """Node i restarted: it must still honour what it promised before."""
+        before = self._promise_at_crash.pop(i, None)
+        proto = self._protocol_of(i)
+        if before is None or not _has_lease_views(proto) or before[1] <= t:
+            return
+        to, end = before
+        if self._bound_until(i, to) < end - 1e-9:
+            self.violate(
+                t, "promise-forgotten",
+                f"{self.names[i]} restarted free to vote at t={self._bound_until(i, to):.6f} though before "
+                f"crashing it had promised {to} to vote for nobody else until t={end:.6f}",
+            )
+
+    def check_coverage(self, t: float, j: int) -> None:
+        """lease_coverage, after node j handled an input (or restarted).
+
+        Only the leader's own inputs move the end of its claim, and only
+        node j's inputs change what binds j; so unless j is a leader, or j
+        was one of the nodes that covered a leader at its last full check
+        and no longer does, nothing needs recounting."""
+        if not self._coverage_on():
+            return
+        for i in sorted(self.role_leaders):
+            cached = self._coverage.get(i)
+            if i != j and cached is not None:
+                need, bound = cached
+                if j not in bound or self._bound_until(j, self.names[i]) >= need:
+                    continue
+            self._full_coverage_check(t, i)
+
+    def _full_coverage_check(self, t: float, i: int) -> None:
+        proto = self._protocol_of(i)
+        if not _has_lease_views(proto) or not proto.is_leader(self._local_now(i, t)):
+            self._coverage.pop(i, None)
+            return
+        # the lease itself, not just the claim (which ends a guard earlier):
+        # what the leader believes it holds must be backed by promises
+        lease_end = self._true_time_of(i, proto.lease_until)
+        need = max(t, lease_end) - 1e-9
+        leader = self.names[i]
+        bound = {k for k in range(len(self.names)) if self._bound_until(k, leader) >= need}
+        self._coverage[i] = (need, bound)
+        if len(bound) < self.quorum:
+            self.violate(
+                t, "lease-uncovered",
+                f"{leader} holds a lease until t={lease_end:.6f} but only "
+                f"{[self.names[k] for k in sorted(bound)]} are bound to it that long (quorum {self.quorum})",
+            )
+
+    def _bound_until(self, j: int, leader: str) -> float:
+        """True time until which node j grants no vote to anyone but ``leader``."""
+        proto = self._protocol_of(j)
+        if proto is None:
+            return float("inf")  # down: no vote until it restarts, then quarantined
+        if not _has_lease_views(proto):
+            return float("-inf")
+        to, until = proto.promise
+        bound = self._true_time_of(j, proto.quarantine_until)
+        if to == leader:
+            bound = max(bound, self._true_time_of(j, until))
+        return bound
 
     def node_gone(self, t: float, i: int) -> None:
         """Crashed or frozen: it leads nothing any more."""

@@ -107,6 +107,7 @@ class Cluster:
             local_now=lambda i, t: self.hosts[i].clock.local(t),
             running=self.running,
             protocol_of=lambda i: self.hosts[i].node.protocol if self.hosts[i].node is not None else None,
+            true_time_of=lambda i, local: self.hosts[i].clock.true_time_of(local),
         )
         self.checker.schedule = self.at
         # how long the demote hooks take, drawn per demotion (seconds)
@@ -212,6 +213,9 @@ class Cluster:
         leaders = self.checker.role_leaders
         if (h.node.protocol.role == ROLE_LEADER) != (h.index in leaders) or len(leaders) > 1:
             self.checker.after_event(self.now, h.index)
+        if self.checker.inv.lease_coverage and self.checker.role_leaders:
+            # any node's input can change what binds it (a vote, a restart)
+            self.checker.check_coverage(self.now, h.index)
 
     def _tick(self, h: Host) -> None:
         local = h.clock.local(self.now)
@@ -373,15 +377,19 @@ class Cluster:
         h.node = Node(h.settings, self.protocol, random.Random(seed), h.clock.local(self.now), h.disk, self.registry)
         h.paused = False
         h.inbox.clear()
+        self.checker.booted(self.now, i)
         self.note(f"{h.name} start ({'disk ' + repr(h.disk) if h.disk else 'empty disk'})")
         self.checker.fault(self.now)
         self._rearm(h)
         self.checker.after_event(self.now, i)
+        if self.checker.inv.lease_coverage and self.checker.role_leaders:
+            self.checker.check_coverage(self.now, i)  # a restart forgets promises
 
     def crash(self, i: int) -> None:
         h = self.hosts[i]
         if h.node is None:
             return
+        self.checker.crashing(self.now, i)
         h.node = None
         h.paused = False
         h.pending_done = False
@@ -420,6 +428,9 @@ class Cluster:
             if h.node is None or h.paused:
                 break
             self._input_message(h, msg)
+        if h.node is not None and not h.paused:
+            # hooks kept running while the daemon was frozen; it hears now
+            self._demote_hooks_done(h, h.node)
 
     def set_clock_rate(self, i: int, rate: float) -> None:
         h = self.hosts[i]
