@@ -707,3 +707,22 @@ def test_an_ack_to_a_resent_hop_is_not_an_rtt_sample():
     r.on_message(Message(HOP_ACK, "n4", 0, {"hop": e.body["hop"]}), 1.0 + HOP_S + 0.09)
     assert r.extra_status(1.3)["hop_timeout_ms"] == HOP_S * 1000
     assert r.extra_status(1.3)["suspects"] == []
+
+
+def test_never_fences_with_an_epoch_in_which_it_followed_another_leader():
+    # loss let two results of epoch 2 name different winners; n5 followed n4 in epoch 2
+    n5 = ring("n5")
+    n5.on_message(coordinator("n4", "n2", 2, ids=[1, 2, 4]), 0.1)
+    assert n5.leader == "n4" and n5.term == 2
+    effects = n5.on_message(coordinator("n5", "n1", 2, ids=[1, 5], hop=4, sender="n4"), 0.2)
+    promotes = [e for e in effects if isinstance(e, Promote)]
+    assert promotes == [Promote(3, "elected")]
+    assert Send(COORDINATOR, 3, {"leader": "n5", "origin": "n5", "ids": [], "hop": None}) in effects
+    assert effects.index(Persist(PersistedState(3, None))) < effects.index(promotes[0])
+
+
+def test_after_a_restart_the_epoch_on_disk_counts_as_followed():
+    s = Settings(cluster="t", node_name="n5", members=MEMBERS, answer_timeout_s=HOP_S)
+    n5 = Ring(s, random.Random(1), 0.0, PersistedState(4, None))
+    effects = n5.on_message(coordinator("n5", "n1", 4, ids=[1, 5]), 0.1)
+    assert [e for e in effects if isinstance(e, Promote)] == [Promote(5, "elected")]

@@ -132,6 +132,9 @@ class Ring(ElectionProtocol):
         self._join_at = now
         self._join_sent_epoch = -1
         self._lost_leader: str | None = None  # the leader our detector gave up on
+        # the highest epoch in which we followed another leader: we must never fence with
+        # it. After a restart we cannot know, so assume the epoch on disk.
+        self._followed_epoch = self._epoch if persisted else -1
         self.messages_sent: dict[str, int] = {}
         self.elections_started = 0
         self.elections_completed = 0
@@ -383,6 +386,10 @@ class Ring(ElectionProtocol):
                     return True, [Promote(self._epoch, "reelected"), LeaderChanged(me, self._epoch)]
                 return True, []
             if self._can_stand(now):
+                if self._epoch <= self._followed_epoch:
+                    # two results of one epoch named different leaders (loss split the
+                    # ring's view) and we followed the other one: lead under a new epoch
+                    return True, self._reassert(now)
                 return True, self._become_leader(now, "elected")
             # chosen, but no longer able to lead: let the others pick again
             return False, self._start_election(now)
@@ -546,6 +553,7 @@ class Ring(ElectionProtocol):
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
         self._leader = leader
+        self._followed_epoch = max(self._followed_epoch, self._epoch)
         # the same leader re-won after a false alarm: the watch keeps its history
         self._watch.reset(now, leader)
         self._watch.heartbeat(now)
@@ -562,6 +570,15 @@ class Ring(ElectionProtocol):
         ):
             return self._start_election(now)
         return []
+
+    def _reassert(self, now: float) -> list[Effect]:
+        self._epoch += 1
+        me = self.settings.node_name
+        return [
+            self._persist(),
+            self._send(COORDINATOR, {"leader": me, "origin": me, "ids": [], "hop": None}),
+            *self._become_leader(now, "elected"),
+        ]
 
     def _become_leader(self, now: float, reason: str) -> list[Effect]:
         """Lead under the current epoch (already raised by whoever completed the election)."""
