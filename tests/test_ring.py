@@ -726,3 +726,12 @@ def test_after_a_restart_the_epoch_on_disk_counts_as_followed():
     n5 = Ring(s, random.Random(1), 0.0, PersistedState(4, None))
     effects = n5.on_message(coordinator("n5", "n1", 4, ids=[1, 5]), 0.1)
     assert [e for e in effects if isinstance(e, Promote)] == [Promote(5, "elected")]
+
+
+def test_following_a_leader_reelected_under_a_new_epoch_also_rules_that_epoch_out():
+    n5 = ring("n5")
+    n5.on_message(coordinator("n4", "n2", 2, ids=[1, 2, 4]), 0.1)
+    n5.on_message(coordinator("n4", "n3", 3, ids=[3, 4]), 0.2)  # the same leader, a new epoch
+    assert n5.leader == "n4" and n5.term == 3
+    effects = n5.on_message(coordinator("n5", "n1", 3, ids=[1, 5]), 0.3)
+    assert [e for e in effects if isinstance(e, Promote)] == [Promote(4, "elected")]

@@ -321,6 +321,9 @@ class Ring(ElectionProtocol):
         elif msg.kind == HEARTBEAT:
             effects += self._on_claim(msg.sender, msg.term, now)
         # JOIN: hearing it was all it took (the sender is no longer suspect)
+        if self._role != ROLE_LEADER and self._leader not in (None, me):
+            # following someone at this epoch (perhaps re-elected under it): never fence with it
+            self._followed_epoch = max(self._followed_epoch, self._epoch)
         return effects
 
     def _on_election(self, msg: Message, now: float) -> list[Effect]:
