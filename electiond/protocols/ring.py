@@ -506,18 +506,24 @@ class Ring(ElectionProtocol):
             self._to_follower_without_leader(now, self._backoff.next_delay_s(self.rng))
             return effects
         winner = self._names[ids[-1]]
-        self._epoch += 1
+        # the lap carried the highest epoch of every node on it: the new one is above all
+        epoch = self._epoch + 1
         coordinator = {"leader": winner, "origin": me, "ids": ids}
-        self._last_coordinator = (me, self._epoch)
-        effects = [self._persist(), self._send(COORDINATOR, {**coordinator, "hop": None})]
+        self._last_coordinator = (me, epoch)
+        effects: list[Effect] = []
         if winner == me:
+            self._epoch = epoch
+            effects += [self._persist(), self._send(COORDINATOR, {**coordinator, "hop": None})]
             effects += self._become_leader(now, "elected")
         else:
+            # the epoch is the winner's token: we only announce it, and take it up when the
+            # winner speaks under it (a result whose winner died leaves no token behind)
+            effects.append(self._send(COORDINATOR, {**coordinator, "hop": None}, term=epoch))
             if self._role == ROLE_LEADER:
                 effects.append(Demote(self._epoch, "preempted"))
             self._role = ROLE_FOLLOWER
             effects += self._follow(winner, now)
-        effects += self._forward_coordinator(coordinator, self._epoch, now)
+        effects += self._forward_coordinator(coordinator, epoch, now)
         return effects
 
     def _forward_coordinator(self, body: dict[str, Any], term: int, now: float) -> list[Effect]:
