@@ -94,3 +94,20 @@ def test_every_lease_mutant_fails_some_lease_scenario(mutant):
         except ScenarioError as e:
             failed.append(f"{path.stem}: {str(e).splitlines()[1].strip()}")
     assert failed, f"{mutant} passed every quorum-lease scenario"
+
+
+# scenario -> the lease mutant it must catch through the checker
+LEASE_MUTANT_SCENARIOS = [
+    ("lease_slow_acks", "lease measured from reply"),
+    ("lease_slow_acks", "leader ignores lease expiry"),
+    ("lease_isolated_leader_priority", "leader ignores lease expiry"),
+]
+
+
+@pytest.mark.parametrize("scenario,mutant", LEASE_MUTANT_SCENARIOS)
+def test_lease_scenario_catches_its_mutant(scenario, mutant):
+    from tests.lease_mutants import MUTANTS
+
+    text = (pathlib.Path(__file__).parent / "sim_scenarios" / f"{scenario}.txt").read_text()
+    with pytest.raises(ScenarioError, match="two-leaders"):
+        run_scenario(text, registry=with_variant("quorum-lease", MUTANTS[mutant]))

@@ -12,7 +12,8 @@ fixed by ``--seed``), enumerate every sequence of these actions up to a depth:
                  restarts keep the disk).
 
 The node glue's PRESENCE beacons (which never reach a protocol) are handed
-over at once rather than branched on.
+over at once rather than branched on, and demote hooks finish at once (the
+node is told ``demote_hooks_done`` right after its Demote).
 
 How time is discretized: time stands still between ticks and jumps to the
 next node deadline on ``tick``, so every input happens at an instant some
@@ -47,6 +48,7 @@ from typing import Mapping
 
 from electiond.node import PRESENCE, Node
 from electiond.protocols.base import (
+    Demote,
     ElectionProtocol,
     Member,
     Message,
@@ -361,6 +363,11 @@ class Explorer:
                 c.persisted(w.now, i, e.state)
             elif te is Promote:
                 c.promoted(w.now, i, e.term)
+            elif te is Demote:
+                # demote hooks take no time here; the shell reports them done
+                node = w.nodes[i]
+                if node is not None:
+                    self._effects(w, i, node.demote_hooks_done(w.now))
         c.after_event(w.now, i)
 
     # ---- search ---------------------------------------------------------------------

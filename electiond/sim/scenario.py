@@ -8,6 +8,7 @@ protocol's rules. Header lines (before the first action) shape the cluster:
     set preempt no              # any Settings field (s, ms, yes/no, numbers)
     seed 7                      # seeds the nodes' own random generators
     delay 1ms                   # fixed one-way network delay (default 1ms)
+    priority n3 250             # one node's Settings.priority
 
 Actions (nodes start at t=0, with the first action):
 
@@ -15,6 +16,7 @@ Actions (nodes start at t=0, with the first action):
     partition n1 | n2 n3        # symmetric; a node in no group is alone
     isolate n1                  # partition n1 | everyone else
     drop n1->n2                 # cut one direction only
+    slow n1->n3 40ms            # extra delay on one direction (0ms: back to normal)
     heal                        # all links up again
     loss 0.2                    # random loss from now on (seeded)
     crash n2 | restart n2 | restart n2 wipe
@@ -87,6 +89,7 @@ class Scenario:
         self.knobs: dict = {}
         self.seed = 0
         self.delay_s = 0.001
+        self.priorities: dict[str, int] = {}
         self.cluster: Cluster | None = None
         self.seen_violations = 0
         self.lineno = 0
@@ -127,7 +130,13 @@ class Scenario:
 
     def _start(self) -> None:
         members = tuple(Member(f"n{i}", i) for i in range(1, self.size + 1))
-        settings = [Settings("scenario", m.name, members, **self.knobs) for m in members]
+        unknown = set(self.priorities) - {m.name for m in members}
+        if unknown:
+            raise ValueError(f"priority for unknown nodes {sorted(unknown)}")
+        settings = [
+            Settings("scenario", m.name, members, **{**self.knobs, "priority": self.priorities.get(m.name, 0)})
+            for m in members
+        ]
         net = NetworkModel(base_delay_s=self.delay_s, jitter_mean_s=0.0, max_delay_s=self.delay_s)
         self.cluster = Cluster(settings, self.protocol, invariants_for(self.protocol), random.Random(self.seed),
                                network=net, registry=self.registry, trace=True)
@@ -141,7 +150,7 @@ class Scenario:
 
     def _command(self, w: list[str], line: str) -> None:
         verb = w[0]
-        header = {"protocol", "nodes", "set", "seed", "delay"}
+        header = {"protocol", "nodes", "set", "seed", "delay", "priority"}
         if verb in header:
             if self.cluster is not None:
                 self._fail(line, f"{verb!r} must come before the first action")
@@ -153,6 +162,8 @@ class Scenario:
                 self.seed = int(w[1])
             elif verb == "delay":
                 self.delay_s = parse_duration_s(w[1])
+            elif verb == "priority":
+                self.priorities[w[1]] = int(w[2])
             else:
                 types = {f.name: str(f.type) for f in fields(Settings)}
                 if w[1] not in types:
@@ -177,6 +188,14 @@ class Scenario:
         elif verb == "drop":
             src, _, dst = w[1].partition("->")
             c.cut([self._node(src)], [self._node(dst)])
+        elif verb == "slow":
+            src, _, dst = w[1].partition("->")
+            extra_s = parse_duration_s(w[2])
+            key = (self._node(src), self._node(dst))
+            if extra_s > 0:
+                c.network.slow_links[key] = extra_s
+            else:
+                c.network.slow_links.pop(key, None)
         elif verb == "heal":
             c.heal()
         elif verb == "loss":
