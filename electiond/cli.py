@@ -69,6 +69,9 @@ def print_status(status: dict[str, Any]) -> None:
     print(f"leader    {status['leader'] or '-'}  term {status['term']}")
     if status.get("flapping"):
         print(f"WARNING   {status['leader_changes_last_hour']} leadership changes in the last hour")
+    for check in status.get("health") or []:
+        state = {True: "ok", False: "FAILING", None: "unknown"}[check["healthy"]]
+        print(f"health    {check['kind']} {check['name']}: {state} {check.get('detail') or ''}".rstrip())
     print()
     print_members(status["members"])
     dropped = {k: v for k, v in status.get("dropped", {}).items() if v and k != "self"}

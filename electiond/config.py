@@ -247,6 +247,17 @@ def _parse_group(text: str) -> str:
     return text
 
 
+def _parse_process_patterns(text: str) -> tuple[str, ...]:
+    """Names or regexes, split like a shell would so a regex may hold spaces if quoted."""
+    patterns = tuple(shlex.split(text))
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"bad process pattern {pattern!r}: {exc}") from None
+    return patterns
+
+
 def _parse_mode(text: str) -> int:
     if not re.match(r"^0?[0-7]{3}$", text):
         raise ValueError(f"expected an octal mode like 0660, got {text!r}")
@@ -389,7 +400,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
     )
     health_sec = sec["health"]
     health = HealthConfig(
-        track_process=health_sec.words("track_process"),
+        track_process=health_sec.convert("track_process", (), _parse_process_patterns),
         track_script=health_sec.argv("track_script"),
         track_interface=health_sec.words("track_interface"),
         interval_s=health_sec.duration_s("interval", 2.0),

@@ -12,7 +12,9 @@ To add one for another protocol, subclass it here and add it to MUTANTS.
 from __future__ import annotations
 
 from electiond.protocols.base import ROLE_LEADER, Message
+from electiond.protocols import ring
 from electiond.protocols.bully import COORDINATOR, HEARTBEAT, Bully
+from electiond.protocols.ring import Ring
 
 
 class NeverYieldBully(Bully):
@@ -43,6 +45,31 @@ from tests.lease_mutants import (  # noqa: E402
 # is no longer covered by a majority's promises, or at the overlap itself
 LEASE_RULES = ("lease-uncovered", "promise-forgotten", "two-leaders")
 
+class NeverYieldRing(Ring):
+    """A ring leader that never yields to a higher leader (nor to an election result)."""
+
+    def on_message(self, msg: Message, now: float):
+        if self.role == ROLE_LEADER and msg.kind in (ring.COORDINATOR, ring.HEARTBEAT):
+            return []
+        return super().on_message(msg, now)
+
+
+class SameEpochRing(Ring):
+    """An election result announced under the current epoch instead of a new one."""
+
+    def _complete(self, body, now: float):
+        self._epoch -= 1
+        return super()._complete(body, now)
+
+
+class NoRepairRing(Ring):
+    """No ring repair: a silent successor is retried for ever, never skipped."""
+
+    def _hop_expired(self, hop_id, hop, now: float):
+        hop.tries = 0
+        return super()._hop_expired(hop_id, hop, now)
+
+
 # (protocol it mutates, mutant class, the rule the checker must report)
 MUTANTS = [
     ("quorum-lease", LeaderIgnoresLeaseExpiry, LEASE_RULES),
@@ -51,4 +78,16 @@ MUTANTS = [
     ("quorum-lease", LeaseMeasuredFromReply, LEASE_RULES),
     ("bully", NeverYieldBully, ("two-leaders", "liveness")),
     ("bully", SameEpochBully, ("fencing", "term-reused")),
+    ("ring", NeverYieldRing, ("two-leaders", "liveness")),
+    ("ring", SameEpochRing, ("fencing", "term-reused")),
+    ("ring", NoRepairRing, ("liveness",)),
 ]
+
+
+class EagerBully(Bully):
+    """Crowns itself at its first election timeout without asking anyone."""
+
+    def _start_election(self, now: float):
+        if not self._can_stand(now):
+            return super()._start_election(now)
+        return self._become_leader(now, "elected")

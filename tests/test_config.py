@@ -99,6 +99,7 @@ BAD = [
     ("timeout = 30s", "timeout = 30s\non_promote_failure = panic", "[hooks] on_promote_failure"),
     ("[state]", "[stat]", "[stat]"),
     ("name = demo", "", "[cluster] name"),
+    ("timeout = 30s", "timeout = 30s\n[health]\ntrack_process = postgres [unclosed", "[health] track_process"),
     ("members = n1=1, n2=2, n3=3        ; name=id", "", "[cluster] members"),
 ]
 
@@ -150,3 +151,10 @@ def test_check_config_ok(tmp_path):
 def test_missing_file_exits_78(tmp_path):
     result = run_daemon("--config", str(tmp_path / "none.conf"), "--check-config")
     assert result.returncode == EX_CONFIG and "none.conf" in result.stderr
+
+
+def test_health_section(tmp_path):
+    text = BASE + "\n[health]\ntrack_process = postgres 'pg_ctl .*-D /srv'\ntrack_interface = eth0, eth1\nrise = 3\n"
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.health.track_process == ("postgres", "pg_ctl .*-D /srv")
+    assert cfg.health.track_interface == ("eth0", "eth1") and cfg.health.rise == 3

@@ -268,7 +268,7 @@ def test_interface_loopback_up_and_missing_interface() -> None:
 
 NETNS_PROBE = textwrap.dedent(
     """
-    import asyncio, json, logging, subprocess, sys
+    import asyncio, json, logging, subprocess, sys, time
     sys.path.insert(0, sys.argv[1])
     from electiond.config import HealthConfig
     from electiond.health import HealthMonitor
@@ -276,15 +276,22 @@ NETNS_PROBE = textwrap.dedent(
     m = HealthMonitor(HealthConfig(track_interface=("va",), rise=1, fall=1),
                       lambda ok, why: changes.append([ok, why]), logging.getLogger("x"))
     def ip(*a): subprocess.run(["ip", *a], check=True)
+    def settle(state):
+        # link state changes reach the kernel's flags asynchronously
+        for _ in range(500):
+            with open("/sys/class/net/va/operstate") as f:
+                if f.read().strip() == state:
+                    return
+            time.sleep(0.01)
     seen = []
     ip("link", "add", "va", "type", "veth", "peer", "name", "vb")
-    ip("link", "set", "va", "up"); ip("link", "set", "vb", "up")
+    ip("link", "set", "va", "up"); ip("link", "set", "vb", "up"); settle("up")
     asyncio.run(m.check_now()); seen.append(m.snapshot()[0]["detail"])
-    ip("link", "set", "vb", "down")  # peer down: va has no carrier
+    ip("link", "set", "vb", "down"); settle("lowerlayerdown")  # peer down: va has no carrier
     asyncio.run(m.check_now()); seen.append(m.snapshot()[0]["detail"])
-    ip("link", "set", "va", "down")
+    ip("link", "set", "va", "down"); settle("down")
     asyncio.run(m.check_now()); seen.append(m.snapshot()[0]["detail"])
-    ip("link", "set", "va", "up"); ip("link", "set", "vb", "up")
+    ip("link", "set", "va", "up"); ip("link", "set", "vb", "up"); settle("up")
     asyncio.run(m.check_now()); seen.append(m.snapshot()[0]["detail"])
     print(json.dumps({"seen": seen, "changes": changes}))
     """

@@ -16,7 +16,9 @@ client pings the VIP throughout. Two failures are exercised:
 * the leader's daemon is SIGKILLed (the host stays up and keeps the address
   until its daemon restarts and runs the startup demote);
 * the leader's host dies (its link goes down and the daemon is killed), so
-  pings are lost until a new leader has announced the VIP.
+  pings are lost until a new leader has announced the VIP;
+* a graceful transfer (``electionctl transfer``): demote hooks on the old
+  leader, then the target campaigns at once and announces the VIP.
 
 The number of pings lost in each phase is printed (run with ``-s``) and saved
 to ``netns_vip_results.json`` in the test's tmp dir, next to ``timeline.txt``
@@ -41,6 +43,7 @@ from pathlib import Path
 import pytest
 
 from cluster import REPO, Cluster
+from electiond.cli import request
 
 VIP_HOOK = REPO / "scripts" / "hooks" / "vip"
 SUBNET = "10.213.100"
@@ -104,8 +107,6 @@ class Lan:
             sh("ip", "-n", ns, "addr", "add", f"{addresses[name]}/24", "dev", "lan0")
             sh("ip", "-n", ns, "link", "set", "lan0", "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-            if os.environ.get("NETNS_ARP_ANNOUNCE"):
-                sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.conf.all.arp_announce={os.environ['NETNS_ARP_ANNOUNCE']}")
 
     def close(self) -> None:
         for ns in reversed(self.created):
@@ -236,7 +237,7 @@ def write_timeline(tmp_path: Path, marks, arp_changes, cluster) -> None:
     rows += [(t, "arp", text) for t, text in arp_changes]
     if cluster is not None:
         rows += [(e[0], "hook", f"{e[1]} {e[2]} term {e[3]} {e[4]}") for e in cluster.hook_events()]
-    for name in ("ping1.txt", "ping2.txt"):
+    for name in ("ping1.txt", "ping2.txt", "ping3.txt"):
         path = tmp_path / name
         if path.exists():
             stamps = [(float(t), int(q)) for t, q in re.findall(r"\[(\d+\.\d+)\] .*icmp_seq=(\d+) ttl", path.read_text())]
@@ -328,6 +329,21 @@ def test_vip_follows_the_leader_across_a_namespace_lan(tmp_path: Path) -> None:
         results["host_died"] = {**pinger.stop(), "leader_moved_again": leader != third}
         pinger = None
         assert results["host_died"]["received"] > 0
+
+        # ---- phase 3: a graceful transfer (electionctl transfer)
+        pinger = Pinger(lan, tmp_path / "ping3.txt")
+        wait_for(lambda: len(pinger.replies()) >= 5, 15, "the client to reach the VIP")
+        before = cluster.agreed_leader()
+        marks.append((time.time(), f"transfer away from {before}"))
+        request(cluster.socket(before), "transfer", {}, timeout_s=10.0)
+        after = wait_for(lambda: (lead := cluster.agreed_leader()) not in (None, before) and lead, 20,
+                         "the transfer", diag)
+        wait_for(lambda: vip_holders(lan, hosts) == [after] and lan.client_arp() == lan.mac(after), 20,
+                 f"the VIP and the client's ARP entry on {after}", diag)
+        mark = max(pinger.replies())
+        wait_for(lambda: max(pinger.replies()) >= mark + 5, 15, "pings to be answered by the new leader")
+        results["transfer"] = pinger.stop()
+        pinger = None
     finally:
         if pinger is not None:
             results.setdefault("aborted", pinger.stop())

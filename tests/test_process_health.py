@@ -15,7 +15,9 @@ def test_unhealthy_leader_steps_down_runs_fault_and_rejoins(tmp_path: Path) -> N
     # each daemon checks its own flag file; ELECTIOND_NODE comes from the daemon
     check.write_text(f'#!/bin/sh\n[ ! -e "{tmp_path}/$ELECTIOND_NODE.sick" ] || {{ echo "$ELECTIOND_NODE is sick"; exit 1; }}\n')
     check.chmod(0o755)
-    with Cluster(tmp_path, 3, protocol="quorum-lease", node_options={"preempt": "no"}) as c:
+    # a lease long enough not to lapse on a loaded test machine
+    with Cluster(tmp_path, 3, protocol="quorum-lease", node_options={"preempt": "no"},
+                 timing={"lease": "600ms"}) as c:
         c.config_text += f"\n[health]\ntrack_script = {check}\ninterval = 100ms\ntimeout = 5s\nrise = 2\nfall = 2\n"
         c.start_all()
         sick = c.wait_leader(20.0)

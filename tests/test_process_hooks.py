@@ -39,6 +39,9 @@ def test_hung_promote_hook_is_killed_and_the_node_steps_down(tmp_path: Path) -> 
     timeout_s = 1.0
     with Cluster(
         tmp_path, 3, protocol="quorum-lease", node_options={"preempt": "no"},
+        # a lease long enough not to lapse on a loaded test machine: the node
+        # must step down because its hook failed, not because its lease ran out
+        timing={"lease": "600ms"},
         hooks={"promote": str(hook), "timeout": f"{timeout_s}s", "kill_grace": "1s"},
     ) as c:
         c.start_all()

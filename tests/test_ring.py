@@ -121,13 +121,17 @@ def test_returned_election_makes_the_highest_collected_id_leader():
     (e,) = sends(start_election(r))
     now = r.deadline() - 0.05
     effects = r.on_message(election("n3", e.body["nonce"], [3, 4, 5, 1, 2], [3, 4, 5, 1, 2], sender="n2"), now)
-    assert isinstance(effects[1], Persist) and effects[1].state.term == 1
     multicast = [s for s in sends(effects, COORDINATOR) if s.to is None]
     directed = [s for s in sends(effects, COORDINATOR) if s.to is not None]
     assert multicast[0].body == {"leader": "n5", "origin": "n3", "ids": [1, 2, 3, 4, 5], "hop": None}
+    assert multicast[0].term == 1
     assert [(d.to, d.term) for d in directed] == [("n4", 1)]
-    assert r.leader == "n5" and r.role == ROLE_FOLLOWER and r.term == 1
+    assert r.leader == "n5" and r.role == ROLE_FOLLOWER
     assert r.elections_completed == 1
+    # epoch 1 is n5's token: the announcer takes it up only when n5 speaks under it
+    assert r.term == 0 and not [e for e in effects if isinstance(e, Persist)]
+    effects = r.on_message(Message(HEARTBEAT, "n5", 1, {}), now + 0.05)
+    assert r.term == 1 and Persist(PersistedState(1, None)) in effects
 
 
 def test_returned_election_naming_self_promotes_with_a_new_epoch():
@@ -545,6 +549,7 @@ def test_election_held_by_a_node_that_dies_is_restarted_with_backoff():
 def test_rejoining_node_is_spliced_in_without_an_election():
     net = ring_net(5, seed=14, preempt=False)
     assert wait_leader(net) == "n5"
+    net.run(0.3)  # n2 has heard n5 under epoch 1, so it restarts with an epoch on disk
     net.kill("n2")
     net.run(1.0)
     net.kill("n5")
@@ -707,3 +712,31 @@ def test_an_ack_to_a_resent_hop_is_not_an_rtt_sample():
     r.on_message(Message(HOP_ACK, "n4", 0, {"hop": e.body["hop"]}), 1.0 + HOP_S + 0.09)
     assert r.extra_status(1.3)["hop_timeout_ms"] == HOP_S * 1000
     assert r.extra_status(1.3)["suspects"] == []
+
+
+def test_never_fences_with_an_epoch_in_which_it_followed_another_leader():
+    # loss let two results of epoch 2 name different winners; n5 followed n4 in epoch 2
+    n5 = ring("n5")
+    n5.on_message(coordinator("n4", "n2", 2, ids=[1, 2, 4]), 0.1)
+    assert n5.leader == "n4" and n5.term == 2
+    effects = n5.on_message(coordinator("n5", "n1", 2, ids=[1, 5], hop=4, sender="n4"), 0.2)
+    promotes = [e for e in effects if isinstance(e, Promote)]
+    assert promotes == [Promote(3, "elected")]
+    assert Send(COORDINATOR, 3, {"leader": "n5", "origin": "n5", "ids": [], "hop": None}) in effects
+    assert effects.index(Persist(PersistedState(3, None))) < effects.index(promotes[0])
+
+
+def test_after_a_restart_the_epoch_on_disk_counts_as_followed():
+    s = Settings(cluster="t", node_name="n5", members=MEMBERS, answer_timeout_s=HOP_S)
+    n5 = Ring(s, random.Random(1), 0.0, PersistedState(4, None))
+    effects = n5.on_message(coordinator("n5", "n1", 4, ids=[1, 5]), 0.1)
+    assert [e for e in effects if isinstance(e, Promote)] == [Promote(5, "elected")]
+
+
+def test_following_a_leader_reelected_under_a_new_epoch_also_rules_that_epoch_out():
+    n5 = ring("n5")
+    n5.on_message(coordinator("n4", "n2", 2, ids=[1, 2, 4]), 0.1)
+    n5.on_message(coordinator("n4", "n3", 3, ids=[3, 4]), 0.2)  # the same leader, a new epoch
+    assert n5.leader == "n4" and n5.term == 3
+    effects = n5.on_message(coordinator("n5", "n1", 3, ids=[1, 5]), 0.3)
+    assert [e for e in effects if isinstance(e, Promote)] == [Promote(4, "elected")]

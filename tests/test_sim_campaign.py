@@ -76,6 +76,19 @@ def test_quorum_lease_campaign_has_no_violations(chunk):
     assert summary.split_brain_runs == 0
 
 
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_ring_campaign_has_no_violations(chunk):
+    """Ring is judged by bully's row of INVARIANTS (no partition safety, fencing
+    and settling in clean runs, liveness after heal)."""
+    per = max(1, SEEDS // CHUNKS)
+    summary = campaign(range(chunk * per, (chunk + 1) * per), "ring")
+    assert summary.runs == per
+    failures = [f"seed {r.seed}: {r.violations[0]}" for r in summary.failures]
+    assert not failures, failures
+    assert len(summary.times_to_leader) == per
+    assert summary.split_brain_runs > 0
+
+
 @pytest.mark.parametrize("protocol,mutant,rules", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
 def test_mutant_is_caught_within_the_ci_budget(protocol, mutant, rules):
     summary = campaign(range(SEEDS), protocol, registry=with_variant(protocol, mutant), stop_at_first=True)

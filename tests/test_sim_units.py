@@ -277,3 +277,13 @@ def test_plan_is_a_pure_function_of_the_seed():
     sizes = {plan_run(s).size for s in range(200)}
     assert sizes == set(range(3, 10))
     assert plan_run(5, size=4).size == 4
+
+
+def test_bench_runs_a_steady_cluster_with_one_leader():
+    from electiond.sim.bench import bench
+
+    r = bench("bully", nodes=5, seconds=20.0)
+    assert r["violations"] == 0 and r["leaders"] == ["n5"]
+    # 5 nodes, 50 ms heartbeats: at least 20 s * 20 heartbeats * 4 deliveries
+    assert r["events"] >= 20 * 20 * 4
+    assert r["x_real_time_cpu"] > 0

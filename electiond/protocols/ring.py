@@ -132,6 +132,9 @@ class Ring(ElectionProtocol):
         self._join_at = now
         self._join_sent_epoch = -1
         self._lost_leader: str | None = None  # the leader our detector gave up on
+        # the highest epoch in which we followed another leader: we must never fence with
+        # it. After a restart we cannot know, so assume the epoch on disk.
+        self._followed_epoch = self._epoch if persisted else -1
         self.messages_sent: dict[str, int] = {}
         self.elections_started = 0
         self.elections_completed = 0
@@ -318,6 +321,9 @@ class Ring(ElectionProtocol):
         elif msg.kind == HEARTBEAT:
             effects += self._on_claim(msg.sender, msg.term, now)
         # JOIN: hearing it was all it took (the sender is no longer suspect)
+        if self._role != ROLE_LEADER and self._leader not in (None, me):
+            # following someone at this epoch (perhaps re-elected under it): never fence with it
+            self._followed_epoch = max(self._followed_epoch, self._epoch)
         return effects
 
     def _on_election(self, msg: Message, now: float) -> list[Effect]:
@@ -383,6 +389,10 @@ class Ring(ElectionProtocol):
                     return True, [Promote(self._epoch, "reelected"), LeaderChanged(me, self._epoch)]
                 return True, []
             if self._can_stand(now):
+                if self._epoch <= self._followed_epoch:
+                    # two results of one epoch named different leaders (loss split the
+                    # ring's view) and we followed the other one: lead under a new epoch
+                    return True, self._reassert(now)
                 return True, self._become_leader(now, "elected")
             # chosen, but no longer able to lead: let the others pick again
             return False, self._start_election(now)
@@ -496,18 +506,24 @@ class Ring(ElectionProtocol):
             self._to_follower_without_leader(now, self._backoff.next_delay_s(self.rng))
             return effects
         winner = self._names[ids[-1]]
-        self._epoch += 1
+        # the lap carried the highest epoch of every node on it: the new one is above all
+        epoch = self._epoch + 1
         coordinator = {"leader": winner, "origin": me, "ids": ids}
-        self._last_coordinator = (me, self._epoch)
-        effects = [self._persist(), self._send(COORDINATOR, {**coordinator, "hop": None})]
+        self._last_coordinator = (me, epoch)
+        effects: list[Effect] = []
         if winner == me:
+            self._epoch = epoch
+            effects += [self._persist(), self._send(COORDINATOR, {**coordinator, "hop": None})]
             effects += self._become_leader(now, "elected")
         else:
+            # the epoch is the winner's token: we only announce it, and take it up when the
+            # winner speaks under it (a result whose winner died leaves no token behind)
+            effects.append(self._send(COORDINATOR, {**coordinator, "hop": None}, term=epoch))
             if self._role == ROLE_LEADER:
                 effects.append(Demote(self._epoch, "preempted"))
             self._role = ROLE_FOLLOWER
             effects += self._follow(winner, now)
-        effects += self._forward_coordinator(coordinator, self._epoch, now)
+        effects += self._forward_coordinator(coordinator, epoch, now)
         return effects
 
     def _forward_coordinator(self, body: dict[str, Any], term: int, now: float) -> list[Effect]:
@@ -546,6 +562,7 @@ class Ring(ElectionProtocol):
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
         self._leader = leader
+        self._followed_epoch = max(self._followed_epoch, self._epoch)
         # the same leader re-won after a false alarm: the watch keeps its history
         self._watch.reset(now, leader)
         self._watch.heartbeat(now)
@@ -562,6 +579,15 @@ class Ring(ElectionProtocol):
         ):
             return self._start_election(now)
         return []
+
+    def _reassert(self, now: float) -> list[Effect]:
+        self._epoch += 1
+        me = self.settings.node_name
+        return [
+            self._persist(),
+            self._send(COORDINATOR, {"leader": me, "origin": me, "ids": [], "hop": None}),
+            *self._become_leader(now, "elected"),
+        ]
 
     def _become_leader(self, now: float, reason: str) -> list[Effect]:
         """Lead under the current epoch (already raised by whoever completed the election)."""

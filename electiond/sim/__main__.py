@@ -1,4 +1,4 @@
-"""python -m electiond.sim [campaign options] | explore ... | scenario FILE...
+"""python -m electiond.sim [campaign options] | explore ... | scenario FILE... | bench ...
 
 Campaign: run seeds, print a summary, exit 1 if any run broke an invariant,
 printing the failing seed's trace tail and the command that replays it.
@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from electiond.sim.explore import main as explore_main
 
         return explore_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from electiond.sim.bench import main as bench_main
+
+        return bench_main(argv[1:])
     if argv and argv[0] == "scenario":
         from electiond.sim.scenario import main as scenario_main
 
@@ -95,4 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # piped into head: the reader has seen enough
+        sys.stderr.close()
+        sys.exit(1)

@@ -50,7 +50,7 @@ class Host:
     """One simulated machine: clock, disk, and the daemon when it runs."""
 
     __slots__ = ("index", "name", "settings", "clock", "node", "disk", "paused", "inbox", "timer_local",
-                 "timer_version", "timer_true", "spin_t", "spin_count")
+                 "timer_version", "timer_true", "spin_t", "spin_count", "pending_done")
 
     def __init__(self, index: int, settings: Settings, clock: SimClock) -> None:
         self.index = index
@@ -66,6 +66,7 @@ class Host:
         self.timer_true = float("inf")  # when the live queue entry fires
         self.spin_t = -1.0
         self.spin_count = 0
+        self.pending_done = False  # demote hooks finished while frozen
 
 
 class Cluster:
@@ -109,6 +110,8 @@ class Cluster:
             true_time_of=lambda i, local: self.hosts[i].clock.true_time_of(local),
         )
         self.checker.schedule = self.at
+        # how long the demote hooks take, drawn per demotion (seconds)
+        self.demote_hook_s = (0.002, 0.05)
         # a stale-token leader hears of it within a round trip, then re-asserts
         self.checker.reassert_grace_s = 2 * self.network.worst_delay_s() + 0.01
         # called after every event (the runner's liveness watch); None = off
@@ -204,15 +207,6 @@ class Cluster:
         self._arm(h)
         self._check(h)
 
-    def _demote_hooks_done(self, h: Host, node: Node) -> None:
-        if h.node is not node or h.paused:
-            return  # crashed meanwhile (a paused daemon hears of it on resume)
-        effects = node.demote_hooks_done(h.clock.local(self.now))
-        if effects:
-            self._carry_out(h, effects)
-        self._arm(h)
-        self._check(h)
-
     def _check(self, h: Host) -> None:
         # only a node whose leadership may have changed, or a leader while
         # another node also claims to lead, needs the checker's attention
@@ -294,9 +288,7 @@ class Cluster:
             elif et is Demote:
                 if self.tracing:
                     self.note(f"{h.name} DEMOTE term={e.term} ({e.reason})")
-                # simulated hooks take no time: report them done right after
-                # this event, as the runtime does once the hook runner is idle
-                self.at(self.now, lambda h=h, node=h.node: self._demote_hooks_done(h, node))
+                self._run_demote_hooks(h)
             elif et is LeaderChanged:
                 if e.leader is not None and e.leader != h.name:
                     self.checker.followed(h.index, e.leader, e.term)
@@ -305,6 +297,31 @@ class Cluster:
             elif et is SplitBrain:
                 if self.tracing:
                     self.note(f"{h.name} SPLIT-BRAIN with {e.other} term={e.term} yielded={e.yielded}")
+
+    def _run_demote_hooks(self, h: Host) -> None:
+        """The shell runs demote hooks in child processes and tells the node
+        when they finished (quorum-lease hands over only then)."""
+        lo, hi = self.demote_hook_s
+        node = h.node
+        self.at(self.now + self.net_rng.uniform(lo, hi), lambda: self._demote_hooks_done(h, node))
+
+    def _demote_hooks_done(self, h: Host, node: Node) -> None:
+        if h.node is not node:
+            return  # the daemon that ran them has since crashed
+        if h.paused:
+            h.pending_done = True  # noticed when the daemon wakes
+            return
+        self._input_hooks_done(h)
+
+    def _input_hooks_done(self, h: Host) -> None:
+        h.pending_done = False
+        if self.tracing:
+            self.note(f"{h.name} demote hooks done")
+        effects = h.node.demote_hooks_done(h.clock.local(self.now))
+        if effects:
+            self._carry_out(h, effects)
+        self._arm(h)
+        self._check(h)
 
     def _send(self, h: Host, e: Send) -> None:
         msg = Message(e.kind, h.name, e.term, e.body, e.to)
@@ -332,12 +349,14 @@ class Cluster:
                 if self.tracing:
                     self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (loss)")
                 continue
-            self._push(self._arrival(net, rng), DELIVER, j, msg)
+            self._push(self._arrival(net, rng, h.index, j), DELIVER, j, msg)
             if net.duplicate and rng.random() < net.duplicate:
-                self._push(self._arrival(net, rng), DELIVER, j, msg)
+                self._push(self._arrival(net, rng, h.index, j), DELIVER, j, msg)
 
-    def _arrival(self, net: NetworkModel, rng: random.Random) -> float:
+    def _arrival(self, net: NetworkModel, rng: random.Random, src: int, dst: int) -> float:
         delay_s = net.delay_s(rng)
+        if net.slow_links:
+            delay_s += net.slow_links.get((src, dst), 0.0)
         if delay_s > net.max_delay_s:
             # held up past what the protocol's timeouts assume: as good as
             # lost for protocols without quorums, until it lands
@@ -373,6 +392,7 @@ class Cluster:
         self.checker.crashing(self.now, i)
         h.node = None
         h.paused = False
+        h.pending_done = False
         h.inbox.clear()
         h.timer_version += 1
         h.timer_true = float("inf")
@@ -401,6 +421,8 @@ class Cluster:
         self.note(f"{h.name} RESUME ({len(h.inbox)} queued)")
         self.checker.fault(self.now)
         self._tick(h)
+        if h.pending_done and h.node is not None:
+            self._input_hooks_done(h)
         inbox, h.inbox = h.inbox, []
         for msg in inbox:
             if h.node is None or h.paused:

@@ -16,6 +16,8 @@ from electiond.sim.clock import SimClock
 from electiond.sim.network import NetworkModel
 
 PARTITION_KINDS = ("symmetric", "one-way", "isolate-one", "split-majority")
+LEADER = -2  # Fault.node: whoever leads when the fault fires
+SAME = -3  # Fault.node: the host its paired fault hit (detail["ref"])
 
 
 @dataclass(slots=True)
@@ -92,6 +94,10 @@ def plan_run(seed: int, size: int | None = None) -> RunPlan:
     if rng.random() < 0.3:
         network.straggler = rng.uniform(0.005, 0.1)
         network.straggler_max_s = s0.lease_s * rng.uniform(0.2, 3.0)
+    if rng.random() < 0.3:
+        for _ in range(rng.randint(1, n)):
+            a, b = rng.sample(range(n), 2)
+            network.slow_links[(a, b)] = s0.lease_s * rng.uniform(0.1, 1.0)
     round_s = max(s0.election_timeout_max_s, s0.max_suspicion_timeout_s) + s0.answer_timeout_s
     boot_at = [rng.uniform(0.0, s0.election_timeout_min_s) for _ in range(n)]
     safety_s = round_s * rng.uniform(4.0, 12.0)
@@ -103,23 +109,27 @@ def plan_run(seed: int, size: int | None = None) -> RunPlan:
         t = rng.uniform(0.0, safety_s)
         kind = rng.choice(kinds)
         node = rng.randrange(n)
-        if kind in ("crash", "crash-many"):
+        # half the time a fault hits whoever leads when it fires (the drawn
+        # node if nobody does): the stale-leader cases live there
+        at_leader = rng.random() < 0.5
+        ref = {"node": node}  # a fault and its undo act on the same host
+        if kind == "crash-many" and at_leader:
+            # every follower at once (a rack power blip with the leader elsewhere)
+            downs = [(_down_s(rng, s0, round_s), not (state_loss and rng.random() < 0.5)) for _ in range(n)]
+            faults.append(Fault(t, "crash-followers", detail={"downs": downs}))
+        elif kind in ("crash", "crash-many"):
             # crash-many: a rack's power blips, several hosts go at once
             victims = [node] if kind == "crash" else rng.sample(range(n), rng.randint(2, n))
             for node in victims:
-                faults.append(Fault(t, "crash", node))
+                ref = {"node": node}
+                lead = at_leader and kind == "crash"
+                faults.append(Fault(t, "crash", LEADER if lead else node, {"ref": ref}))
                 if rng.random() < 0.8:
                     keep = not (state_loss and rng.random() < 0.5)
-                    if rng.random() < 0.5:
-                        # a quick daemon restart (systemd Restart=): back while
-                        # the promises it made before the crash may still bind it
-                        down_s = s0.lease_s * rng.uniform(0.01, 1.5)
-                    else:
-                        down_s = round_s * rng.uniform(0.2, 5.0)
-                    faults.append(Fault(t + down_s, "restart", node, {"keep": keep}))
+                    faults.append(Fault(t + _down_s(rng, s0, round_s), "restart", SAME, {"keep": keep, "ref": ref}))
         elif kind == "pause":
-            faults.append(Fault(t, "pause", node))
-            faults.append(Fault(t + round_s * rng.uniform(0.3, 6.0), "resume", node))
+            faults.append(Fault(t, "pause", LEADER if at_leader else node, {"ref": ref}))
+            faults.append(Fault(t + round_s * rng.uniform(0.3, 6.0), "resume", SAME, {"ref": ref}))
         elif kind == "clock":
             faults.append(Fault(t, "clock", node, {"rate": 1.0 + rng.uniform(-rho, rho)}))
         elif kind == "loss":
@@ -130,13 +140,26 @@ def plan_run(seed: int, size: int | None = None) -> RunPlan:
             faults.append(Fault(t, "spike", detail={"max_delay_s": cap}))
             faults.append(Fault(t + round_s * rng.uniform(0.2, 2.0), "spike", detail={"max_delay_s": 0.0}))
         else:
-            faults.append(_partition(rng, t, n))
+            f = _partition(rng, t, n)
+            if at_leader and f.detail["kind"] == "isolate-one":
+                f.detail["kind"] = "isolate-leader"
+            elif at_leader and f.detail["kind"] == "one-way":
+                f.detail["kind"] = "mute-leader"  # it hears everyone, nobody hears it
+            faults.append(f)
             faults.append(Fault(t + round_s * rng.uniform(0.5, 6.0), "heal"))
     faults.sort(key=lambda f: f.t)
     # a minority may stay down through the liveness phase
     keep_down = rng.sample(range(n), rng.randint(0, (n - 1) // 2)) if rng.random() < 0.3 else []
     return RunPlan(seed, n, settings, clocks, network, boot_at, faults, safety_s, partitions, state_loss,
                    sorted(keep_down), round_s)
+
+
+def _down_s(rng: random.Random, s0: Settings, round_s: float) -> float:
+    if rng.random() < 0.5:
+        # a quick daemon restart (systemd Restart=): back while the promises
+        # it made before the crash may still bind it
+        return s0.lease_s * rng.uniform(0.01, 1.5)
+    return round_s * rng.uniform(0.2, 5.0)
 
 
 def _partition(rng: random.Random, t: float, n: int) -> Fault:

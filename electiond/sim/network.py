@@ -8,7 +8,7 @@ a set of cut directed links, so a one-way partition is one direction only.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -24,6 +24,8 @@ class NetworkModel:
     # a descheduled sender) for up to straggler_max_s
     straggler: float = 0.0
     straggler_max_s: float = 0.0
+    # asymmetric slow links (a congested port): (src, dst) -> extra delay
+    slow_links: dict = field(default_factory=dict)
 
     def delay_s(self, rng: random.Random) -> float:
         if self.spike_max_delay_s > 0.0:
@@ -34,7 +36,8 @@ class NetworkModel:
         return min(d, self.max_delay_s)
 
     def worst_delay_s(self) -> float:
-        return max(self.max_delay_s, self.spike_max_delay_s, self.straggler_max_s if self.straggler else 0.0)
+        slow = max(self.slow_links.values(), default=0.0)
+        return max(self.max_delay_s, self.spike_max_delay_s, self.straggler_max_s if self.straggler else 0.0) + slow
 
 
 class Links:

@@ -18,7 +18,7 @@ from typing import Mapping
 from electiond.protocols.base import ElectionProtocol
 from electiond.sim.checker import InvariantSet, Violation, invariants_for
 from electiond.sim.cluster import Cluster
-from electiond.sim.faults import Fault, RunPlan, plan_run
+from electiond.sim.faults import LEADER, SAME, Fault, RunPlan, plan_run
 
 
 @dataclass(slots=True)
@@ -40,16 +40,36 @@ class RunResult:
         return not self.violations
 
 
+def _target(cluster: Cluster, f: Fault) -> int:
+    """The host a fault acts on: drawn in the plan, or the leader of the moment."""
+    if f.node == SAME:
+        return f.detail["ref"]["node"]
+    if f.node == LEADER:
+        leaders = cluster.leaders()
+        node = leaders[0] if leaders else f.detail["ref"]["node"]
+        f.detail["ref"]["node"] = node
+        return node
+    return f.node
+
+
 def _apply(cluster: Cluster, f: Fault) -> None:
     net = cluster.network
     if f.kind == "crash":
-        cluster.crash(f.node)
+        cluster.crash(_target(cluster, f))
     elif f.kind == "restart":
-        cluster.boot(f.node, keep_disk=f.detail["keep"])
+        cluster.boot(_target(cluster, f), keep_disk=f.detail["keep"])
+    elif f.kind == "crash-followers":
+        leaders = cluster.leaders()
+        for i in range(len(cluster.hosts)):
+            if i in leaders or cluster.hosts[i].node is None:
+                continue
+            cluster.crash(i)
+            down_s, keep = f.detail["downs"][i]
+            cluster.at(cluster.now + down_s, lambda i=i, keep=keep: cluster.boot(i, keep_disk=keep), fault=True)
     elif f.kind == "pause":
-        cluster.pause(f.node)
+        cluster.pause(_target(cluster, f))
     elif f.kind == "resume":
-        cluster.resume(f.node)
+        cluster.resume(_target(cluster, f))
     elif f.kind == "clock":
         cluster.set_clock_rate(f.node, f.detail["rate"])
     elif f.kind == "loss":
@@ -65,7 +85,17 @@ def _apply(cluster: Cluster, f: Fault) -> None:
         cluster.checker.lossy = True
     elif f.kind == "partition":
         d = f.detail
-        if "groups" in d:
+        if d["kind"] == "mute-leader":
+            leaders = cluster.leaders()
+            lone = leaders[0] if leaders else d["from"][0]
+            cluster.heal()
+            cluster.cut([lone], [i for i in range(len(cluster.hosts)) if i != lone])
+        elif d["kind"] == "isolate-leader":
+            leaders = cluster.leaders()
+            lone = leaders[0] if leaders else d["groups"][0][0]
+            cluster.links.heal()
+            cluster.partition([[lone], [i for i in range(len(cluster.hosts)) if i != lone]])
+        elif "groups" in d:
             cluster.links.heal()
             cluster.partition(d["groups"])
         else:
@@ -116,6 +146,8 @@ def _liveness(cluster: Cluster, plan: RunPlan, inv: InvariantSet, result: RunRes
     cluster.heal()
     cluster.network.loss = 0.0
     cluster.network.spike_max_delay_s = 0.0
+    cluster.network.straggler = 0.0
+    cluster.network.slow_links = {}
     for i in range(plan.size):
         if i in plan.keep_down:
             cluster.crash(i)
@@ -168,6 +200,8 @@ def _describe(plan: RunPlan, protocol: str) -> str:
         f"{s.election_timeout_max_s * 1000:.1f}ms lease={s.lease_s * 1000:.1f}ms drift={s.clock_drift_ppm:.0f}ppm "
         f"preempt={s.preempt} delay={net.base_delay_s * 1000:.2f}ms+exp({net.jitter_mean_s * 1000:.2f}ms)"
         f"<={net.max_delay_s * 1000:.2f}ms loss={net.loss} dup={net.duplicate} "
+        f"stragglers={net.straggler:.3f}<={net.straggler_max_s * 1000:.1f}ms "
+        f"slow_links={ {f'n{a + 1}->n{b + 1}': round(x * 1000, 1) for (a, b), x in net.slow_links.items()} } "
         f"partitions={plan.partitions} state_loss={plan.state_loss} faults={len(plan.faults)} "
         f"safety={plan.safety_s:.3f}s keep_down={[plan.settings[i].node_name for i in plan.keep_down]}"
     )
