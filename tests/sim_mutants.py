@@ -91,3 +91,13 @@ class EagerBully(Bully):
         if not self._can_stand(now):
             return super()._start_election(now)
         return self._become_leader(now, "elected")
+
+
+class EagerRing(Ring):
+    """Crowns itself at its first election timeout instead of sending an ELECTION round the ring."""
+
+    def _start_election(self, now: float):
+        if not self._can_stand(now) or self._round_nonce is not None:
+            return super()._start_election(now)
+        self._epoch += 1
+        return [self._persist(), *self._become_leader(now, "elected")]

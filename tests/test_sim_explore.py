@@ -7,7 +7,7 @@ import sys
 from electiond.sim.checker import LEASE_INVARIANTS
 from electiond.sim.explore import Explorer, state_key
 from electiond.sim.runner import with_variant
-from tests.sim_mutants import EagerBully
+from tests.sim_mutants import EagerBully, EagerRing
 
 DEPTH = int(os.environ.get("ELECTIOND_SIM_EXPLORE_DEPTH", "6"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +26,26 @@ def test_quorum_lease_explores_clean_to_the_ci_depth():
     assert r.depth_done == DEPTH, r.stopped
 
 
+def test_ring_explores_clean_to_the_ci_depth():
+    r = Explorer("ring", nodes=3).run(DEPTH, budget_s=60)
+    assert r.violation is None, (r.violation, r.path)
+    assert r.depth_done == DEPTH, r.stopped
+    assert r.states > 50 and r.per_depth[-1] > 0
+
+
+def test_a_ring_node_that_skips_the_lap_is_caught():
+    """A ring node that crowns itself at its timeout instead of running the
+    ELECTION round the ring: two close timeouts give two leaders with one token."""
+    seed = _seed_with_close_timeouts(0.05, "ring")
+    ex = Explorer("ring", nodes=3, seed=seed, registry=with_variant("ring", EagerRing), max_delay_s=0.05,
+                  invariants=LEASE_INVARIANTS)
+    r = ex.run(8, budget_s=90)
+    assert r.violation and ("two-leaders" in r.violation or "term-reused" in r.violation), r.violation
+    honest = Explorer("ring", nodes=3, seed=seed, max_delay_s=0.05, invariants=LEASE_INVARIANTS).run(len(r.path) - 1,
+                                                                                                   budget_s=90)
+    assert honest.violation is None
+
+
 def test_exploration_is_deterministic():
     a = Explorer("bully", nodes=3, seed=4).run(5, budget_s=60)
     b = Explorer("bully", nodes=3, seed=4).run(5, budget_s=60)
@@ -41,12 +61,12 @@ def test_repeated_states_are_pruned():
     assert state_key(ex.start) == state_key(ex.start)
 
 
-def _seed_with_close_timeouts(max_delay_s):
+def _seed_with_close_timeouts(max_delay_s, protocol="bully"):
     """A seed whose two earliest election timeouts fall within one network
     delay of each other: the second node can time out before it hears the
     first one's announcement."""
     for seed in range(200):
-        ex = Explorer("bully", nodes=3, seed=seed)
+        ex = Explorer(protocol, nodes=3, seed=seed)
         deadlines = sorted(n.protocol.deadline() for n in ex.start.nodes)
         if deadlines[1] - deadlines[0] < max_delay_s:
             return seed
