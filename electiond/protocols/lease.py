@@ -28,7 +28,23 @@ skew time) keeps failover short; priorities about 40 apart dominate the id
 order in a 5-node cluster, equal priorities fall back to the id order
 (1 ms apart), and the jitter only separates exact ties after backoff.
 Priorities learned from messages are used to pick a transfer target and to
-decide preemption.
+decide preemption. The order holds when followers detect the leader's death
+at about the same time (the adaptive detector, once it has samples); with
+the randomized start-up timeouts, detection spread can outweigh it.
+
+Hand-over (transfer, stepdown, preemption, becoming ineligible): the leader
+stops renewing and demotes at once; RELEASE (followers drop their promise to
+it) and TIMEOUT_NOW (the target campaigns without pre-vote) leave only when
+the shell reports the demote hooks finished (``demote_hooks_done``), so the
+old and new leader's hooks never overlap. Without that report the promises
+simply lapse and an ordinary election follows.
+
+Liveness details: a candidate retransmits its vote request every heartbeat
+interval (fresher grants, voters released meanwhile) and gives up at once
+when refusals make a majority impossible (a split vote); refusals carry how
+long the voter is still bound, so a pre-vote retries when enough of them
+lapse. A leader whose acks straggle sends a rescue heartbeat half an interval
+before it would have to step down.
 """
 
 from __future__ import annotations

@@ -112,6 +112,10 @@ def _local_now(i: int, t: float) -> float:
     return t  # perfect clocks in the explorer
 
 
+def _true_time_of(i: int, local: float) -> float:
+    return local  # perfect clocks: local time is true time
+
+
 def _running(i: int) -> bool:
     return _current().running(i)
 
@@ -186,7 +190,7 @@ def state_key(w: World) -> bytes:
         [_steering_state(n) for n in w.nodes],
         inflight,
         (c.max_promoted_term, sorted(c._term_owner.items()), sorted(c._votes.items()), sorted(c.role_leaders),
-         c.partitioned, c.lossy, c.last_fault_s, c.state_lost),
+         c.partitioned, c.lossy, c.last_fault_s, c.state_lost, sorted(c._promise_at_crash.items())),
     )
     buf = io.BytesIO()
     p = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
@@ -218,7 +222,7 @@ class Explorer:
         self.rng = random.Random(seed)
         names = [m.name for m in members]
         checker = Checker(self.inv, self.settings[0], names, local_now=_local_now, running=_running,
-                          protocol_of=_protocol_of)
+                          protocol_of=_protocol_of, true_time_of=_true_time_of)
         self.names = names
         self.index_of = {n: i for i, n in enumerate(names)}
         nodes_ = [Node(s, protocol, random.Random(self.rng.getrandbits(64)), 0.0, None, registry)
@@ -324,6 +328,7 @@ class Explorer:
                 if n.deadline() <= t:
                     c.violate(t, "busy-loop", f"{self.names[i]}: deadline() stays due after on_tick")
         elif kind == "crash":
+            c.crashing(w.now, x)
             w.nodes[x] = None
             w.crashes_left -= 1
             w.inflight = [f for f in w.inflight if f[2] != x]  # its socket buffer is gone
@@ -334,6 +339,7 @@ class Explorer:
             w.restarts += 1
             rng = random.Random(hash((x, w.restarts, round(w.now, 9))) & 0xFFFFFFFFFFFF)
             w.nodes[x] = Node(self.settings[x], self.protocol, rng, w.now, w.disks[x], self.registry)
+            c.booted(w.now, x)
             c.fault(w.now)
             self._effects(w, x, [])
         else:  # pragma: no cover
@@ -369,6 +375,8 @@ class Explorer:
                 if node is not None:
                     self._effects(w, i, node.demote_hooks_done(w.now))
         c.after_event(w.now, i)
+        if c.inv.lease_coverage and c.role_leaders:
+            c.check_coverage(w.now, i)  # quorum-lease: what binds node i may have changed
 
     # ---- search ---------------------------------------------------------------------
 
