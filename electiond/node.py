@@ -6,6 +6,7 @@ them talks to a protocol directly, so a bug seen in one replays in the others.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -100,8 +101,18 @@ class Node:
         self.protocol = protocols[protocol](settings, rng, now, persisted)
         self.membership = Membership(settings, now)
         # every member's presence beacons through the same adaptive detector the
-        # protocols use for the leader, so status shows each member's suspicion
-        self.peer_watches = PeerWatches(settings, random.Random(rng.random()))
+        # protocols use for the leader, so status shows each member's suspicion;
+        # its timings are scaled to the beacon's period, not the heartbeat's
+        presence_s = self.membership.presence_interval_s()
+        beacon_settings = dataclasses.replace(
+            settings,
+            heartbeat_interval_s=presence_s,
+            election_timeout_min_s=2 * presence_s,
+            election_timeout_max_s=3 * presence_s,
+            min_suspicion_timeout_s=2 * presence_s,
+            max_suspicion_timeout_s=6 * presence_s,
+        )
+        self.peer_watches = PeerWatches(beacon_settings, random.Random(rng.random()))
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_LENGTH)
         self.leader_changes: deque[float] = deque()
         self.split_brains = 0

@@ -56,3 +56,13 @@ def test_status_shows_each_members_suspicion_from_presence_beacons():
     assert watch["mode"] == "adaptive" and watch["samples"] >= 8
     assert watch["phi"] >= 0 and watch["timeout_ms"] > 0
     assert members["n3"]["suspicion"] is None  # never heard from
+
+
+def test_a_member_heard_on_time_is_not_suspected_before_the_detector_has_samples():
+    n = node()
+    period = n.membership.presence_interval_s()
+    n.on_message(Message(PRESENCE, "n2", 0), 0.0)
+    n.on_message(Message(PRESENCE, "n2", 0), period)
+    watch = {m["name"]: m for m in n.status(period * 1.9)["members"]}["n2"]["suspicion"]
+    assert watch["mode"] == "fallback"
+    assert watch["phi"] < watch["threshold"]  # calibrated to the beacon, not the 50 ms heartbeat
