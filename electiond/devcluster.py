@@ -30,6 +30,18 @@ echo "$(date +%s.%N) $ELECTIOND_EVENT $ELECTIOND_NODE ${ELECTIOND_TERM:-0} $ELEC
 """
 
 
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
+             diagnostics: Callable[[], str] = lambda: "") -> Any:
+    """Poll until predicate() is truthy (returning it) or fail after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{diagnostics()}")
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -174,13 +186,7 @@ interface = 127.0.0.1
         return None
 
     def wait_for(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{self.logs()}")
+        return wait_for(predicate, timeout_s, what, self.logs)
 
     def wait_leader(self, timeout_s: float = 5.0, among: list[str] | None = None) -> str:
         return self.wait_for(lambda: self.agreed_leader(among), timeout_s, "an agreed leader")

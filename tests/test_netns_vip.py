@@ -44,6 +44,7 @@ import pytest
 
 from cluster import REPO, Cluster
 from electiond.cli import request
+from electiond.devcluster import wait_for
 
 VIP_HOOK = REPO / "scripts" / "hooks" / "vip"
 SUBNET = "10.213.100"
@@ -63,16 +64,6 @@ def sh(*argv: str, check: bool = True) -> str:
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
     return result.stdout
-
-
-def wait_for(predicate, timeout_s: float, what: str, diagnostics=lambda: ""):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{diagnostics()}")
 
 
 class Lan:
