@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import random
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,6 @@ from electiond.protocols.base import (
     Demote,
     Effect,
     LeaderChanged,
-    Message,
     Persist,
     Promote,
     Send,
@@ -59,13 +57,12 @@ class Runtime:
         self.node: Node | None = None
         self.codec: Codec | None = None
         self.hooks: HookRunner | None = None
-        self.health: Any = None
+        self.health: HealthMonitor | None = None
         self.started_wall = time.time()
         self._peer_addresses: dict[str, tuple[str, int]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._transports: list[asyncio.DatagramTransport] = []
         self._unicast: asyncio.DatagramTransport | None = None
-        self._stopping = asyncio.Event()
         self._leader_seen: str | None = None
         self._last_status_line = ""
         self._transports_closed = False

@@ -3,8 +3,6 @@ node steps down, so leadership moves to a node whose hooks work."""
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import psutil

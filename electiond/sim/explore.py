@@ -42,7 +42,6 @@ import hashlib
 import random
 import sys
 import time as _time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Mapping
 
