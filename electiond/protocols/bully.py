@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from electiond.detector import Backoff, LeaderWatch, RttEstimator
+from electiond.detector import RttEstimator
 from electiond.protocols.base import (
     ROLE_CANDIDATE,
     ROLE_FOLLOWER,
@@ -21,7 +21,6 @@ from electiond.protocols.base import (
     CommandError,
     Demote,
     Effect,
-    ElectionProtocol,
     LeaderChanged,
     Message,
     Persist,
@@ -31,6 +30,7 @@ from electiond.protocols.base import (
     Settings,
     SplitBrain,
 )
+from electiond.protocols.epoch import EpochProtocol
 
 ELECTION = "ELECTION"
 ANSWER = "ANSWER"
@@ -41,7 +41,7 @@ _ELECTING = "electing"  # waiting for ANSWER from a higher id
 _ANSWERED = "answered"  # a higher id answered: waiting for its COORDINATOR
 
 
-class Bully(ElectionProtocol):
+class Bully(EpochProtocol):
     name = "bully"
     MESSAGE_SCHEMAS = {ELECTION: {}, ANSWER: {}, COORDINATOR: {}, HEARTBEAT: {}}
 
@@ -53,41 +53,18 @@ class Bully(ElectionProtocol):
         persisted: PersistedState | None = None,
     ) -> None:
         super().__init__(settings, rng, now, persisted)
-        self._epoch = persisted.term if persisted else 0
         # who announced our current epoch (None: not known yet); kept on disk
         # in voted_for, so a restarted node still knows whose token it saw
         self._epoch_leader: str | None = persisted.voted_for if persisted else None
-        self._role = ROLE_FOLLOWER
-        self._leader: str | None = None
         self._phase: str | None = None
         self._phase_deadline = float("inf")
-        self._next_heartbeat = float("inf")
-        self._eligible = True
-        self._hold_until = now  # after a stepdown, do not stand before this
-        self._watch = LeaderWatch(settings, rng)
-        self._watch.reset(now)
-        self._backoff = Backoff(settings)
         # ELECTION -> ANSWER round trips; they may lengthen the ANSWER wait
         # when higher nodes answer slowly (loaded hosts), never shorten it
         # below answer_timeout_s: a missed ANSWER makes a false coordinator
         self._answer_rtt = RttEstimator.for_settings(settings)
         self._election_sent_at = now
-        # with no leader known: when to start the next election
-        self._retry_at = self._watch.deadline()
 
     # ---- read-only view -------------------------------------------------
-
-    @property
-    def role(self) -> str:
-        return self._role
-
-    @property
-    def leader(self) -> str | None:
-        return self._leader
-
-    @property
-    def term(self) -> int:
-        return self._epoch
 
     def extra_status(self, now: float) -> dict[str, Any]:
         return {
@@ -96,11 +73,7 @@ class Bully(ElectionProtocol):
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
             "election_attempt": self._backoff.attempt,
             "answer_wait_ms": round(self.answer_wait_s() * 1000, 1),
-            "leader_watch": (
-                self._watch.suspicion_snapshot(now)
-                if self._role == ROLE_FOLLOWER and self._leader is not None
-                else None
-            ),
+            "leader_watch": self._leader_watch_status(now),
         }
 
     def answer_wait_s(self) -> float:
@@ -305,29 +278,13 @@ class Bully(ElectionProtocol):
         ]
 
     def _to_follower_without_leader(self, now: float, delay_s: float) -> None:
-        self._role = ROLE_FOLLOWER
         self._phase = None
-        self._leader = None
-        self._retry_at = now + delay_s
+        super()._to_follower_without_leader(now, delay_s)
 
     def _persist(self) -> Persist:
         return Persist(PersistedState(self._epoch, self._epoch_leader))
 
-    def _can_stand(self, now: float) -> bool:
-        return self._eligible and now >= self._hold_until
-
-    def _has_live_leader(self, now: float) -> bool:
-        return self._leader is not None and not self._watch.suspects(now)
-
     # ---- local requests -----------------------------------------------------------
-
-    def _resign(self, now: float, reason: str, hold_s: float) -> list[Effect]:
-        effects: list[Effect] = []
-        if self._role == ROLE_LEADER:
-            effects += [Demote(self._epoch, reason), LeaderChanged(None, self._epoch)]
-        self._hold_until = now + hold_s
-        self._to_follower_without_leader(now, hold_s + self.settings.election_timeout_min_s)
-        return effects
 
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
         self._eligible = eligible

@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from electiond.detector import Backoff, LeaderWatch, RttEstimator
+from electiond.detector import RttEstimator
 from electiond.protocols.base import (
     ROLE_CANDIDATE,
     ROLE_FOLLOWER,
@@ -37,7 +37,6 @@ from electiond.protocols.base import (
     CommandError,
     Demote,
     Effect,
-    ElectionProtocol,
     LeaderChanged,
     Message,
     Persist,
@@ -47,6 +46,7 @@ from electiond.protocols.base import (
     Settings,
     SplitBrain,
 )
+from electiond.protocols.epoch import EpochProtocol
 
 ELECTION = "ELECTION"
 HOP_ACK = "HOP_ACK"
@@ -77,7 +77,7 @@ class _Hop:
     resent: bool = False  # Karn's rule: an ack to a resent hop says nothing about the RTT
 
 
-class Ring(ElectionProtocol):
+class Ring(EpochProtocol):
     name = "ring"
     MESSAGE_SCHEMAS = {
         # ids: candidate ids collected so far; path: ids of every node that forwarded it
@@ -97,19 +97,8 @@ class Ring(ElectionProtocol):
         persisted: PersistedState | None = None,
     ) -> None:
         super().__init__(settings, rng, now, persisted)
-        self._epoch = persisted.term if persisted else 0
-        self._role = ROLE_FOLLOWER
-        self._leader: str | None = None
-        self._eligible = True
-        self._hold_until = now  # after a stepdown, do not stand before this
-        self._next_heartbeat = float("inf")
-        self._watch = LeaderWatch(settings, rng)
-        self._watch.reset(now)
-        self._backoff = Backoff(settings)
         # hop -> HOP_ACK round trips widen the hop timeout on a slow network
         self._hop_rtt = RttEstimator.for_settings(settings)
-        # with no leader known: when to start the next election
-        self._retry_at = self._watch.deadline()
         self._ring = tuple(m.name for m in sorted(settings.members, key=lambda m: m.id))
         self._ids = {m.name: m.id for m in settings.members}
         self._names = {m.id: m.name for m in settings.members}
@@ -141,18 +130,6 @@ class Ring(ElectionProtocol):
 
     # ---- read-only view -------------------------------------------------
 
-    @property
-    def role(self) -> str:
-        return self._role
-
-    @property
-    def leader(self) -> str | None:
-        return self._leader
-
-    @property
-    def term(self) -> int:
-        return self._epoch
-
     def extra_status(self, now: float) -> dict[str, Any]:
         return {
             "eligible": self._eligible,
@@ -160,11 +137,7 @@ class Ring(ElectionProtocol):
             "suspects": sorted((n for n, until in self._suspects.items() if now < until), key=self._ids.__getitem__),
             "participating": self._participating(now),
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
-            "leader_watch": (
-                self._watch.suspicion_snapshot(now)
-                if self._role == ROLE_FOLLOWER and self._leader is not None
-                else None
-            ),
+            "leader_watch": self._leader_watch_status(now),
             "hop_timeout_ms": round(self._hop_timeout_s() * 1000, 1),
             "election_attempt": self._backoff.attempt,
             "elections_started": self.elections_started,
@@ -598,19 +571,8 @@ class Ring(ElectionProtocol):
         self._backoff.reset()
         return [Promote(self._epoch, reason), LeaderChanged(self._leader, self._epoch)]
 
-    def _to_follower_without_leader(self, now: float, delay_s: float) -> None:
-        self._role = ROLE_FOLLOWER
-        self._leader = None
-        self._retry_at = now + delay_s
-
     def _persist(self) -> Persist:
         return Persist(PersistedState(self._epoch, None))
-
-    def _can_stand(self, now: float) -> bool:
-        return self._eligible and now >= self._hold_until
-
-    def _has_live_leader(self, now: float) -> bool:
-        return self._leader is not None and not self._watch.suspects(now)
 
     # ---- sending ----------------------------------------------------------------
 
@@ -629,14 +591,8 @@ class Ring(ElectionProtocol):
 
     # ---- local requests -----------------------------------------------------------
 
-    def _resign(self, now: float, reason: str, hold_s: float) -> list[Effect]:
-        effects: list[Effect] = []
-        if self._role == ROLE_LEADER:
-            effects += [Demote(self._epoch, reason), LeaderChanged(None, self._epoch)]
-        self._hold_until = now + hold_s
+    def _abandon_election(self) -> None:
         self._end_election()
-        self._to_follower_without_leader(now, hold_s + self.settings.election_timeout_min_s)
-        return effects
 
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
         self._eligible = eligible
