@@ -48,45 +48,26 @@ def test_different_seeds_give_different_runs():
     assert run_seed(1, trace=True).trace != run_seed(2, trace=True).trace
 
 
-@pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_bully_campaign_has_no_violations(chunk):
-    per = max(1, SEEDS // CHUNKS)
-    summary = campaign(range(chunk * per, (chunk + 1) * per), "bully")
-    assert summary.runs == per
-    failures = [f"seed {r.seed}: {r.violations[0]}" for r in summary.failures]
-    assert not failures, failures
-    # the liveness phase really ran and elected someone in (almost) every run
-    assert len(summary.times_to_leader) == per
-    # the campaign saw split brains (partitions), so the faults are real
-    assert summary.split_brain_runs > 0
+# protocol -> whether its campaign must see split brain. Partitions are real
+# faults, so bully and ring (which cannot prevent it) must show some, measured;
+# quorum-lease never has two leaders, partitions or not.
+CAMPAIGNS = {"bully": True, "ring": True, "quorum-lease": False}
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_quorum_lease_campaign_has_no_violations(chunk):
+@pytest.mark.parametrize("protocol", sorted(CAMPAIGNS))
+def test_campaign_has_no_violations(protocol, chunk):
     """Partitions, one-way cuts, loss, spikes, crashes with and without the
-    disk, pauses and clock drift: never two leases, never an uncovered lease,
-    no double vote, no reused token, and a leader after every heal."""
+    disk, pauses and clock drift, judged by the protocol's row of INVARIANTS
+    (ring by bully's), then a leader after every heal."""
     per = max(1, SEEDS // CHUNKS)
-    summary = campaign(range(chunk * per, (chunk + 1) * per), "quorum-lease")
+    summary = campaign(range(chunk * per, (chunk + 1) * per), protocol)
     assert summary.runs == per
     failures = [f"seed {r.seed}: {r.violations[0]}" for r in summary.failures]
     assert not failures, failures
+    # the liveness phase really ran and elected someone in every run
     assert len(summary.times_to_leader) == per
-    # quorum-lease never has two leaders, partitions or not
-    assert summary.split_brain_runs == 0
-
-
-@pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_ring_campaign_has_no_violations(chunk):
-    """Ring is judged by bully's row of INVARIANTS (no partition safety, fencing
-    and settling in clean runs, liveness after heal)."""
-    per = max(1, SEEDS // CHUNKS)
-    summary = campaign(range(chunk * per, (chunk + 1) * per), "ring")
-    assert summary.runs == per
-    failures = [f"seed {r.seed}: {r.violations[0]}" for r in summary.failures]
-    assert not failures, failures
-    assert len(summary.times_to_leader) == per
-    assert summary.split_brain_runs > 0
+    assert (summary.split_brain_runs > 0) == CAMPAIGNS[protocol]
 
 
 @pytest.mark.parametrize("protocol,mutant,rules", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
