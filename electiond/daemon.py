@@ -108,7 +108,8 @@ async def serve(cfg: configmod.Config) -> int:
 
 def cleanup(cfg: configmod.Config) -> int:
     """After the daemon died without demoting, give up what it may have held."""
-    from electiond.hooks import HookRunner, Transition
+    from electiond.hooks import Transition
+    from electiond.runtime import make_hook_runner
     from electiond.state import StateStore
 
     service_result = os.environ.get("SERVICE_RESULT")
@@ -116,21 +117,14 @@ def cleanup(cfg: configmod.Config) -> int:
         log.info("clean stop: the daemon already ran its demote hooks")
         return 0
     try:
-        term = (StateStore(cfg.state_directory).load() or None)
-        term_number = term.term if term else 0
+        persisted = StateStore(cfg.state_directory).load()
+        term_number = persisted.term if persisted else 0
     except StateError:
         term_number = 0
     failures: list[object] = []
 
     async def run() -> None:
-        runner = HookRunner(
-            cfg.hooks,
-            {"ELECTIOND_NODE": cfg.settings.node_name, "ELECTIOND_PROTOCOL": cfg.protocol,
-             "ELECTIOND_CLUSTER": cfg.settings.cluster},
-            lambda result: None if result.ok else failures.append(result),
-            logging.getLogger("electiond.hooks"),
-            token_file=os.path.join(cfg.state_directory, "hooks.token"),
-        )
+        runner = make_hook_runner(cfg, lambda result: None if result.ok else failures.append(result))
         runner.submit(Transition("demote", term_number, None, None, "crash" if service_result else "cleanup"))
         await runner.close()
 

@@ -37,6 +37,27 @@ from electiond.wire import Codec
 log = logging.getLogger("electiond")
 
 
+def node_environment(config: Config) -> dict[str, str]:
+    """What every hook and health script learns about this node."""
+    return {
+        "ELECTIOND_NODE": config.settings.node_name,
+        "ELECTIOND_PROTOCOL": config.protocol,
+        "ELECTIOND_CLUSTER": config.settings.cluster,
+    }
+
+
+def make_hook_runner(config: Config, on_result: Callable[[HookResult], None]) -> HookRunner:
+    """The daemon's hook runner; --cleanup builds the same one, so a crashed
+    daemon's leftover hook processes are found by the same token file."""
+    return HookRunner(
+        config.hooks,
+        node_environment(config),
+        on_result,
+        logging.getLogger("electiond.hooks"),
+        token_file=os.path.join(config.state_directory, "hooks.token"),
+    )
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, handler: Callable[[bytes, tuple[str, int]], None]) -> None:
         self._handler = handler
@@ -100,25 +121,14 @@ class Runtime:
         if self.config.key is None:
             log.warning("no [cluster] key_file: messages are NOT authenticated; any host on the LAN can forge them")
 
-        self.hooks = HookRunner(
-            self.config.hooks,
-            {
-                "ELECTIOND_NODE": self.settings.node_name,
-                "ELECTIOND_PROTOCOL": self.config.protocol,
-                "ELECTIOND_CLUSTER": self.settings.cluster,
-            },
-            self._on_hook_result,
-            logging.getLogger("electiond.hooks"),
-            token_file=os.path.join(self.config.state_directory, "hooks.token"),
-        )
+        self.hooks = make_hook_runner(self.config, self._on_hook_result)
         # A daemon always starts as non-leader: give up whatever a crashed
         # predecessor may have held (a VIP) before standing for election.
         self.hooks.submit(Transition("demote", self.node.protocol.term, None, None, "startup"))
         self.node.record(now, "startup", incarnation=incarnation)
         health = HealthMonitor(
             self.config.health, self._on_health_change, logging.getLogger("electiond.health"),
-            env=dict(os.environ, ELECTIOND_NODE=self.settings.node_name, ELECTIOND_CLUSTER=self.settings.cluster,
-                     ELECTIOND_PROTOCOL=self.config.protocol),
+            env={**os.environ, **node_environment(self.config)},
         )
         if health.enabled:
             self.health = health
@@ -197,8 +207,9 @@ class Runtime:
         self._timer = None
         self._process(lambda now: [])
 
-    def _process(self, handler: Callable[[float], list[Effect]]) -> list[Effect]:
-        """One event: read the clock once, let time pass first, then the event itself."""
+    def _process(self, handler: Callable[[float], list[Effect]]) -> float:
+        """One event: read the clock once, let time pass first, then the event
+        itself. Returns that reading, so answers about the event use it too."""
         assert self.node is not None
         now = time.monotonic()
         effects = self.node.on_tick(now)
@@ -206,7 +217,7 @@ class Runtime:
         more = handler(now)
         self._execute(more, now)
         self._schedule()
-        return effects + more
+        return now
 
     def _schedule(self) -> None:
         assert self.node is not None
@@ -308,8 +319,8 @@ class Runtime:
         if name == "status":
             return self.status()
         if name == "is-leader":
-            self._process(lambda now: [])  # a woken process checks its lease before answering
-            return {"leader": node.is_leader(time.monotonic()), "node": self.settings.node_name}
+            now = self._process(lambda now: [])  # a woken process checks its lease before answering
+            return {"leader": node.is_leader(now), "node": self.settings.node_name}
         if name == "history":
             return [
                 {"ago_s": round(time.monotonic() - h.at, 3), "event": h.event, "term": h.term, **h.detail}
@@ -325,8 +336,7 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         assert self.node is not None and self.codec is not None
-        self._process(lambda now: [])
-        now = time.monotonic()
+        now = self._process(lambda now: [])
         status = self.node.status(now)
         status.update({
             "authenticated": self.codec.authenticated,
