@@ -52,6 +52,10 @@ class Settings:
     backoff_jitter_s: float = 0.05
     # bully: how long a candidate waits for ANSWER from a higher id
     answer_timeout_s: float = 0.1
+    # derived in __post_init__: protocols look members up on every message
+    _by_name: dict[str, Member] = field(init=False, repr=False, compare=False)
+    self_id: int = field(init=False, repr=False, compare=False)
+    quorum: int = field(init=False, repr=False, compare=False)  # a strict majority of the members
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.members]
@@ -59,28 +63,23 @@ class Settings:
             raise ValueError(f"node {self.node_name!r} is not a member")
         if len(set(names)) != len(names) or len({m.id for m in self.members}) != len(names):
             raise ValueError("member names and ids must be unique")
+        by_name = {m.name: m for m in self.members}
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "self_id", by_name[self.node_name].id)
+        object.__setattr__(self, "quorum", len(self.members) // 2 + 1)
 
     @property
     def self_member(self) -> Member:
-        return self.member(self.node_name)
-
-    @property
-    def self_id(self) -> int:
-        return self.self_member.id
-
-    @property
-    def quorum(self) -> int:
-        """A strict majority of the configured members."""
-        return len(self.members) // 2 + 1
+        return self._by_name[self.node_name]
 
     def member(self, name: str) -> Member:
-        for m in self.members:
-            if m.name == name:
-                return m
-        raise KeyError(name)
+        return self._by_name[name]  # KeyError for a stranger
+
+    def is_member(self, name: str) -> bool:
+        return name in self._by_name
 
     def id_of(self, name: str) -> int:
-        return self.member(name).id
+        return self._by_name[name].id
 
     def peers(self) -> tuple[Member, ...]:
         return tuple(m for m in self.members if m.name != self.node_name)

@@ -154,6 +154,18 @@ class QuorumLease(ElectionProtocol):
         self._released_by: tuple[str, int] | None = None
         self._handover: tuple[int, str | None] | None = None  # (term, target) once hooks are done
         self._skip_prevote = False  # picked by a hand-over while we could not stand yet
+        # bound once here (not per message), so a subclass's override still wins
+        self._handlers = {
+            PREVOTE: self._on_prevote,
+            PREVOTE_REPLY: self._on_prevote_reply,
+            REQUEST_VOTE: self._on_request_vote,
+            VOTE: self._on_vote,
+            HEARTBEAT: self._on_heartbeat,
+            HEARTBEAT_ACK: self._on_heartbeat_ack,
+            RELEASE: self._on_release,
+            TIMEOUT_NOW: self._on_timeout_now,
+            TRANSFER_REQUEST: self._on_transfer_request,
+        }
 
     # ---- read-only view -------------------------------------------------
 
@@ -275,28 +287,14 @@ class QuorumLease(ElectionProtocol):
     # ---- messages -----------------------------------------------------------
 
     def on_message(self, msg: Message, now: float) -> list[Effect]:
-        if msg.sender == self.settings.node_name:
-            return []
-        try:
-            self.settings.member(msg.sender)
-        except KeyError:
+        if msg.sender == self.settings.node_name or not self.settings.is_member(msg.sender):
             return []
         # a leader woken from a freeze looks at its lease before anything else
         effects = self._check_lease(now)
         self._last_heard[msg.sender] = now
         if "priority" in msg.body:
             self._peer_priority[msg.sender] = int(msg.body["priority"])
-        handler = {
-            PREVOTE: self._on_prevote,
-            PREVOTE_REPLY: self._on_prevote_reply,
-            REQUEST_VOTE: self._on_request_vote,
-            VOTE: self._on_vote,
-            HEARTBEAT: self._on_heartbeat,
-            HEARTBEAT_ACK: self._on_heartbeat_ack,
-            RELEASE: self._on_release,
-            TIMEOUT_NOW: self._on_timeout_now,
-            TRANSFER_REQUEST: self._on_transfer_request,
-        }.get(msg.kind)
+        handler = self._handlers.get(msg.kind)
         if handler is None:
             return effects
         return effects + handler(msg, now)

@@ -148,7 +148,8 @@ class Checker:
         self.inv = invariants
         self._true_time_of = true_time_of
         self.quorum = settings.quorum
-        self._coverage: dict[int, tuple[float, set[int]]] = {}  # leader -> (need, bound) at its last full check
+        # leader -> (need, bound, its protocol, its lease_until) at its last full check
+        self._coverage: dict[int, tuple[float, set[int], object, float]] = {}
         self._promise_at_crash: dict[int, tuple[str, float]] = {}  # node -> (to whom, true end)
         self.names = names
         self._local_now = local_now
@@ -222,11 +223,23 @@ class Checker:
             return
         for i in sorted(self.role_leaders):
             cached = self._coverage.get(i)
-            if i != j and cached is not None:
-                need, bound = cached
-                if j not in bound or self._bound_until(j, self.names[i]) >= need:
+            if cached is not None:
+                need, bound, proto, lease_until = cached
+                if i != j:
+                    if j not in bound or self._bound_until(j, self.names[i]) >= need:
+                        continue
+                elif t <= need and proto is self._protocol_of(i) and proto.lease_until == lease_until:
+                    # the leader's own input left its lease where it was, and
+                    # it is still inside it: the count made then still holds
+                    # (what binds the others moves only with their inputs)
                     continue
             self._full_coverage_check(t, i)
+
+    def clock_changed(self, t: float, i: int) -> None:
+        """Node i's clock rate changed: the true ends of its lease and promises moved."""
+        if self.role_leaders:
+            self._coverage.pop(i, None)
+            self.check_coverage(t, i)
 
     def _full_coverage_check(self, t: float, i: int) -> None:
         proto = self._protocol_of(i)
@@ -239,7 +252,7 @@ class Checker:
         need = max(t, lease_end) - 1e-9
         leader = self.names[i]
         bound = {k for k in range(len(self.names)) if self._bound_until(k, leader) >= need}
-        self._coverage[i] = (need, bound)
+        self._coverage[i] = (need, bound, proto, proto.lease_until)
         if len(bound) < self.quorum:
             self.violate(
                 t, "lease-uncovered",

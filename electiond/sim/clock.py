@@ -30,9 +30,10 @@ class SimClock:
         ``now < deadline`` and be re-armed forever; step up to the first float
         that really reaches it.
         """
-        t = self._t0 + (local_s - self._local0) / self.rate
+        t0, local0, rate = self._t0, self._local0, self.rate
+        t = t0 + (local_s - local0) / rate
         for _ in range(64):
-            if self.local(t) >= local_s:
+            if local0 + (t - t0) * rate >= local_s:  # local(t), inlined: the checker's hot path
                 return t
             t = math.nextafter(t, math.inf)
         return t

@@ -437,6 +437,8 @@ class Cluster:
         h.clock.set_rate(self.now, rate)
         self.note(f"{h.name} clock rate {rate:.6f}")
         self._rearm(h)
+        if h.node is not None and self.checker.inv.lease_coverage:
+            self.checker.clock_changed(self.now, i)
 
     def partition(self, groups: list[list[int]]) -> None:
         self.links.partition(groups, self.all_indices)
