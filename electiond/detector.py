@@ -93,22 +93,24 @@ class _Window:
         return len(self._samples)
 
     def add(self, gap_s: float) -> None:
-        if len(self._samples) == self._size:
-            old = self._samples.popleft()
+        samples = self._samples
+        maxima = self._maxima
+        if len(samples) == self._size:
+            old = samples.popleft()
             self._sum -= old
             self._sum_sq -= old * old
-            if self._maxima and self._maxima[0] == old:
-                self._maxima.popleft()
-        self._samples.append(gap_s)
+            if maxima[0] == old:
+                maxima.popleft()
+        samples.append(gap_s)
         self._sum += gap_s
         self._sum_sq += gap_s * gap_s
-        while self._maxima and self._maxima[-1] < gap_s:
-            self._maxima.pop()
-        self._maxima.append(gap_s)
+        while maxima and maxima[-1] < gap_s:
+            maxima.pop()
+        maxima.append(gap_s)
         self._since_resum += 1
         if self._since_resum >= self._RESUM_EVERY:
-            self._sum = math.fsum(self._samples)
-            self._sum_sq = math.fsum(x * x for x in self._samples)
+            self._sum = math.fsum(samples)
+            self._sum_sq = math.fsum(x * x for x in samples)
             self._since_resum = 0
 
     def clear(self) -> None:
@@ -128,6 +130,14 @@ class _Window:
 
     def max(self) -> float:
         return self._maxima[0]
+
+    def stats(self) -> tuple[int, float, float, float]:
+        """(count, mean, deviation, max) in one call: the detector's hot path."""
+        n = len(self._samples)
+        if n == 0:
+            return 0, 0.0, 0.0, 0.0
+        mean = self._sum / n
+        return n, mean, math.sqrt(max(0.0, self._sum_sq / n - mean * mean)), self._maxima[0]
 
 
 class LeaderWatch:
@@ -164,6 +174,10 @@ class LeaderWatch:
         self._spread = 1.0
         self._timeout_s = self._fallback_s
         self._z_threshold = _z_for_phi(settings.suspicion_threshold)
+        # fixed by the settings; computed once, used on every heartbeat
+        self._floor_s = max(settings.min_suspicion_timeout_s, FLOOR_INTERVALS * settings.heartbeat_interval_s)
+        self._ceiling_s = max(settings.max_suspicion_timeout_s, self._floor_s)
+        self._min_std_s = MIN_STD_INTERVALS * settings.heartbeat_interval_s
         self.local_pauses = 0  # how many times a local freeze earned a grace period
 
     # ---- inputs -------------------------------------------------------------
@@ -188,7 +202,8 @@ class LeaderWatch:
         self._timeout_s = self._compute_timeout_s()
 
     def heartbeat(self, now: float) -> None:
-        self._locally_paused(now)
+        if self._detect_local_pauses:
+            self._locally_paused(now)
         previous = self._gap_from
         if previous is not None:
             gap_s = now - previous
@@ -267,25 +282,23 @@ class LeaderWatch:
     # ---- internals ----------------------------------------------------------
 
     def floor_s(self) -> float:
-        s = self._settings
-        return max(s.min_suspicion_timeout_s, FLOOR_INTERVALS * s.heartbeat_interval_s)
+        return self._floor_s
 
     def _random_election_timeout(self) -> float:
         s = self._settings
         return self._rng.uniform(s.election_timeout_min_s, s.election_timeout_max_s)
 
     def _std_s(self) -> float:
-        minimum = MIN_STD_INTERVALS * self._settings.heartbeat_interval_s
-        return max(self._window.std(), minimum)
+        return max(self._window.std(), self._min_std_s)
 
     def _compute_timeout_s(self) -> float:
-        if not self.adaptive():
+        n, mean_s, std_s, max_s = self._window.stats()
+        if n < MIN_SAMPLES:
             return self._fallback_s
-        s = self._settings
-        phi_timeout_s = self._window.mean() + self._z_threshold * self._std_s()
-        survived_s = self._survived_gap_margin * self._window.max()
-        timeout_s = max(phi_timeout_s, survived_s, self.floor_s()) * self._spread
-        return min(timeout_s, max(s.max_suspicion_timeout_s, self.floor_s()))
+        phi_timeout_s = mean_s + self._z_threshold * max(std_s, self._min_std_s)
+        survived_s = self._survived_gap_margin * max_s
+        timeout_s = max(phi_timeout_s, survived_s, self._floor_s) * self._spread
+        return min(timeout_s, self._ceiling_s)
 
     def _locally_paused(self, now: float) -> bool:
         """Detect that this node itself was frozen, and grant a grace period.

@@ -215,6 +215,8 @@ class Node:
 
     def _observe(self, effects: list[Effect], now: float) -> list[Effect]:
         for e in effects:
+            if type(e) is Send:
+                continue  # the common case: nothing to record
             if isinstance(e, Promote):
                 self.history.append(HistoryEntry(now, "promote", e.term, {"reason": e.reason}))
             elif isinstance(e, Demote):

@@ -124,7 +124,9 @@ class Bully(EpochProtocol):
             self._epoch = msg.term
             self._epoch_leader = None
             effects.append(self._persist())
-        if msg.kind == ELECTION:
+        if msg.kind == HEARTBEAT:
+            effects += self._on_leader_claim(msg, now)
+        elif msg.kind == ELECTION:
             effects += self._on_election(msg, now)
         elif msg.kind == ANSWER:
             higher = self.settings.id_of(msg.sender) > self.settings.self_id
@@ -136,7 +138,7 @@ class Bully(EpochProtocol):
                 # a follower tells us our epoch is not new: it already saw this
                 # token (or a newer one) from another leader
                 effects += self._reassert()
-        elif msg.kind in (COORDINATOR, HEARTBEAT):
+        elif msg.kind == COORDINATOR:
             effects += self._on_leader_claim(msg, now)
         return effects
 
@@ -152,6 +154,10 @@ class Bully(EpochProtocol):
         return effects
 
     def _on_leader_claim(self, msg: Message, now: float) -> list[Effect]:
+        if self._role == ROLE_FOLLOWER and msg.sender == self._leader:
+            # the usual case by far: our leader's heartbeat
+            self._watch.heartbeat(now)
+            return self._tell_if_stale(msg) + self._maybe_preempt(now)
         sender_id = self.settings.id_of(msg.sender)
         my_id = self.settings.self_id
         if self._role == ROLE_LEADER:
@@ -189,10 +195,7 @@ class Bully(EpochProtocol):
             self._role = ROLE_FOLLOWER
             self._phase = None
             return self._tell_if_stale(msg) + self._follow(msg.sender, now)
-        # follower
-        if msg.sender == self._leader:
-            self._watch.heartbeat(now)
-            return self._tell_if_stale(msg) + self._maybe_preempt(now)
+        # follower of another leader, or of none
         if (
             self._leader is None
             or not self._has_live_leader(now)
@@ -241,8 +244,8 @@ class Bully(EpochProtocol):
         assert self._leader is not None
         if (
             self.settings.preempt
-            and self._can_stand(now)
             and self.settings.id_of(self._leader) < self.settings.self_id
+            and self._can_stand(now)
         ):
             return self._start_election(now)
         return []

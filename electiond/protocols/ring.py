@@ -164,6 +164,8 @@ class Ring(EpochProtocol):
         return 20 * self.settings.election_timeout_max_s
 
     def _expire_suspects(self, now: float) -> None:
+        if not self._suspects:
+            return  # the usual case, on every message and tick
         for name in [n for n, until in self._suspects.items() if now >= until]:
             del self._suspects[name]
 
@@ -186,7 +188,7 @@ class Ring(EpochProtocol):
     # ---- time -------------------------------------------------------------
 
     def deadline(self) -> float:
-        d = min((h.deadline for h in self._pending.values()), default=float("inf"))
+        d = min([h.deadline for h in self._pending.values()]) if self._pending else float("inf")
         if self._join_due:
             d = min(d, self._join_at)
         if self._round_nonce is not None:

@@ -38,6 +38,7 @@ FAULT = 3  # an action the liveness phase cancels
 
 INBOX_LIMIT = 512  # a frozen process's socket buffer: later datagrams are lost
 SPIN_LIMIT = 100  # on_tick calls at one instant before we call it a busy loop
+INF = float("inf")
 
 
 def _fmt_body(body: dict) -> str:
@@ -92,6 +93,7 @@ class Cluster:
         self.index_of = {h.name: h.index for h in self.hosts}
         self.names = [h.name for h in self.hosts]
         self.all_indices = list(range(len(self.hosts)))
+        self._others = [[j for j in self.all_indices if j != i] for i in self.all_indices]  # multicast targets
         self.now = 0.0
         self._queue: list[tuple] = []
         self._seq = 0
@@ -145,34 +147,46 @@ class Cluster:
         heapq.heapify(self._queue)
 
     def run_until(self, t_end: float, stop_on_violation: bool = True) -> None:
+        # the hot loop: locals instead of attribute lookups (a campaign runs
+        # millions of events; see `python -m electiond.sim bench --profile`)
         q = self._queue
-        checker = self.checker
+        pop = heapq.heappop
+        violations = self.checker.violations
         hosts = self.hosts
-        while q and q[0][0] <= t_end:
-            if stop_on_violation and checker.violations:
-                return
-            t, _, kind, a, b = heapq.heappop(q)
-            self.now = t
-            self.events += 1
-            if kind == DELIVER:
-                self._deliver(a, b)
-            elif kind == TIMER:
-                h = hosts[a]
-                if b != h.timer_version or h.node is None or h.paused:
+        deliver = self._deliver
+        tick = self._tick
+        arm = self._arm
+        events = self.events
+        try:
+            while q and q[0][0] <= t_end:
+                if stop_on_violation and violations:
+                    return
+                t, _, kind, a, b = pop(q)
+                self.now = t
+                events += 1
+                if kind == DELIVER:
+                    deliver(a, b)
+                elif kind == TIMER:
+                    h = hosts[a]
+                    if b != h.timer_version or h.node is None or h.paused:
+                        continue
+                    h.timer_true = INF
+                    if h.timer_local > h.clock.local(t):
+                        # the deadline moved later since this entry was queued
+                        # (a heartbeat arrived): not due yet, queue the new time
+                        arm(h, force=True)
+                        continue
+                    tick(h)
+                else:
+                    self.events = events  # an action may read the count
+                    a()
                     continue
-                h.timer_true = float("inf")
-                if h.timer_local > h.clock.local(t):
-                    # the deadline moved later since this entry was queued
-                    # (a heartbeat arrived): not due yet, queue the new time
-                    self._arm(h, force=True)
-                    continue
-                self._tick(h)
-            else:
-                a()
-                continue
-            if self.after_event is not None:
-                self.after_event(t)
-        if not (stop_on_violation and checker.violations):
+                if self.after_event is not None:
+                    self.events = events
+                    self.after_event(t)
+        finally:
+            self.events = events
+        if not (stop_on_violation and violations):
             self.now = max(self.now, t_end)
 
     # ---- node inputs ------------------------------------------------------------
@@ -184,8 +198,8 @@ class Cluster:
             if self.tracing:
                 self.note(f"{msg.sender} → {h.name} {msg.kind} term={msg.term} dropped (host down)")
             return
-        src = self.index_of[msg.sender]
-        if self.links.cut and not self.links.up(src, i):
+        cut = self.links.cut
+        if cut and (self.index_of[msg.sender], i) in cut:
             self.dropped += 1
             if self.tracing:
                 self.note(f"{msg.sender} → {h.name} {msg.kind} term={msg.term} dropped (partition)")
@@ -200,8 +214,7 @@ class Cluster:
         self.delivered += 1
         if self.tracing:
             self.note(f"{msg.sender} → {h.name} {msg.kind} term={msg.term}{_fmt_body(msg.body)}")
-        local = h.clock.local(self.now)
-        effects = h.node.on_message(msg, local)
+        effects = h.node.on_message(msg, h.clock.local(self.now))
         if effects:
             self._carry_out(h, effects)
         self._arm(h)
@@ -210,12 +223,13 @@ class Cluster:
     def _check(self, h: Host) -> None:
         # only a node whose leadership may have changed, or a leader while
         # another node also claims to lead, needs the checker's attention
-        leaders = self.checker.role_leaders
+        checker = self.checker
+        leaders = checker.role_leaders
         if (h.node.protocol.role == ROLE_LEADER) != (h.index in leaders) or len(leaders) > 1:
-            self.checker.after_event(self.now, h.index)
-        if self.checker.inv.lease_coverage and self.checker.role_leaders:
+            checker.after_event(self.now, h.index)
+        if leaders and checker.inv.lease_coverage:
             # any node's input can change what binds it (a vote, a restart)
-            self.checker.check_coverage(self.now, h.index)
+            checker.check_coverage(self.now, h.index)
 
     def _tick(self, h: Host) -> None:
         local = h.clock.local(self.now)
@@ -247,11 +261,11 @@ class Cluster:
         if not force:
             if deadline == h.timer_local:
                 return
-            if deadline > h.timer_local and h.timer_true != float("inf"):
+            if deadline > h.timer_local and h.timer_true != INF:
                 h.timer_local = deadline  # the queued entry comes first
                 return
         h.timer_local = deadline
-        if deadline == float("inf"):
+        if deadline == INF:
             return  # a live entry, if any, will find nothing due
         t = h.clock.true_time_of(deadline)
         if t < self.now:
@@ -260,7 +274,8 @@ class Cluster:
             return
         h.timer_version += 1
         h.timer_true = t
-        self._push(t, TIMER, h.index, h.timer_version)
+        self._seq += 1
+        heapq.heappush(self._queue, (t, self._seq, TIMER, h.index, h.timer_version))
 
     def _rearm(self, h: Host) -> None:
         """The clock's rate changed or the host resumed: the armed timer's true time moved."""
@@ -326,7 +341,7 @@ class Cluster:
     def _send(self, h: Host, e: Send) -> None:
         msg = Message(e.kind, h.name, e.term, e.body, e.to)
         if e.to is None:
-            targets = [j for j in self.all_indices if j != h.index]
+            targets = self._others[h.index]
         else:
             j = self.index_of.get(e.to)
             if j is None or j == h.index:
@@ -337,7 +352,7 @@ class Cluster:
         rng = self.net_rng
         links = self.links
         for j in targets:
-            if links.cut and not links.up(h.index, j):
+            if links.cut and (h.index, j) in links.cut:
                 self.dropped += 1
                 if self.tracing:
                     self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (partition)")
@@ -349,7 +364,8 @@ class Cluster:
                 if self.tracing:
                     self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (loss)")
                 continue
-            self._push(self._arrival(net, rng, h.index, j), DELIVER, j, msg)
+            self._seq += 1
+            heapq.heappush(self._queue, (self._arrival(net, rng, h.index, j), self._seq, DELIVER, j, msg))
             if net.duplicate and rng.random() < net.duplicate:
                 self._push(self._arrival(net, rng, h.index, j), DELIVER, j, msg)
 
