@@ -204,6 +204,20 @@ class LeaderWatch:
     def heartbeat(self, now: float) -> None:
         if self._detect_local_pauses:
             self._locally_paused(now)
+        self._learn(now)
+        self._timeout_s = self._compute_timeout_s()
+
+    def heartbeats(self, arrivals: list[float]) -> None:
+        """Several heartbeats at once, for a watch that does not detect local
+        pauses (status views): the same state as one heartbeat() each, with
+        the timeout computed once at the end."""
+        if self._detect_local_pauses:
+            raise ValueError("batched heartbeats would hide local pauses")
+        for now in arrivals:
+            self._learn(now)
+        self._timeout_s = self._compute_timeout_s()
+
+    def _learn(self, now: float) -> None:
         previous = self._gap_from
         if previous is not None:
             gap_s = now - previous
@@ -215,7 +229,6 @@ class LeaderWatch:
         self._gap_from = now
         self._anchor = now
         self._last_local = now
-        self._timeout_s = self._compute_timeout_s()
 
     def note_local_activity(self, now: float) -> None:
         """Optional: tell the watch this node is running at ``now``.
@@ -332,24 +345,41 @@ class PeerWatches:
         self._rng = rng
         self._names = {m.name for m in settings.peers()}
         self._watches: dict[str, LeaderWatch] = {}
+        # arrivals noted but not yet fed to the watches: beacons come all the
+        # time, status is asked for rarely, and a batch computes the timeout
+        # once; bounded so that a daemon nobody queries does not grow
+        self._pending: dict[str, list[float]] = {}
 
     def observe(self, peer: str, now: float) -> None:
         if peer not in self._names:
             return
-        watch = self._watches.get(peer)
-        if watch is None:
-            watch = LeaderWatch(self._settings, self._rng, detect_local_pauses=False)
-            self._watches[peer] = watch
-            watch.reset(now, peer)
-        watch.heartbeat(now)
+        arrivals = self._pending.get(peer)
+        if arrivals is None:
+            self._pending[peer] = [now]
+            if peer not in self._watches:
+                # created now, in arrival order, so the random spreads are
+                # drawn in the same order as if fed one by one
+                watch = LeaderWatch(self._settings, self._rng, detect_local_pauses=False)
+                self._watches[peer] = watch
+                watch.reset(now, peer)
+        else:
+            arrivals.append(now)
+            if len(arrivals) >= WINDOW_SIZE:
+                self._feed(peer)
 
     def forget(self, peer: str, now: float) -> None:
         """The peer stopped sending periodically on purpose (it stepped down)."""
+        self._pending.pop(peer, None)
         self._watches.pop(peer, None)
 
     def snapshot(self, now: float) -> dict[str, dict[str, Any]]:
         """peer name -> LeaderWatch.suspicion_snapshot(now), for peers heard from."""
+        for peer in list(self._pending):
+            self._feed(peer)
         return {name: w.suspicion_snapshot(now) for name, w in sorted(self._watches.items())}
+
+    def _feed(self, peer: str) -> None:
+        self._watches[peer].heartbeats(self._pending.pop(peer))
 
 
 class Backoff:

@@ -139,7 +139,8 @@ class Node:
         return effects
 
     def deadline(self) -> float:
-        return min(self.protocol.deadline(), self._next_presence)
+        d = self.protocol.deadline()
+        return d if d < self._next_presence else self._next_presence
 
     def transfer(self, target: str | None, now: float) -> list[Effect]:
         return self._observe(self.protocol.transfer(target, now), now)

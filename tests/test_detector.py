@@ -466,3 +466,39 @@ def test_peer_watches_show_each_periodic_sender():
     assert pw.snapshot(4.0)["b"]["local_pauses"] == 0
     pw.forget("b", 2.1)
     assert set(pw.snapshot(2.1)) == {"a"}
+
+
+def test_batched_heartbeats_leave_the_same_state_as_one_at_a_time():
+    # PeerWatches notes beacon arrivals and feeds them in batches: the status
+    # it shows must be what feeding them one by one would show, outages included
+    s = make_settings()
+    arrivals = [0.0]
+    rng = random.Random(7)
+    for _ in range(2500):
+        gap = rng.choice([IV, IV, IV * 1.1, IV * 0.9, IV * 3, 2.5])  # 2.5 s: longer than the ceiling
+        arrivals.append(arrivals[-1] + gap)
+    one = det.LeaderWatch(s, random.Random(1), detect_local_pauses=False)
+    batch = det.LeaderWatch(s, random.Random(1), detect_local_pauses=False)
+    one.reset(0.0, "L")
+    batch.reset(0.0, "L")
+    for t in arrivals:
+        one.heartbeat(t)
+    batch.heartbeats(arrivals[:1000])
+    batch.heartbeats(arrivals[1000:])
+    now = arrivals[-1] + 0.07
+    assert batch.suspicion_snapshot(now) == one.suspicion_snapshot(now)
+    assert batch.deadline() == one.deadline()
+    with pytest.raises(ValueError):
+        det.LeaderWatch(s, random.Random(1)).heartbeats([1.0])
+
+
+def test_peer_watches_batch_beacons_until_asked():
+    s = Settings(cluster="t", node_name="f", members=(Member("f", 1), Member("a", 2)))
+    lazy = det.PeerWatches(s, random.Random(3))
+    direct = det.LeaderWatch(s, random.Random(3), detect_local_pauses=False)
+    direct.reset(IV, "a")
+    for k in range(1, 2 * det.WINDOW_SIZE + 10):  # past the bound: fed in between
+        lazy.observe("a", k * IV)
+        direct.heartbeat(k * IV)
+    now = (2 * det.WINDOW_SIZE + 10) * IV
+    assert lazy.snapshot(now)["a"] == direct.suspicion_snapshot(now)

@@ -106,10 +106,19 @@ def invariants_for(protocol: str) -> InvariantSet:
         raise ValueError(f"no invariants registered for protocol {protocol!r} (add a row to sim.checker.INVARIANTS)")
 
 
+_LEASE_VIEWS: dict[type, bool] = {}  # protocol class -> shows lease and promises
+
+
 def _has_lease_views(proto: object) -> bool:
     """lease_coverage judges protocols that show their lease and promises
     (quorum-lease); judging another protocol by the lease row skips it."""
-    return proto is not None and hasattr(proto, "promise") and hasattr(proto, "lease_until")
+    cls = type(proto)
+    views = _LEASE_VIEWS.get(cls)
+    if views is None:
+        views = _LEASE_VIEWS[cls] = (
+            proto is not None and hasattr(proto, "promise") and hasattr(proto, "lease_until")
+        )
+    return views
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +160,8 @@ class Checker:
         # leader -> (need, bound, its protocol, its lease_until) at its last full check
         self._coverage: dict[int, tuple[float, set[int], object, float]] = {}
         self._promise_at_crash: dict[int, tuple[str, float]] = {}  # node -> (to whom, true end)
+        # node -> (its protocol, promise, quarantine_until) when last looked at
+        self._raw_binding: dict[int, tuple[object, tuple[str | None, float], float]] = {}
         self.names = names
         self._local_now = local_now
         self._running = running
@@ -216,17 +227,19 @@ class Checker:
         """lease_coverage, after node j handled an input (or restarted).
 
         Only the leader's own inputs move the end of its claim, and only
-        node j's inputs change what binds j; so unless j is a leader, or j
-        was one of the nodes that covered a leader at its last full check
-        and no longer does, nothing needs recounting."""
+        node j's inputs change what binds j; so unless j is a leader whose
+        lease moved, or j covered a leader at its last full check and what
+        binds j may have shrunk since, nothing needs recounting."""
         if not self._coverage_on():
             return
-        for i in sorted(self.role_leaders):
+        grown = self._binding_grew(j)
+        leaders = self.role_leaders
+        for i in sorted(leaders) if len(leaders) > 1 else list(leaders):
             cached = self._coverage.get(i)
             if cached is not None:
                 need, bound, proto, lease_until = cached
                 if i != j:
-                    if j not in bound or self._bound_until(j, self.names[i]) >= need:
+                    if grown or j not in bound or self._bound_until(j, self.names[i]) >= need:
                         continue
                 elif t <= need and proto is self._protocol_of(i) and proto.lease_until == lease_until:
                     # the leader's own input left its lease where it was, and
@@ -235,8 +248,33 @@ class Checker:
                     continue
             self._full_coverage_check(t, i)
 
+    def _binding_grew(self, j: int) -> bool:
+        """Did what binds node j only stay or grow since it was last looked at?
+
+        Compares the raw promise and quarantine (on j's own clock) with the
+        last ones seen; true times are needed only when they shrank, when j
+        restarted or when j's clock changed rate (``clock_changed`` forgets)."""
+        proto = self._protocol_of(j)
+        if proto is None:
+            self._raw_binding.pop(j, None)
+            return True  # down: bound to everyone until it restarts quarantined
+        if not _has_lease_views(proto):
+            return False
+        promise = proto.promise
+        quarantine = proto.quarantine_until
+        before = self._raw_binding.get(j)
+        self._raw_binding[j] = (proto, promise, quarantine)
+        return (
+            before is not None
+            and before[0] is proto
+            and before[1][0] == promise[0]
+            and promise[1] >= before[1][1]
+            and quarantine >= before[2]
+        )
+
     def clock_changed(self, t: float, i: int) -> None:
         """Node i's clock rate changed: the true ends of its lease and promises moved."""
+        self._raw_binding.pop(i, None)
         if self.role_leaders:
             self._coverage.pop(i, None)
             self.check_coverage(t, i)
@@ -252,6 +290,8 @@ class Checker:
         need = max(t, lease_end) - 1e-9
         leader = self.names[i]
         bound = {k for k in range(len(self.names)) if self._bound_until(k, leader) >= need}
+        for k in bound:
+            self._binding_grew(k)  # the baseline later inputs of k are compared with
         self._coverage[i] = (need, bound, proto, proto.lease_until)
         if len(bound) < self.quorum:
             self.violate(
@@ -277,6 +317,7 @@ class Checker:
         """Crashed or frozen: it leads nothing any more."""
         if i in self.role_leaders:
             self.role_leaders.discard(i)
+            self._coverage.pop(i, None)  # what bound others meanwhile went unwatched
             self._update_split(t)
 
     def disk_wiped(self, i: int) -> None:
@@ -374,6 +415,7 @@ class Checker:
             self.role_leaders.add(i)
         elif i in self.role_leaders:
             self.role_leaders.discard(i)
+            self._coverage.pop(i, None)
         else:
             return
         self._update_split(t)

@@ -350,9 +350,11 @@ class Cluster:
             targets = [j]
         net = self.network
         rng = self.net_rng
-        links = self.links
+        cut = self.links.cut
+        src = h.index
+        queue = self._queue
         for j in targets:
-            if links.cut and (h.index, j) in links.cut:
+            if cut and (src, j) in cut:
                 self.dropped += 1
                 if self.tracing:
                     self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (partition)")
@@ -365,9 +367,9 @@ class Cluster:
                     self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (loss)")
                 continue
             self._seq += 1
-            heapq.heappush(self._queue, (self._arrival(net, rng, h.index, j), self._seq, DELIVER, j, msg))
+            heapq.heappush(queue, (self._arrival(net, rng, src, j), self._seq, DELIVER, j, msg))
             if net.duplicate and rng.random() < net.duplicate:
-                self._push(self._arrival(net, rng, h.index, j), DELIVER, j, msg)
+                self._push(self._arrival(net, rng, src, j), DELIVER, j, msg)
 
     def _arrival(self, net: NetworkModel, rng: random.Random, src: int, dst: int) -> float:
         delay_s = net.delay_s(rng)
