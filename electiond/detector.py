@@ -308,10 +308,9 @@ class LeaderWatch:
         n, mean_s, std_s, max_s = self._window.stats()
         if n < MIN_SAMPLES:
             return self._fallback_s
-        phi_timeout_s = mean_s + self._z_threshold * max(std_s, self._min_std_s)
-        survived_s = self._survived_gap_margin * max_s
-        timeout_s = max(phi_timeout_s, survived_s, self._floor_s) * self._spread
-        return min(timeout_s, self._ceiling_s)
+        phi_timeout_s = mean_s + self._z_threshold * (std_s if std_s > self._min_std_s else self._min_std_s)
+        timeout_s = max(phi_timeout_s, self._survived_gap_margin * max_s, self._floor_s) * self._spread
+        return timeout_s if timeout_s < self._ceiling_s else self._ceiling_s
 
     def _locally_paused(self, now: float) -> bool:
         """Detect that this node itself was frozen, and grant a grace period.
@@ -322,7 +321,8 @@ class LeaderWatch:
         """
         if not self._detect_local_pauses:
             return False
-        late_s = now - max(self._last_local, self.deadline())
+        deadline = self._anchor + self._timeout_s
+        late_s = now - (self._last_local if self._last_local > deadline else deadline)
         if late_s <= LOCAL_PAUSE_TIMEOUTS * self._timeout_s:
             return False
         self.local_pauses += 1

@@ -297,7 +297,7 @@ class QuorumLease(ElectionProtocol):
         handler = self._handlers.get(msg.kind)
         if handler is None:
             return effects
-        return effects + handler(msg, now)
+        return effects + handler(msg, now) if effects else handler(msg, now)
 
     # pre-vote: non-binding, changes no term, persists nothing
     def _on_prevote(self, msg: Message, now: float) -> list[Effect]:
@@ -534,6 +534,8 @@ class QuorumLease(ElectionProtocol):
         return waits[needed - 1] / 1000.0
 
     def _cancel_prevote(self) -> None:
+        if self._prevote_round == -1 and self._phase_deadline == INF:
+            return  # nothing under way (every heartbeat comes through here)
         self._phase_deadline = INF
         self._prevote_round = -1
         self._prevote_grants = set()

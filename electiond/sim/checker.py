@@ -162,6 +162,8 @@ class Checker:
         self._promise_at_crash: dict[int, tuple[str, float]] = {}  # node -> (to whom, true end)
         # node -> (its protocol, promise, quarantine_until) when last looked at
         self._raw_binding: dict[int, tuple[object, tuple[str | None, float], float]] = {}
+        nodes = range(len(names))
+        self._leader_first = [[i, *(k for k in nodes if k != i)] for i in nodes]
         self.names = names
         self._local_now = local_now
         self._running = running
@@ -289,9 +291,15 @@ class Checker:
         lease_end = self._true_time_of(i, proto.lease_until)
         need = max(t, lease_end) - 1e-9
         leader = self.names[i]
-        bound = {k for k in range(len(self.names)) if self._bound_until(k, leader) >= need}
-        for k in bound:
-            self._binding_grew(k)  # the baseline later inputs of k are compared with
+        # a quorum of bound nodes is all the claim needs, and all that later
+        # inputs must be watched for: stop counting there (the leader first)
+        bound: set[int] = set()
+        for k in self._leader_first[i]:
+            if self._bound_until(k, leader) >= need:
+                bound.add(k)
+                self._binding_grew(k)  # the baseline later inputs of k are compared with
+                if len(bound) == self.quorum:
+                    break
         self._coverage[i] = (need, bound, proto, proto.lease_until)
         if len(bound) < self.quorum:
             self.violate(
