@@ -188,18 +188,22 @@ class Ring(EpochProtocol):
     # ---- time -------------------------------------------------------------
 
     def deadline(self) -> float:
-        d = min([h.deadline for h in self._pending.values()]) if self._pending else float("inf")
-        if self._join_due:
-            d = min(d, self._join_at)
         if self._round_nonce is not None:
-            return min(d, self._round_deadline)
-        if self._role == ROLE_LEADER:
-            return min(d, self._next_heartbeat)
-        if self._leader is not None:
-            return min(d, self._watch.deadline())
-        if self._part_key is not None:
-            return min(d, max(self._retry_at, self._part_until))
-        return min(d, self._retry_at)
+            d = self._round_deadline
+        elif self._role == ROLE_LEADER:
+            d = self._next_heartbeat
+        elif self._leader is not None:
+            d = self._watch.deadline()
+        elif self._part_key is not None:
+            d = max(self._retry_at, self._part_until)
+        else:
+            d = self._retry_at
+        # hop retransmissions and a pending JOIN come on top (rarely any)
+        if self._pending:
+            d = min(d, *[h.deadline for h in self._pending.values()])
+        if self._join_due and self._join_at < d:
+            d = self._join_at
+        return d
 
     def on_tick(self, now: float) -> list[Effect]:
         self._expire_suspects(now)
@@ -278,7 +282,9 @@ class Ring(EpochProtocol):
         if msg.term > self._epoch:
             self._epoch = msg.term
             effects.append(self._persist())
-        if msg.kind == HOP_ACK:
+        if msg.kind == HEARTBEAT:  # by far the most common
+            effects += self._on_claim(msg.sender, msg.term, now)
+        elif msg.kind == HOP_ACK:
             hop = self._pending.get(msg.body.get("hop"))  # type: ignore[arg-type]
             if hop is not None and hop.target == msg.sender:
                 del self._pending[msg.body["hop"]]
@@ -293,8 +299,6 @@ class Ring(EpochProtocol):
             if msg.body.get("hop") is not None:
                 effects.append(self._send(HOP_ACK, {"hop": msg.body["hop"]}, to=msg.sender))
             effects += self._on_coordinator(msg, prior_epoch, now)
-        elif msg.kind == HEARTBEAT:
-            effects += self._on_claim(msg.sender, msg.term, now)
         # JOIN: hearing it was all it took (the sender is no longer suspect)
         if self._role != ROLE_LEADER and self._leader not in (None, me):
             # following someone at this epoch (perhaps re-elected under it): never fence with it
@@ -548,9 +552,9 @@ class Ring(EpochProtocol):
         assert self._leader is not None
         if (
             self.settings.preempt
-            and self._can_stand(now)
             and self._ids[self._leader] < self.settings.self_id
             and now >= self._retry_at
+            and self._can_stand(now)
         ):
             return self._start_election(now)
         return []

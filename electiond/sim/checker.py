@@ -156,6 +156,8 @@ class Checker:
     ) -> None:
         self.inv = invariants
         self._true_time_of = true_time_of
+        # needs the hosts' clocks (true_time_of); a driver without them skips it
+        self._coverage_enabled = invariants.lease_coverage and true_time_of is not None
         self.quorum = settings.quorum
         # leader -> (need, bound, its protocol, its lease_until) at its last full check
         self._coverage: dict[int, tuple[float, set[int], object, float]] = {}
@@ -197,14 +199,10 @@ class Checker:
     def violate(self, t: float, rule: str, detail: str) -> None:
         self.violations.append(Violation(t, rule, detail))
 
-    def _coverage_on(self) -> bool:
-        # needs the hosts' clocks (true_time_of); a driver without them skips it
-        return self.inv.lease_coverage and self._true_time_of is not None
-
     def crashing(self, t: float, i: int) -> None:
         """Node i is about to crash: remember the promise it may forget."""
         proto = self._protocol_of(i)
-        if not self._coverage_on() or not _has_lease_views(proto):
+        if not self._coverage_enabled or not _has_lease_views(proto):
             return
         to, until = proto.promise
         end = self._true_time_of(i, until)
@@ -232,11 +230,11 @@ class Checker:
         node j's inputs change what binds j; so unless j is a leader whose
         lease moved, or j covered a leader at its last full check and what
         binds j may have shrunk since, nothing needs recounting."""
-        if not self._coverage_on():
+        if not self._coverage_enabled:
             return
         grown = self._binding_grew(j)
         leaders = self.role_leaders
-        for i in sorted(leaders) if len(leaders) > 1 else list(leaders):
+        for i in sorted(leaders) if len(leaders) > 1 else leaders:
             cached = self._coverage.get(i)
             if cached is not None:
                 need, bound, proto, lease_until = cached
