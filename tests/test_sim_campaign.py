@@ -110,3 +110,22 @@ def test_cli_clean_campaign_exits_zero_with_summary():
 
 def test_cli_rejects_unknown_protocol():
     assert _cli("--protocol", "paxos", "--seeds", "1").returncode == 2
+
+
+def test_campaign_in_worker_processes_gives_the_same_summary():
+    serial = campaign(range(10), "ring")
+    parallel = campaign(range(10), "ring", jobs=2)
+    assert parallel.runs == serial.runs == 10
+    assert parallel.events == serial.events
+    assert parallel.times_to_leader == serial.times_to_leader
+    assert parallel.split_brain_runs == serial.split_brain_runs
+    assert parallel.sim_s == pytest.approx(serial.sim_s)
+    assert parallel.run_s > 0 and parallel.speedup_per_process() > 0
+
+
+def test_cli_with_jobs_reports_a_mutant_with_its_seed():
+    out = _cli("--protocol", "bully", "--seeds", "40", "--jobs", "2", "--variant", "tests.sim_mutants:NeverYieldBully")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "with 2 jobs" in out.stdout
+    assert "reproduce with: python -m electiond.sim --protocol bully --seed" in out.stdout
+    assert _cli("--protocol", "bully", "--seeds", "2", "--jobs", "0").returncode == 2

@@ -1,5 +1,6 @@
 """The simulator's parts, each driven directly."""
 
+import os
 import random
 
 import pytest
@@ -287,3 +288,16 @@ def test_bench_runs_a_steady_cluster_with_one_leader():
     # 5 nodes, 50 ms heartbeats: at least 20 s * 20 heartbeats * 4 deliveries
     assert r["events"] >= 20 * 20 * 4
     assert r["x_real_time_cpu"] > 0
+
+
+def test_bench_cli_reports_the_median_of_repeated_runs():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-m", "electiond.sim", "bench", "--protocol", "ring", "--seconds", "5", "--repeat", "3"],
+        capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": root}, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "over 3 runs" in out.stdout and "violations=0" in out.stdout and "leader=['n5']" in out.stdout

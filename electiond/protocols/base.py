@@ -56,6 +56,7 @@ class Settings:
     _by_name: dict[str, Member] = field(init=False, repr=False, compare=False)
     self_id: int = field(init=False, repr=False, compare=False)
     quorum: int = field(init=False, repr=False, compare=False)  # a strict majority of the members
+    _follower_promise_s: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.members]
@@ -67,6 +68,9 @@ class Settings:
         object.__setattr__(self, "_by_name", by_name)
         object.__setattr__(self, "self_id", by_name[self.node_name].id)
         object.__setattr__(self, "quorum", len(self.members) // 2 + 1)
+        rho = self.clock_drift_ppm / 1e6
+        epsilon_s = max(0.001, 0.05 * self.lease_s)
+        object.__setattr__(self, "_follower_promise_s", self.lease_s * (1 + rho) / (1 - rho) + epsilon_s)
 
     @property
     def self_member(self) -> Member:
@@ -89,10 +93,9 @@ class Settings:
 
         L_f >= L*(1+rho)/(1-rho) + eps, so that even if the follower's clock
         runs fast and the leader's slow by rho, the promise outlasts the lease.
+        (Computed once in __post_init__: every heartbeat ack renews a promise.)
         """
-        rho = self.clock_drift_ppm / 1e6
-        epsilon_s = max(0.001, 0.05 * self.lease_s)
-        return self.lease_s * (1 + rho) / (1 - rho) + epsilon_s
+        return self._follower_promise_s
 
 
 @dataclass(frozen=True, slots=True)

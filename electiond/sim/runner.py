@@ -222,8 +222,40 @@ class CampaignSummary:
     def mean_time_to_leader_s(self) -> float | None:
         return sum(self.times_to_leader) / len(self.times_to_leader) if self.times_to_leader else None
 
+    # seconds the runs themselves took, summed over worker processes: with
+    # --jobs the wall clock shrinks, this does not
+    run_s: float = 0.0
+
     def speedup(self) -> float:
+        """Simulated seconds per wall second for the whole campaign (all workers)."""
         return self.sim_s / self.wall_s if self.wall_s > 0 else float("inf")
+
+    def speedup_per_process(self) -> float:
+        """Simulated seconds per second of one process: the simulator's own speed."""
+        return self.sim_s / self.run_s if self.run_s > 0 else float("inf")
+
+    def add(self, r: RunResult) -> None:
+        self.runs += 1
+        self.sim_s += r.sim_s
+        self.events += r.events
+        if r.time_to_leader_s is not None:
+            self.times_to_leader.append(r.time_to_leader_s)
+        if r.split_brain_intervals:
+            self.split_brain_runs += 1
+            self.split_brain_total_s += sum(b - a for a, b in r.split_brain_intervals)
+        if r.violations:
+            self.failures.append(r)
+
+    def merge(self, other: CampaignSummary) -> None:
+        """Add a worker's share; the caller merges shares in seed order."""
+        self.runs += other.runs
+        self.failures += other.failures
+        self.times_to_leader += other.times_to_leader
+        self.sim_s += other.sim_s
+        self.events += other.events
+        self.split_brain_runs += other.split_brain_runs
+        self.split_brain_total_s += other.split_brain_total_s
+        self.run_s += other.run_s
 
 
 def campaign(
@@ -233,24 +265,53 @@ def campaign(
     registry: Mapping[str, type[ElectionProtocol]] | None = None,
     invariants: InvariantSet | None = None,
     stop_at_first: bool = False,
+    jobs: int = 1,
 ) -> CampaignSummary:
+    """Run ``seeds``; with ``jobs`` > 1, in that many worker processes.
+
+    Each seed's run is the same wherever it runs, and shares are merged in
+    seed order, so the summary does not depend on ``jobs`` (but for the wall
+    time). ``stop_at_first`` stops a worker at its first failure; the first
+    failure by seed is then still the first of the whole campaign's seeds only
+    when ``jobs`` is 1.
+    """
+    seeds = list(seeds)
+    start = _time.perf_counter()
+    if jobs > 1 and len(seeds) > 1:
+        summary = _campaign_in_workers(seeds, protocol, size, registry, invariants, stop_at_first, jobs)
+    else:
+        summary = _campaign_here(seeds, protocol, size, registry, invariants, stop_at_first)
+    summary.wall_s = _time.perf_counter() - start
+    return summary
+
+
+def _campaign_here(seeds, protocol, size, registry, invariants, stop_at_first) -> CampaignSummary:
     summary = CampaignSummary(protocol)
     start = _time.perf_counter()
     for seed in seeds:
         r = run_seed(seed, protocol, size, registry, invariants)
-        summary.runs += 1
-        summary.sim_s += r.sim_s
-        summary.events += r.events
-        if r.time_to_leader_s is not None:
-            summary.times_to_leader.append(r.time_to_leader_s)
-        if r.split_brain_intervals:
-            summary.split_brain_runs += 1
-            summary.split_brain_total_s += sum(b - a for a, b in r.split_brain_intervals)
-        if r.violations:
-            summary.failures.append(r)
-            if stop_at_first:
-                break
-    summary.wall_s = _time.perf_counter() - start
+        summary.add(r)
+        if r.violations and stop_at_first:
+            break
+    summary.run_s = _time.perf_counter() - start
+    return summary
+
+
+def _campaign_in_workers(seeds, protocol, size, registry, invariants, stop_at_first, jobs) -> CampaignSummary:
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    # small interleaved shares keep the workers evenly loaded (runs differ
+    # in length by cluster size and faults) and are merged back in seed order
+    share = max(1, min(25, len(seeds) // (4 * jobs)))
+    shares = [seeds[k:k + share] for k in range(0, len(seeds), share)]
+    summary = CampaignSummary(protocol)
+    # spawn, not fork: the caller may have threads (pytest plugins, asyncio)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_campaign_here, s, protocol, size, registry, invariants, stop_at_first) for s in shares]
+        for f in futures:
+            summary.merge(f.result())
+    summary.failures.sort(key=lambda r: r.seed)
     return summary
 
 
