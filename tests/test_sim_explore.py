@@ -9,7 +9,7 @@ from electiond.sim.explore import Explorer, state_key
 from electiond.sim.runner import with_variant
 from tests.sim_mutants import EagerBully, EagerRing
 
-DEPTH = int(os.environ.get("ELECTIOND_SIM_EXPLORE_DEPTH", "6"))
+DEPTH = int(os.environ.get("ELECTIOND_SIM_EXPLORE_DEPTH", "7"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
