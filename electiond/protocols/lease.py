@@ -556,7 +556,7 @@ class QuorumLease(ElectionProtocol):
         self._leader = None
         self._sent_at = {}
         self._granted_at = {}
-        self._lost_votes: set[str] = set()
+        self._lost_votes = set()
         self._phase_deadline = now + self._election_round_s()
         effects: list[Effect] = self._persist()  # before the request leaves
         return effects + self._send_vote_requests(now) + self._maybe_win(now)

@@ -489,7 +489,7 @@ class Ring(EpochProtocol):
         epoch = self._epoch + 1
         coordinator = {"leader": winner, "origin": me, "ids": ids}
         self._last_coordinator = (me, epoch)
-        effects: list[Effect] = []
+        effects = []
         if winner == me:
             self._epoch = epoch
             effects += [self._persist(), self._send(COORDINATOR, {**coordinator, "hop": None})]
