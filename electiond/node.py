@@ -129,7 +129,8 @@ class Node:
         if msg.kind == PRESENCE:
             self.peer_watches.observe(msg.sender, now)
             return []
-        return self._observe(self.protocol.on_message(msg, now), now)
+        effects = self.protocol.on_message(msg, now)
+        return self._observe(effects, now) if effects else effects
 
     def on_tick(self, now: float) -> list[Effect]:
         effects = self._observe(self.protocol.on_tick(now), now)
