@@ -40,6 +40,9 @@ def test_unknown_commands_and_late_header_lines_are_errors():
         run_scenario("nodes 3\nadvance 1s\nnodes 5\n")
     with pytest.raises(ScenarioError, match="no node"):
         run_scenario("nodes 3\ncrash n9\n")
+    # derived from the others (quorum from the members): not a knob
+    with pytest.raises(ScenarioError, match="no field 'quorum'"):
+        run_scenario("nodes 3\nset quorum 1\n")
 
 
 def test_settings_lines_reach_the_protocol():

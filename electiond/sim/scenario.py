@@ -165,7 +165,7 @@ class Scenario:
             elif verb == "priority":
                 self.priorities[w[1]] = int(w[2])
             else:
-                types = {f.name: str(f.type) for f in fields(Settings)}
+                types = {f.name: str(f.type) for f in fields(Settings) if f.init}  # not the derived ones
                 if w[1] not in types:
                     raise ValueError(f"Settings has no field {w[1]!r}")
                 self.knobs[w[1]] = _setting_value(types[w[1]], w[2])
