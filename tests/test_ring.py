@@ -175,6 +175,48 @@ def test_chang_roberts_swallows_a_lower_initiator_and_forwards_a_higher():
     assert r.elections_completed == 0
 
 
+def test_a_forwarder_stands_aside_only_for_what_is_left_of_the_lap():
+    # n3 forwards n5's election as the 4th member on its path (5, 1, 2, then
+    # us): two hops remain (n4, then back to n5). If n5 died meanwhile, its
+    # election must not silence lower ones for a whole round (sim seed 6063)
+    r = ring("n3", election_timeout_max_s=0.3)
+    now = 0.5
+    fwd = r.on_message(election("n5", 9, [5, 1, 2], [5, 1, 2], sender="n2"), now)
+    assert [s.kind for s in sends(fwd)] == [HOP_ACK, ELECTION]
+    r.on_message(Message(HOP_ACK, "n4", 0, {"hop": sends(fwd, ELECTION)[0].body["hop"]}, None), now + 0.01)
+    stand_aside_s = 0.3 + 2 * HOP_S * 2  # election_timeout_max + HOP_TRIES x hop timeout x 2 hops
+    assert r.deadline() == pytest.approx(now + stand_aside_s)
+    # a lower election within that time dies here (Chang–Roberts) ...
+    early = r.on_message(election("n1", 3, [1], [1, 2], sender="n2"), now + stand_aside_s - 0.01)
+    assert sends(early, ELECTION) == []
+    # ... after it, n5's election is presumed dead and the lower one goes on
+    late = r.on_message(election("n1", 4, [1], [1, 2], sender="n2"), now + stand_aside_s + 0.01)
+    assert len(sends(late, ELECTION)) == 1
+    # a full round would have been 0.3 + 2 x 0.125 x 5 = 1.55 s
+    assert stand_aside_s < 0.3 + 2 * HOP_S * len(MEMBERS)
+
+
+@pytest.mark.parametrize("initiator,kept", [("n5", True), ("n2", False)])
+def test_a_leaders_reminder_does_not_drop_a_preempting_election_in_flight(initiator, kept):
+    # n1 follows n3 and passes an election on to n2, which does not ack. The
+    # sitting leader's reminder COORDINATOR (it answered some lower election)
+    # must not end an election whose initiator outranks it (sim seed 21259);
+    # a lower initiator's election it does end
+    r = ring("n1", preempt=True)
+    r.on_message(coordinator("n3", "n3", 2, ids=[1, 2, 3]), 0.1)
+    assert r.leader == "n3"
+    path = [5, 4] if initiator == "n5" else [2, 3, 4, 5]
+    fwd = r.on_message(election(initiator, 7, path, path, sender="n5"), 0.2)
+    (hop,) = sends(fwd, ELECTION)
+    assert hop.to == "n2"
+    r.on_message(coordinator("n3", "n3", 2, ids=[], sender="n3"), 0.21)
+    assert r.leader == "n3"
+    retry = sends(r.on_tick(0.2 + HOP_S), ELECTION)
+    assert bool(retry) == kept
+    if kept:
+        assert retry[0].to == "n2" and retry[0].body["hop"] == hop.body["hop"]
+
+
 def test_a_duplicate_election_is_not_forwarded_twice():
     r = ring("n3")
     first = r.on_message(election("n1", 5, [1, 2], [1, 2]), 0.5)
