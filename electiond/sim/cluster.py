@@ -198,8 +198,7 @@ class Cluster:
             if self.tracing:
                 self.note(f"{msg.sender} → {h.name} {msg.kind} term={msg.term} dropped (host down)")
             return
-        cut = self.links.cut
-        if cut and (self.index_of[msg.sender], i) in cut:
+        if self.links.cut and not self.links.up(self.index_of[msg.sender], i):
             self.dropped += 1
             if self.tracing:
                 self.note(f"{msg.sender} → {h.name} {msg.kind} term={msg.term} dropped (partition)")
@@ -274,8 +273,7 @@ class Cluster:
             return
         h.timer_version += 1
         h.timer_true = t
-        self._seq += 1
-        heapq.heappush(self._queue, (t, self._seq, TIMER, h.index, h.timer_version))
+        self._push(t, TIMER, h.index, h.timer_version)
 
     def _rearm(self, h: Host) -> None:
         """The clock's rate changed or the host resumed: the armed timer's true time moved."""
@@ -350,11 +348,10 @@ class Cluster:
             targets = [j]
         net = self.network
         rng = self.net_rng
-        cut = self.links.cut
+        links = self.links
         src = h.index
-        queue = self._queue
         for j in targets:
-            if cut and (src, j) in cut:
+            if links.cut and not links.up(src, j):
                 self.dropped += 1
                 if self.tracing:
                     self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (partition)")
@@ -366,8 +363,7 @@ class Cluster:
                 if self.tracing:
                     self.note(f"{h.name} → {self.names[j]} {e.kind} term={e.term} dropped (loss)")
                 continue
-            self._seq += 1
-            heapq.heappush(queue, (self._arrival(net, rng, src, j), self._seq, DELIVER, j, msg))
+            self._push(self._arrival(net, rng, src, j), DELIVER, j, msg)
             if net.duplicate and rng.random() < net.duplicate:
                 self._push(self._arrival(net, rng, src, j), DELIVER, j, msg)
 
