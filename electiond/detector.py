@@ -121,12 +121,10 @@ class _Window:
         self._since_resum = 0
 
     def mean(self) -> float:
-        return self._sum / len(self._samples)
+        return self.stats()[1]
 
     def std(self) -> float:
-        n = len(self._samples)
-        mean = self._sum / n
-        return math.sqrt(max(0.0, self._sum_sq / n - mean * mean))
+        return self.stats()[2]
 
     def max(self) -> float:
         return self._maxima[0]
@@ -321,8 +319,7 @@ class LeaderWatch:
         """
         if not self._detect_local_pauses:
             return False
-        deadline = self._anchor + self._timeout_s
-        late_s = now - (self._last_local if self._last_local > deadline else deadline)
+        late_s = now - max(self._last_local, self.deadline())
         if late_s <= LOCAL_PAUSE_TIMEOUTS * self._timeout_s:
             return False
         self.local_pauses += 1

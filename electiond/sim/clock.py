@@ -30,10 +30,9 @@ class SimClock:
         ``now < deadline`` and be re-armed forever; step up to the first float
         that really reaches it.
         """
-        t0, local0, rate = self._t0, self._local0, self.rate
-        t = t0 + (local_s - local0) / rate
+        t = self._t0 + (local_s - self._local0) / self.rate
         for _ in range(64):
-            if local0 + (t - t0) * rate >= local_s:  # local(t), inlined: the checker's hot path
+            if self.local(t) >= local_s:
                 return t
             t = math.nextafter(t, math.inf)
         return t
