@@ -72,10 +72,6 @@ class Settings:
         epsilon_s = max(0.001, 0.05 * self.lease_s)
         object.__setattr__(self, "_follower_promise_s", self.lease_s * (1 + rho) / (1 - rho) + epsilon_s)
 
-    @property
-    def self_member(self) -> Member:
-        return self._by_name[self.node_name]
-
     def member(self, name: str) -> Member:
         return self._by_name[name]  # KeyError for a stranger
 
