@@ -27,7 +27,7 @@ import math
 import random
 from collections import deque
 from statistics import NormalDist
-from typing import Any
+from typing import Any, ClassVar
 
 from electiond.protocols.base import Settings
 
@@ -238,8 +238,6 @@ class LeaderWatch:
         self._locally_paused(now)
         self._last_local = max(self._last_local, now)
 
-    note_tick = note_local_activity
-
     # ---- queries ------------------------------------------------------------
 
     def timeout_s(self) -> float:
@@ -409,9 +407,9 @@ class RttEstimator:
     sent more than once, since it cannot tell which copy was answered.
     """
 
-    ALPHA = 1 / 8
-    BETA = 1 / 4
-    K = 4.0
+    ALPHA: ClassVar[float] = 1 / 8
+    BETA: ClassVar[float] = 1 / 4
+    K: ClassVar[float] = 4.0
 
     def __init__(self, initial_s: float, min_s: float, max_s: float) -> None:
         if not 0.0 < min_s <= max_s:

@@ -220,7 +220,7 @@ def test_note_local_activity_measures_a_pause_from_the_last_wakeup():
     t = 100 * IV
     w.note_local_activity(t + 0.02)
     assert w.local_pauses == 0 and w.deadline() == pytest.approx(t + w.timeout_s())
-    w.note_tick(t + 5.0)  # frozen 5 s
+    w.note_local_activity(t + 5.0)  # frozen 5 s
     assert w.local_pauses == 1
     assert not w.suspects(t + 5.0)
 

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
 
 from electiond.protocols.base import ROLE_FOLLOWER, ROLE_LEADER, Member, Settings
+from electiond.protocols.lease import QuorumLease
 from electiond.sim.checker import BULLY_INVARIANTS, LEASE_INVARIANTS, Checker
 
 NAMES = ["n1", "n2", "n3"]
 SETTINGS = Settings(cluster="c", node_name="n1", members=tuple(Member(n, i) for i, n in enumerate(NAMES, 1)))
 
 
-@dataclass
-class Stub:
-    """Just the views the checker reads from a quorum-lease node."""
+class Stub(QuorumLease):
+    """A quorum-lease node whose views (what the checker reads) the test sets.
 
-    promise: tuple = (None, float("-inf"))
-    quarantine_until: float = float("-inf")
-    lease_until: float = float("-inf")
-    role: str = ROLE_FOLLOWER
-    settings: Settings = field(default=SETTINGS)
+    The checker judges QuorumLease instances only, so the stand-in is one,
+    with the views shadowed by plain attributes."""
+
+    promise = (None, float("-inf"))
+    quarantine_until = float("-inf")
+    lease_until = float("-inf")
+    role = ROLE_FOLLOWER
+
+    def __init__(self, promise=(None, float("-inf")), quarantine_until=float("-inf"), lease_until=float("-inf"),
+                 role=ROLE_FOLLOWER):
+        super().__init__(SETTINGS, random.Random(0), 0.0)
+        self.promise = promise
+        self.quarantine_until = quarantine_until
+        self.lease_until = lease_until
+        self.role = role
 
     def is_leader(self, now: float) -> bool:
         return self.role == ROLE_LEADER and now < self.lease_until - self.settings.lease_guard_s

@@ -12,7 +12,16 @@ from __future__ import annotations
 import abc
 import random
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, ClassVar, TypeVar, Union
+
+_C = TypeVar("_C", bound=type)
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # without mypy installed (the daemon, the .deb) nothing is compiled
+
+    def mypyc_attr(*args: object, **kwargs: object) -> Callable[[_C], _C]:  # type: ignore[misc]
+        return lambda cls: cls
 
 ROLE_LEADER = "leader"
 ROLE_FOLLOWER = "follower"
@@ -94,15 +103,29 @@ class Settings:
         return self._follower_promise_s
 
 
-@dataclass(frozen=True, slots=True)
+# Message and Send are built on every delivery. Their __init__ is written out
+# because mypyc compiles it to direct slot stores, where the one dataclass
+# generates stays interpreted: 7x faster compiled, the same speed interpreted.
+# (mypyc turns object.__setattr__ spelt out, not an alias of it, into a store.)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Message:
     """A decoded, authenticated protocol message (the wire envelope's payload)."""
 
     kind: str
     sender: str
     term: int
-    body: dict[str, Any] = field(default_factory=dict)
-    recipient: str | None = None
+    body: dict[str, Any]
+    recipient: str | None
+
+    def __init__(self, kind: str, sender: str, term: int, body: dict[str, Any] | None = None,
+                 recipient: str | None = None) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "sender", sender)
+        object.__setattr__(self, "term", term)
+        object.__setattr__(self, "body", {} if body is None else body)
+        object.__setattr__(self, "recipient", recipient)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +139,20 @@ class PersistedState:
 # ---- effects -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Send:
     """Send a message; ``to=None`` means the multicast group."""
 
     kind: str
     term: int
-    body: dict[str, Any] = field(default_factory=dict)
-    to: str | None = None
+    body: dict[str, Any]
+    to: str | None
+
+    def __init__(self, kind: str, term: int, body: dict[str, Any] | None = None, to: str | None = None) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "term", term)
+        object.__setattr__(self, "body", {} if body is None else body)
+        object.__setattr__(self, "to", to)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +202,13 @@ class CommandError(Exception):
     """A local request (transfer, stepdown) that cannot be carried out now."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # see the protocols that derive from it
 class ElectionProtocol(abc.ABC):
     """The interface every protocol implements. All methods are pure."""
 
-    name: str = ""
+    name: ClassVar[str] = ""
     # message kind -> {body field: type}; wire.py checks incoming bodies against it
-    MESSAGE_SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {}
+    MESSAGE_SCHEMAS: ClassVar[dict[str, dict[str, type | tuple[type, ...]]]] = {}
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ from electiond.protocols.base import (
     Promote,
     Send,
     Settings,
+    mypyc_attr,
     SplitBrain,
 )
 from electiond.protocols.epoch import EpochProtocol
@@ -41,6 +42,8 @@ _ELECTING = "electing"  # waiting for ANSWER from a higher id
 _ANSWERED = "answered"  # a higher id answered: waiting for its COORDINATOR
 
 
+# mutants (tests/*_mutants.py, --variant) subclass it, also under scripts/sim
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Bully(EpochProtocol):
     name = "bully"
     MESSAGE_SCHEMAS = {ELECTION: {}, ANSWER: {}, COORDINATOR: {}, HEARTBEAT: {}}

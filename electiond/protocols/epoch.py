@@ -21,9 +21,11 @@ from electiond.protocols.base import (
     LeaderChanged,
     PersistedState,
     Settings,
+    mypyc_attr,
 )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # see Bully and Ring
 class EpochProtocol(ElectionProtocol):
     def __init__(
         self,

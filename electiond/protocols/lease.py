@@ -69,6 +69,7 @@ from electiond.protocols.base import (
     Promote,
     Send,
     Settings,
+    mypyc_attr,
 )
 
 PREVOTE = "PREVOTE"
@@ -94,6 +95,8 @@ PHASE_INELIGIBLE = "ineligible"
 INF = float("inf")
 
 
+# mutants (tests/*_mutants.py, --variant) subclass it, also under scripts/sim
+@mypyc_attr(allow_interpreted_subclasses=True)
 class QuorumLease(ElectionProtocol):
     name = "quorum-lease"
     MESSAGE_SCHEMAS = {

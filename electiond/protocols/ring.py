@@ -44,6 +44,7 @@ from electiond.protocols.base import (
     Promote,
     Send,
     Settings,
+    mypyc_attr,
     SplitBrain,
 )
 from electiond.protocols.epoch import EpochProtocol
@@ -77,6 +78,8 @@ class _Hop:
     resent: bool = False  # Karn's rule: an ack to a resent hop says nothing about the RTT
 
 
+# mutants (tests/*_mutants.py, --variant) subclass it, also under scripts/sim
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Ring(EpochProtocol):
     name = "ring"
     MESSAGE_SCHEMAS = {

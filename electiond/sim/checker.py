@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from electiond.protocols.base import ROLE_LEADER, PersistedState, Settings
+from electiond.protocols.base import ROLE_LEADER, ElectionProtocol, PersistedState, Settings
+from electiond.protocols.lease import QuorumLease
 
 
 def _bully_round_s(s: Settings) -> float:
@@ -106,19 +107,15 @@ def invariants_for(protocol: str) -> InvariantSet:
         raise ValueError(f"no invariants registered for protocol {protocol!r} (add a row to sim.checker.INVARIANTS)")
 
 
-_LEASE_VIEWS: dict[type, bool] = {}  # protocol class -> shows lease and promises
+def _no_true_time(i: int, local: float) -> float:
+    raise AssertionError("lease coverage needs the hosts' clocks (true_time_of)")
 
 
-def _has_lease_views(proto: object) -> bool:
-    """lease_coverage judges protocols that show their lease and promises
-    (quorum-lease); judging another protocol by the lease row skips it."""
-    cls = type(proto)
-    views = _LEASE_VIEWS.get(cls)
-    if views is None:
-        views = _LEASE_VIEWS[cls] = (
-            proto is not None and hasattr(proto, "promise") and hasattr(proto, "lease_until")
-        )
-    return views
+def _lease_views(proto: ElectionProtocol | None) -> QuorumLease | None:
+    """lease_coverage judges the protocol that shows its lease and promises
+    (quorum-lease, mutants included); judging another protocol by the lease
+    row skips it."""
+    return proto if isinstance(proto, QuorumLease) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,19 +148,19 @@ class Checker:
         names: list[str],
         local_now: Callable[[int, float], float],
         running: Callable[[int], bool],
-        protocol_of: Callable[[int], object],
+        protocol_of: Callable[[int], ElectionProtocol | None],
         true_time_of: Callable[[int, float], float] | None = None,
     ) -> None:
         self.inv = invariants
-        self._true_time_of = true_time_of
+        self._true_time_of = true_time_of if true_time_of is not None else _no_true_time
         # needs the hosts' clocks (true_time_of); a driver without them skips it
         self._coverage_enabled = invariants.lease_coverage and true_time_of is not None
         self.quorum = settings.quorum
         # leader -> (need, bound, its protocol, its lease_until) at its last full check
-        self._coverage: dict[int, tuple[float, set[int], object, float]] = {}
+        self._coverage: dict[int, tuple[float, set[int], QuorumLease, float]] = {}
         self._promise_at_crash: dict[int, tuple[str, float]] = {}  # node -> (to whom, true end)
         # node -> (its protocol, promise, quarantine_until) when last looked at
-        self._raw_binding: dict[int, tuple[object, tuple[str | None, float], float]] = {}
+        self._raw_binding: dict[int, tuple[QuorumLease, tuple[str | None, float], float]] = {}
         nodes = range(len(names))
         self._leader_first = [[i, *(k for k in nodes if k != i)] for i in nodes]
         self.names = names
@@ -201,8 +198,8 @@ class Checker:
 
     def crashing(self, t: float, i: int) -> None:
         """Node i is about to crash: remember the promise it may forget."""
-        proto = self._protocol_of(i)
-        if not self._coverage_enabled or not _has_lease_views(proto):
+        proto = _lease_views(self._protocol_of(i))
+        if not self._coverage_enabled or proto is None:
             return
         to, until = proto.promise
         end = self._true_time_of(i, until)
@@ -212,8 +209,7 @@ class Checker:
     def booted(self, t: float, i: int) -> None:
         """Node i restarted: it must still honour what it promised before."""
         before = self._promise_at_crash.pop(i, None)
-        proto = self._protocol_of(i)
-        if before is None or not _has_lease_views(proto) or before[1] <= t:
+        if before is None or _lease_views(self._protocol_of(i)) is None or before[1] <= t:
             return
         to, end = before
         if self._bound_until(i, to) < end - 1e-9:
@@ -254,11 +250,12 @@ class Checker:
         Compares the raw promise and quarantine (on j's own clock) with the
         last ones seen; true times are needed only when they shrank, when j
         restarted or when j's clock changed rate (``clock_changed`` forgets)."""
-        proto = self._protocol_of(j)
-        if proto is None:
+        running = self._protocol_of(j)
+        if running is None:
             self._raw_binding.pop(j, None)
             return True  # down: bound to everyone until it restarts quarantined
-        if not _has_lease_views(proto):
+        proto = _lease_views(running)
+        if proto is None:
             return False
         promise = proto.promise
         quarantine = proto.quarantine_until
@@ -280,8 +277,8 @@ class Checker:
             self.check_coverage(t, i)
 
     def _full_coverage_check(self, t: float, i: int) -> None:
-        proto = self._protocol_of(i)
-        if not _has_lease_views(proto) or not proto.is_leader(self._local_now(i, t)):
+        proto = _lease_views(self._protocol_of(i))
+        if proto is None or not proto.is_leader(self._local_now(i, t)):
             self._coverage.pop(i, None)
             return
         # the lease itself, not just the claim (which ends a guard earlier):
@@ -308,10 +305,11 @@ class Checker:
 
     def _bound_until(self, j: int, leader: str) -> float:
         """True time until which node j grants no vote to anyone but ``leader``."""
-        proto = self._protocol_of(j)
-        if proto is None:
+        running = self._protocol_of(j)
+        if running is None:
             return float("inf")  # down: no vote until it restarts, then quarantined
-        if not _has_lease_views(proto):
+        proto = _lease_views(running)
+        if proto is None:
             return float("-inf")
         to, until = proto.promise
         bound = self._true_time_of(j, proto.quarantine_until)
@@ -429,7 +427,11 @@ class Checker:
     # ---- checks -----------------------------------------------------------
 
     def leaders_at(self, t: float) -> list[int]:
-        return [i for i in sorted(self.role_leaders) if self._protocol_of(i).is_leader(self._local_now(i, t))]
+        return [i for i in sorted(self.role_leaders) if self._leads(i, t)]
+
+    def _leads(self, i: int, t: float) -> bool:
+        proto = self._protocol_of(i)
+        return proto is not None and proto.is_leader(self._local_now(i, t))
 
     def _update_split(self, t: float) -> None:
         if len(self.role_leaders) < 2:

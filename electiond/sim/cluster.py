@@ -108,7 +108,7 @@ class Cluster:
             self.names,
             local_now=lambda i, t: self.hosts[i].clock.local(t),
             running=self.running,
-            protocol_of=lambda i: self.hosts[i].node.protocol if self.hosts[i].node is not None else None,
+            protocol_of=self._protocol_of,
             true_time_of=lambda i, local: self.hosts[i].clock.true_time_of(local),
         )
         self.checker.schedule = self.at
@@ -213,7 +213,9 @@ class Cluster:
         self.delivered += 1
         if self.tracing:
             self.note(f"{msg.sender} → {h.name} {msg.kind} term={msg.term}{_fmt_body(msg.body)}")
-        effects = h.node.on_message(msg, h.clock.local(self.now))
+        node = h.node
+        assert node is not None  # only a running host receives
+        effects = node.on_message(msg, h.clock.local(self.now))
         if effects:
             self._carry_out(h, effects)
         self._arm(h)
@@ -224,15 +226,23 @@ class Cluster:
         # another node also claims to lead, needs the checker's attention
         checker = self.checker
         leaders = checker.role_leaders
-        if (h.node.protocol.role == ROLE_LEADER) != (h.index in leaders) or len(leaders) > 1:
+        node = h.node
+        assert node is not None
+        if (node.protocol.role == ROLE_LEADER) != (h.index in leaders) or len(leaders) > 1:
             checker.after_event(self.now, h.index)
         if leaders and checker.inv.lease_coverage:
             # any node's input can change what binds it (a vote, a restart)
             checker.check_coverage(self.now, h.index)
 
+    def _protocol_of(self, i: int) -> ElectionProtocol | None:
+        node = self.hosts[i].node
+        return node.protocol if node is not None else None
+
     def _tick(self, h: Host) -> None:
         local = h.clock.local(self.now)
-        effects = h.node.on_tick(local)
+        node = h.node
+        assert node is not None
+        effects = node.on_tick(local)
         if self.tracing and effects:
             self.note(f"{h.name} tick")
         if effects:
@@ -256,7 +266,9 @@ class Cluster:
         one. Followers push their deadline on every heartbeat, so this saves
         most queue traffic.
         """
-        deadline = h.node.deadline()
+        node = h.node
+        assert node is not None
+        deadline = node.deadline()
         if not force:
             if deadline == h.timer_local:
                 return
@@ -316,6 +328,7 @@ class Cluster:
         when they finished (quorum-lease hands over only then)."""
         lo, hi = self.demote_hook_s
         node = h.node
+        assert node is not None
         self.at(self.now + self.net_rng.uniform(lo, hi), lambda: self._demote_hooks_done(h, node))
 
     def _demote_hooks_done(self, h: Host, node: Node) -> None:
@@ -330,7 +343,9 @@ class Cluster:
         h.pending_done = False
         if self.tracing:
             self.note(f"{h.name} demote hooks done")
-        effects = h.node.demote_hooks_done(h.clock.local(self.now))
+        node = h.node
+        assert node is not None
+        effects = node.demote_hooks_done(h.clock.local(self.now))
         if effects:
             self._carry_out(h, effects)
         self._arm(h)
