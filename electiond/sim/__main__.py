@@ -1,4 +1,4 @@
-"""python -m electiond.sim [campaign options] | explore ... | scenario FILE... | bench ...
+"""python -m electiond.sim [campaign options] | explore ... | scenario FILE... | bench ... | native-build
 
 Campaign: run seeds, print a summary, exit 1 if any run broke an invariant,
 printing the failing seed's trace tail and the command that replays it.
@@ -37,6 +37,7 @@ def _reproduce(a: argparse.Namespace, seed: int) -> str:
 
 
 def main_campaign(argv: list[str]) -> int:
+    from electiond.sim.native import build_kind
     from electiond.sim.runner import campaign, run_seed, with_variant
 
     a = _campaign_args(argv)
@@ -65,7 +66,8 @@ def main_campaign(argv: list[str]) -> int:
         f"mean_time_to_leader={'n/a' if mean is None else f'{mean * 1000:.1f}ms'} "
         f"simulated={summary.sim_s:.1f}s wall={summary.wall_s:.1f}s "
         f"speed={summary.speedup_per_process():.0f}x real time per process"
-        f"{f', {summary.speedup():.0f}x with {a.jobs} jobs' if a.jobs > 1 else ''} events={summary.events}"
+        f"{f', {summary.speedup():.0f}x with {a.jobs} jobs' if a.jobs > 1 else ''} events={summary.events} "
+        f"build={build_kind()}"
     )
     print(
         f"split brain (measured; asserted only for runs without partitions or loss): "
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         from electiond.sim.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "native-build":
+        from electiond.sim.native import main as native_main
+
+        return native_main(argv[1:])
     if argv and argv[0] == "scenario":
         from electiond.sim.scenario import main as scenario_main
 

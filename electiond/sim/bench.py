@@ -17,6 +17,7 @@ import time as _time
 from electiond.protocols.base import Member, Settings
 from electiond.sim.checker import invariants_for
 from electiond.sim.cluster import Cluster
+from electiond.sim.native import build_kind
 from electiond.sim.network import NetworkModel
 
 
@@ -72,6 +73,6 @@ def main(argv: list[str]) -> int:
         f"events={r['events']} wall={statistics.median(x['wall_s'] for x in runs):.2f}s "
         f"cpu={statistics.median(x['cpu_s'] for x in runs):.2f}s "
         f"speed={statistics.median(wall):.0f}x real time (wall){spread}, {statistics.median(cpu):.0f}x (cpu) "
-        f"leader={r['leaders']} violations={max(x['violations'] for x in runs)}"
+        f"leader={r['leaders']} violations={max(x['violations'] for x in runs)} build={build_kind()}"
     )
     return 1 if any(x["violations"] for x in runs) else 0

@@ -450,6 +450,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--crashes", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=60.0)
     a = p.parse_args(argv)
+    from electiond.sim.native import build_kind
+
+    if build_kind() != "interpreted":
+        # worlds are copied by pickling, and mypyc's classes cannot be rebuilt
+        # blank (their __new__ runs __init__); say so rather than crash
+        print(f"explore needs the interpreted simulator (this one is {build_kind()}): "
+              f"run python -m electiond.sim explore ...", file=sys.stderr)
+        return 2
     ex = Explorer(a.protocol, a.nodes, a.seed, a.drops, a.dups, a.crashes)
     r = ex.run(a.depth, a.budget_s)
     print(

@@ -1,0 +1,83 @@
+"""The compiled simulator (scripts/sim) runs the same source as the interpreted one.
+
+One test, so that pytest-xdist builds once: compile a copy with mypyc, then
+run the same seeds of every protocol both ways in child processes and compare
+the traces byte for byte. A mutant must still be caught compiled (the
+checker did not go blind), and the explorer, which cannot run compiled, must
+say so rather than crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from electiond.sim import native
+
+ROOT = native.package_source_root()
+WHY_NOT = native.mypyc_available()
+SEEDS = int(os.environ.get("ELECTIOND_SIM_NATIVE_SEEDS", "12"))
+
+DIGESTS = """
+import hashlib, json, sys
+from electiond.sim.native import build_kind
+from electiond.sim.runner import run_seed
+out = {"build": build_kind()}
+for proto in ("bully", "ring", "quorum-lease"):
+    for seed in range(int(sys.argv[1])):
+        r = run_seed(seed, proto, None, None, trace=True)
+        out[f"{proto} {seed}"] = [hashlib.sha256("\\n".join(r.trace).encode()).hexdigest(), len(r.violations)]
+print(json.dumps(out))
+"""
+
+
+def _run(build: Path | None, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    # -P: the working directory must not put the interpreted source ahead of the build
+    path = [str(build), str(ROOT)] if build else [str(ROOT)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    return subprocess.run([sys.executable, "-P", *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, check=False)
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=f"cannot compile the simulator here: {WHY_NOT}")
+def test_compiled_simulator_traces_like_the_interpreted_one(tmp_path):
+    build = native.build(tmp_path / "sim-native")
+
+    interpreted = _run(None, "-c", DIGESTS, str(SEEDS))
+    compiled = _run(build, "-c", DIGESTS, str(SEEDS))
+    assert interpreted.returncode == 0, interpreted.stderr
+    assert compiled.returncode == 0, compiled.stderr
+    a, b = json.loads(interpreted.stdout), json.loads(compiled.stdout)
+    assert a.pop("build") == "interpreted"
+    assert b.pop("build") == "mypyc"
+    assert len(a) == 3 * SEEDS
+    assert a == b, [k for k in a if a[k] != b.get(k)]
+
+    bench = _run(build, "-m", "electiond.sim", "bench", "--protocol", "quorum-lease", "--seconds", "30")
+    assert bench.returncode == 0, bench.stderr
+    assert "violations=0 build=mypyc" in bench.stdout
+
+    # a leader that never steps down when its lease runs out: caught compiled too
+    mutant = _run(build, "-m", "electiond.sim", "--protocol", "quorum-lease", "--seeds", "40",
+                  "--variant", "tests.lease_mutants:LeaderIgnoresLeaseExpiry")
+    assert mutant.returncode == 1, mutant.stdout + mutant.stderr
+    assert "build=mypyc" in mutant.stdout
+    assert "reproduce with: python -m electiond.sim --protocol quorum-lease --seed" in mutant.stdout
+
+    explore = _run(build, "-m", "electiond.sim", "explore", "--depth", "2")
+    assert explore.returncode == 2
+    assert "explore needs the interpreted simulator" in explore.stderr
+
+
+def test_the_build_refuses_to_compile_into_the_source_tree():
+    if WHY_NOT is not None:
+        with pytest.raises(native.BuildError, match="cannot|not installed|compiler"):
+            native.build(ROOT)
+        return
+    with pytest.raises(native.BuildError, match="must not be the source tree"):
+        native.build(ROOT)
