@@ -27,35 +27,35 @@ import math
 import random
 from collections import deque
 from statistics import NormalDist
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from electiond.protocols.base import Settings
 
 # 1000 heartbeats: 50 s at the default 50 ms, long enough to remember a
 # periodic stall (GC, cron, backup) that recurs every few tens of seconds
-WINDOW_SIZE = 1000
+WINDOW_SIZE: Final = 1000
 # below this many samples the mean and deviation mean little: use the
 # configured randomized election timeout instead
-MIN_SAMPLES = 8
+MIN_SAMPLES: Final = 8
 # a perfectly regular LAN has a deviation near zero, which would make phi a
 # step function; Akka uses the same kind of lower bound
-MIN_STD_INTERVALS = 0.1
+MIN_STD_INTERVALS: Final = 0.1
 # one lost heartbeat plus a 10 % late next one must not condemn a leader
-FLOOR_INTERVALS = 2.2
+FLOOR_INTERVALS: Final = 2.2
 # margin over the largest inter-arrival gap still in the window. 1.5 is what
 # the measurement (sim/DETECTOR.md) chose: one lost heartbeat in the window
 # (a 2-interval gap) then tolerates two in a row; larger margins buy few more
 # false-alarm reductions under heavy-tailed delay at a clear latency cost
-SURVIVED_GAP_MARGIN = 1.5
+SURVIVED_GAP_MARGIN: Final = 1.5
 # each timeout is stretched by U(0, SPREAD) so that followers watching the same
 # leader do not all suspect it, and start elections, at the same instant
-SPREAD_FRACTION = 0.1
+SPREAD_FRACTION: Final = 0.1
 # the shell sleeps until deadline(); waking later than that by more than this
 # many timeouts means this node itself was frozen (SIGSTOP, VM pause, a starved
 # event loop), so the silence it measured says nothing about the peer
-LOCAL_PAUSE_TIMEOUTS = 1.0
+LOCAL_PAUSE_TIMEOUTS: Final = 1.0
 # phi for elapsed times so far in the tail that the float survival is 0
-_PHI_MAX = 1e6
+_PHI_MAX: Final = 1e6
 
 _STD_NORMAL = NormalDist()
 

@@ -10,7 +10,7 @@ import dataclasses
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Final, Mapping
 
 from electiond.detector import PeerWatches
 from electiond.protocols.base import (
@@ -37,13 +37,13 @@ PROTOCOLS: dict[str, type[ElectionProtocol]] = {
     Ring.name: Ring,
 }
 
-HISTORY_LENGTH = 200
+HISTORY_LENGTH: Final = 200
 # DESIGN §6: more than this many leadership changes in an hour is flapping
-FLAP_CHANGES_PER_HOUR = 2
-FLAP_WINDOW_S = 3600.0
+FLAP_CHANGES_PER_HOUR: Final = 2
+FLAP_WINDOW_S: Final = 3600.0
 # Followers in bully and ring send nothing while all is well; a slow presence
 # beacon lets every member's table say who is alive.
-PRESENCE = "PRESENCE"
+PRESENCE: Final = "PRESENCE"
 
 
 @dataclass(frozen=True, slots=True)

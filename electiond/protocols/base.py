@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, TypeVar, Union
+from typing import Any, Callable, ClassVar, Final, TypeVar, Union
 
 _C = TypeVar("_C", bound=type)
 
@@ -23,9 +23,9 @@ except ImportError:  # without mypy installed (the daemon, the .deb) nothing is 
     def mypyc_attr(*args: object, **kwargs: object) -> Callable[[_C], _C]:  # type: ignore[misc]
         return lambda cls: cls
 
-ROLE_LEADER = "leader"
-ROLE_FOLLOWER = "follower"
-ROLE_CANDIDATE = "candidate"
+ROLE_LEADER: Final = "leader"
+ROLE_FOLLOWER: Final = "follower"
+ROLE_CANDIDATE: Final = "candidate"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ leaders hear each other the lower id yields and the event is reported.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Final
 
 from electiond.detector import RttEstimator
 from electiond.protocols.base import (
@@ -33,13 +33,13 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.epoch import EpochProtocol
 
-ELECTION = "ELECTION"
-ANSWER = "ANSWER"
-COORDINATOR = "COORDINATOR"
-HEARTBEAT = "HEARTBEAT"
+ELECTION: Final = "ELECTION"
+ANSWER: Final = "ANSWER"
+COORDINATOR: Final = "COORDINATOR"
+HEARTBEAT: Final = "HEARTBEAT"
 
-_ELECTING = "electing"  # waiting for ANSWER from a higher id
-_ANSWERED = "answered"  # a higher id answered: waiting for its COORDINATOR
+_ELECTING: Final = "electing"  # waiting for ANSWER from a higher id
+_ANSWERED: Final = "answered"  # a higher id answered: waiting for its COORDINATOR
 
 
 # mutants (tests/*_mutants.py, --variant) subclass it, also under scripts/sim

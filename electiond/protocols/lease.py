@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, Final
 
 from electiond.detector import Backoff, LeaderWatch
 from electiond.protocols.base import (
@@ -72,27 +72,27 @@ from electiond.protocols.base import (
     mypyc_attr,
 )
 
-PREVOTE = "PREVOTE"
-PREVOTE_REPLY = "PREVOTE_REPLY"
-REQUEST_VOTE = "REQUEST_VOTE"
-VOTE = "VOTE"
-HEARTBEAT = "LEASE_HEARTBEAT"  # distinct from bully/ring HEARTBEAT: other body
-HEARTBEAT_ACK = "LEASE_ACK"
-RELEASE = "RELEASE"
-TIMEOUT_NOW = "TIMEOUT_NOW"
-TRANSFER_REQUEST = "TRANSFER_REQUEST"
+PREVOTE: Final = "PREVOTE"
+PREVOTE_REPLY: Final = "PREVOTE_REPLY"
+REQUEST_VOTE: Final = "REQUEST_VOTE"
+VOTE: Final = "VOTE"
+HEARTBEAT: Final = "LEASE_HEARTBEAT"  # distinct from bully/ring HEARTBEAT: other body
+HEARTBEAT_ACK: Final = "LEASE_ACK"
+RELEASE: Final = "RELEASE"
+TIMEOUT_NOW: Final = "TIMEOUT_NOW"
+TRANSFER_REQUEST: Final = "TRANSFER_REQUEST"
 
-PRIORITY_MAX = 255
-NO_HINT_MS = -1  # a refusal that waiting will not cure (stale term, already voted)
+PRIORITY_MAX: Final = 255
+NO_HINT_MS: Final = -1  # a refusal that waiting will not cure (stale term, already voted)
 
-PHASE_QUARANTINE = "quarantine"
-PHASE_FOLLOWER = "follower"
-PHASE_PREVOTE = "prevote"
-PHASE_CANDIDATE = "candidate"
-PHASE_LEADER = "leader"
-PHASE_INELIGIBLE = "ineligible"
+PHASE_QUARANTINE: Final = "quarantine"
+PHASE_FOLLOWER: Final = "follower"
+PHASE_PREVOTE: Final = "prevote"
+PHASE_CANDIDATE: Final = "candidate"
+PHASE_LEADER: Final = "leader"
+PHASE_INELIGIBLE: Final = "ineligible"
 
-INF = float("inf")
+INF: Final = float("inf")
 
 
 # mutants (tests/*_mutants.py, --variant) subclass it, also under scripts/sim

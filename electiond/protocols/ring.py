@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from electiond.detector import RttEstimator
 from electiond.protocols.base import (
@@ -49,14 +49,14 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.epoch import EpochProtocol
 
-ELECTION = "ELECTION"
-HOP_ACK = "HOP_ACK"
-COORDINATOR = "COORDINATOR"
-HEARTBEAT = "HEARTBEAT"
-JOIN = "JOIN"
+ELECTION: Final = "ELECTION"
+HOP_ACK: Final = "HOP_ACK"
+COORDINATOR: Final = "COORDINATOR"
+HEARTBEAT: Final = "HEARTBEAT"
+JOIN: Final = "JOIN"
 
 # a hop that is not acknowledged is sent this many times before skipping the successor
-HOP_TRIES = 2
+HOP_TRIES: Final = 2
 
 
 def _member_ids(values: list[Any]) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from typing import Callable, Mapping
+from typing import Callable, Final, Mapping
 
 from electiond.node import Node
 from electiond.protocols.base import (
@@ -31,14 +31,14 @@ from electiond.sim.checker import Checker, InvariantSet
 from electiond.sim.clock import SimClock
 from electiond.sim.network import Links, NetworkModel
 
-DELIVER = 0
-TIMER = 1
-ACTION = 2
-FAULT = 3  # an action the liveness phase cancels
+DELIVER: Final = 0
+TIMER: Final = 1
+ACTION: Final = 2
+FAULT: Final = 3  # an action the liveness phase cancels
 
-INBOX_LIMIT = 512  # a frozen process's socket buffer: later datagrams are lost
-SPIN_LIMIT = 100  # on_tick calls at one instant before we call it a busy loop
-INF = float("inf")
+INBOX_LIMIT: Final = 512  # a frozen process's socket buffer: later datagrams are lost
+SPIN_LIMIT: Final = 100  # on_tick calls at one instant before we call it a busy loop
+INF: Final = float("inf")
 
 
 def _fmt_body(body: dict) -> str:
