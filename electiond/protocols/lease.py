@@ -157,18 +157,6 @@ class QuorumLease(ElectionProtocol):
         self._released_by: tuple[str, int] | None = None
         self._handover: tuple[int, str | None] | None = None  # (term, target) once hooks are done
         self._skip_prevote = False  # picked by a hand-over while we could not stand yet
-        # bound once here (not per message), so a subclass's override still wins
-        self._handlers = {
-            PREVOTE: self._on_prevote,
-            PREVOTE_REPLY: self._on_prevote_reply,
-            REQUEST_VOTE: self._on_request_vote,
-            VOTE: self._on_vote,
-            HEARTBEAT: self._on_heartbeat,
-            HEARTBEAT_ACK: self._on_heartbeat_ack,
-            RELEASE: self._on_release,
-            TIMEOUT_NOW: self._on_timeout_now,
-            TRANSFER_REQUEST: self._on_transfer_request,
-        }
 
     # ---- read-only view -------------------------------------------------
 
@@ -297,10 +285,32 @@ class QuorumLease(ElectionProtocol):
         self._last_heard[msg.sender] = now
         if "priority" in msg.body:
             self._peer_priority[msg.sender] = int(msg.body["priority"])
-        handler = self._handlers.get(msg.kind)
-        if handler is None:
-            return effects
-        return effects + handler(msg, now) if effects else handler(msg, now)
+        more = self._dispatch(msg, now)
+        return effects + more if effects else more
+
+    def _dispatch(self, msg: Message, now: float) -> list[Effect]:
+        # a chain, not a table of bound methods: compiled, each branch is a
+        # native call; the kinds of every round come first
+        kind = msg.kind
+        if kind == HEARTBEAT:
+            return self._on_heartbeat(msg, now)
+        if kind == HEARTBEAT_ACK:
+            return self._on_heartbeat_ack(msg, now)
+        if kind == PREVOTE:
+            return self._on_prevote(msg, now)
+        if kind == PREVOTE_REPLY:
+            return self._on_prevote_reply(msg, now)
+        if kind == REQUEST_VOTE:
+            return self._on_request_vote(msg, now)
+        if kind == VOTE:
+            return self._on_vote(msg, now)
+        if kind == RELEASE:
+            return self._on_release(msg, now)
+        if kind == TIMEOUT_NOW:
+            return self._on_timeout_now(msg, now)
+        if kind == TRANSFER_REQUEST:
+            return self._on_transfer_request(msg, now)
+        return []
 
     # pre-vote: non-binding, changes no term, persists nothing
     def _on_prevote(self, msg: Message, now: float) -> list[Effect]:
