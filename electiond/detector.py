@@ -79,7 +79,7 @@ class _Window:
     """Bounded window of inter-arrival times with O(1) mean, deviation and max."""
 
     # running sums drift; recompute them exactly this often
-    _RESUM_EVERY = 4096
+    _RESUM_EVERY: Final = 4096
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -135,7 +135,8 @@ class _Window:
         if n == 0:
             return 0, 0.0, 0.0, 0.0
         mean = self._sum / n
-        return n, mean, math.sqrt(max(0.0, self._sum_sq / n - mean * mean)), self._maxima[0]
+        variance = self._sum_sq / n - mean * mean  # a hair below 0.0 from rounding when all gaps are equal
+        return n, mean, math.sqrt(variance) if variance > 0.0 else 0.0, self._maxima[0]
 
 
 class LeaderWatch:
@@ -305,7 +306,12 @@ class LeaderWatch:
         if n < MIN_SAMPLES:
             return self._fallback_s
         phi_timeout_s = mean_s + self._z_threshold * (std_s if std_s > self._min_std_s else self._min_std_s)
-        timeout_s = max(phi_timeout_s, self._survived_gap_margin * max_s, self._floor_s) * self._spread
+        # comparisons, not max(): compiled, max() boxes every float
+        survived_s = self._survived_gap_margin * max_s
+        timeout_s = phi_timeout_s if phi_timeout_s >= survived_s else survived_s
+        if self._floor_s > timeout_s:
+            timeout_s = self._floor_s
+        timeout_s *= self._spread
         return timeout_s if timeout_s < self._ceiling_s else self._ceiling_s
 
     def _locally_paused(self, now: float) -> bool:
