@@ -631,10 +631,11 @@ class QuorumLease(ElectionProtocol):
 
     def _quorum_lease_until(self) -> float:
         """s + L for the latest s such that a majority granted requests sent at or after s."""
-        times = sorted(self._granted_at.values(), reverse=True)
-        if len(times) < self.settings.quorum:
+        times = sorted(self._granted_at.values())  # no reverse=: compiled, keywords cost a slow call
+        k = len(times) - self.settings.quorum
+        if k < 0:
             return -INF
-        return times[self.settings.quorum - 1] + self.settings.lease_s
+        return times[k] + self.settings.lease_s
 
     def _step_down_at(self) -> float:
         return self._lease_until - self.settings.lease_guard_s

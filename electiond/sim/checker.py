@@ -160,7 +160,8 @@ class Checker:
         self._coverage: dict[int, tuple[float, set[int], QuorumLease, float]] = {}
         self._promise_at_crash: dict[int, tuple[str, float]] = {}  # node -> (to whom, true end)
         # node -> (its protocol, promise, quarantine_until) when last looked at
-        self._raw_binding: dict[int, tuple[QuorumLease, tuple[str | None, float], float]] = {}
+        # (a list by node, not a dict: this is read and written on every event)
+        self._raw_binding: list[tuple[QuorumLease, str | None, float, float] | None] = [None] * len(names)
         nodes = range(len(names))
         self._leader_first = [[i, *(k for k in nodes if k != i)] for i in nodes]
         self.names = names
@@ -252,26 +253,26 @@ class Checker:
         restarted or when j's clock changed rate (``clock_changed`` forgets)."""
         running = self._protocol_of(j)
         if running is None:
-            self._raw_binding.pop(j, None)
+            self._raw_binding[j] = None
             return True  # down: bound to everyone until it restarts quarantined
         proto = _lease_views(running)
         if proto is None:
             return False
-        promise = proto.promise
+        to, until = proto.promise
         quarantine = proto.quarantine_until
-        before = self._raw_binding.get(j)
-        self._raw_binding[j] = (proto, promise, quarantine)
+        before = self._raw_binding[j]
+        self._raw_binding[j] = (proto, to, until, quarantine)
         return (
             before is not None
             and before[0] is proto
-            and before[1][0] == promise[0]
-            and promise[1] >= before[1][1]
-            and quarantine >= before[2]
+            and before[1] == to
+            and until >= before[2]
+            and quarantine >= before[3]
         )
 
     def clock_changed(self, t: float, i: int) -> None:
         """Node i's clock rate changed: the true ends of its lease and promises moved."""
-        self._raw_binding.pop(i, None)
+        self._raw_binding[i] = None
         if self.role_leaders:
             self._coverage.pop(i, None)
             self.check_coverage(t, i)
