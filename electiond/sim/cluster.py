@@ -9,9 +9,9 @@ disk before any later Send leaves.
 
 from __future__ import annotations
 
-import heapq
+from heapq import heapify, heappop, heappush
 import random
-from typing import Callable, Final, Mapping
+from typing import Any, Callable, Final, Mapping
 
 from electiond.node import Node
 from electiond.protocols.base import (
@@ -31,6 +31,8 @@ from electiond.sim.checker import Checker, InvariantSet
 from electiond.sim.clock import SimClock
 from electiond.sim.network import Links, NetworkModel
 
+# (true time, sequence number: first queued first out at one instant, kind, a, b)
+QueueEntry = tuple[float, int, int, Any, Any]
 DELIVER: Final = 0
 TIMER: Final = 1
 ACTION: Final = 2
@@ -95,7 +97,7 @@ class Cluster:
         self.all_indices = list(range(len(self.hosts)))
         self._others = [[j for j in self.all_indices if j != i] for i in self.all_indices]  # multicast targets
         self.now = 0.0
-        self._queue: list[tuple] = []
+        self._queue: list[QueueEntry] = []
         self._seq = 0
         self.events = 0
         self.delivered = 0
@@ -136,7 +138,7 @@ class Cluster:
 
     def _push(self, t: float, kind: int, a, b) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, (t, self._seq, kind, a, b))
+        heappush(self._queue, (t, self._seq, kind, a, b))
 
     def at(self, t: float, action: Callable[[], None], fault: bool = False) -> None:
         """Run ``action`` (a fault, a check) at true time t."""
@@ -144,28 +146,26 @@ class Cluster:
 
     def cancel_faults(self) -> None:
         self._queue = [e for e in self._queue if e[2] != FAULT]
-        heapq.heapify(self._queue)
+        heapify(self._queue)
 
     def run_until(self, t_end: float, stop_on_violation: bool = True) -> None:
-        # the hot loop: locals instead of attribute lookups (a campaign runs
-        # millions of events; see `python -m electiond.sim bench --profile`)
+        # the hot loop (a campaign runs millions of events). Methods are
+        # called on self, not through locals bound to them: compiled
+        # (scripts/sim) that is a native call instead of a generic one, and
+        # interpreted the lookup costs about as much as it saves
         q = self._queue
-        pop = heapq.heappop
         violations = self.checker.violations
         hosts = self.hosts
-        deliver = self._deliver
-        tick = self._tick
-        arm = self._arm
         events = self.events
         try:
             while q and q[0][0] <= t_end:
                 if stop_on_violation and violations:
                     return
-                t, _, kind, a, b = pop(q)
+                t, _, kind, a, b = heappop(q)
                 self.now = t
                 events += 1
                 if kind == DELIVER:
-                    deliver(a, b)
+                    self._deliver(a, b)
                 elif kind == TIMER:
                     h = hosts[a]
                     if b != h.timer_version or h.node is None or h.paused:
@@ -174,9 +174,9 @@ class Cluster:
                     if h.timer_local > h.clock.local(t):
                         # the deadline moved later since this entry was queued
                         # (a heartbeat arrived): not due yet, queue the new time
-                        arm(h, force=True)
+                        self._arm(h, force=True)
                         continue
-                    tick(h)
+                    self._tick(h)
                 else:
                     self.events = events  # an action may read the count
                     a()
