@@ -118,7 +118,7 @@ def test_protocols_without_lease_views_are_not_judged_by_coverage():
 
     nodes = {0: NoViews(), 1: NoViews(), 2: NoViews()}
     c = make(nodes)
-    c.role_leaders = {0}
+    c.role_leaders = [0]
     c.check_coverage(1.0, 0)
     c.crashing(1.0, 1)
     assert c.violations == []

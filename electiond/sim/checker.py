@@ -15,6 +15,7 @@ that input is an event we check at.
 
 from __future__ import annotations
 
+from bisect import insort
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -157,7 +158,7 @@ class Checker:
         self._coverage_enabled = invariants.lease_coverage and true_time_of is not None
         self.quorum = settings.quorum
         # leader -> (need, bound, its protocol, its lease_until) at its last full check
-        self._coverage: dict[int, tuple[float, set[int], QuorumLease, float]] = {}
+        self._coverage: list[tuple[float, set[int], QuorumLease, float] | None] = [None] * len(names)
         self._promise_at_crash: dict[int, tuple[str, float]] = {}  # node -> (to whom, true end)
         # node -> (its protocol, promise, quarantine_until) when last looked at
         # (a list by node, not a dict: this is read and written on every event)
@@ -176,7 +177,8 @@ class Checker:
         self.lossy = False
         self.state_lost = False  # some node restarted with an empty disk
         self.last_fault_s = 0.0  # start-up counts as a fault: nobody leads yet
-        self.role_leaders: set[int] = set()
+        # sorted (judged in index order); a list, as it holds one node nearly always
+        self.role_leaders: list[int] = []
         self.split = SplitBrainLog()
         self.max_promoted_term = -1
         self.tokens_forgotten = 0  # promotions not judged: no running node knew the newest token
@@ -230,9 +232,8 @@ class Checker:
         if not self._coverage_enabled:
             return
         grown = self._binding_grew(j)
-        leaders = self.role_leaders
-        for i in sorted(leaders) if len(leaders) > 1 else leaders:
-            cached = self._coverage.get(i)
+        for i in self.role_leaders:
+            cached = self._coverage[i]
             if cached is not None:
                 need, bound, proto, lease_until = cached
                 if i != j:
@@ -274,13 +275,13 @@ class Checker:
         """Node i's clock rate changed: the true ends of its lease and promises moved."""
         self._raw_binding[i] = None
         if self.role_leaders:
-            self._coverage.pop(i, None)
+            self._coverage[i] = None
             self.check_coverage(t, i)
 
     def _full_coverage_check(self, t: float, i: int) -> None:
         proto = _lease_views(self._protocol_of(i))
         if proto is None or not proto.is_leader(self._local_now(i, t)):
-            self._coverage.pop(i, None)
+            self._coverage[i] = None
             return
         # the lease itself, not just the claim (which ends a guard earlier):
         # what the leader believes it holds must be backed by promises
@@ -321,8 +322,8 @@ class Checker:
     def node_gone(self, t: float, i: int) -> None:
         """Crashed or frozen: it leads nothing any more."""
         if i in self.role_leaders:
-            self.role_leaders.discard(i)
-            self._coverage.pop(i, None)  # what bound others meanwhile went unwatched
+            self.role_leaders.remove(i)
+            self._coverage[i] = None  # what bound others meanwhile went unwatched
             self._update_split(t)
 
     def disk_wiped(self, i: int) -> None:
@@ -417,10 +418,11 @@ class Checker:
         proto = self._protocol_of(i)
         is_role_leader = proto is not None and self._running(i) and proto.role == ROLE_LEADER
         if is_role_leader:
-            self.role_leaders.add(i)
+            if i not in self.role_leaders:
+                insort(self.role_leaders, i)
         elif i in self.role_leaders:
-            self.role_leaders.discard(i)
-            self._coverage.pop(i, None)
+            self.role_leaders.remove(i)
+            self._coverage[i] = None
         else:
             return
         self._update_split(t)
@@ -428,7 +430,7 @@ class Checker:
     # ---- checks -----------------------------------------------------------
 
     def leaders_at(self, t: float) -> list[int]:
-        return [i for i in sorted(self.role_leaders) if self._leads(i, t)]
+        return [i for i in self.role_leaders if self._leads(i, t)]
 
     def _leads(self, i: int, t: float) -> bool:
         proto = self._protocol_of(i)
