@@ -119,6 +119,20 @@ def _lease_views(proto: ElectionProtocol | None) -> QuorumLease | None:
     return proto if isinstance(proto, QuorumLease) else None
 
 
+class _RawBinding:
+    """What bound a node when the coverage check last looked (its own clock).
+
+    Updated in place on every event: compiled, its float fields stay unboxed."""
+
+    __slots__ = ("proto", "to", "until", "quarantine")
+
+    def __init__(self, proto: QuorumLease, to: str | None, until: float, quarantine: float) -> None:
+        self.proto = proto
+        self.to = to
+        self.until = until
+        self.quarantine = quarantine
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     t: float
@@ -160,9 +174,9 @@ class Checker:
         # leader -> (need, bound, its protocol, its lease_until) at its last full check
         self._coverage: list[tuple[float, set[int], QuorumLease, float] | None] = [None] * len(names)
         self._promise_at_crash: dict[int, tuple[str, float]] = {}  # node -> (to whom, true end)
-        # node -> (its protocol, promise, quarantine_until) when last looked at
+        # by node: what bound it when the coverage check last looked
         # (a list by node, not a dict: this is read and written on every event)
-        self._raw_binding: list[tuple[QuorumLease, str | None, float, float] | None] = [None] * len(names)
+        self._raw_binding: list[_RawBinding | None] = [None] * len(names)
         nodes = range(len(names))
         self._leader_first = [[i, *(k for k in nodes if k != i)] for i in nodes]
         self.names = names
@@ -261,15 +275,15 @@ class Checker:
             return False
         to, until = proto.promise
         quarantine = proto.quarantine_until
-        before = self._raw_binding[j]
-        self._raw_binding[j] = (proto, to, until, quarantine)
-        return (
-            before is not None
-            and before[0] is proto
-            and before[1] == to
-            and until >= before[2]
-            and quarantine >= before[3]
-        )
+        seen = self._raw_binding[j]
+        if seen is None or seen.proto is not proto:
+            self._raw_binding[j] = _RawBinding(proto, to, until, quarantine)
+            return False
+        grew = seen.to == to and until >= seen.until and quarantine >= seen.quarantine
+        seen.to = to
+        seen.until = until
+        seen.quarantine = quarantine
+        return grew
 
     def clock_changed(self, t: float, i: int) -> None:
         """Node i's clock rate changed: the true ends of its lease and promises moved."""
