@@ -133,6 +133,19 @@ class _RawBinding:
         self.quarantine = quarantine
 
 
+class _Count:
+    """A leader's last full coverage count: whose promises back its lease
+    (``bound``) until ``need`` (true time), for this protocol object and lease."""
+
+    __slots__ = ("need", "bound", "proto", "lease_until")
+
+    def __init__(self, need: float, bound: set[int], proto: QuorumLease, lease_until: float) -> None:
+        self.need = need
+        self.bound = bound
+        self.proto = proto
+        self.lease_until = lease_until
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     t: float
@@ -171,8 +184,8 @@ class Checker:
         # needs the hosts' clocks (true_time_of); a driver without them skips it
         self._coverage_enabled = invariants.lease_coverage and true_time_of is not None
         self.quorum = settings.quorum
-        # leader -> (need, bound, its protocol, its lease_until) at its last full check
-        self._coverage: list[tuple[float, set[int], QuorumLease, float] | None] = [None] * len(names)
+        # by leader: its last full coverage count (None: count anew at its next input)
+        self._coverage: list[_Count | None] = [None] * len(names)
         self._promise_at_crash: dict[int, tuple[str, float]] = {}  # node -> (to whom, true end)
         # by node: what bound it when the coverage check last looked
         # (a list by node, not a dict: this is read and written on every event)
@@ -247,13 +260,13 @@ class Checker:
             return
         grown = self._binding_grew(j)
         for i in self.role_leaders:
-            cached = self._coverage[i]
-            if cached is not None:
-                need, bound, proto, lease_until = cached
+            count = self._coverage[i]
+            if count is not None:
                 if i != j:
-                    if grown or j not in bound or self._bound_until(j, self.names[i]) >= need:
+                    if grown or j not in count.bound or self._bound_until(j, self.names[i]) >= count.need:
                         continue
-                elif t <= need and proto is self._protocol_of(i) and proto.lease_until == lease_until:
+                elif (t <= count.need and count.proto is self._protocol_of(i)
+                      and count.proto.lease_until == count.lease_until):
                     # the leader's own input left its lease where it was, and
                     # it is still inside it: the count made then still holds
                     # (what binds the others moves only with their inputs)
@@ -311,7 +324,7 @@ class Checker:
                 self._binding_grew(k)  # the baseline later inputs of k are compared with
                 if len(bound) == self.quorum:
                     break
-        self._coverage[i] = (need, bound, proto, proto.lease_until)
+        self._coverage[i] = _Count(need, bound, proto, proto.lease_until)
         if len(bound) < self.quorum:
             self.violate(
                 t, "lease-uncovered",
