@@ -44,8 +44,8 @@ from electiond.protocols.base import (
     Promote,
     Send,
     Settings,
-    mypyc_attr,
     SplitBrain,
+    mypyc_attr,
 )
 from electiond.protocols.epoch import EpochProtocol
 
