@@ -3,8 +3,9 @@
 One test, so that pytest-xdist builds once: compile a copy with mypyc, then
 run the same seeds of every protocol both ways in child processes and compare
 the traces byte for byte. A mutant must still be caught compiled (the
-checker did not go blind), and the explorer, which cannot run compiled, must
-say so rather than crash.
+checker did not go blind), a compiled campaign takes the seeds after the
+interpreted campaign's (tests/test_sim_campaign.py), and the explorer, which
+cannot run compiled, must say so rather than crash.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from electiond.sim import native
 ROOT = native.package_source_root()
 WHY_NOT = native.mypyc_available()
 SEEDS = int(os.environ.get("ELECTIOND_SIM_NATIVE_SEEDS", "12"))
+# compiled, a campaign beyond the interpreted one's seeds is cheap: CI covers more
+CAMPAIGN_SEEDS = int(os.environ.get("ELECTIOND_SIM_NATIVE_CAMPAIGN", "1000"))
+CAMPAIGN_FIRST = int(os.environ.get("ELECTIOND_SIM_SEEDS", "2000"))
 
 DIGESTS = """
 import hashlib, json, sys
@@ -68,6 +72,13 @@ def test_compiled_simulator_traces_like_the_interpreted_one(tmp_path):
     assert mutant.returncode == 1, mutant.stdout + mutant.stderr
     assert "build=mypyc" in mutant.stdout
     assert "reproduce with: python -m electiond.sim --protocol quorum-lease --seed" in mutant.stdout
+
+    for protocol in ("quorum-lease", "ring", "bully"):
+        campaign = _run(build, "-m", "electiond.sim", "--protocol", protocol, "--seeds", str(CAMPAIGN_SEEDS),
+                        "--first-seed", str(CAMPAIGN_FIRST), timeout=1200)
+        assert campaign.returncode == 0, campaign.stdout[-3000:] + campaign.stderr[-3000:]
+        assert f"runs={CAMPAIGN_SEEDS} violations=0" in campaign.stdout
+        assert "build=mypyc" in campaign.stdout
 
     explore = _run(build, "-m", "electiond.sim", "explore", "--depth", "2")
     assert explore.returncode == 2
