@@ -452,10 +452,11 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from electiond.sim.native import build_kind
 
-    if build_kind() != "interpreted":
+    build = build_kind()
+    if build != "interpreted":
         # worlds are copied by pickling, and mypyc's classes cannot be rebuilt
         # blank (their __new__ runs __init__); say so rather than crash
-        print(f"explore needs the interpreted simulator (this one is {build_kind()}): "
+        print(f"explore needs the interpreted simulator (this one is {build}): "
               f"run python -m electiond.sim explore ...", file=sys.stderr)
         return 2
     ex = Explorer(a.protocol, a.nodes, a.seed, a.drops, a.dups, a.crashes)

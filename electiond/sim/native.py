@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import electiond
 
@@ -93,7 +94,7 @@ def mypyc_available() -> str | None:
     return None
 
 
-def build(out: Path, source_root: Path | None = None, log: Path | None = None) -> Path:
+def build(out: Path, source_root: Path | None = None) -> Path:
     """Compile a copy of the source into ``out``; reuse it if the source is unchanged."""
     why_not = mypyc_available()
     if why_not:
@@ -112,7 +113,7 @@ def build(out: Path, source_root: Path | None = None, log: Path | None = None) -
         shutil.rmtree(out)
     out.mkdir(parents=True)
     _copy_source(root, out)
-    log = log or out / "build.log"
+    log = out / "build.log"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     with open(log, "w") as f:
         r = subprocess.run([sys.executable, "-m", "mypyc", *MODULES], cwd=out, stdout=f, stderr=subprocess.STDOUT,
@@ -132,13 +133,14 @@ def _compiled(out: Path, module_path: str) -> bool:
     return any(p.parent.glob(p.stem + ".*.so"))
 
 
-def _modules() -> list:
+def _modules() -> list[ModuleType]:
     return [sys.modules.get(n) or importlib.import_module(n)
             for n in (m[: -len(".py")].replace("/", ".") for m in MODULES)]
 
 
 def build_kind() -> str:
-    """``mypyc`` when every per-event module runs compiled, else ``interpreted``.
+    """``mypyc`` when every per-event module runs compiled, ``interpreted``
+    when none does, else how many do.
 
     The figures a run prints say which, so that a speed is never quoted
     without the build that gave it.
