@@ -118,6 +118,9 @@ class Node:
         self.split_brains = 0
         self.started_at = now
         self._next_presence = now
+        # why this node must not stand now (health, a clock beyond its bound, a
+        # duplicate of our name...): name -> detail; eligible only when empty
+        self._blockers: dict[str, str] = {}
 
     # ---- inputs -----------------------------------------------------------
 
@@ -150,7 +153,28 @@ class Node:
         return self._observe(self.protocol.stepdown(now), now)
 
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
+        """Health: a failing check is the blocker named ``fault``."""
+        return self.set_blocker("fault", not eligible, now, reason)
+
+    def set_blocker(self, name: str, active: bool, now: float, detail: str = "") -> list[Effect]:
+        """Raise or clear one reason not to stand. The protocol sees one
+        eligibility: it becomes ineligible (a leader steps down, with ``name``
+        as the reason) when the first blocker rises and eligible again when
+        the last one clears, so independent checks never undo each other."""
+        was_eligible = not self._blockers
+        if active:
+            self._blockers[name] = detail or name
+        else:
+            self._blockers.pop(name, None)
+        eligible = not self._blockers
+        if eligible == was_eligible:
+            return []
+        reason = "recovered" if eligible else name
         return self._observe(self.protocol.set_eligible(eligible, now, reason), now)
+
+    @property
+    def blockers(self) -> dict[str, str]:
+        return dict(self._blockers)
 
     def demote_hooks_done(self, now: float) -> list[Effect]:
         """Call when the demote hooks submitted for a Demote effect finished."""
@@ -206,6 +230,7 @@ class Node:
             "leader_changes_last_hour": len(self.leader_changes),
             "flapping": len(self.leader_changes) > FLAP_CHANGES_PER_HOUR,
             "split_brains": self.split_brains,
+            "blocked_by": dict(self._blockers),
             **self.protocol.extra_status(now),
         }
 

@@ -304,7 +304,7 @@ class Runtime:
             log.warning("unhealthy, entering FAULT: %s", reason)
         node.record(time.monotonic(), "health", healthy=healthy, reason=reason)
         try:
-            self._process(lambda now: node.set_eligible(healthy, now, "recovered" if healthy else "fault"))
+            self._process(lambda now: node.set_blocker("fault", not healthy, now, reason))
         except CommandError as exc:
             log.error("%s cannot act on health changes: %s", self.config.protocol, exc)
         if not healthy:

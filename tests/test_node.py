@@ -1,7 +1,7 @@
 import random
 
 from electiond.node import PRESENCE, Node
-from electiond.protocols.base import Member, Message, Send, Settings
+from electiond.protocols.base import Demote, Member, Message, Send, Settings
 
 MEMBERS = tuple(Member(f"n{i}", i) for i in range(1, 4))
 
@@ -66,3 +66,21 @@ def test_a_member_heard_on_time_is_not_suspected_before_the_detector_has_samples
     watch = {m["name"]: m for m in n.status(period * 1.9)["members"]}["n2"]["suspicion"]
     assert watch["mode"] == "fallback"
     assert watch["phi"] < watch["threshold"]  # calibrated to the beacon, not the 50 ms heartbeat
+
+
+def test_blockers_combine_one_eligibility_for_the_protocol():
+    # n3 is the top id: with no leader it elects itself at once in bully
+    n = Node(Settings(cluster="c", node_name="n3", members=MEMBERS), "bully", random.Random(1), 0.0)
+    n.on_tick(n.protocol.deadline())
+    assert n.is_leader(1.0)
+    effects = n.set_blocker("clock", True, 1.0, "clock runs 2x fast")
+    assert any(isinstance(e, Demote) and e.reason == "clock" for e in effects)
+    assert n.status(1.0)["blocked_by"] == {"clock": "clock runs 2x fast"}
+    # a second blocker, then clearing the first: still ineligible, the protocol hears nothing
+    assert n.set_eligible(False, 1.1, "check failed") == []
+    assert n.set_blocker("clock", False, 1.2) == []
+    assert not n.protocol._eligible
+    assert n.status(1.2)["blocked_by"] == {"fault": "check failed"}
+    # the last one cleared: eligible again
+    n.set_eligible(True, 1.3, "recovered")
+    assert n.protocol._eligible and n.blockers == {}
