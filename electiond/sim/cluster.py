@@ -527,16 +527,20 @@ class Cluster:
         self.note(f"{h.name} RESUME ({len(h.inbox)} queued)")
         self.checker.fault(self.now)
         self._tick(h)
-        if h.pending_done and h.node is not None:
+        # self.running, not h.node: compiled, a test of h.node above would
+        # stay narrowed to "not None" though the tick may crash the host (a
+        # crash in a write)
+        if h.pending_done and self.running(i):
             self._input_hooks_done(h)
         inbox, h.inbox = h.inbox, []
         for msg in inbox:
-            if h.node is None or h.paused:
+            if not self.running(i):
                 break
             self._input_message(h, msg)
-        if h.node is not None and not h.paused:
+        node = self.hosts[i].node
+        if node is not None and not h.paused:
             # hooks kept running while the daemon was frozen; it hears now
-            self._demote_hooks_done(h, h.node)
+            self._demote_hooks_done(h, node)
 
     def set_clock_rate(self, i: int, rate: float) -> None:
         h = self.hosts[i]

@@ -231,8 +231,9 @@ class Scenario:
                 effects = h.node.transfer(w[2] if len(w) > 2 else None, now)
             c.note(f"{h.name} {line}")
             c._carry_out(h, effects)
-            c._arm(h, force=True)
-            c._check(h)
+            if h.node is not None:  # not crashed in a write
+                c._arm(h, force=True)
+                c._check(h)
         elif verb == "expect":
             self._expect(w[1:], line)
         else:
