@@ -325,3 +325,33 @@ def test_bully_follower_that_cannot_write_an_epoch_keeps_following():
     assert of(effects, Persist)
     shell(b, effects, 0.01, disk_ok=False)
     assert b.leader == "n3" and b.role == "follower" and not b.disk.ok
+
+
+def test_ring_winner_whose_epoch_did_not_land_is_undone_and_its_coordinator_never_goes_round():
+    from electiond.protocols.ring import ELECTION as RING_ELECTION, Ring
+
+    r = Ring(Settings(cluster="c", node_name="n3", members=BULLY_MEMBERS), random.Random(1), 0.0)
+    now = 0.0
+    for _ in range(50):
+        now = r.deadline()
+        effects = r.on_tick(now)
+        if sends(effects, RING_ELECTION):
+            break
+    election = sends(effects, RING_ELECTION)[0]
+    body = {**election.body, "ids": [3, 1, 2], "path": [3, 1, 2]}
+    back = r.on_message(Message(RING_ELECTION, "n2", election.term, body, "n3"), now + 0.01)
+    assert of(back, Promote) and [type(e) for e in back][1] is Persist  # after the HOP_ACK
+    done, more = shell(r, back, now + 0.01, disk_ok=False)
+    assert not sends(done, COORDINATOR) and not of(done, Promote)
+    assert of(more, Demote) and r.role == "follower" and r.leader is None
+    # a faulted ring node puts up no id in an election going round
+    other = Message(RING_ELECTION, "n2", r.term, {"initiator": "n1", "nonce": 7, "ids": [1, 2], "path": [1, 2],
+                                                 "hop": 1}, "n3")
+    forwarded = sends(r.on_message(other, now + 0.02), RING_ELECTION)
+    assert forwarded and 3 not in forwarded[0].body["ids"]
+    # the lap's COORDINATOR hop was never sent: it must not be retransmitted either
+    assert not any(h.kind == COORDINATOR for h in r._pending.values())
+    later = now + 0.02
+    for _ in range(10):
+        later = max(r.deadline(), later + 0.01)
+        assert not [x for x in sends(r.on_tick(later), COORDINATOR) if x.body["leader"] == "n3"]
