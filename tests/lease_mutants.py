@@ -64,5 +64,5 @@ class DurableBeforeWrite(QuorumLease):
     def persist_done(self, ok: bool, now: float, error: str | None = None) -> list:
         return super().persist_done(True, now)
 
-
-MUTANTS["durable before write"] = DurableBeforeWrite
+# not in MUTANTS: tests/lease_harness.py has no failing disk, so only the
+# simulator (tests/sim_mutants.py) and its scenarios can catch it
