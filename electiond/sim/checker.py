@@ -67,7 +67,11 @@ class InvariantSet:
         the first partition, lost or late datagram or delay spike of a run,
         and not for a promotion made while no other running node knew the
         newest token (every node that saw it was down). Never asserted once a node lost its disk: a node
-        that forgets its term cannot be expected to fence.
+        that forgets its term cannot be expected to fence. "fencing" (never
+        promote with a token no newer than that of a leader one followed)
+        holds across a restart only for what reached the node's disk: a
+        follow whose epoch failed to land (a disk fault) is forgotten on a
+        crash like a lost disk (quorum-lease's "term-reused" still stands).
     settle_s: bully-style protocols, partition-free runs: two leaders at once
         are a violation once this long has passed after the last fault.
     liveness_bound_s: after heal, exactly one agreed leader within this long.
@@ -391,6 +395,12 @@ class Checker:
                 f"{self.names[i]} {what} {want} in term {e.term} while its disk holds "
                 f"{'nothing' if disk is None else f'term {disk.term} voted_for {disk.voted_for}'}",
             )
+
+    def restarted_with(self, i: int, disk: PersistedState | None) -> None:
+        """Node i boots with ``disk``: it remembers following no newer term than that."""
+        remembered = disk.term if disk is not None else -1
+        if self._followed.get(i, -1) > remembered:
+            self._followed[i] = remembered
 
     def followed(self, i: int, leader: str, term: int) -> None:
         """Node i accepted ``leader`` (another node) as leader in ``term``."""

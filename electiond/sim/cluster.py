@@ -479,6 +479,7 @@ class Cluster:
         if not keep_disk:
             h.disk = None
             self.checker.disk_wiped(i)
+        self.checker.restarted_with(i, h.disk)
         seed = self.rng.getrandbits(64)
         h.node = Node(h.settings, self.protocol, random.Random(seed), h.clock.local(self.now), h.disk, self.registry)
         h.paused = False
