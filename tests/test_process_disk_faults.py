@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
 
-from cluster import Cluster
+from cluster import REPO, Cluster
 
 from electiond.cli import Refused, Unreachable, request
 
@@ -106,6 +107,9 @@ def _no_leader_while_faulted(c: Cluster, survivor: str, error: str, episode: int
     assert disk["failures"] >= 2 and disk["retry_in_ms"] is not None  # it keeps retrying by itself
     status = c.status(FAULTED)
     assert status["persist_errors"].get(error, 0) >= 2
+    human = subprocess.run([sys.executable, "-m", "electiond.cli", "--socket", c.socket(FAULTED), "status"],
+                           capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert f"state writes failing ({error}" in human.stdout, human.stdout + human.stderr
     log = (c.workdir / f"{FAULTED}.log").read_text(errors="replace")
     assert log.count("cannot write state") == episode, "one error per failure episode"
     assert disk["episodes"] == episode
