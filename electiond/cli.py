@@ -69,6 +69,10 @@ def print_status(status: dict[str, Any]) -> None:
     print(f"leader    {status['leader'] or '-'}  term {status['term']}")
     if status.get("flapping"):
         print(f"WARNING   {status['leader_changes_last_hour']} leadership changes in the last hour")
+    disk = status.get("disk") or {}
+    if disk.get("ok") is False:
+        print(f"DISK      state writes failing ({disk['error']}; {disk['failures']} failed, retry in "
+              f"{_fmt_ms(disk['retry_in_ms'])}): not voting or standing")
     for check in status.get("health") or []:
         state = {True: "ok", False: "FAILING", None: "unknown"}[check["healthy"]]
         print(f"health    {check['kind']} {check['name']}: {state} {check.get('detail') or ''}".rstrip())

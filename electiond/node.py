@@ -22,6 +22,7 @@ from electiond.protocols.base import (
     ElectionProtocol,
     LeaderChanged,
     Message,
+    Persist,
     PersistedState,
     Promote,
     Settings,
@@ -121,6 +122,9 @@ class Node:
         # why this node must not stand now (health, a clock beyond its bound, a
         # duplicate of our name...): name -> detail; eligible only when empty
         self._blockers: dict[str, str] = {}
+        # the term of a Promote listed after a Persist in the last list seen:
+        # the shell drops it if that Persist fails
+        self._promote_after_persist: int | None = None
 
     # ---- inputs -----------------------------------------------------------
 
@@ -180,6 +184,26 @@ class Node:
         """Call when the demote hooks submitted for a Demote effect finished."""
         return self._observe(self.protocol.demote_hooks_done(now), now)
 
+    def persist_done(self, ok: bool, now: float, error: str | None = None) -> list[Effect]:
+        """Call after carrying out the Persists of an effect list: all landed
+        (ok), or the first failed and the list's later Sends, Promotes and
+        Persists were dropped (``protocols.base.local_facts``). Carry out
+        what it returns under the same rule."""
+        cancelled = self._promote_after_persist
+        self._promote_after_persist = None
+        was_ok = self.protocol.disk.ok
+        effects = self.protocol.persist_done(ok, now, error)
+        if not ok:
+            detail: dict[str, Any] = {"error": error, "failures": self.protocol.disk.failures}
+            if cancelled is not None:
+                # the "promote" entry above it never reached the hooks
+                detail["cancelled_promote"] = cancelled
+            self.history.append(HistoryEntry(now, "persist_failed", self.protocol.term, detail))
+        elif not was_ok:
+            self.history.append(HistoryEntry(now, "persist_recovered", self.protocol.term,
+                                             {"failures": self.protocol.disk.failures}))
+        return self._observe(effects, now)
+
     def record(self, now: float, event: str, **detail: Any) -> None:
         """Record something the shell did (a hook run, a pause) in the history."""
         self.history.append(HistoryEntry(now, event, self.protocol.term, detail))
@@ -231,6 +255,7 @@ class Node:
             "flapping": len(self.leader_changes) > FLAP_CHANGES_PER_HOUR,
             "split_brains": self.split_brains,
             "blocked_by": dict(self._blockers),
+            "disk": self.protocol.disk.snapshot(now),
             **self.protocol.extra_status(now),
         }
 
@@ -241,10 +266,16 @@ class Node:
             self.leader_changes.popleft()
 
     def _observe(self, effects: list[Effect], now: float) -> list[Effect]:
+        persist_seen = False
         for e in effects:
             if type(e) is Send:
                 continue  # the common case: nothing to record
-            if isinstance(e, Promote):
+            if isinstance(e, Persist):
+                persist_seen = True
+                self._promote_after_persist = None
+            elif isinstance(e, Promote):
+                if persist_seen:
+                    self._promote_after_persist = e.term
                 self.history.append(HistoryEntry(now, "promote", e.term, {"reason": e.reason}))
             elif isinstance(e, Demote):
                 self.history.append(HistoryEntry(now, "demote", e.term, {"reason": e.reason}))

@@ -9,6 +9,7 @@ persisting happens before the sends that follow it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import random
@@ -30,11 +31,16 @@ from electiond.protocols.base import (
     Promote,
     Send,
     SplitBrain,
+    local_facts,
 )
-from electiond.state import StateStore
+from electiond.state import StateError, StateStore
 from electiond.wire import Codec
 
 log = logging.getLogger("electiond")
+
+
+def errno_name(code: int) -> str:
+    return errno.errorcode.get(code, f"errno {code}")
 
 
 def node_environment(config: Config) -> dict[str, str]:
@@ -88,6 +94,8 @@ class Runtime:
         self._last_status_line = ""
         self._transports_closed = False
         self._background: set[asyncio.Task] = set()
+        self._persist_errors: dict[str, int] = {}  # failed state writes by errno name
+        self._disk_failing = False
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -226,10 +234,38 @@ class Runtime:
         delay_s = max(0.0, self.node.deadline() - time.monotonic())
         self._timer = asyncio.get_running_loop().call_later(min(delay_s, 1.0), self._on_timer)
 
+    def _save(self, persist: Persist) -> str | None:
+        """Store a Persist; None on success, else why not (logged once per episode)."""
+        try:
+            self.store.save(persist.state)
+        except (OSError, StateError) as exc:
+            key = getattr(exc, "errno", None)
+            name = errno_name(key) if isinstance(key, int) else type(exc).__name__
+            self._persist_errors[name] = self._persist_errors.get(name, 0) + 1
+            error = f"{name}: {getattr(exc, 'strerror', None) or exc}"
+            if not self._disk_failing:
+                self._disk_failing = True
+                log.error("cannot write state to %s (%s): refusing to vote or stand until a write succeeds",
+                          self.store.path, error)
+            return error
+        if self._disk_failing:
+            self._disk_failing = False
+            log.info("state writes to %s work again (%d failed)", self.store.path, sum(self._persist_errors.values()))
+        return None
+
     def _execute(self, effects: list[Effect], now: float) -> None:
-        for effect in effects:
+        wrote = False
+        failure: str | None = None
+        k = 0
+        while k < len(effects):
+            effect = effects[k]
+            k += 1
             if isinstance(effect, Persist):
-                self.store.save(effect.state)
+                wrote = True
+                failure = self._save(effect)
+                if failure is not None:
+                    # what follows may depend on the state that did not land
+                    effects = effects[:k] + local_facts(effects[k:])
             elif isinstance(effect, Send):
                 self._send(effect)
             elif isinstance(effect, Promote):
@@ -252,6 +288,9 @@ class Runtime:
             elif isinstance(effect, SplitBrain):
                 log.warning("split brain: %s also claimed leadership (term %d); %s",
                             effect.other, effect.term, "we yielded" if effect.yielded else "it must yield")
+        if wrote:
+            self._execute(self.node.persist_done(failure is None, now, failure), now)
+            return
         line = self.status_line()
         if line != self._last_status_line:
             self._last_status_line = line
@@ -345,6 +384,7 @@ class Runtime:
             "hooks": self.hooks.status() if self.hooks else None,
             "healthy": self.health.healthy if self.health else True,
             "health": self.health.snapshot() if self.health else [],
+            "persist_errors": dict(self._persist_errors),
         })
         return status
 

@@ -8,6 +8,7 @@ let this node vote twice in a term it already voted in.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -49,7 +50,10 @@ class StateStore:
         if not (isinstance(term, int) and term >= 0 and (voted_for is None or isinstance(voted_for, str))
                 and isinstance(incarnation, int)):
             raise StateError(f"{self.path} holds values of the wrong type; refusing to start")
-        self.state = PersistedState(term, voted_for)
+        recovering = data.get("recovering", False)  # written since the recover-state option
+        if not isinstance(recovering, bool):
+            raise StateError(f"{self.path} holds values of the wrong type; refusing to start")
+        self.state = PersistedState(term, voted_for, recovering)
         self.incarnation = incarnation
         return self.state
 
@@ -60,20 +64,29 @@ class StateStore:
         return self.incarnation
 
     def save(self, state: PersistedState) -> None:
+        """Store ``state``; raises OSError when it did not land (then the file,
+        and ``self.state``, still hold the previous state)."""
         if state == self.state:
             return
-        self.state = state
-        self._write()
+        previous, self.state = self.state, state
+        try:
+            self._write()
+        except BaseException:
+            self.state = previous  # a later save of the same state must write again
+            raise
 
     def _write(self) -> None:
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
         payload = json.dumps(
-            {"term": self.state.term, "voted_for": self.state.voted_for, "incarnation": self.incarnation}
+            {"term": self.state.term, "voted_for": self.state.voted_for, "incarnation": self.incarnation,
+             "recovering": self.state.recovering}
         ).encode()
         tmp = f"{self.path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            os.write(fd, payload)
+            if os.write(fd, payload) != len(payload):
+                # a short write is a full disk that did not say so
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -54,3 +54,15 @@ MUTANTS = {
     "no quarantine after restart": NoQuarantineAfterRestart,
     "lease measured from reply": LeaseMeasuredFromReply,
 }
+
+
+class DurableBeforeWrite(QuorumLease):
+    """Marks its state durable when it asks for the write and ignores a
+    failure: a retransmitted REQUEST_VOTE is then granted with no write at
+    all (issue #12: two leaders in one term after a full disk and a restart)."""
+
+    def persist_done(self, ok: bool, now: float, error: str | None = None) -> list:
+        return super().persist_done(True, now)
+
+# not in MUTANTS: tests/lease_harness.py has no failing disk, so only the
+# simulator (tests/sim_mutants.py) and its scenarios can catch it

@@ -35,6 +35,7 @@ class SameEpochBully(Bully):
 
 
 from tests.lease_mutants import (  # noqa: E402
+    DurableBeforeWrite,
     LeaderIgnoresLeaseExpiry,
     LeaseMeasuredFromReply,
     NoQuarantineAfterRestart,
@@ -76,6 +77,8 @@ MUTANTS = [
     ("quorum-lease", VoterIgnoresPromise, LEASE_RULES),
     ("quorum-lease", NoQuarantineAfterRestart, LEASE_RULES),
     ("quorum-lease", LeaseMeasuredFromReply, LEASE_RULES),
+    # a vote that leaves without its record on disk (ignoring a failed write)
+    ("quorum-lease", DurableBeforeWrite, ("vote-not-durable", "double-vote", "term-reused")),
     ("bully", NeverYieldBully, ("two-leaders", "liveness")),
     ("bully", SameEpochBully, ("fencing", "term-reused")),
     ("ring", NeverYieldRing, ("two-leaders", "liveness")),

@@ -128,12 +128,23 @@ class Message:
         object.__setattr__(self, "recipient", recipient)
 
 
+# voted_for after a lost state file was recovered (quorum-lease): "this node
+# may have voted in this term; it grants nobody a vote in it". Not a member
+# name (config.py names are plain identifiers).
+VOTE_WITHHELD: Final = "#withheld"
+
+
 @dataclass(frozen=True, slots=True)
 class PersistedState:
-    """What must survive a restart: the term (epoch) and the vote cast in it."""
+    """What must survive a restart: the term (epoch) and the vote cast in it.
+
+    ``recovering``: the state file was lost and rebuilt (``electiond
+    --recover-state``): the term and vote are not known, see each protocol
+    for what it does until it has learnt enough from its peers."""
 
     term: int = 0
     voted_for: str | None = None
+    recovering: bool = False
 
 
 # ---- effects -------------------------------------------------------------
@@ -198,6 +209,69 @@ class SplitBrain:
 Effect = Union[Send, Persist, Promote, Demote, LeaderChanged, SplitBrain]
 
 
+def local_facts(effects: list[Effect]) -> list[Effect]:
+    """What a shell still carries out of an event's effects after one of its
+    Persists failed: only what is true here whatever the disk says (a Demote
+    must never be lost). The Sends and Promotes that follow may depend on the
+    state that did not land, and so do later Persists (the protocol retries
+    with its current state)."""
+    return [e for e in effects if type(e) is Demote or type(e) is LeaderChanged or type(e) is SplitBrain]
+
+
+# a failed write is retried DISK_RETRY_FIRST_S later, doubling up to DISK_RETRY_MAX_S
+DISK_RETRY_FIRST_S: Final = 0.1
+DISK_RETRY_MAX_S: Final = 5.0
+
+
+class DiskWrites:
+    """Whether this node's last Persist landed, and when to try again if not.
+
+    Pure bookkeeping every protocol shares: the shell reports each outcome
+    (``persist_done``); the protocol refuses whatever needs a durable state
+    while ``ok`` is False and asks for a retry at ``retry_at``."""
+
+    __slots__ = ("ok", "error", "failures", "episodes", "retry_at", "_delay_s")
+
+    def __init__(self) -> None:
+        self.ok = True
+        self.error: str | None = None
+        self.failures = 0  # failed writes since start
+        self.episodes = 0  # times the disk went from working to failing
+        self.retry_at = float("inf")
+        self._delay_s = DISK_RETRY_FIRST_S
+
+    def failed(self, now: float, error: str | None) -> None:
+        if self.ok:
+            self.episodes += 1
+            self._delay_s = DISK_RETRY_FIRST_S
+        self.ok = False
+        self.error = error or "write failed"
+        self.failures += 1
+        self.retry_at = now + self._delay_s
+        self._delay_s = min(self._delay_s * 2, DISK_RETRY_MAX_S)
+
+    def succeeded(self) -> bool:
+        """A write landed; True if that ends a failure episode."""
+        healed = not self.ok
+        self.ok = True
+        self.retry_at = float("inf")
+        self._delay_s = DISK_RETRY_FIRST_S
+        return healed
+
+    def retry_due(self, now: float) -> bool:
+        return not self.ok and now >= self.retry_at
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "error": None if self.ok else self.error,
+            "last_error": self.error,
+            "failures": self.failures,
+            "episodes": self.episodes,
+            "retry_in_ms": None if self.ok else round(max(0.0, self.retry_at - now) * 1000, 1),
+        }
+
+
 class CommandError(Exception):
     """A local request (transfer, stepdown) that cannot be carried out now."""
 
@@ -219,6 +293,7 @@ class ElectionProtocol(abc.ABC):
     ) -> None:
         self.settings = settings
         self.rng = rng
+        self.disk = DiskWrites()
 
     @abc.abstractmethod
     def on_message(self, msg: Message, now: float) -> list[Effect]:
@@ -260,6 +335,19 @@ class ElectionProtocol(abc.ABC):
 
     def transfer(self, target: str | None, now: float) -> list[Effect]:
         raise CommandError(f"{self.name} does not support transfer")
+
+    def persist_done(self, ok: bool, now: float, error: str | None = None) -> list[Effect]:
+        """The shell carried out the Persists of the last effect list that held
+        any: all of them landed (ok), or the first one failed with ``error``
+        and the shell dropped that list's later Sends, Promotes and Persists
+        (``local_facts`` says what it kept). The protocol must then treat
+        the state as not durable, undo what that list claimed and refuse
+        whatever needs a durable state until a retried write lands."""
+        if ok:
+            self.disk.succeeded()
+        else:
+            self.disk.failed(now, error)
+        return []
 
     def demote_hooks_done(self, now: float) -> list[Effect]:
         """The shell finished running the hooks of the last Demote (quorum-lease

@@ -85,7 +85,7 @@ class Bully(EpochProtocol):
 
     # ---- time -------------------------------------------------------------
 
-    def deadline(self) -> float:
+    def _deadline(self) -> float:
         if self._role == ROLE_LEADER:
             return self._next_heartbeat
         if self._role == ROLE_CANDIDATE:
@@ -94,7 +94,7 @@ class Bully(EpochProtocol):
             return self._watch.deadline()
         return self._retry_at
 
-    def on_tick(self, now: float) -> list[Effect]:
+    def _on_tick(self, now: float) -> list[Effect]:
         if self._role == ROLE_LEADER:
             if now >= self._next_heartbeat:
                 self._next_heartbeat = now + self.settings.heartbeat_interval_s
@@ -289,6 +289,10 @@ class Bully(EpochProtocol):
 
     def _persist(self) -> Persist:
         return Persist(PersistedState(self._epoch, self._epoch_leader))
+
+    def _undo_claim(self) -> None:
+        if self._epoch_leader == self.settings.node_name:
+            self._epoch_leader = None
 
     # ---- local requests -----------------------------------------------------------
 

@@ -4,6 +4,21 @@ the adaptive detector, eligibility, and a hold after stepping down.
 Neither protocol can keep two leaders apart during a partition; both elect by
 id, announce with COORDINATOR and keep the leader with heartbeats, so the
 follower-side bookkeeping is the same and lives here once.
+
+Persist-then-send: the epoch is persisted before a COORDINATOR announces it,
+so a restarted node never hands out a token twice. The shell reports whether
+each list's Persists landed (``persist_done``); after a failure it dropped
+the list's Sends and Promotes, so a node that was crowning itself is no
+leader (and one that already led steps down: a new token it cannot keep
+would be reused after a restart). It stands for nothing, and so answers no
+ELECTION (bully) and puts up no id (ring), until a retried write of its
+epoch lands (``on_tick``, with backoff).
+
+A lost state file (``PersistedState.recovering``): neither protocol promises
+anything a lost epoch could break beyond the token itself, and both already
+take up any higher epoch a peer announces, so a recovering node simply starts
+from its recovered epoch and the ones it hears; a leader it outranks learns
+the newest token from the others (stale-token answers) before it fences.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from electiond.protocols.base import (
     Effect,
     ElectionProtocol,
     LeaderChanged,
+    Persist,
     PersistedState,
     Settings,
     mypyc_attr,
@@ -65,7 +81,49 @@ class EpochProtocol(ElectionProtocol):
         return None
 
     def _can_stand(self, now: float) -> bool:
-        return self._eligible and now >= self._hold_until
+        return self._eligible and now >= self._hold_until and self.disk.ok
+
+    # ---- the disk ---------------------------------------------------------
+
+    def on_tick(self, now: float) -> list[Effect]:
+        if self.disk.retry_due(now):
+            # the retried write goes first: what follows may need it
+            self.disk.retry_at = now + self.settings.heartbeat_interval_s  # until the shell reports
+            return [self._persist(), *self._on_tick(now)]
+        return self._on_tick(now)
+
+    def _on_tick(self, now: float) -> list[Effect]:
+        raise NotImplementedError
+
+    def deadline(self) -> float:
+        d = self._deadline()
+        return d if self.disk.ok or d < self.disk.retry_at else self.disk.retry_at
+
+    def _deadline(self) -> float:
+        raise NotImplementedError
+
+    def _persist(self) -> Persist:
+        raise NotImplementedError
+
+    def persist_done(self, ok: bool, now: float, error: str | None = None) -> list[Effect]:
+        if ok:
+            self.disk.succeeded()
+            return []
+        self.disk.failed(now, error)
+        effects: list[Effect] = []
+        wait_s = self.disk.retry_at - now
+        if self._role == ROLE_LEADER:
+            # crowned in the failed list (its COORDINATOR never left) or
+            # re-asserting with a token not on disk: lead no more
+            effects = self._resign(now, "persist_failed", wait_s)
+        elif self._role != ROLE_FOLLOWER or self._leader is None:
+            self._to_follower_without_leader(now, wait_s + self.settings.election_timeout_min_s)
+        self._undo_claim()
+        return effects
+
+    def _undo_claim(self) -> None:
+        """Forget that we announced ourselves under the current epoch (the
+        announcement never left: the failed Persist dropped it)."""
 
     def _has_live_leader(self, now: float) -> bool:
         return self._leader is not None and not self._watch.suspects(now)

@@ -15,6 +15,26 @@ A restarted node may have forgotten promises, so it grants no vote for L_f
 (quarantine); ``(term, voted_for)`` is persisted before any vote reply or
 candidacy message is listed (the shell carries effects out in order).
 
+Persist-then-send is a checked contract, not an assumption. The shell tells
+us whether each list's Persists landed (``persist_done``); only then is a
+state durable (``_durable``). After a failed write the shell has dropped the
+list's Sends and Promotes; we undo what the list claimed (a candidacy, a
+promotion in a cluster of one) and, until a retried write of our current
+state lands (``on_tick``, with backoff), grant no vote, acknowledge no
+heartbeat and do not stand (``_vote_blocked_for`` and ``_on_heartbeat``). So
+a vote we decided on while the disk was failing leaves only once it is on
+disk: a retransmitted REQUEST_VOTE is answered after the retry, not before.
+
+A lost state file (``PersistedState.recovering``, written by ``electiond
+--recover-state``): we may have voted in terms we no longer know. We grant
+no vote and do not stand until we have heard from a quorum of distinct
+peers; M, the highest term they showed us, is then persisted with the vote
+withheld (``VOTE_WITHHELD``), and we vote only in terms above M. Why that is
+enough: a vote we cast in term T before the loss can help a candidate win T
+only with quorum-1 other voters that reached term >= T. We heard from q =
+quorum distinct peers out of the n-1 others; q + (q - 1) > n - 1 because
+2q > n, so one of them is such a voter and showed us a term >= T: M >= T.
+
 Candidacy order. The config gives this node only its own priority, so the
 delay before standing is a fixed function of what every node knows: its
 priority and its id's rank among the members (higher id first, as in bully):
@@ -68,6 +88,8 @@ from electiond.protocols.base import (
     PersistedState,
     Promote,
     Send,
+    DISK_RETRY_FIRST_S,
+    VOTE_WITHHELD,
     Settings,
     mypyc_attr,
 )
@@ -122,7 +144,12 @@ class QuorumLease(ElectionProtocol):
         state = persisted or PersistedState()
         self._term = state.term
         self._voted_for = state.voted_for
-        self._durable = state  # what the shell has stored
+        self._durable = state  # what the shell reported stored
+        self._written = state  # what we last asked it to store (lands or not)
+        # a lost state file: which peers we heard since, and the highest term each showed
+        self._recovering = state.recovering  # until M with the vote withheld is on disk
+        self._recovery_terms: dict[str, int] = {}
+        self._recovered_to = -1  # M, once chosen
         self._role = ROLE_FOLLOWER
         self._leader: str | None = None
         self._eligible = True
@@ -220,6 +247,7 @@ class QuorumLease(ElectionProtocol):
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
             "leader_watch": self._watch.suspicion_snapshot(now) if self._leader not in (None, self.settings.node_name) else None,
             "election_attempt": self._backoff.attempt,
+            "recovering": self._recovering,
         }
 
     # ---- time -------------------------------------------------------------
@@ -234,6 +262,10 @@ class QuorumLease(ElectionProtocol):
         return min(self._next_send, rescue)
 
     def deadline(self) -> float:
+        d = self._protocol_deadline()
+        return d if self.disk.ok or d < self.disk.retry_at else self.disk.retry_at
+
+    def _protocol_deadline(self) -> float:
         if self._role == ROLE_LEADER:
             return min(self._heartbeat_due(), self._step_down_at())
         if self._role == ROLE_CANDIDATE:
@@ -248,6 +280,9 @@ class QuorumLease(ElectionProtocol):
 
     def on_tick(self, now: float) -> list[Effect]:
         effects = self._check_lease(now)
+        if self.disk.retry_due(now):
+            # the retried write goes first: what follows may need it
+            effects += self._retry_write(now)
         if self._role == ROLE_LEADER:
             if now >= self._heartbeat_due():
                 effects += self._send_heartbeat(now)
@@ -283,6 +318,8 @@ class QuorumLease(ElectionProtocol):
         # a leader woken from a freeze looks at its lease before anything else
         effects = self._check_lease(now)
         self._last_heard[msg.sender] = now
+        if self._recovering:
+            effects += self._hear_while_recovering(msg, now)
         if "priority" in msg.body:
             self._peer_priority[msg.sender] = int(msg.body["priority"])
         more = self._dispatch(msg, now)
@@ -429,6 +466,10 @@ class QuorumLease(ElectionProtocol):
             effects.append(LeaderChanged(msg.sender, self._term))
         self._leader_priority = int(msg.body["priority"])
         self._watch.heartbeat(now)
+        if not self.disk.ok:
+            # our term is not durable: an ack would back a lease in a term we
+            # may not remember after a restart. Follow, but grant nothing
+            return effects
         # the ack is a lease grant: promise before it leaves
         self._promise(msg.sender, now)
         effects.append(
@@ -698,19 +739,85 @@ class QuorumLease(ElectionProtocol):
         self._promise_until = now + self.settings.follower_promise_s()
 
     def _vote_blocked_for(self, candidate: str, now: float) -> float:
-        """Seconds before we may grant ``candidate`` a vote (0.0: we may now)."""
+        """Seconds before we may grant ``candidate`` a vote (0.0: we may now).
+
+        Every grant passes here, our own vote for ourselves included: it is
+        the one place that also refuses while our state is not durable (a
+        failing disk, a lost state file not yet recovered)."""
         wait_s = max(0.0, self._quarantine_until - now)
         if self._promised_to not in (None, candidate):
             wait_s = max(wait_s, self._promise_until - now)
+        if not self.disk.ok:
+            # at least a heartbeat interval: a retry that is due now has not landed yet
+            wait_s = max(wait_s, self.disk.retry_at - now, self.settings.heartbeat_interval_s)
+        if self._recovering:
+            wait_s = max(wait_s, self.settings.election_timeout_min_s)
         return wait_s
 
+    def _state(self) -> PersistedState:
+        return PersistedState(self._term, self._voted_for, self._recovering and self._recovered_to < 0)
+
     def _persist(self) -> list[Effect]:
-        """Persist (term, voted_for) unless the shell already stored exactly that."""
-        state = PersistedState(self._term, self._voted_for)
-        if state == self._durable:
+        """Persist (term, voted_for) unless the shell already stored exactly that.
+
+        While writes fail, nothing: the retry in on_tick writes whatever the
+        state is then, and nothing that needs it leaves before."""
+        state = self._state()
+        if state == self._written or not self.disk.ok:
             return []
-        self._durable = state
+        self._written = state
         return [Persist(state)]
+
+    def _retry_write(self, now: float) -> list[Effect]:
+        # set the next retry now: if the shell never reports, we try again
+        # rather than wait for ever (persist_done moves it on a failure)
+        self.disk.retry_at = now + max(self.settings.heartbeat_interval_s, DISK_RETRY_FIRST_S)
+        state = self._state()
+        self._written = state
+        return [Persist(state)]
+
+    def persist_done(self, ok: bool, now: float, error: str | None = None) -> list[Effect]:
+        if ok:
+            self._durable = self._written
+            self.disk.succeeded()
+            if self._recovering and not self._written.recovering:
+                self._recovering = False  # M with the vote withheld is on disk
+                self._candidacy_at = max(self._candidacy_at, now + self._rank_delay_s())
+            return []
+        # the disk keeps what it held; our next write must not be skipped as
+        # a repeat of the one that failed
+        self._written = self._durable
+        self.disk.failed(now, error)
+        effects: list[Effect] = []
+        if self._role == ROLE_LEADER:
+            # only a cluster of one promotes in the list that persisted its
+            # candidacy; the shell dropped that Promote and the heartbeat
+            effects = self._demote(now, "persist_failed")
+        elif self._role == ROLE_CANDIDATE:
+            # our REQUEST_VOTE never left: the candidacy is void
+            self._to_follower()
+        self._cancel_prevote()
+        self._candidacy_at = max(self._candidacy_at, self.disk.retry_at + self._rank_delay_s())
+        return effects
+
+    def _hear_while_recovering(self, msg: Message, now: float) -> list[Effect]:
+        """Collect terms from distinct peers; with a quorum of them, persist
+        the highest with our vote withheld (see the module docstring)."""
+        term = msg.term
+        if msg.kind == PREVOTE or (msg.kind == PREVOTE_REPLY and msg.body["granted"]):
+            term -= 1  # a proposed term; the sender itself is at least one below
+        if term > self._recovery_terms.get(msg.sender, -1):
+            self._recovery_terms[msg.sender] = term
+        if self._recovered_to >= 0 or len(self._recovery_terms) < self.settings.quorum:
+            return []
+        m = max(self._term, max(self._recovery_terms.values()))
+        effects: list[Effect] = []
+        if m > self._term:
+            effects = self._adopt_term(m, now, persist=False)
+        self._recovered_to = m
+        self._voted_for = VOTE_WITHHELD
+        # while writes fail this adds nothing: the retry writes it (see _state)
+        return effects + self._persist()
 
     def _election_round_s(self) -> float:
         s = self.settings

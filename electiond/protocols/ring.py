@@ -191,7 +191,7 @@ class Ring(EpochProtocol):
 
     # ---- time -------------------------------------------------------------
 
-    def deadline(self) -> float:
+    def _deadline(self) -> float:
         if self._round_nonce is not None:
             d = self._round_deadline
         elif self._role == ROLE_LEADER:
@@ -209,7 +209,7 @@ class Ring(EpochProtocol):
             d = self._join_at
         return d
 
-    def on_tick(self, now: float) -> list[Effect]:
+    def _on_tick(self, now: float) -> list[Effect]:
         self._expire_suspects(now)
         effects: list[Effect] = []
         if self._join_due and now >= self._join_at:
@@ -603,6 +603,14 @@ class Ring(EpochProtocol):
 
     def _persist(self) -> Persist:
         return Persist(PersistedState(self._epoch, None))
+
+    def _undo_claim(self) -> None:
+        # a COORDINATOR naming us waits for its HOP_ACK as if sent: it must not go out on a retry
+        me = self.settings.node_name
+        for hop_id in [k for k, h in self._pending.items() if h.kind == COORDINATOR and h.body["leader"] == me]:
+            del self._pending[hop_id]
+        if self._last_coordinator is not None and self._last_coordinator[0] == me:
+            self._last_coordinator = None
 
     # ---- sending ----------------------------------------------------------------
 

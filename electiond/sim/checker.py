@@ -19,8 +19,8 @@ from bisect import insort
 from dataclasses import dataclass, field
 from typing import Callable
 
-from electiond.protocols.base import ROLE_LEADER, ElectionProtocol, PersistedState, Settings
-from electiond.protocols.lease import QuorumLease
+from electiond.protocols.base import ROLE_LEADER, ElectionProtocol, PersistedState, Send, Settings
+from electiond.protocols.lease import REQUEST_VOTE, VOTE, QuorumLease
 
 
 def _bully_round_s(s: Settings) -> float:
@@ -56,13 +56,22 @@ class InvariantSet:
     leases: never two (running) nodes with is_leader(now) at one true instant,
         whatever the faults.
     votes: a node never votes for two candidates in one term (seen in its
-        Persist effects), across restarts that keep the disk.
+        Persist effects), across restarts that keep the disk; and
+        "vote-not-durable": whenever a granted VOTE (or a candidacy's
+        REQUEST_VOTE) leaves host i in term T, i's simulated disk holds
+        (T, that vote), whatever the disk faults (writes that fail, a crash
+        between write and rename). "term-reused" (no two leaders in one
+        term) is asserted under disk faults too, with terms_always.
     terms_always: fencing tokens (Promote.term) strictly increase and are never
         reused, even with partitions and loss; otherwise only asserted until
         the first partition, lost or late datagram or delay spike of a run,
         and not for a promotion made while no other running node knew the
         newest token (every node that saw it was down). Never asserted once a node lost its disk: a node
-        that forgets its term cannot be expected to fence.
+        that forgets its term cannot be expected to fence. "fencing" (never
+        promote with a token no newer than that of a leader one followed)
+        holds across a restart only for what reached the node's disk: a
+        follow whose epoch failed to land (a disk fault) is forgotten on a
+        crash like a lost disk (quorum-lease's "term-reused" still stands).
     settle_s: bully-style protocols, partition-free runs: two leaders at once
         are a violation once this long has passed after the last fault.
     liveness_bound_s: after heal, exactly one agreed leader within this long.
@@ -370,6 +379,28 @@ class Checker:
             self.violate(
                 t, "double-vote", f"{self.names[i]} voted for {earlier} and then {state.voted_for} in term {state.term}"
             )
+
+    def vote_sent(self, t: float, i: int, e: Send, disk: PersistedState | None) -> None:
+        """A VOTE or REQUEST_VOTE leaves node i: the vote it carries must be on disk."""
+        if e.kind == VOTE:
+            if not e.body["granted"]:
+                return  # a refusal promises nothing
+            want = e.to
+        else:
+            want = self.names[i]
+        if disk is None or disk.term != e.term or disk.voted_for != want:
+            what = "granted a vote to" if e.kind == VOTE else "asked for votes as"
+            self.violate(
+                t, "vote-not-durable",
+                f"{self.names[i]} {what} {want} in term {e.term} while its disk holds "
+                f"{'nothing' if disk is None else f'term {disk.term} voted_for {disk.voted_for}'}",
+            )
+
+    def restarted_with(self, i: int, disk: PersistedState | None) -> None:
+        """Node i boots with ``disk``: it remembers following no newer term than that."""
+        remembered = disk.term if disk is not None else -1
+        if self._followed.get(i, -1) > remembered:
+            self._followed[i] = remembered
 
     def followed(self, i: int, leader: str, term: int) -> None:
         """Node i accepted ``leader`` (another node) as leader in ``term``."""

@@ -5,6 +5,13 @@ One event queue on true time drives everything. Each host has its own clock
 node's ``deadline()``, converted to true time). Effects are carried out in the
 order the node lists them, as the daemon's runtime does: a Persist reaches the
 disk before any later Send leaves.
+
+Disk faults: while a host's disk fails (``disk_fail``) a Persist does not
+land (the disk keeps its old state, as with ENOSPC or EROFS): the rest of
+the list is carried out as the runtime does (``local_facts``) and the node
+hears ``persist_done(False)``. ``crash_in_write`` makes the host's next
+Persist crash it between the write and the rename: the old state stays and
+the daemon is gone at that instant.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from electiond.protocols.base import (
     Send,
     Settings,
     SplitBrain,
+    local_facts,
 )
+from electiond.protocols.lease import REQUEST_VOTE, VOTE
 from electiond.sim.checker import Checker, InvariantSet
 from electiond.sim.clock import SimClock
 from electiond.sim.network import Links, NetworkModel
@@ -53,7 +62,8 @@ class Host:
     """One simulated machine: clock, disk, and the daemon when it runs."""
 
     __slots__ = ("index", "name", "settings", "clock", "node", "disk", "paused", "inbox", "timer_local",
-                 "timer_version", "timer_true", "spin_t", "spin_count", "pending_done")
+                 "timer_version", "timer_true", "spin_t", "spin_count", "pending_done", "disk_failing",
+                 "crash_in_write")
 
     def __init__(self, index: int, settings: Settings, clock: SimClock) -> None:
         self.index = index
@@ -70,6 +80,8 @@ class Host:
         self.spin_t = -1.0
         self.spin_count = 0
         self.pending_done = False  # demote hooks finished while frozen
+        self.disk_failing = False  # writes do not land (the disk keeps its state)
+        self.crash_in_write = -1.0  # >= 0: the next write crashes the host, down this long (-1: off)
 
 
 class Cluster:
@@ -120,6 +132,8 @@ class Cluster:
         self.checker.reassert_grace_s = 2 * self.network.worst_delay_s() + 0.01
         # called after every event (the runner's liveness watch); None = off
         self.after_event: Callable[[float], None] | None = None
+        self._check_votes_durable = invariants.votes
+        self.disk_failures = 0  # writes that did not land, all hosts
 
     # ---- state ----------------------------------------------------------------
 
@@ -218,6 +232,8 @@ class Cluster:
         effects = node.on_message(msg, h.clock.local(self.now))
         if effects:
             self._carry_out(h, effects)
+            if h.node is None:
+                return  # crashed in a write
         self._arm(h)
         self._check(h)
 
@@ -247,6 +263,8 @@ class Cluster:
             self.note(f"{h.name} tick")
         if effects:
             self._carry_out(h, effects)
+            if h.node is None:
+                return  # crashed in a write
         if self.now == h.spin_t:
             h.spin_count += 1
             if h.spin_count > SPIN_LIMIT:
@@ -297,15 +315,25 @@ class Cluster:
     # ---- effects ----------------------------------------------------------------
 
     def _carry_out(self, h: Host, effects: list) -> None:
-        for e in effects:
+        wrote = False
+        for k in range(len(effects)):
+            e = effects[k]
             et = type(e)
             if et is Send:
                 self._send(h, e)
             elif et is Persist:
+                if h.crash_in_write >= 0.0:
+                    self._crash_in_write(h, e.state)
+                    return
+                if h.disk_failing:
+                    self._write_failed(h, e.state, effects[k + 1:])
+                    return
+                wrote = True
                 h.disk = e.state
                 self.checker.persisted(self.now, h.index, e.state)
                 if self.tracing:
-                    self.note(f"{h.name} persist term={e.state.term} voted_for={e.state.voted_for}")
+                    self.note(f"{h.name} persist term={e.state.term} voted_for={e.state.voted_for}"
+                              + (" recovering" if e.state.recovering else ""))
             elif et is Promote:
                 if self.tracing:
                     self.note(f"{h.name} PROMOTE term={e.term} ({e.reason})")
@@ -322,6 +350,51 @@ class Cluster:
             elif et is SplitBrain:
                 if self.tracing:
                     self.note(f"{h.name} SPLIT-BRAIN with {e.other} term={e.term} yielded={e.yielded}")
+        if wrote:
+            node = h.node
+            assert node is not None
+            more = node.persist_done(True, h.clock.local(self.now))
+            if more:
+                self._carry_out(h, more)
+
+    def _write_failed(self, h: Host, state: PersistedState, rest: list) -> None:
+        """The runtime's rule: keep the local facts, drop what may depend on the write."""
+        self.disk_failures += 1
+        self.checker.fault(self.now)
+        if self.tracing:
+            self.note(f"{h.name} persist term={state.term} voted_for={state.voted_for} FAILED (disk)")
+        kept = local_facts(rest)
+        if kept:
+            self._carry_out(h, kept)
+        node = h.node
+        assert node is not None
+        more = node.persist_done(False, h.clock.local(self.now), "ENOSPC (simulated)")
+        if more:
+            self._carry_out(h, more)
+
+    def _crash_in_write(self, h: Host, state: PersistedState) -> None:
+        """Power lost between the write and the rename: the old state stays."""
+        down_s = h.crash_in_write
+        h.crash_in_write = -1.0
+        self.note(f"{h.name} persist term={state.term} voted_for={state.voted_for} never landed: CRASH IN WRITE")
+        self.crash(h.index)
+        self.at(self.now + down_s, lambda: self.boot(h.index), fault=True)
+
+    def set_disk(self, i: int, failing: bool) -> None:
+        h = self.hosts[i]
+        if h.disk_failing != failing:
+            h.disk_failing = failing
+            self.checker.fault(self.now)
+            self.note(f"{h.name} DISK {'FAILING' if failing else 'OK'}")
+
+    def arm_crash_in_write(self, i: int, down_s: float) -> None:
+        self.hosts[i].crash_in_write = down_s
+        self.note(f"{self.hosts[i].name} will crash in its next write")
+
+    def heal_disks(self) -> None:
+        for h in self.hosts:
+            self.set_disk(h.index, False)
+            h.crash_in_write = -1.0
 
     def _run_demote_hooks(self, h: Host) -> None:
         """The shell runs demote hooks in child processes and tells the node
@@ -348,10 +421,14 @@ class Cluster:
         effects = node.demote_hooks_done(h.clock.local(self.now))
         if effects:
             self._carry_out(h, effects)
+            if h.node is None:
+                return
         self._arm(h)
         self._check(h)
 
     def _send(self, h: Host, e: Send) -> None:
+        if self._check_votes_durable and (e.kind == VOTE or e.kind == REQUEST_VOTE):
+            self.checker.vote_sent(self.now, h.index, e, h.disk)
         msg = Message(e.kind, h.name, e.term, e.body, e.to)
         if e.to is None:
             targets = self._others[h.index]
@@ -402,6 +479,7 @@ class Cluster:
         if not keep_disk:
             h.disk = None
             self.checker.disk_wiped(i)
+        self.checker.restarted_with(i, h.disk)
         seed = self.rng.getrandbits(64)
         h.node = Node(h.settings, self.protocol, random.Random(seed), h.clock.local(self.now), h.disk, self.registry)
         h.paused = False
@@ -450,16 +528,20 @@ class Cluster:
         self.note(f"{h.name} RESUME ({len(h.inbox)} queued)")
         self.checker.fault(self.now)
         self._tick(h)
-        if h.pending_done and h.node is not None:
+        # self.running, not h.node: compiled, a test of h.node above would
+        # stay narrowed to "not None" though the tick may crash the host (a
+        # crash in a write)
+        if h.pending_done and self.running(i):
             self._input_hooks_done(h)
         inbox, h.inbox = h.inbox, []
         for msg in inbox:
-            if h.node is None or h.paused:
+            if not self.running(i):
                 break
             self._input_message(h, msg)
-        if h.node is not None and not h.paused:
+        node = self.hosts[i].node
+        if node is not None and not h.paused:
             # hooks kept running while the daemon was frozen; it hears now
-            self._demote_hooks_done(h, h.node)
+            self._demote_hooks_done(h, node)
 
     def set_clock_rate(self, i: int, rate: float) -> None:
         h = self.hosts[i]

@@ -23,8 +23,8 @@ SAME = -3  # Fault.node: the host its paired fault hit (detail["ref"])
 @dataclass(slots=True)
 class Fault:
     t: float
-    kind: str  # partition, heal, crash, restart, pause, resume, clock, loss, spike
-    # (a "crash-many" draw becomes several crash/restart faults)
+    kind: str  # partition, heal, crash, restart, pause, resume, clock, loss, spike,
+    # disk-fail, disk-ok, crash-in-write (a "crash-many" draw becomes several crash/restart faults)
     node: int = -1
     detail: dict = field(default_factory=dict)
 
@@ -43,6 +43,7 @@ class RunPlan:
     state_loss: bool
     keep_down: list[int]  # crashed through the liveness phase (a minority)
     round_s: float  # one election round, the unit the schedule is drawn in
+    disk_faults: bool = False  # some host's writes fail for a while in the safety phase
 
 
 def _settings(rng: random.Random, size: int, cluster: str = "sim") -> tuple[list[Settings], dict]:
@@ -147,11 +148,35 @@ def plan_run(seed: int, size: int | None = None) -> RunPlan:
                 f.detail["kind"] = "mute-leader"  # it hears everyone, nobody hears it
             faults.append(f)
             faults.append(Fault(t + round_s * rng.uniform(0.5, 6.0), "heal"))
-    faults.sort(key=lambda f: f.t)
     # a minority may stay down through the liveness phase
     keep_down = rng.sample(range(n), rng.randint(0, (n - 1) // 2)) if rng.random() < 0.3 else []
+    # disk faults come from a generator of their own, so adding them left
+    # every other draw of a seed as it was
+    disk_faults = _disk_faults(random.Random(seed ^ 0xD15C), n, s0, round_s, safety_s)
+    faults += disk_faults
+    faults.sort(key=lambda f: f.t)
     return RunPlan(seed, n, settings, clocks, network, boot_at, faults, safety_s, partitions, state_loss,
-                   sorted(keep_down), round_s)
+                   sorted(keep_down), round_s, any(f.kind == "disk-fail" for f in disk_faults))
+
+
+def _disk_faults(rng: random.Random, n: int, s0: Settings, round_s: float, safety_s: float) -> list[Fault]:
+    """Writes that fail for a while (ENOSPC, EROFS: the disk keeps its old
+    state), and crashes between a write and its rename (the write never
+    lands). Half of them hit whoever leads (or is about to), where a
+    promotion's Persist can fail."""
+    faults: list[Fault] = []
+    if rng.random() >= 0.4:
+        return faults
+    for _ in range(rng.randint(1, 3)):
+        t = rng.uniform(0.0, safety_s)
+        ref = {"node": rng.randrange(n)}
+        node = LEADER if rng.random() < 0.3 else ref["node"]
+        if rng.random() < 0.7:
+            faults.append(Fault(t, "disk-fail", node, {"ref": ref}))
+            faults.append(Fault(t + round_s * rng.uniform(0.3, 4.0), "disk-ok", SAME, {"ref": ref}))
+        else:
+            faults.append(Fault(t, "crash-in-write", node, {"ref": ref, "down_s": _down_s(rng, s0, round_s)}))
+    return faults
 
 
 def _down_s(rng: random.Random, s0: Settings, round_s: float) -> float:

@@ -15,7 +15,7 @@ import time as _time
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from electiond.protocols.base import ElectionProtocol
+from electiond.protocols.base import DISK_RETRY_MAX_S, ElectionProtocol
 from electiond.sim.checker import InvariantSet, Violation, invariants_for
 from electiond.sim.cluster import Cluster
 from electiond.sim.faults import LEADER, SAME, Fault, RunPlan, plan_run
@@ -103,6 +103,12 @@ def _apply(cluster: Cluster, f: Fault) -> None:
             cluster.cut(d["from"], d["to"])
     elif f.kind == "heal":
         cluster.heal()
+    elif f.kind == "disk-fail":
+        cluster.set_disk(_target(cluster, f), True)
+    elif f.kind == "disk-ok":
+        cluster.set_disk(_target(cluster, f), False)
+    elif f.kind == "crash-in-write":
+        cluster.arm_crash_in_write(_target(cluster, f), f.detail["down_s"])
     else:  # pragma: no cover - plan_run only makes the kinds above
         raise ValueError(f.kind)
 
@@ -144,6 +150,7 @@ def _liveness(cluster: Cluster, plan: RunPlan, inv: InvariantSet, result: RunRes
     cluster.cancel_faults()
     cluster.note("LIVENESS PHASE: heal, resume, restart; no more faults")
     cluster.heal()
+    cluster.heal_disks()
     cluster.network.loss = 0.0
     cluster.network.spike_max_delay_s = 0.0
     cluster.network.straggler = 0.0
@@ -158,6 +165,9 @@ def _liveness(cluster: Cluster, plan: RunPlan, inv: InvariantSet, result: RunRes
     cluster.checker.fault(start, start + plan.network.worst_delay_s() + plan.settings[0].answer_timeout_s * 8)
     live = [i for i in range(plan.size) if i not in plan.keep_down]
     bound_s = inv.liveness_bound_s(plan.settings[0])
+    if plan.disk_faults:
+        # a node whose writes failed notices the healed disk at its next retry
+        bound_s += DISK_RETRY_MAX_S
     first: list[float] = []
 
     def watch(t: float) -> None:

@@ -23,6 +23,8 @@ Actions (nodes start at t=0, with the first action):
     pause n1 | resume n1        # frozen; on resume ticked before any message
     clock n1 rate 1.0005        # a one-off clock rate change
     stepdown n1 | transfer n1 [n2]
+    disk n1 fail | disk n1 ok   # writes fail (the disk keeps its old state) / work again
+    disk n1 crash-in-write 200ms  # the next write never lands: n1 crashes then, back 200ms later
 
 Expectations (checked at the current instant, each node on its own clock):
 
@@ -33,6 +35,8 @@ Expectations (checked at the current instant, each node on its own clock):
     expect view n1 n3 | expect view n1 none   # whom n1 believes leads
     expect role n2 candidate
     expect split-brains n2 1    # SplitBrain events n2 has recorded
+    expect disk n1 failing      # n1's protocol knows its writes fail (or: ok)
+    expect stored n1 term 3 [vote n2]   # what n1's simulated disk holds
     expect violation two-leaders  # the invariant checker reported this rule
 
 The invariant checker runs throughout, with the protocol's row of
@@ -210,6 +214,14 @@ class Scenario:
             c.resume(self._node(w[1]))
         elif verb == "clock":
             c.set_clock_rate(self._node(w[1]), float(w[3]))
+        elif verb == "disk":
+            i = self._node(w[1])
+            if w[2] == "crash-in-write":
+                c.arm_crash_in_write(i, parse_duration_s(w[3]))
+            elif w[2] in ("fail", "ok"):
+                c.set_disk(i, w[2] == "fail")
+            else:
+                raise ValueError("disk NODE fail|ok|crash-in-write DURATION")
         elif verb in ("stepdown", "transfer"):
             h = c.hosts[self._node(w[1])]
             now = h.clock.local(c.now)
@@ -219,8 +231,9 @@ class Scenario:
                 effects = h.node.transfer(w[2] if len(w) > 2 else None, now)
             c.note(f"{h.name} {line}")
             c._carry_out(h, effects)
-            c._arm(h, force=True)
-            c._check(h)
+            if h.node is not None:  # not crashed in a write
+                c._arm(h, force=True)
+                c._check(h)
         elif verb == "expect":
             self._expect(w[1:], line)
         else:
@@ -274,6 +287,21 @@ class Scenario:
             count = c.hosts[self._node(w[1])].node.split_brains
             if count != int(w[2]):
                 self._fail(line, f"{w[1]} recorded {count} split brains")
+        elif what == "disk":
+            h = c.hosts[self._node(w[1])]
+            ok = h.node.protocol.disk.ok
+            if w[2] not in ("ok", "failing"):
+                raise ValueError("expect disk NODE ok|failing")
+            if ok != (w[2] == "ok"):
+                self._fail(line, f"{w[1]}'s writes {'work' if ok else 'fail'}: {h.node.protocol.disk.snapshot(0.0)}")
+        elif what == "stored":
+            disk = c.hosts[self._node(w[1])].disk
+            if w[2] != "term":
+                raise ValueError("expect stored NODE term T [vote NAME|none]")
+            if disk is None or disk.term != int(w[3]):
+                self._fail(line, f"{w[1]}'s disk holds {disk}")
+            if len(w) > 5 and disk.voted_for != (None if w[5] == "none" else w[5]):
+                self._fail(line, f"{w[1]}'s disk holds {disk}")
         elif what == "violation":
             rules = [v.rule for v in c.checker.violations[self.seen_violations:]]
             if w[1] not in rules:
