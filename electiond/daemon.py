@@ -86,8 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(cfg: configmod.Config) -> str:
-    """Run until a signal; returns why it stopped, for the final log line."""
+async def serve(cfg: configmod.Config) -> tuple[str, float]:
+    """Run until a signal; returns why it stopped (for the final log line)
+    and when the signal came (monotonic seconds)."""
     from electiond.runtime import Runtime
 
     runtime = Runtime(cfg, on_status=lambda line: sd_notify(f"STATUS={line}"))
@@ -112,7 +113,7 @@ async def serve(cfg: configmod.Config) -> str:
             loop.call_later(watchdog_s, ping)
         ping()
     if not await runtime.start(stop):
-        return f"{stop_signal[0]} while waiting for the network"
+        return f"{stop_signal[0]} while waiting for the network", stop_at_s[0]
     control = ControlServer(cfg.control_socket, cfg.control_socket_mode, runtime.command)
     await control.start()
     sd_notify("READY=1")
@@ -123,7 +124,7 @@ async def serve(cfg: configmod.Config) -> str:
     sd_notify("STOPPING=1")
     await runtime.stop()
     await control.stop()
-    return f"{stop_signal[0]} ({role}), stopped in {time.monotonic() - stop_at_s[0]:.3f} s"
+    return f"{stop_signal[0]} ({role})", stop_at_s[0]
 
 
 def cleanup(cfg: configmod.Config) -> int:
@@ -227,7 +228,7 @@ def _run(args: argparse.Namespace, cfg: configmod.Config, started_s: float) -> i
         loop_factory = None
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            reason = runner.run(serve(cfg))
+            reason, signalled_at_s = runner.run(serve(cfg))
     except StateError as exc:
         return _finish(EX_CONFIG, f"state error: {exc}", started_s)
     except NetError as exc:
@@ -235,7 +236,8 @@ def _run(args: argparse.Namespace, cfg: configmod.Config, started_s: float) -> i
     except Exception as exc:
         log.exception("crash in the event loop")
         return _finish(EX_SOFTWARE, f"crash: {type(exc).__name__}: {exc}", started_s)
-    return _finish(0, reason, started_s)
+    # measured after the loop is closed: what is left is the interpreter's exit
+    return _finish(0, f"{reason}, stopped in {time.monotonic() - signalled_at_s:.3f} s", started_s)
 
 
 if __name__ == "__main__":
