@@ -10,8 +10,10 @@ starts the node in a mode where it votes only in terms it has not seen yet.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -108,8 +110,15 @@ def parse_state(raw: bytes) -> tuple[PersistedState, int]:
 
 
 def _read_capped(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(MAX_STATE_BYTES + 1)
+    # O_NONBLOCK: a FIFO planted as state.json must not hang the start
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(MAX_STATE_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 class StateStore:

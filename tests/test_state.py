@@ -135,16 +135,35 @@ def test_lock_is_exclusive_names_the_holder_and_frees_on_release(tmp_path):
 def test_lock_is_not_inherited_by_children(tmp_path):
     """A hook left running by a dead daemon must not lock its successor out."""
     held = statelock.acquire(str(tmp_path))
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], close_fds=False)
+    child = subprocess.Popen([sys.executable, "-c", "print('up', flush=True); import time; time.sleep(30)"],
+                             close_fds=False, stdout=subprocess.PIPE)
     try:
+        # until its exec the forked child shares the descriptor: wait for the new program
+        assert child.stdout.readline() == b"up\n"
         held.release()
         statelock.acquire(str(tmp_path)).release()
     finally:
         child.kill()
         child.wait(10)
+        child.stdout.close()
 
 
 def test_lock_error_for_an_unusable_directory(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(statelock.LockError, match="cannot open"):
         statelock.acquire(str(tmp_path / "file"))
+
+
+@pytest.mark.parametrize("make", ["directory", "fifo"])
+def test_a_state_path_that_is_not_a_regular_file_is_refused_without_hanging(tmp_path, make):
+    path = tmp_path / "state.json"
+    if make == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    with pytest.raises(StateError, match="cannot read .*state.json: (Is a directory|not a regular file)"):
+        StateStore(str(tmp_path)).load()
+    # and the recovery sets it aside like any other unusable file
+    done = recover(str(tmp_path), 0.0)
+    assert done.kept_aside is not None and done.old_fault.startswith("unreadable")
+    assert StateStore(str(tmp_path)).load() == PersistedState(0, None, recovering=True)
