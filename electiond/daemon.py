@@ -172,6 +172,14 @@ def recover_state(cfg: configmod.Config) -> tuple[int, str]:
     return 0, f"state recovered into {done.path}"
 
 
+class _Terminated(BaseException):
+    """A stop signal before the event loop took the signals over."""
+
+
+def _terminate_early(signum: int, frame: object) -> None:
+    raise _Terminated(signal.Signals(signum).name)
+
+
 def _finish(code: int, reason: str, started_s: float) -> int:
     """The last line every exit logs: why, and how long the process lived."""
     level = logging.INFO if code == 0 else logging.ERROR
@@ -198,6 +206,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(cfg.settings.members)} members)")
         return 0
     action = "--cleanup" if args.cleanup else "--recover-state" if args.recover_state else "start"
+    # until serve() hands them to the loop: a stop during start-up still logs its final line
+    previous = {sig: signal.signal(sig, _terminate_early) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _locked(args, cfg, action, started_s)
+    except _Terminated as exc:
+        return _finish(0, f"{exc} during {action}", started_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _locked(args: argparse.Namespace, cfg: configmod.Config, action: str, started_s: float) -> int:
     # first of all: nothing shared (hooks, state.json, the control socket) is
     # touched unless this process is the only electiond on this state directory
     try:

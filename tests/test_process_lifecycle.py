@@ -239,3 +239,32 @@ def test_config_error_is_one_final_line(tmp_path):
     result = run_daemon(c)
     assert result.returncode == EX_CONFIG
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("electiond: exiting: config error:")
+
+
+def test_sigterm_before_the_loop_takes_signals_still_logs_a_final_line(tmp_path):
+    """--cleanup runs its demote hook before any event-loop signal handler exists."""
+    hook = tmp_path / "slow-demote"
+    hook.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'hook.pid'}\nexec sleep 30\n")
+    hook.chmod(0o755)
+    c = Cluster(tmp_path, 1, protocol="bully", hooks={"demote": str(hook)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "electiond", "--config", str(c.config_path("n1")), "--node", "n1", "--cleanup"],
+        env=dict(os.environ, PYTHONPATH=str(REPO), SERVICE_RESULT="signal"),
+        stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "hook.pid").exists() and (tmp_path / "hook.pid").read_text().strip(),
+                 15, "the demote hook to start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        lines = proc.stderr.read().strip().splitlines()
+        assert "exiting: SIGTERM during --cleanup" in lines[-1], lines
+        assert not any("Traceback" in line for line in lines)
+        hook_pid = int((tmp_path / "hook.pid").read_text())
+        # the interrupted hook is killed with its process group, not left behind
+        wait_for(lambda: not os.path.exists(f"/proc/{hook_pid}") or
+                 open(f"/proc/{hook_pid}/stat").read().split()[2] == "Z", 10, "the hook to be killed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stderr.close()
