@@ -154,8 +154,7 @@ def cleanup(cfg: configmod.Config) -> int:
 
 
 def recover_state(cfg: configmod.Config) -> tuple[int, str]:
-    from electiond.runtime import RECOVERING_MEANS
-    from electiond.state import recover
+    from electiond.state import RECOVERING_MEANS, recover
 
     try:
         done = recover(cfg.state_directory, time.time())

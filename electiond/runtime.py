@@ -31,12 +31,10 @@ from electiond.protocols.base import (
     Send,
     SplitBrain,
 )
-from electiond.state import StateStore
+from electiond.state import RECOVERING_MEANS, StateStore
 from electiond.wire import Codec
 
 log = logging.getLogger("electiond")
-RECOVERING_MEANS = ("with quorum-lease this node votes only after it has learnt the current term from its "
-                    "peers, and then only in later terms; bully and ring adopt the cluster's epoch")
 
 
 def node_environment(config: Config) -> dict[str, str]:

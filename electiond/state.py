@@ -31,6 +31,9 @@ MAX_VOTED_FOR_CHARS = 255
 REQUIRED_KEYS = ("term", "voted_for", "incarnation")
 OPTIONAL_KEYS = ("recovering",)
 RECOVER_HINT = "run 'electiond --recover-state' to set it aside and rejoin safely"
+# what a start from a recovered file does; the protocols act on PersistedState.recovering
+RECOVERING_MEANS = ("with quorum-lease this node votes only after it has learnt the current term from its "
+                    "peers, and then only in later terms; bully and ring adopt the cluster's epoch")
 
 
 class StateError(Exception):
@@ -151,7 +154,10 @@ class StateStore:
     def begin_incarnation(self) -> int:
         """A number larger than any earlier start's, even if the wall clock stepped back."""
         self.incarnation = max(self.incarnation + 1, time.time_ns() // 1_000_000)
-        self._write()
+        try:
+            self._write()
+        except OSError as exc:  # a read-only or full state directory: the operator must act
+            raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         return self.incarnation
 
     def save(self, state: PersistedState) -> None:

@@ -268,3 +268,13 @@ def test_sigterm_before_the_loop_takes_signals_still_logs_a_final_line(tmp_path)
             proc.kill()
             proc.wait(10)
         proc.stderr.close()
+
+
+def test_unwritable_state_file_exits_78_before_any_hook(tmp_path):
+    c = Cluster(tmp_path, 1, protocol="bully")
+    # a directory where the temp file goes makes the atomic write fail, even as root
+    (tmp_path / "n1" / "state.json.tmp").mkdir(parents=True)
+    result = run_daemon(c)
+    assert result.returncode == EX_CONFIG, result.stderr
+    assert "exiting: state error: cannot write" in result.stderr and "Traceback" not in result.stderr
+    assert c.hook_events() == []
