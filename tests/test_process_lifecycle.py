@@ -52,11 +52,16 @@ MALFORMED = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MALFORMED))
+@pytest.mark.parametrize("name", sorted(MALFORMED) + ["directory", "fifo"])
 def test_malformed_state_exits_78_with_one_line(tmp_path, name):
     c = Cluster(tmp_path, 1, protocol="quorum-lease")
     state_file(c).parent.mkdir()
-    state_file(c).write_bytes(MALFORMED[name])
+    if name == "directory":  # unreadable as a file
+        state_file(c).mkdir()
+    elif name == "fifo":  # would block a plain open() forever
+        os.mkfifo(state_file(c))
+    else:
+        state_file(c).write_bytes(MALFORMED[name])
     result = run_daemon(c)
     assert result.returncode == EX_CONFIG, result.stderr
     assert "Traceback" not in result.stderr
