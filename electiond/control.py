@@ -25,6 +25,7 @@ class ControlServer:
         self.mode = mode
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path)
@@ -42,6 +43,10 @@ class ControlServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            # an idle client (a watch loop) would otherwise hold the stop up:
+            # since Python 3.12 wait_closed waits for every connection
+            for writer in list(self._clients):
+                writer.close()
             await self._server.wait_closed()
         try:
             os.unlink(self.path)
@@ -67,6 +72,7 @@ class ControlServer:
             return {"ok": False, "error": f"internal error: {exc}"}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
         try:
             while True:
                 try:
@@ -82,4 +88,5 @@ class ControlServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._clients.discard(writer)
             writer.close()

@@ -9,14 +9,19 @@ import os
 import signal
 import socket
 import sys
+import time
 
-from electiond import __version__, config as configmod
+from electiond import __version__, config as configmod, net, statelock
 from electiond.control import ControlServer
 from electiond.net import NetError
 from electiond.state import StateError
 
-EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus keeps it from looping
-EX_UNAVAILABLE = 69
+# sysexits.h codes; README "Exit codes" lists what each means for the operator
+EX_CONFIG = 78  # bad config, corrupt state, unusable state directory: systemd's RestartPreventExitStatus
+EX_UNAVAILABLE = 69  # a network error that waiting cannot fix (e.g. permission denied binding the port)
+EX_SOFTWARE = 70  # a bug: an exception escaped the event loop
+EX_IOERR = 74  # --recover-state could not write the new state file
+EX_TEMPFAIL = statelock.EX_TEMPFAIL  # 75: another electiond holds this state directory
 
 log = logging.getLogger("electiond")
 
@@ -75,21 +80,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
     parser.add_argument("--cleanup", action="store_true",
                         help="run the demote hooks once and exit (systemd ExecStopPost after a crash)")
+    parser.add_argument("--recover-state", action="store_true",
+                        help="set a lost or corrupt state.json aside and write one that rejoins safely, then exit")
     parser.add_argument("--version", action="version", version=f"electiond {__version__}")
     return parser.parse_args(argv)
 
 
-async def serve(cfg: configmod.Config) -> int:
+async def serve(cfg: configmod.Config) -> tuple[str, float]:
+    """Run until a signal; returns why it stopped (for the final log line)
+    and when the signal came (monotonic seconds)."""
     from electiond.runtime import Runtime
 
     runtime = Runtime(cfg, on_status=lambda line: sd_notify(f"STATUS={line}"))
-    await runtime.start()
-    control = ControlServer(cfg.control_socket, cfg.control_socket_mode, runtime.command)
-    await control.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    stop_signal = ["?"]
+    stop_at_s = [0.0]
+
+    def on_stop_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            stop_signal[0], stop_at_s[0] = sig.name, time.monotonic()
+        stop.set()
+
+    # before the start: a daemon waiting for its interface must still stop at once
+    loop.add_signal_handler(signal.SIGTERM, on_stop_signal, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, on_stop_signal, signal.SIGINT)
     loop.add_signal_handler(signal.SIGHUP, lambda: runtime.reload(cfg.path))
     watchdog_s = watchdog_interval_s()
     if watchdog_s:
@@ -97,13 +112,19 @@ async def serve(cfg: configmod.Config) -> int:
             sd_notify("WATCHDOG=1")
             loop.call_later(watchdog_s, ping)
         ping()
+    if not await runtime.start(stop):
+        return f"{stop_signal[0]} while waiting for the network", stop_at_s[0]
+    control = ControlServer(cfg.control_socket, cfg.control_socket_mode, runtime.command)
+    await control.start()
     sd_notify("READY=1")
     await stop.wait()
-    log.info("stopping")
+    assert runtime.node is not None
+    role = runtime.node.role(time.monotonic())
+    log.info("stopping on %s (%s)", stop_signal[0], role)
     sd_notify("STOPPING=1")
     await runtime.stop()
     await control.stop()
-    return 0
+    return f"{stop_signal[0]} ({role})", stop_at_s[0]
 
 
 def cleanup(cfg: configmod.Config) -> int:
@@ -132,22 +153,91 @@ def cleanup(cfg: configmod.Config) -> int:
     return 1 if failures else 0
 
 
+def recover_state(cfg: configmod.Config) -> tuple[int, str]:
+    from electiond.state import RECOVERING_MEANS, recover
+
+    try:
+        done = recover(cfg.state_directory, time.time())
+    except StateError as exc:
+        return EX_IOERR, f"state recovery failed: {exc}"
+    if done.kept_aside is None:
+        print(f"{done.path}: there was no state file")
+    elif done.old_fault is None:
+        print(f"{done.path} was readable; kept it as {done.kept_aside} anyway")
+    else:
+        print(f"{done.path} was unusable ({done.old_fault}); kept it as {done.kept_aside}")
+    print(f"wrote {done.path}: term 0, no vote, incarnation {done.incarnation}, recovering.")
+    print(f"The next start rejoins as a recovering node: {RECOVERING_MEANS}.")
+    return 0, f"state recovered into {done.path}"
+
+
+class _Terminated(BaseException):
+    """A stop signal before the event loop took the signals over."""
+
+
+def _terminate_early(signum: int, frame: object) -> None:
+    raise _Terminated(signal.Signals(signum).name)
+
+
+def _finish(code: int, reason: str, started_s: float) -> int:
+    """The last line every exit logs: why, and how long the process lived."""
+    level = logging.INFO if code == 0 else logging.ERROR
+    log.log(level, "exiting: %s; up %.2f s", reason, time.monotonic() - started_s)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    started_s = time.monotonic()
     args = parse_args(argv)
     try:
         cfg = configmod.load(args.config, args.node)
     except configmod.ConfigError as exc:
-        print(f"electiond: config error: {exc}", file=sys.stderr)
+        print(f"electiond: exiting: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(cfg.log_level)
     for warning in cfg.warnings:
         log.warning("%s", warning)
     if args.check_config:
+        absent = net.check_interface(cfg.interface)
+        if absent:
+            print(f"{args.config}: warning: {absent} now; the daemon will wait for it", file=sys.stderr)
         print(f"{args.config}: OK (node {cfg.settings.node_name}, protocol {cfg.protocol}, "
               f"{len(cfg.settings.members)} members)")
         return 0
+    action = "--cleanup" if args.cleanup else "--recover-state" if args.recover_state else "start"
+    # until serve() hands them to the loop: a stop during start-up still logs its final line
+    previous = {sig: signal.signal(sig, _terminate_early) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _locked(args, cfg, action, started_s)
+    except _Terminated as exc:
+        return _finish(0, f"{exc} during {action}", started_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _locked(args: argparse.Namespace, cfg: configmod.Config, action: str, started_s: float) -> int:
+    # first of all: nothing shared (hooks, state.json, the control socket) is
+    # touched unless this process is the only electiond on this state directory
+    try:
+        lock = statelock.acquire(cfg.state_directory)
+    except statelock.LockHeld as exc:
+        return _finish(EX_TEMPFAIL, f"{action} refused: {exc}", started_s)
+    except statelock.LockError as exc:
+        return _finish(EX_CONFIG, f"state directory error: {exc}", started_s)
+    try:
+        return _run(args, cfg, started_s)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, cfg: configmod.Config, started_s: float) -> int:
     if args.cleanup:
-        return cleanup(cfg)
+        code = cleanup(cfg)
+        return _finish(code, "cleanup done" if code == 0 else "cleanup: a demote hook failed", started_s)
+    if args.recover_state:
+        code, reason = recover_state(cfg)
+        return _finish(code, reason, started_s)
     try:
         import uvloop
 
@@ -157,15 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = None
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(serve(cfg))
+            reason, signalled_at_s = runner.run(serve(cfg))
     except StateError as exc:
-        log.error("state: %s", exc)
-        print(f"electiond: state error: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _finish(EX_CONFIG, f"state error: {exc}", started_s)
     except NetError as exc:
-        log.error("network: %s", exc)
-        print(f"electiond: network error: {exc}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return _finish(EX_UNAVAILABLE, f"network error: {exc}", started_s)
+    except Exception as exc:
+        log.exception("crash in the event loop")
+        return _finish(EX_SOFTWARE, f"crash: {type(exc).__name__}: {exc}", started_s)
+    # measured after the loop is closed: what is left is the interpreter's exit
+    return _finish(0, f"{reason}, stopped in {time.monotonic() - signalled_at_s:.3f} s", started_s)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from electiond.protocols.base import (
     SplitBrain,
     local_facts,
 )
-from electiond.state import StateError, StateStore
+from electiond.state import RECOVERING_MEANS, StateError, StateStore
 from electiond.wire import Codec
 
 log = logging.getLogger("electiond")
@@ -96,27 +96,30 @@ class Runtime:
         self._background: set[asyncio.Task] = set()
         self._persist_errors: dict[str, int] = {}  # failed state writes by errno name
         self._disk_failing = False
+        self.dropped_not_ready = 0  # datagrams that arrived before start() finished
 
     # ---- life cycle -----------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, stopping: asyncio.Event | None = None) -> bool:
+        """Load state, wait for the network, bind, stand. False if ``stopping``
+        was set while it waited for the interface (nothing was started)."""
         loop = asyncio.get_running_loop()
         persisted = self.store.load()  # StateError propagates: the daemon refuses to start
+        sockets = await net.wait_for_sockets(
+            self.config.interface, self.config.group, self.config.port, stopping or asyncio.Event(), log,
+            self._on_status,
+        )
+        if sockets is None:
+            return False
+        local_address, unicast_sock, group_sock = sockets.local_address, sockets.unicast, sockets.group
         incarnation = self.store.begin_incarnation()
         now = time.monotonic()
         rng = random.Random(random.SystemRandom().getrandbits(64))
         self.node = Node(self.settings, self.config.protocol, rng, now, persisted)
-
-        local_address = net.interface_address(self.config.interface)
-        unicast_sock = net.unicast_socket(local_address)
-        group_sock = net.group_socket(self.config.group, self.config.port, local_address)
-        self._unicast, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._on_datagram), sock=unicast_sock
-        )
-        group_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._on_datagram), sock=group_sock
-        )
-        self._transports = [self._unicast, group_transport]
+        if persisted is not None and persisted.recovering:
+            log.warning("recovering: state was reset by --recover-state; %s", RECOVERING_MEANS)
+        # the codec exists before the loop reads a socket: a datagram that
+        # arrived before it would have nothing to decode it with
         self.codec = Codec(
             cluster=self.settings.cluster,
             node_name=self.settings.node_name,
@@ -126,6 +129,13 @@ class Runtime:
             incarnation=incarnation,
             unicast_port=unicast_sock.getsockname()[1],
         )
+        self._unicast, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._on_datagram), sock=unicast_sock
+        )
+        group_transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._on_datagram), sock=group_sock
+        )
+        self._transports = [self._unicast, group_transport]
         if self.config.key is None:
             log.warning("no [cluster] key_file: messages are NOT authenticated; any host on the LAN can forge them")
 
@@ -150,6 +160,7 @@ class Runtime:
             local_address, unicast_sock.getsockname()[1],
         )
         self._process(lambda now: [])
+        return True
 
     async def stop(self) -> None:
         """Clean shutdown: hand over leadership where the protocol can, run demote hooks."""
@@ -201,7 +212,9 @@ class Runtime:
     # ---- events ---------------------------------------------------------------
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        assert self.codec is not None
+        if self.codec is None or self.node is None:  # start() binds only after both exist; stay safe anyway
+            self.dropped_not_ready += 1
+            return
         received = self.codec.decode(data)
         if received is None:
             return
@@ -380,12 +393,14 @@ class Runtime:
         status.update({
             "authenticated": self.codec.authenticated,
             "uptime_s": round(time.time() - self.started_wall, 3),
-            "dropped": dict(self.codec.dropped),
+            "dropped": {**self.codec.dropped, "not_ready": self.dropped_not_ready},
             "hooks": self.hooks.status() if self.hooks else None,
             "healthy": self.health.healthy if self.health else True,
             "health": self.health.snapshot() if self.health else [],
             "persist_errors": dict(self._persist_errors),
         })
+        # what the state file says; the protocol may report its own view
+        status.setdefault("recovering", self.store.state.recovering)
         return status
 
     def status_line(self) -> str:

@@ -3,7 +3,9 @@
 Written atomically (temp file, fsync, rename, fsync of the directory) so a
 crash leaves either the old or the new state, never a torn one. A corrupt file
 is an error an operator must look at: silently restarting from term 0 could
-let this node vote twice in a term it already voted in.
+let this node vote twice in a term it already voted in. The way out is
+``electiond --recover-state`` (see ``recover``), which keeps the old file and
+starts the node in a mode where it votes only in terms it has not seen yet.
 """
 
 from __future__ import annotations
@@ -11,15 +13,115 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from electiond.protocols.base import PersistedState
 
 STATE_FILE = "state.json"
+# a real state file is under 200 bytes; the cap keeps a runaway file from
+# costing memory and bounds the nesting the parser can be asked to walk
+MAX_STATE_BYTES = 64 * 1024
+# JSON numbers beyond 2^53 lose precision in most other readers, and a term
+# near 2^64 could never be incremented on the wire (msgpack uint64)
+MAX_COUNTER = 2**53
+MAX_VOTED_FOR_CHARS = 255
+REQUIRED_KEYS = ("term", "voted_for", "incarnation")
+OPTIONAL_KEYS = ("recovering",)
+RECOVER_HINT = "run 'electiond --recover-state' to set it aside and rejoin safely"
+# what a start from a recovered file does; the protocols act on PersistedState.recovering
+RECOVERING_MEANS = ("with quorum-lease this node votes only after it has learnt the current term from its "
+                    "peers, and then only in later terms; bully and ring adopt the cluster's epoch")
 
 
 class StateError(Exception):
     pass
+
+
+def _counter(data: dict[str, Any], key: str) -> int:
+    value = data[key]
+    # bool is an int subclass: `true` must not pass as term 1
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} must be an integer, not {_json_type(value)}")
+    if not 0 <= value <= MAX_COUNTER:
+        shown = str(value) if len(str(value)) <= 24 else f"of {len(str(value))} digits"
+        raise ValueError(f"{key} {shown} is outside [0, 2^53]")
+    return value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    """The JSON object in raw; ValueError says what is wrong, in a few words."""
+    if len(raw) > MAX_STATE_BYTES:
+        raise ValueError(f"larger than {MAX_STATE_BYTES // 1024} KiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        raise ValueError("empty")
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and int() refusing thousands of digits
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"not valid JSON ({first_line})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object (it is {_json_type(data)})")
+    return data
+
+
+def parse_state(raw: bytes) -> tuple[PersistedState, int]:
+    """(state, incarnation) from a state file's bytes; ValueError names the fault."""
+    data = _decode(raw)
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise ValueError(f"missing key(s) {', '.join(missing)}")
+    unknown = sorted(key for key in data if key not in REQUIRED_KEYS + OPTIONAL_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(repr(k)[:40] for k in unknown[:5])}")
+    term = _counter(data, "term")
+    incarnation = _counter(data, "incarnation")
+    voted_for = data["voted_for"]
+    if voted_for is not None:
+        if not isinstance(voted_for, str):
+            raise ValueError(f"voted_for must be null or a string, not {_json_type(voted_for)}")
+        if not 1 <= len(voted_for) <= MAX_VOTED_FOR_CHARS:
+            raise ValueError(f"voted_for must be 1 to {MAX_VOTED_FOR_CHARS} characters, not {len(voted_for)}")
+    recovering = data.get("recovering", False)
+    if not isinstance(recovering, bool):
+        raise ValueError(f"recovering must be true or false, not {_json_type(recovering)}")
+    return PersistedState(term, voted_for, recovering=recovering), incarnation
+
+
+def _read_capped(path: str) -> bytes:
+    # O_NONBLOCK: a FIFO planted as state.json must not hang the start
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(MAX_STATE_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 class StateStore:
@@ -30,37 +132,32 @@ class StateStore:
         self.incarnation = 0
 
     def load(self) -> PersistedState | None:
-        """The persisted state, or None on first start. Raises StateError."""
+        """The persisted state, or None on first start. Raises StateError
+        with one line naming the file and the fault."""
         try:
-            with open(self.path, encoding="utf-8") as f:
-                raw = f.read()
+            raw = _read_capped(self.path)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StateError(f"cannot read {self.path}: {exc.strerror}") from None
+            raise StateError(f"cannot read {self.path}: {exc.strerror or exc}; {RECOVER_HINT}") from None
         try:
-            data = json.loads(raw)
-            term, voted_for, incarnation = data["term"], data["voted_for"], data["incarnation"]
-        except (ValueError, KeyError, TypeError):
+            state, incarnation = parse_state(raw)
+        except ValueError as exc:
             raise StateError(
-                f"{self.path} is corrupt; refusing to start from term 0 (it could vote twice in a term). "
-                "Inspect it; if the node must rejoin anyway, remove the file and keep the daemon "
-                "stopped for at least one lease period first"
+                f"{self.path} is corrupt: {exc}; refusing to start from term 0 (it could vote twice in a "
+                f"term); {RECOVER_HINT}"
             ) from None
-        if not (isinstance(term, int) and term >= 0 and (voted_for is None or isinstance(voted_for, str))
-                and isinstance(incarnation, int)):
-            raise StateError(f"{self.path} holds values of the wrong type; refusing to start")
-        recovering = data.get("recovering", False)  # written since the recover-state option
-        if not isinstance(recovering, bool):
-            raise StateError(f"{self.path} holds values of the wrong type; refusing to start")
-        self.state = PersistedState(term, voted_for, recovering)
+        self.state = state
         self.incarnation = incarnation
         return self.state
 
     def begin_incarnation(self) -> int:
         """A number larger than any earlier start's, even if the wall clock stepped back."""
         self.incarnation = max(self.incarnation + 1, time.time_ns() // 1_000_000)
-        self._write()
+        try:
+            self._write()
+        except OSError as exc:  # a read-only or full state directory: the operator must act
+            raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         return self.incarnation
 
     def save(self, state: PersistedState) -> None:
@@ -77,10 +174,12 @@ class StateStore:
 
     def _write(self) -> None:
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
-        payload = json.dumps(
-            {"term": self.state.term, "voted_for": self.state.voted_for, "incarnation": self.incarnation,
-             "recovering": self.state.recovering}
-        ).encode()
+        record: dict[str, Any] = {
+            "term": self.state.term, "voted_for": self.state.voted_for, "incarnation": self.incarnation,
+        }
+        if self.state.recovering:
+            record["recovering"] = True
+        payload = json.dumps(record).encode()
         tmp = f"{self.path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
@@ -96,3 +195,63 @@ class StateStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What ``recover`` did, for the operator's message."""
+
+    path: str
+    kept_aside: str | None  # where the old file went; None when there was none
+    old_fault: str | None  # why the old file was unusable; None when it parsed
+    incarnation: int
+
+
+def _salvage_incarnation(raw: bytes) -> int:
+    """The old incarnation if the file still says one plainly, else 0 (the
+    next start takes the wall clock in milliseconds anyway)."""
+    try:
+        data = _decode(raw)
+        return _counter(data, "incarnation")
+    except (ValueError, KeyError):
+        return 0
+
+
+def recover(directory: str, now_wall_s: float) -> Recovery:
+    """Set the state file aside and write a fresh one that marks this node as
+    recovering. The caller holds the state directory's lock. Raises StateError."""
+    store = StateStore(directory)
+    kept_aside: str | None = None
+    old_fault: str | None = None
+    incarnation = 0
+    try:
+        raw: bytes | None = _read_capped(store.path)
+    except FileNotFoundError:
+        raw = None
+    except OSError as exc:
+        raw = None
+        old_fault = f"unreadable ({exc.strerror or exc})"
+    if raw is not None:
+        try:
+            incarnation = parse_state(raw)[1]
+        except ValueError as exc:
+            old_fault = str(exc)
+            incarnation = _salvage_incarnation(raw)
+    if os.path.lexists(store.path):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_wall_s))
+        kept_aside = f"{store.path}.corrupt-{stamp}"
+        suffix = 1
+        while os.path.lexists(kept_aside):  # two recoveries in one second keep both files
+            kept_aside = f"{store.path}.corrupt-{stamp}.{suffix}"
+            suffix += 1
+        try:
+            os.rename(store.path, kept_aside)
+        except OSError as exc:
+            raise StateError(f"cannot move {store.path} aside: {exc.strerror or exc}") from None
+    store.state = PersistedState(0, None, recovering=True)
+    store.incarnation = incarnation
+    try:
+        store._write()
+    except OSError as exc:
+        raise StateError(f"cannot write {store.path}: {exc.strerror or exc}") from None
+    return Recovery(store.path, kept_aside, old_fault, incarnation)

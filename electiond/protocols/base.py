@@ -144,6 +144,8 @@ class PersistedState:
 
     term: int = 0
     voted_for: str | None = None
+    # set by `electiond --recover-state`: this node lost its vote history and
+    # must learn the current term from its peers before it votes again
     recovering: bool = False
 
 
