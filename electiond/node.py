@@ -26,6 +26,7 @@ from electiond.protocols.base import (
     Promote,
     Settings,
     SplitBrain,
+    TokenRaised,
 )
 from electiond.protocols.bully import Bully
 from electiond.protocols.lease import QuorumLease
@@ -221,6 +222,8 @@ class Node:
                 continue  # the common case: nothing to record
             if isinstance(e, Promote):
                 self.history.append(HistoryEntry(now, "promote", e.term, {"reason": e.reason}))
+            elif isinstance(e, TokenRaised):
+                self.history.append(HistoryEntry(now, "token_raised", e.term, {"reason": e.reason}))
             elif isinstance(e, Demote):
                 self.history.append(HistoryEntry(now, "demote", e.term, {"reason": e.reason}))
             elif isinstance(e, LeaderChanged):

@@ -26,6 +26,7 @@ from electiond.protocols.base import (
     Send,
     Settings,
     SplitBrain,
+    TokenRaised,
 )
 from electiond.sim.checker import Checker, InvariantSet
 from electiond.sim.clock import SimClock
@@ -310,6 +311,10 @@ class Cluster:
                 if self.tracing:
                     self.note(f"{h.name} PROMOTE term={e.term} ({e.reason})")
                 self.checker.promoted(self.now, h.index, e.term)
+            elif et is TokenRaised:
+                if self.tracing:
+                    self.note(f"{h.name} TOKEN-RAISED term={e.term} ({e.reason})")
+                self.checker.raised(self.now, h.index, e.term)
             elif et is Demote:
                 if self.tracing:
                     self.note(f"{h.name} DEMOTE term={e.term} ({e.reason})")
