@@ -214,3 +214,25 @@ def test_ring_with_preempt_a_higher_winner_still_takes_over_from_a_live_leader()
     n3.on_message(_election_from("n5", [5, 1, 2], "n2"), 1.0)
     effects = _run(n3, "n4", 1.0, 2.0, heartbeats=True)
     assert {e.to for e in sends(effects, ELECTION) if e.to != "n4"} == {"n5"}  # skipped n4, on to n5
+
+
+# ---- what status shows as the token held --------------------------------------------
+
+
+def test_status_shows_the_token_held_which_a_learnt_epoch_does_not_move():
+    b = bully_leader("n3")
+    assert b.extra_status(1.0)["fencing_token"] == 1
+    b.on_message(claim("n2", 1), 5.0)
+    assert b.extra_status(5.0)["fencing_token"] == 2 == b.term
+    # a follower's election message carries a newer epoch: taken up, but not a token we hold
+    b.on_message(Message("ELECTION", "n1", 7, {}, None), 5.1)
+    assert b.term == 7 and b.extra_status(5.1)["fencing_token"] == 2
+    b.stepdown(6.0)
+    assert b.extra_status(6.0)["fencing_token"] is None
+
+
+def test_ring_status_shows_the_token_held():
+    r = ring_leader("n5")
+    r.on_message(claim("n4", 1), 5.0)
+    node_status = r.extra_status(5.0)
+    assert node_status["fencing_token"] == 2 == r.term

@@ -30,11 +30,9 @@ from electiond.protocols.base import (
     Message,
     Persist,
     PersistedState,
-    Promote,
     Send,
     Settings,
     SplitBrain,
-    TokenRaised,
     mypyc_attr,
 )
 from electiond.protocols.epoch import EpochProtocol
@@ -80,6 +78,7 @@ class Bully(EpochProtocol):
             "phase": self._phase,
             "eligible": self._eligible,
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
+            "fencing_token": self.fencing_token(),
             "election_attempt": self._backoff.attempt,
             "answer_wait_ms": round(self.answer_wait_s() * 1000, 1),
             "leader_watch": self._leader_watch_status(now),
@@ -189,7 +188,7 @@ class Bully(EpochProtocol):
             out: list[Effect] = [SplitBrain(msg.sender, self._epoch, yielded=False)] if new_episode else []
             if raised:
                 self._epoch_leader = self.settings.node_name
-                out += [self._persist(), Send(COORDINATOR, self._epoch), TokenRaised(self._epoch, "split_brain")]
+                out += [self._persist(), Send(COORDINATOR, self._epoch), self._raised("split_brain")]
             elif new_episode:
                 out.append(Send(COORDINATOR, self._epoch))  # our token is already newer: remind only
             return out
@@ -232,7 +231,7 @@ class Bully(EpochProtocol):
         return [
             self._persist(),
             Send(COORDINATOR, self._epoch),
-            TokenRaised(self._epoch, "token_reused"),
+            self._raised("token_reused"),
         ]
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
@@ -281,7 +280,7 @@ class Bully(EpochProtocol):
         return [
             self._persist(),
             Send(COORDINATOR, self._epoch),
-            Promote(self._epoch, reason),
+            self._promoted(reason),
             LeaderChanged(self._leader, self._epoch),
         ]
 

@@ -25,6 +25,8 @@ have handed out tokens of its own, and we must fence above them. The rule:
   COORDINATOR once per episode: at its first claim, again after it was quiet
   for longer than any detector waits (``max_suspicion_timeout_s``), and with
   every raise; our heartbeats remind it in between.
+- Status shows the token held (``fencing_token``): the epoch (``term``) can run
+  ahead of it, taken up from peers' messages, without this node holding it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from electiond.protocols.base import (
     ElectionProtocol,
     LeaderChanged,
     PersistedState,
+    Promote,
     Settings,
+    TokenRaised,
     mypyc_attr,
 )
 
@@ -78,6 +82,9 @@ class EpochProtocol(ElectionProtocol):
         self._retry_at = self._watch.deadline()
         # lower ids that claimed to lead during our term of office (see the module doc)
         self._rivals: dict[str, _Rival] = {}
+        # the token of our last Promote or TokenRaised; the epoch may move past it
+        # while we lead (taken up from a peer's message) without our holding it
+        self._token = -1
 
     @property
     def role(self) -> str:
@@ -95,6 +102,18 @@ class EpochProtocol(ElectionProtocol):
         if self._role == ROLE_FOLLOWER and self._leader is not None:
             return self._watch.suspicion_snapshot(now)
         return None
+
+    def fencing_token(self) -> int | None:
+        """The token this node holds while it leads (status: ``fencing_token``)."""
+        return self._token if self._role == ROLE_LEADER else None
+
+    def _promoted(self, reason: str) -> Promote:
+        self._token = self._epoch
+        return Promote(self._epoch, reason)
+
+    def _raised(self, reason: str) -> TokenRaised:
+        self._token = self._epoch
+        return TokenRaised(self._epoch, reason)
 
     def _rival_claim(self, rival: str, their_term: int, now: float) -> tuple[bool, bool]:
         """A lower id claims to lead in ``their_term`` while we lead (our epoch

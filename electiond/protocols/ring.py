@@ -45,11 +45,9 @@ from electiond.protocols.base import (
     Message,
     Persist,
     PersistedState,
-    Promote,
     Send,
     Settings,
     SplitBrain,
-    TokenRaised,
     mypyc_attr,
 )
 from electiond.protocols.epoch import EpochProtocol
@@ -147,6 +145,7 @@ class Ring(EpochProtocol):
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
             "leader_watch": self._leader_watch_status(now),
             "hop_timeout_ms": round(self._hop_timeout_s() * 1000, 1),
+            "fencing_token": self.fencing_token(),
             "election_attempt": self._backoff.attempt,
             "elections_started": self.elections_started,
             "elections_completed": self.elections_completed,
@@ -386,7 +385,7 @@ class Ring(EpochProtocol):
             if self._role == ROLE_LEADER:
                 if newer:
                     # re-elected under a new epoch: the same leader with a new token (no hooks)
-                    return True, [TokenRaised(self._epoch, "reelected")]
+                    return True, [self._raised("reelected")]
                 return True, []
             if self._can_stand(now):
                 if self._epoch <= self._followed_epoch:
@@ -452,7 +451,7 @@ class Ring(EpochProtocol):
         if raised or new_episode:
             out.append(self._send(COORDINATOR, {"leader": me, "origin": me, "ids": [], "hop": None}))
         if raised:
-            out.append(TokenRaised(self._epoch, "split_brain"))
+            out.append(self._raised("split_brain"))
         return False, out
 
     def _forwarding_a_preemption(self, leader: str, now: float) -> bool:
@@ -628,7 +627,7 @@ class Ring(EpochProtocol):
         self._next_heartbeat = now + self.settings.heartbeat_interval_s
         self._backoff.reset()
         self._rivals.clear()  # a new term of office
-        return [Promote(self._epoch, reason), LeaderChanged(self._leader, self._epoch)]
+        return [self._promoted(reason), LeaderChanged(self._leader, self._epoch)]
 
     def _persist(self) -> Persist:
         return Persist(PersistedState(self._epoch, None))
