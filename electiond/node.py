@@ -27,6 +27,7 @@ from electiond.protocols.base import (
     Promote,
     Settings,
     SplitBrain,
+    TokenRaised,
 )
 from electiond.protocols.bully import Bully
 from electiond.protocols.lease import QuorumLease
@@ -277,6 +278,8 @@ class Node:
                 if persist_seen:
                     self._promote_after_persist = e.term
                 self.history.append(HistoryEntry(now, "promote", e.term, {"reason": e.reason}))
+            elif isinstance(e, TokenRaised):
+                self.history.append(HistoryEntry(now, "token_raised", e.term, {"reason": e.reason}))
             elif isinstance(e, Demote):
                 self.history.append(HistoryEntry(now, "demote", e.term, {"reason": e.reason}))
             elif isinstance(e, LeaderChanged):

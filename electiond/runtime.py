@@ -32,6 +32,7 @@ from electiond.protocols.base import (
     Send,
     SplitBrain,
     local_facts,
+    TokenRaised,
 )
 from electiond.state import RECOVERING_MEANS, StateError, StateStore
 from electiond.wire import Codec
@@ -285,6 +286,9 @@ class Runtime:
                 log.info("promoted: leader of term %d (%s)", effect.term, effect.reason)
                 self.hooks.submit(Transition("promote", effect.term, self.settings.node_name,
                                              self._leader_seen, effect.reason))
+            elif isinstance(effect, TokenRaised):
+                # still the leader: no hooks; status and history show the new token
+                log.warning("fencing token raised to %d while leading (%s)", effect.term, effect.reason)
             elif isinstance(effect, Demote):
                 log.info("demoted in term %d (%s)", effect.term, effect.reason)
                 self.hooks.submit(Transition("demote", effect.term, None, self.settings.node_name, effect.reason))

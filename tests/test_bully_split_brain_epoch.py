@@ -5,7 +5,7 @@ simulator's isolated-leader scenario)."""
 import random
 
 from electiond.protocols.base import (
-    ROLE_FOLLOWER, ROLE_LEADER, Member, Message, Persist, PersistedState, Promote, Send, Settings,
+    ROLE_FOLLOWER, ROLE_LEADER, Member, Message, Persist, PersistedState, Promote, Send, Settings, TokenRaised,
 )
 from electiond.protocols.bully import ANSWER, COORDINATOR, HEARTBEAT, Bully
 
@@ -69,7 +69,8 @@ def test_leader_told_its_epoch_is_used_reasserts_with_a_new_token():
     n2 = _leader("n2", 2)
     effects = n2.on_message(Message(ANSWER, "n1", 2, recipient="n2"), 1.0)
     assert n2.role == ROLE_LEADER and n2.term == 3
-    assert Promote(3, "reasserted") in effects and Send(COORDINATOR, 3) in effects
+    assert TokenRaised(3, "token_reused") in effects and Send(COORDINATOR, 3) in effects
+    assert not [e for e in effects if isinstance(e, Promote)]  # still the same leader: no hooks
     # persisted before the announcement leaves
     kinds = [type(e).__name__ for e in effects]
     assert kinds.index("Persist") < kinds.index("Send")

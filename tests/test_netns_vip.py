@@ -124,15 +124,16 @@ class Lan:
 class NetnsCluster(Cluster):
     """The process harness, with each daemon inside its host namespace."""
 
-    def __init__(self, workdir: Path, lan: Lan, **kwargs) -> None:
+    def __init__(self, workdir: Path, lan: Lan, protocol: str = "quorum-lease",
+                 node_options: dict[str, str] | None = None, **kwargs) -> None:
         self.lan = lan
         hook_dir = workdir / "hooks.d"
         for event in ("promote", "demote", "fault"):
             (hook_dir / f"{event}.d").mkdir(parents=True, exist_ok=True)
         vip = f"{VIP_HOOK} auto {VIP_CIDR} lan0"
         super().__init__(
-            workdir, 3, protocol="quorum-lease",
-            node_options={"preempt": "no"},
+            workdir, 3, protocol=protocol,
+            node_options={"preempt": "no"} if node_options is None else node_options,
             hooks={"promote": vip, "demote": vip, "fault": vip, "directory": str(hook_dir), "timeout": "10s"},
             **kwargs,
         )

@@ -29,6 +29,7 @@ from electiond.protocols.base import (
     Send,
     Settings,
     SplitBrain,
+    TokenRaised,
 )
 from electiond.protocols.ring import COORDINATOR, ELECTION, HEARTBEAT, HOP_ACK, JOIN, Ring
 from tests.ringnet import Net
@@ -338,7 +339,8 @@ def test_split_brain_higher_leader_asserts_with_a_new_epoch():
     assert effects[0] == SplitBrain("n2", 3, yielded=False)
     assert isinstance(effects[1], Persist) and effects[1].state.term == 3
     assert effects[2] == Send(COORDINATOR, 3, {"leader": "n3", "origin": "n3", "ids": [], "hop": None})
-    assert effects[3] == Promote(3, "reasserted")  # hooks learn the new token
+    assert effects[3] == TokenRaised(3, "split_brain")  # the new token, without re-running hooks
+    assert not [e for e in effects if isinstance(e, Promote)]
     assert r.role == ROLE_LEADER and r.term == 3
 
 
@@ -706,13 +708,14 @@ def test_a_leader_the_detector_gave_up_on_gets_one_hop_try_not_two():
     assert skip.to == "n1" and r.extra_status(r.deadline())["suspects"] == ["n5"]
 
 
-def test_a_leader_reelected_under_a_new_epoch_promotes_with_the_new_token():
+def test_a_leader_reelected_under_a_new_epoch_raises_its_token_without_promoting_again():
     r = ring("n5")
     r.on_message(coordinator("n5", "n1", 1, ids=[1, 5]), 0.1)
     effects = r.on_message(coordinator("n5", "n2", 2, ids=[1, 2, 5]), 0.2)
-    assert Promote(2, "reelected") in effects
+    assert TokenRaised(2, "reelected") in effects
+    assert not [e for e in effects if isinstance(e, Promote)]
     same = r.on_message(coordinator("n5", "n3", 2, ids=[1, 2, 5]), 0.3)
-    assert not [e for e in same if isinstance(e, Promote)]
+    assert not [e for e in same if isinstance(e, (Promote, TokenRaised))]
 
 
 def test_lower_leader_yielding_to_a_stale_higher_leader_tells_it_its_epoch():
@@ -727,7 +730,7 @@ def test_lower_leader_yielding_to_a_stale_higher_leader_tells_it_its_epoch():
     n4.on_message(coordinator("n4", "n1", 1, ids=[1, 4]), 0.1)
     effects = n4.on_message(Message(COORDINATOR, "n3", told[0].term, told[0].body, "n4"), 0.3)
     assert n4.role == ROLE_LEADER and n4.term == 3
-    assert Promote(3, "reasserted") in effects
+    assert TokenRaised(3, "split_brain") in effects
 
 
 def test_no_extra_message_when_the_winner_is_already_newer():

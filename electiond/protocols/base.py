@@ -184,6 +184,19 @@ class Promote:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenRaised:
+    """This node stays leader under a new, higher fencing token ``term``.
+
+    Bully and ring raise a sitting leader's token when another claim shows a
+    token at least as new (a split brain's rival, a follower that saw one).
+    It is not a change of leader: no hooks run. Downstream learns the token
+    from the status (``term``), the history and the log."""
+
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Demote:
     """This node stopped being leader."""
 
@@ -208,7 +221,7 @@ class SplitBrain:
     yielded: bool
 
 
-Effect = Union[Send, Persist, Promote, Demote, LeaderChanged, SplitBrain]
+Effect = Union[Send, Persist, Promote, TokenRaised, Demote, LeaderChanged, SplitBrain]
 
 
 def local_facts(effects: list[Effect]) -> list[Effect]:

@@ -6,6 +6,11 @@ COORDINATOR from above, and if none comes, retries with backoff. The leader
 multicasts HEARTBEAT. The epoch grows with every new coordinator and is the
 fencing token. Bully cannot prevent two leaders during a partition; when two
 leaders hear each other the lower id yields and the event is reported.
+
+A sitting leader raises its token (TokenRaised, no second Promote, no hooks)
+when a lower id claims to lead with a token at least as new, once per new
+token (epoch.py states the rule), or when a follower tells it (ANSWER) that
+its token was already used.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from electiond.protocols.base import (
     Message,
     Persist,
     PersistedState,
-    Promote,
     Send,
     Settings,
     SplitBrain,
@@ -74,6 +78,7 @@ class Bully(EpochProtocol):
             "phase": self._phase,
             "eligible": self._eligible,
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
+            "fencing_token": self.fencing_token(),
             "election_attempt": self._backoff.attempt,
             "answer_wait_ms": round(self.answer_wait_s() * 1000, 1),
             "leader_watch": self._leader_watch_status(now),
@@ -177,21 +182,16 @@ class Bully(EpochProtocol):
                     effects.append(Send(COORDINATOR, self._epoch, to=msg.sender))
                 self._role = ROLE_FOLLOWER
                 return effects + self._follow(msg.sender, now)
-            # a lower id claims to lead: it lost our heartbeats. Assert with a new
-            # epoch, above any token the other leader handed out, and run the
-            # promote hooks again with it (a VIP hook re-announces the address).
-            if msg.term < self._epoch:
-                # our token is already newer than any it handed out: remind only
-                return [SplitBrain(msg.sender, self._epoch, yielded=False), Send(COORDINATOR, self._epoch)]
-            self._epoch += 1
-            self._epoch_leader = self.settings.node_name
-            return [
-                SplitBrain(msg.sender, self._epoch, yielded=False),
-                self._persist(),
-                Send(COORDINATOR, self._epoch),
-                Promote(self._epoch, "reasserted"),
-                LeaderChanged(self._leader, self._epoch),
-            ]
+            # a lower id claims to lead: it lost our heartbeats. Fence above any
+            # token it handed out, once per new token it shows (epoch.py's rule)
+            raised, new_episode = self._rival_claim(msg.sender, msg.term, now)
+            out: list[Effect] = [SplitBrain(msg.sender, self._epoch, yielded=False)] if new_episode else []
+            if raised:
+                self._epoch_leader = self.settings.node_name
+                out += [self._persist(), Send(COORDINATOR, self._epoch), self._raised("split_brain")]
+            elif new_episode:
+                out.append(Send(COORDINATOR, self._epoch))  # our token is already newer: remind only
+            return out
         if self._role == ROLE_CANDIDATE:
             if sender_id < my_id:
                 return []  # our own election will override it
@@ -225,13 +225,13 @@ class Bully(EpochProtocol):
         return msg.term < self._epoch or (msg.term == self._epoch and self._epoch_leader not in (None, msg.sender))
 
     def _reassert(self) -> list[Effect]:
+        """A follower saw our token already used: lead on above it (no hooks)."""
         self._epoch += 1
         self._epoch_leader = self.settings.node_name
         return [
             self._persist(),
             Send(COORDINATOR, self._epoch),
-            Promote(self._epoch, "reasserted"),
-            LeaderChanged(self._leader, self._epoch),
+            self._raised("token_reused"),
         ]
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
@@ -276,10 +276,11 @@ class Bully(EpochProtocol):
         self._phase = None
         self._next_heartbeat = now + self.settings.heartbeat_interval_s
         self._backoff.reset()
+        self._rivals.clear()  # a new term of office
         return [
             self._persist(),
             Send(COORDINATOR, self._epoch),
-            Promote(self._epoch, reason),
+            self._promoted(reason),
             LeaderChanged(self._leader, self._epoch),
         ]
 

@@ -19,11 +19,34 @@ anything a lost epoch could break beyond the token itself, and both already
 take up any higher epoch a peer announces, so a recovering node simply starts
 from its recovered epoch and the ones it hears; a leader it outranks learns
 the newest token from the others (stale-token answers) before it fences.
+Raising a sitting leader's token (both protocols). When a lower id claims to
+lead while we do (it lost our heartbeats: a partition, a one-way link), it may
+have handed out tokens of its own, and we must fence above them. The rule:
+
+- We raise our epoch (to one above the claim) only when the claim's term is
+  at least our epoch *and* above the epoch we already raised to over that
+  same rival. A rival that cannot hear us learns our raised epoch second-hand
+  and repeats it in every claim: that is our own token relayed back, not one
+  it handed out, and it never raises again. So a raise costs one per rival per
+  new token it shows, not one per message: with one rival that stays cut off,
+  one raise per split-brain episode; a re-election resets the bookkeeping, so
+  at most one more per real change of leader.
+- A raise is not a change of leader: it comes as ``TokenRaised``, never as a
+  second ``Promote``, so promote hooks (a VIP hook's gratuitous ARPs) run once
+  per term of office, not on the heartbeat path. Downstream reads the raised
+  token from the status (``term``), the history and the log.
+- The split brain is reported (``SplitBrain``) and the rival reminded with a
+  COORDINATOR once per episode: at its first claim, again after it was quiet
+  for longer than any detector waits (``max_suspicion_timeout_s``), and with
+  every raise; our heartbeats remind it in between.
+- Status shows the token held (``fencing_token``): the epoch (``term``) can run
+  ahead of it, taken up from peers' messages, without this node holding it.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from electiond.detector import Backoff, LeaderWatch
@@ -36,9 +59,19 @@ from electiond.protocols.base import (
     LeaderChanged,
     Persist,
     PersistedState,
+    Promote,
     Settings,
+    TokenRaised,
     mypyc_attr,
 )
+
+
+@dataclass(slots=True)
+class _Rival:
+    """A lower id that claimed to lead while we did."""
+
+    fenced_epoch: int  # the epoch we raised to over its claims (-1: none yet)
+    last_claim_s: float  # when it last claimed, on our clock
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # see Bully and Ring
@@ -62,6 +95,11 @@ class EpochProtocol(ElectionProtocol):
         self._backoff = Backoff(settings)
         # with no leader known: when to start the next election
         self._retry_at = self._watch.deadline()
+        # lower ids that claimed to lead during our term of office (see the module doc)
+        self._rivals: dict[str, _Rival] = {}
+        # the token of our last Promote or TokenRaised; the epoch may move past it
+        # while we lead (taken up from a peer's message) without our holding it
+        self._token = -1
 
     @property
     def role(self) -> str:
@@ -79,6 +117,37 @@ class EpochProtocol(ElectionProtocol):
         if self._role == ROLE_FOLLOWER and self._leader is not None:
             return self._watch.suspicion_snapshot(now)
         return None
+
+    def fencing_token(self) -> int | None:
+        """The token this node holds while it leads (status: ``fencing_token``)."""
+        return self._token if self._role == ROLE_LEADER else None
+
+    def _promoted(self, reason: str) -> Promote:
+        self._token = self._epoch
+        return Promote(self._epoch, reason)
+
+    def _raised(self, reason: str) -> TokenRaised:
+        self._token = self._epoch
+        return TokenRaised(self._epoch, reason)
+
+    def _rival_claim(self, rival: str, their_term: int, now: float) -> tuple[bool, bool]:
+        """A lower id claims to lead in ``their_term`` while we lead (our epoch
+        has already taken up their term if it was higher). Returns (raise,
+        new_episode): whether our token must go above theirs (the epoch is
+        raised here), and whether this claim starts a split-brain episode."""
+        seen = self._rivals.get(rival)
+        if seen is None:
+            seen = _Rival(-1, now)
+            self._rivals[rival] = seen
+            new_episode = True
+        else:
+            new_episode = now - seen.last_claim_s > self.settings.max_suspicion_timeout_s
+        seen.last_claim_s = now
+        if their_term < self._epoch or their_term <= seen.fenced_epoch:
+            return False, new_episode  # already fenced above it, or our own token relayed back
+        self._epoch += 1
+        seen.fenced_epoch = self._epoch
+        return True, new_episode
 
     def _can_stand(self, now: float) -> bool:
         return self._eligible and now >= self._hold_until and self.disk.ok

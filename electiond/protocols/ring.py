@@ -20,7 +20,11 @@ that rejoins or lost heartbeats is spliced back in without an election),
 unless `preempt` is on and the initiator has a higher id. Two leaders that
 hear each other resolve as in bully: the lower id yields, and the event is
 reported as a split brain. Like bully, ring cannot prevent two leaders during
-a partition.
+a partition. A sitting leader whose token must grow (a lower rival shows one
+at least as new, or an election round re-elects it under a new epoch) raises
+it with TokenRaised, never a second Promote: hooks run once per term of
+office, and a rival cut off by a one-way link costs one raise, not one per
+heartbeat (epoch.py states the rule).
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ from electiond.protocols.base import (
     Message,
     Persist,
     PersistedState,
-    Promote,
     Send,
     Settings,
     SplitBrain,
@@ -142,6 +145,7 @@ class Ring(EpochProtocol):
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
             "leader_watch": self._leader_watch_status(now),
             "hop_timeout_ms": round(self._hop_timeout_s() * 1000, 1),
+            "fencing_token": self.fencing_token(),
             "election_attempt": self._backoff.attempt,
             "elections_started": self.elections_started,
             "elections_completed": self.elections_completed,
@@ -266,6 +270,13 @@ class Ring(EpochProtocol):
             hop.deadline = now + self._hop_timeout_s()
             return [self._send(hop.kind, {**hop.body, "hop": hop_id}, to=hop.target, term=hop.term)]
         del self._pending[hop_id]
+        if hop.kind == ELECTION and hop.target == self._leader and self._keeps_live_leader(hop.body["initiator"], now):
+            # our leader does not ack, yet its heartbeats reach us: a one-way link, not a
+            # death. Skipping it would crown someone below a live leader (and again on every
+            # retry of the initiator); swallow the election and say who leads instead
+            self._end_election()
+            me = self.settings.node_name
+            return [self._send(COORDINATOR, {"leader": hop.target, "origin": me, "ids": [], "hop": None})]
         self._suspects[hop.target] = now + self._suspect_ttl_s()  # ring repair: skip it for a while
         if hop.kind == ELECTION:
             return self._forward_election(hop.body, now)
@@ -373,8 +384,8 @@ class Ring(EpochProtocol):
             self._end_election()
             if self._role == ROLE_LEADER:
                 if newer:
-                    # re-elected under a new epoch: the hooks must learn the new token
-                    return True, [Promote(self._epoch, "reelected"), LeaderChanged(me, self._epoch)]
+                    # re-elected under a new epoch: the same leader with a new token (no hooks)
+                    return True, [self._raised("reelected")]
                 return True, []
             if self._can_stand(now):
                 if self._epoch <= self._followed_epoch:
@@ -430,17 +441,18 @@ class Ring(EpochProtocol):
                 effects.append(self._send(COORDINATOR, {"leader": me, "origin": me, "ids": [], "hop": None}, to=other))
             self._role = ROLE_FOLLOWER
             return True, effects + self._follow(other, now)
-        # a lower id claims to lead: it thought us dead. Assert with a new epoch, above any
-        # token the other leader handed out, and run the promote hooks again with it (as bully)
-        self._epoch += 1
+        # a lower id claims to lead: it thought us dead. Fence above any token it handed
+        # out, once per new token it shows (epoch.py's rule, as bully)
+        raised, new_episode = self._rival_claim(other, their_term, now)
         me = self.settings.node_name
-        return False, [
-            SplitBrain(other, self._epoch, yielded=False),
-            self._persist(),
-            self._send(COORDINATOR, {"leader": me, "origin": me, "ids": [], "hop": None}),
-            Promote(self._epoch, "reasserted"),
-            LeaderChanged(me, self._epoch),
-        ]
+        out: list[Effect] = [SplitBrain(other, self._epoch, yielded=False)] if new_episode else []
+        if raised:
+            out.append(self._persist())
+        if raised or new_episode:
+            out.append(self._send(COORDINATOR, {"leader": me, "origin": me, "ids": [], "hop": None}))
+        if raised:
+            out.append(self._raised("split_brain"))
+        return False, out
 
     def _forwarding_a_preemption(self, leader: str, now: float) -> bool:
         """We pass on an election whose initiator outranks ``leader``, with
@@ -509,6 +521,11 @@ class Ring(EpochProtocol):
             self._to_follower_without_leader(now, self._backoff.next_delay_s(self.rng))
             return effects
         winner = self._names[ids[-1]]
+        if body["initiator"] != me and self._keeps_live_leader(winner, now):
+            # finishing for an initiator that lost a leader we still hear (a one-way link
+            # made it skip the leader): crowning the winner would depose a live leader,
+            # and every retry of the initiator would do it again. Say who leads instead
+            return [self._send(COORDINATOR, {"leader": self._leader, "origin": me, "ids": [], "hop": None})]
         # the lap carried the highest epoch of every node on it: the new one is above all
         epoch = self._epoch + 1
         coordinator = {"leader": winner, "origin": me, "ids": ids}
@@ -528,6 +545,16 @@ class Ring(EpochProtocol):
             effects += self._follow(winner, now)
         effects += self._forward_coordinator(coordinator, epoch, now)
         return effects
+
+    def _keeps_live_leader(self, winner: str, now: float) -> bool:
+        """Do we follow a leader other than ``winner`` that we still hear, and
+        that ``winner`` may not preempt?"""
+        leader = self._leader
+        if self._role != ROLE_FOLLOWER or leader is None or leader == winner:
+            return False
+        if not self._has_live_leader(now) or self._leader_looks_dead(leader, now):
+            return False
+        return not (self.settings.preempt and self._ids[winner] > self._ids[leader])
 
     def _forward_coordinator(self, body: dict[str, Any], term: int, now: float) -> list[Effect]:
         target = self._route(body["origin"])
@@ -599,7 +626,8 @@ class Ring(EpochProtocol):
         self._leader = self.settings.node_name
         self._next_heartbeat = now + self.settings.heartbeat_interval_s
         self._backoff.reset()
-        return [Promote(self._epoch, reason), LeaderChanged(self._leader, self._epoch)]
+        self._rivals.clear()  # a new term of office
+        return [self._promoted(reason), LeaderChanged(self._leader, self._epoch)]
 
     def _persist(self) -> Persist:
         return Persist(PersistedState(self._epoch, None))

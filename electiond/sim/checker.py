@@ -223,6 +223,7 @@ class Checker:
         self.reassert_grace_s = 0.1
         self.schedule: Callable[[float, Callable[[], None]], None] | None = None
         self.promotions: list[tuple[float, int, int]] = []  # (t, node, term)
+        self.raises: list[tuple[float, int, int]] = []  # (t, node, term): TokenRaised while leading
         self._term_owner: dict[int, int] = {}
         self._votes: dict[tuple[int, int], str] = {}  # (node, term) -> voted for
         self._followed: dict[int, int] = {}  # node -> highest term in which it followed another node
@@ -409,6 +410,14 @@ class Checker:
 
     def promoted(self, t: float, i: int, term: int) -> None:
         self.promotions.append((t, i, term))
+        self._new_token(t, i, term)
+
+    def raised(self, t: float, i: int, term: int) -> None:
+        """A sitting leader took a new token (TokenRaised): judged as a promotion's."""
+        self.raises.append((t, i, term))
+        self._new_token(t, i, term)
+
+    def _new_token(self, t: float, i: int, term: int) -> None:
         followed = self._followed.get(i, -1)
         if term <= followed:
             # whatever the network did, a node never fences with a token no

@@ -34,6 +34,7 @@ from electiond.protocols.base import (
     Settings,
     SplitBrain,
     local_facts,
+    TokenRaised,
 )
 from electiond.protocols.lease import REQUEST_VOTE, VOTE
 from electiond.sim.checker import Checker, InvariantSet
@@ -338,6 +339,10 @@ class Cluster:
                 if self.tracing:
                     self.note(f"{h.name} PROMOTE term={e.term} ({e.reason})")
                 self.checker.promoted(self.now, h.index, e.term)
+            elif et is TokenRaised:
+                if self.tracing:
+                    self.note(f"{h.name} TOKEN-RAISED term={e.term} ({e.reason})")
+                self.checker.raised(self.now, h.index, e.term)
             elif et is Demote:
                 if self.tracing:
                     self.note(f"{h.name} DEMOTE term={e.term} ({e.reason})")

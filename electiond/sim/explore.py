@@ -56,6 +56,7 @@ from electiond.protocols.base import (
     Promote,
     Send,
     Settings,
+    TokenRaised,
 )
 from electiond.sim.checker import Checker, InvariantSet, invariants_for
 
@@ -295,6 +296,7 @@ class Explorer:
                 n.history.clear()
                 n.leader_changes.clear()
         child.checker.promotions.clear()
+        child.checker.raises.clear()
         return child
 
     def _apply(self, w: World, act: tuple) -> None:
@@ -368,6 +370,8 @@ class Explorer:
                 c.persisted(w.now, i, e.state)
             elif te is Promote:
                 c.promoted(w.now, i, e.term)
+            elif te is TokenRaised:
+                c.raised(w.now, i, e.term)
             elif te is Demote:
                 # demote hooks take no time here; the shell reports them done
                 node = w.nodes[i]

@@ -37,6 +37,9 @@ Expectations (checked at the current instant, each node on its own clock):
     expect split-brains n2 1    # SplitBrain events n2 has recorded
     expect disk n1 failing      # n1's protocol knows its writes fail (or: ok)
     expect stored n1 term 3 [vote n2]   # what n1's simulated disk holds
+    expect promotions n3 <= 1   # Promote effects of n3 since the start (N, <= N or >= N)
+    expect raises n3 <= 1       # TokenRaised effects of n3 (a sitting leader's new token)
+    expect term n3 <= 4 | expect term <= 4   # term comparisons, one node or every one
     expect violation two-leaders  # the invariant checker reported this rule
 
 The invariant checker runs throughout, with the protocol's row of
@@ -269,10 +272,21 @@ class Scenario:
                 terms = {h.name: h.node.protocol.term for h in c.hosts if h.node is not None and not h.paused}
                 if set(terms.values()) != {int(w[1])}:
                     self._fail(line, f"terms are {terms}")
+            elif w[1] in _COMPARISONS:
+                terms = {h.name: h.node.protocol.term for h in c.hosts if h.node is not None and not h.paused}
+                wrong = {n: t for n, t in terms.items() if not _compare(t, w[1:])}
+                if wrong:
+                    self._fail(line, f"terms are {terms}")
             else:
                 term = c.hosts[self._node(w[1])].node.protocol.term
-                if term != int(w[2]):
+                if not _compare(term, w[2:]):
                     self._fail(line, f"{w[1]} is in term {term}")
+        elif what in ("promotions", "raises"):
+            i = self._node(w[1])
+            events = c.checker.promotions if what == "promotions" else c.checker.raises
+            count = sum(1 for _, node, _ in events if node == i)
+            if not _compare(count, w[2:]):
+                self._fail(line, f"{w[1]} has {count} {what}")
         elif what == "view":
             seen = c.hosts[self._node(w[1])].node.protocol.leader
             want = None if w[2] == "none" else w[2]
@@ -309,6 +323,19 @@ class Scenario:
             self.seen_violations = len(c.checker.violations)
         else:
             raise ValueError(f"unknown expectation {what!r}")
+
+
+_COMPARISONS = ("<=", ">=")
+
+
+def _compare(actual: int, words: list[str]) -> bool:
+    """``[N]``, ``["<=", N]`` or ``[">=", N]`` against ``actual``."""
+    if len(words) == 1:
+        return actual == int(words[0])
+    if len(words) == 2 and words[0] in _COMPARISONS:
+        bound = int(words[1])
+        return actual <= bound if words[0] == "<=" else actual >= bound
+    raise ValueError(f"expected N, <= N or >= N, not {' '.join(words)!r}")
 
 
 def run_scenario(text: str, registry: Mapping[str, type[ElectionProtocol]] | None = None,
