@@ -84,7 +84,14 @@ async def serve(cfg: configmod.Config) -> int:
 
     runtime = Runtime(cfg, on_status=lambda line: sd_notify(f"STATUS={line}"))
     await runtime.start()
-    control = ControlServer(cfg.control_socket, cfg.control_socket_mode, runtime.command)
+    def command(name: str, args: dict) -> object:
+        result = runtime.command(name, args)
+        if name == "status":
+            result["control"] = control.stats()  # connections open, refused, closed for idling
+        return result
+
+    control = ControlServer(cfg.control_socket, cfg.control_socket_mode, command,
+                            cfg.control_max_connections, cfg.control_idle_timeout_s)
     await control.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
