@@ -26,9 +26,11 @@ from typing import TypeVar
 
 log = logging.getLogger("electiond.fdreserve")
 
-# a state write needs 2 (temp file, directory); a hook spawn about 5 (output
-# pipe, exec-error pipe, /dev/null for stdin, a pidfd); with room to spare
-DEFAULT_RESERVE = 8
+# a state write needs 2 (temp file, directory). Starting a hook needs 5 under
+# asyncio's loop and 9 under uvloop (output pipe, exec-error pipes, /dev/null
+# for stdin, libuv's own; measured by lowering RLIMIT_NOFILE until it failed);
+# twice that leaves room for whatever a newer uvloop needs
+DEFAULT_RESERVE = 16
 EXHAUSTED_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 
 T = TypeVar("T")

@@ -288,3 +288,58 @@ def test_a_hook_that_cannot_be_supervised_is_killed_and_failed(tmp_path: Path) -
         from test_hooks import process_gone
 
         assert process_gone(int(pid_file.read_text()))
+
+
+# a child process whose descriptors are really used up (no monkeypatching):
+# without a reserve the promote is a failed result naming EMFILE; with the
+# default reserve it runs. Under asyncio's loop and under uvloop (which needs
+# more descriptors to start a process).
+REAL_EXHAUSTION = """
+import asyncio, os, resource, sys, logging
+import uvloop
+from electiond.config import HooksConfig
+from electiond.fdreserve import DescriptorReserve
+from electiond.hooks import HookRunner, Transition
+
+async def main():
+    results = []
+    reserve = DescriptorReserve() if sys.argv[2] == "reserve" else None
+    runner = HookRunner(HooksConfig(promote=(sys.argv[3],)), {}, results.append, logging.getLogger("t"),
+                        reserve=reserve)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+    hog = []
+    while len(hog) < 200:
+        try:
+            hog.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            break
+    runner.submit(Transition("promote", 5, "n1", None, "elected"))
+    await runner.close()
+    for fd in hog:
+        os.close(fd)
+    (result,) = results
+    print("ok" if result.ok else result.error)
+
+(uvloop.run if sys.argv[1] == "uvloop" else asyncio.run)(main())
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("reserve, expected", [("none", "cannot start: Too many open files (EMFILE)"),
+                                               ("reserve", "ok")])
+def test_real_descriptor_exhaustion(tmp_path: Path, loop: str, reserve: str, expected: str) -> None:
+    import subprocess
+    import sys
+
+    from electiond.devcluster import REPO
+
+    log = tmp_path / "log"
+    hook = write_script(tmp_path / "p", f'echo ran >> "{log}"\n')
+    proc = subprocess.run(
+        [sys.executable, "-c", REAL_EXHAUSTION, loop, reserve, str(hook)],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+    assert read_lines(log) == (["ran"] if expected == "ok" else [])
