@@ -88,6 +88,7 @@ async def serve(cfg: configmod.Config) -> int:
         result = runtime.command(name, args)
         if name == "status":
             result["control"] = control.stats()  # connections open, refused, closed for idling
+            result["descriptors"] = runtime.fd_reserve.status()
         return result
 
     control = ControlServer(cfg.control_socket, cfg.control_socket_mode, command,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -96,6 +97,21 @@ class DescriptorReserve:
                         what, exc.strerror or exc, len(self._fds))
         with self.released():
             return work()
+
+    def status(self) -> dict[str, int | None]:
+        """For ``electionctl status``: the reserve, and how close the process is to its limit."""
+        try:
+            open_now: int | None = len(os.listdir("/proc/self/fd"))
+        except OSError:  # no /proc, or no descriptor left to list it with
+            open_now = None
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return {
+            "open": open_now,
+            "limit": None if soft == resource.RLIM_INFINITY else soft,
+            "reserve_held": len(self._fds),
+            "reserve_size": self.size,
+            "reserve_uses": self.uses,
+        }
 
     def close(self) -> None:
         self._release()

@@ -31,6 +31,19 @@ def test_holds_releases_and_takes_back() -> None:
     assert open_fds() == before
 
 
+def test_status() -> None:
+    reserve = DescriptorReserve(3)
+    try:
+        with reserve.released():
+            pass
+        status = reserve.status()
+        assert status["reserve_held"] == 3 and status["reserve_size"] == 3 and status["reserve_uses"] == 1
+        assert status["open"] is not None and status["open"] >= 3
+        assert status["limit"] is None or status["limit"] >= status["open"]
+    finally:
+        reserve.close()
+
+
 def test_call_retries_once_on_exhaustion_only() -> None:
     reserve = DescriptorReserve(2)
     try:

@@ -207,6 +207,8 @@ def test_thousand_idle_connections_are_capped_and_timed_out(tmp_path: pathlib.Pa
             # once the idle ones are gone, a normal status answers
             status = c.wait_for(lambda: c.status("n1"), 3 * idle_timeout_s, "status to answer again")
             assert status["control"]["refused"] >= refused and status["control"]["idle_closed"] >= idle
+            assert status["descriptors"]["reserve_held"] == status["descriptors"]["reserve_size"] == 16
+            assert status["descriptors"]["open"] < baseline + 8
             ok = run_electionctl(c, "n1", "status")
             assert ok.returncode == 0, ok
             log = (tmp_path / "n1.log").read_text()
