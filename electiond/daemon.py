@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 from electiond import __version__, config as configmod
 from electiond.control import ControlServer
@@ -84,7 +85,9 @@ async def serve(cfg: configmod.Config) -> int:
 
     runtime = Runtime(cfg, on_status=lambda line: sd_notify(f"STATUS={line}"))
     await runtime.start()
-    def command(name: str, args: dict) -> object:
+
+    def command(name: str, args: dict[str, Any]) -> Any:
+        """The runtime's answer; status also shows the control socket's bounds."""
         result = runtime.command(name, args)
         if name == "status":
             result["control"] = control.stats()  # connections open, refused, closed for idling
