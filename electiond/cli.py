@@ -105,7 +105,8 @@ def print_members(members: list[dict[str, Any]]) -> None:
 
 def print_history(entries: list[dict[str, Any]]) -> None:
     for e in entries:
-        detail = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("ago_s", "event", "term"))
+        detail = " ".join(f"{k}={v}" for k, v in e.items()
+                          if k not in ("ago_s", "event", "term") and not (k == "error" and v is None))
         print(f"{e['ago_s']:>10.3f}s ago  term {e['term']:<5} {e['event']:<12} {detail}")
 
 

@@ -170,3 +170,14 @@ def test_config_keys(tmp_path: Path) -> None:
         with pytest.raises(config.ConfigError, match=message) as info:
             config.load(write(tmp_path, BASE.replace("[control]\n", f"[control]\n{bad}\n")))
         assert "[control]" in str(info.value)
+
+
+def test_history_table_shows_a_hook_error_only_when_there_is_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from electiond.cli import print_history
+
+    base = {"ago_s": 1.0, "event": "hook", "term": 3, "hook_event": "promote", "exit_code": None}
+    print_history([{**base, "error": "cannot start: Too many open files (EMFILE)"}, {**base, "exit_code": 0,
+                                                                                    "error": None}])
+    failed, ok = capsys.readouterr().out.splitlines()
+    assert "error=cannot start: Too many open files (EMFILE)" in failed
+    assert "error" not in ok and "exit_code=0" in ok
