@@ -31,10 +31,16 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout_s: 
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)
             sock.connect(path)
-            sock.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+            try:
+                sock.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a daemon refusing us may close first; its one-line reason is still there to read
             data = b""
             while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    break
                 if not chunk:
                     break
                 data += chunk
@@ -48,11 +54,17 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout_s: 
         raise Unreachable(f"no answer from {path} within {timeout_s:g}s") from None
     except OSError as exc:
         raise Unreachable(f"cannot talk to {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise Unreachable(f"{path}: the daemon closed the connection without answering "
+                          "(overloaded or out of file descriptors? see its log)")
     try:
         reply = json.loads(data)
         ok = reply["ok"]
     except (ValueError, KeyError, TypeError):
         raise Unreachable(f"bad reply from {path}: {data[:200]!r}") from None
+    if not ok and reply.get("code") == "busy":
+        # not an answer to the command: the daemon did not take the request at all
+        raise Unreachable(f"{path}: daemon busy: {reply.get('error', 'too many connections')}")
     if not ok:
         raise Refused(reply.get("error", "refused"))
     return reply.get("result")
@@ -97,7 +109,8 @@ def print_members(members: list[dict[str, Any]]) -> None:
 
 def print_history(entries: list[dict[str, Any]]) -> None:
     for e in entries:
-        detail = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("ago_s", "event", "term"))
+        detail = " ".join(f"{k}={v}" for k, v in e.items()
+                          if k not in ("ago_s", "event", "term") and not (k == "error" and v is None))
         print(f"{e['ago_s']:>10.3f}s ago  term {e['term']:<5} {e['event']:<12} {detail}")
 
 

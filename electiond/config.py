@@ -64,6 +64,9 @@ class Config:
     health: HealthConfig
     log_level: str
     warnings: tuple[str, ...] = ()
+    # [control]: bounds that keep idle or hostile clients from using up descriptors
+    control_max_connections: int = 64
+    control_idle_timeout_s: float = 10.0
 
 
 class ConfigError(Exception):
@@ -86,7 +89,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "suspicion_threshold", "min_suspicion_timeout", "max_suspicion_timeout",
         "backoff_base", "backoff_max", "backoff_jitter", "answer_timeout",
     ),
-    "control": ("socket", "socket_mode"),
+    "control": ("socket", "socket_mode", "max_connections", "idle_timeout"),
     "state": ("directory",),
     "hooks": ("promote", "demote", "fault", "directory", "timeout", "kill_grace", "on_promote_failure"),
     "health": ("track_process", "track_script", "track_interface", "interval", "timeout", "rise", "fall"),
@@ -424,4 +427,6 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         health=health,
         log_level=log_level,
         warnings=tuple(warnings),
+        control_max_connections=control.integer("max_connections", 64, 1, 4096),
+        control_idle_timeout_s=control.duration_s("idle_timeout", 10.0, minimum_s=0.1),
     )

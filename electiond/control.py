@@ -2,6 +2,12 @@
 
 Request: {"cmd": "status", "args": {...}}. Reply: {"ok": true, "result": ...}
 or {"ok": false, "error": "..."}.
+
+Clients are bounded so that they cannot use up the daemon's descriptors (a
+daemon out of descriptors cannot start its promote hook): at most
+``max_connections`` at once — one more is answered with a single line
+``{"ok": false, "code": "busy", ...}`` and closed at once — and a connection
+that sends no full request within ``idle_timeout_s`` is closed.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,15 +24,41 @@ from electiond.protocols.base import CommandError
 
 log = logging.getLogger("electiond.control")
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT_S = 10.0
+# a flood of refused connections must not flood the journal too
+REFUSAL_LOG_INTERVAL_S = 10.0
+BUSY = "busy"  # the "code" of a refusal; electionctl treats it as "cannot reach the daemon"
 
 
 class ControlServer:
-    def __init__(self, path: str, mode: int, handler: Callable[[str, dict[str, Any]], Any]) -> None:
+    def __init__(
+        self,
+        path: str,
+        mode: int,
+        handler: Callable[[str, dict[str, Any]], Any],
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
         self.path = path
         self.mode = mode
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.connections = 0  # open now
+        self.refused = 0  # turned away at the cap, since start
+        self.idle_closed = 0  # closed for idling, since start
+        self._refusal_logged_at: float | None = None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connections": self.connections,
+            "max_connections": self.max_connections,
+            "refused": self.refused,
+            "idle_closed": self.idle_closed,
+        }
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path)
@@ -71,12 +104,35 @@ class ControlServer:
             log.exception("control command %s failed", request["cmd"])
             return {"ok": False, "error": f"internal error: {exc}"}
 
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            self._refusal_logged_at = now
+            log.warning("control: refusing connections: %d open, the limit ([control] max_connections); "
+                        "%d refused so far", self.connections, self.refused)
+        reply = {"ok": False, "code": BUSY,
+                 "error": f"too many control connections ({self.max_connections} open); try again later"}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        # close() still sends the line; nothing is read, so nothing can hold it open
+        writer.close()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= self.max_connections:
+            self._refuse(writer)
+            return
+        self.connections += 1
         self._clients.add(writer)
         try:
             while True:
                 try:
-                    line = await reader.readline()
+                    line = await asyncio.wait_for(reader.readline(), self.idle_timeout_s)
+                except TimeoutError:
+                    self.idle_closed += 1
+                    log.debug("control: closing a connection idle for %.1fs", self.idle_timeout_s)
+                    writer.write(json.dumps({"ok": False, "error": f"no request within {self.idle_timeout_s:g}s; "
+                                             "closing"}).encode() + b"\n")
+                    break
                 except (ValueError, asyncio.LimitOverrunError):
                     writer.write(b'{"ok": false, "error": "request too long"}\n')
                     break
@@ -84,9 +140,15 @@ class ControlServer:
                     break
                 reply = self._answer(line)
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
-                await writer.drain()
+                # a client that stops reading its replies is idle too
+                await asyncio.wait_for(writer.drain(), self.idle_timeout_s)
+        except TimeoutError:
+            self.idle_closed += 1
+            log.debug("control: dropping a client that does not read its replies")
+            writer.transport.abort()  # its unread replies would keep the socket open
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self._clients.discard(writer)
+            self.connections -= 1
             writer.close()

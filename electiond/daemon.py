@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
 from electiond import __version__, config as configmod, net, statelock
 from electiond.control import ControlServer
@@ -92,6 +93,15 @@ async def serve(cfg: configmod.Config) -> tuple[str, float]:
     from electiond.runtime import Runtime
 
     runtime = Runtime(cfg, on_status=lambda line: sd_notify(f"STATUS={line}"))
+
+    def command(name: str, args: dict[str, Any]) -> Any:
+        """The runtime's answer; status also shows the control socket's bounds."""
+        result = runtime.command(name, args)
+        if name == "status":
+            result["control"] = control.stats()  # connections open, refused, closed for idling
+            result["descriptors"] = runtime.fd_reserve.status()
+        return result
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stop_signal = ["?"]
@@ -114,7 +124,8 @@ async def serve(cfg: configmod.Config) -> tuple[str, float]:
         ping()
     if not await runtime.start(stop):
         return f"{stop_signal[0]} while waiting for the network", stop_at_s[0]
-    control = ControlServer(cfg.control_socket, cfg.control_socket_mode, runtime.command)
+    control = ControlServer(cfg.control_socket, cfg.control_socket_mode, command,
+                            cfg.control_max_connections, cfg.control_idle_timeout_s)
     await control.start()
     sd_notify("READY=1")
     await stop.wait()

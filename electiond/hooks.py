@@ -24,6 +24,7 @@ after the (failed) promote, which is what releases half-acquired resources.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -38,6 +39,7 @@ from typing import Any
 import psutil
 
 from electiond.config import HooksConfig
+from electiond.fdreserve import DescriptorReserve, is_exhaustion
 
 EVENT_PROMOTE = "promote"
 EVENT_DEMOTE = "demote"
@@ -172,8 +174,15 @@ def _skip_name(name: str) -> bool:
     return any(infix in name for infix in _SKIP_INFIXES)
 
 
-def directory_hooks(directory: str, event: str, logger: logging.Logger | None = None) -> list[str]:
+def directory_hooks(
+    directory: str, event: str, logger: logging.Logger | None = None, *, strict: bool = False
+) -> list[str]:
     """Executables in ``<directory>/<event>.d/`` in lexical (C locale) order.
+
+    A missing directory means no hooks. Any other error reading it is logged
+    and means none, unless ``strict``: then it is raised, because the runner
+    must not report a promote as done when its hooks could not even be listed
+    (out of descriptors, say).
 
     run-parts conventions: dotfiles, editor backups (``*~``, ``#*#``, ``*.swp``)
     and package-manager leftovers (``*.dpkg-*``, ``*.rpmnew``, ...) are skipped,
@@ -185,6 +194,8 @@ def directory_hooks(directory: str, event: str, logger: logging.Logger | None = 
     except FileNotFoundError:
         return []
     except OSError as exc:
+        if strict:
+            raise
         if logger:
             logger.error("hooks: cannot read %s: %s", path, exc.strerror or exc)
         return []
@@ -360,6 +371,64 @@ def emit_line(raw: bytes, emit: Callable[[str], None], last: list[str], split: b
         emit(line)
 
 
+def describe_error(exc: BaseException) -> str:
+    """An error in words an operator can act on: "Too many open files (EMFILE)"."""
+    if isinstance(exc, OSError) and exc.strerror:
+        code = errno.errorcode.get(exc.errno or 0)
+        return f"{exc.strerror} ({code})" if code else exc.strerror
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _spawn(
+    argv: Sequence[str], env: dict[str, str] | None
+) -> tuple[asyncio.subprocess.Process, int]:
+    """Start the command with stdout and stderr on a pipe of ours; returns the
+    process and the pipe's read end. Raises whatever starting it raised, with
+    no descriptor left open."""
+    if not argv:
+        raise ValueError("empty command")
+    # our own pipe (not PIPE) so that we can stop reading it when a background
+    # child of the hook keeps the write end open after the hook has exited
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            env=env,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return proc, read_fd
+
+
+async def _spawn_with_reserve(
+    argv: Sequence[str],
+    env: dict[str, str] | None,
+    reserve: DescriptorReserve | None,
+    logger: logging.Logger,
+    tag: str,
+    extra: dict[str, Any] | None,
+) -> tuple[asyncio.subprocess.Process, int]:
+    try:
+        return await _spawn(argv, env)
+    except OSError as exc:
+        if reserve is None or not is_exhaustion(exc):
+            raise
+        logger.warning("hook %s: out of file descriptors (%s); retrying with the %d reserved",
+                       tag, describe_error(exc), reserve.held, extra=extra)
+    # the fork happens before create_subprocess_exec first yields, so no
+    # other task can take the freed descriptors before the hook has them
+    with reserve.released():
+        return await _spawn(argv, env)
+
+
 async def run_command(
     argv: Sequence[str],
     *,
@@ -370,12 +439,17 @@ async def run_command(
     tag: str,
     output_level: int = logging.INFO,
     extra: dict[str, Any] | None = None,
+    reserve: DescriptorReserve | None = None,
 ) -> ProcessOutcome:
     """Run one command in its own session with a timeout; log its output.
 
-    Never raises for the command's own failures. If the caller is cancelled
-    while the command runs, the process group is killed before re-raising, so
-    no hook is ever left running unsupervised.
+    Never raises except when cancelled: a command that cannot be started (for
+    any reason: out of descriptors or memory, missing, not executable, a bad
+    interpreter line) or that could not be supervised comes back as an outcome
+    with ``error`` set. If the caller is cancelled while the command runs, the
+    process group is killed before re-raising, so no hook is ever left running
+    unsupervised. With a ``reserve``, a start that runs out of descriptors is
+    retried once with the reserve released.
     """
     loop = asyncio.get_running_loop()
     started_at = time.time()
@@ -390,31 +464,20 @@ async def run_command(
         elif logged[0] == MAX_LOGGED_LINES + 1:
             logger.warning("hook %s: more than %d lines of output, not logging the rest", tag, MAX_LOGGED_LINES)
 
-    # our own pipe (not PIPE) so that we can stop reading it when a background
-    # child of the hook keeps the write end open after the hook has exited
-    read_fd, write_fd = os.pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        os.close(read_fd)
-        reason = exc.strerror or str(exc)
+        proc, read_fd = await _spawn_with_reserve(argv, env, reserve, logger, tag, extra)
+    except Exception as exc:
+        reason = describe_error(exc)
         logger.error("hook %s: cannot start %s: %s", tag, argv[0] if argv else "(empty)", reason, extra=extra)
         return ProcessOutcome(None, None, False, f"cannot start: {reason}", loop.time() - t0, started_at, "")
-    finally:
-        os.close(write_fd)
 
-    pipe_file = os.fdopen(read_fd, "rb", 0)
+    pipe_file: Any = None
     transport: asyncio.BaseTransport | None = None
     pump: asyncio.Task[None] | None = None
     timed_out = False
+    error: str | None = None
     try:
+        pipe_file = os.fdopen(read_fd, "rb", 0)
         reader = asyncio.StreamReader()
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), pipe_file
@@ -432,29 +495,34 @@ async def run_command(
             await asyncio.wait_for(asyncio.shield(pump), OUTPUT_DRAIN_S)
         except TimeoutError:
             logger.debug("hook %s: output still open after exit (background child?); not reading further", tag)
-    except BaseException:
-        # cancelled (daemon shutting down hard) or a bug: never leave a hook
-        # running unsupervised
+    except BaseException as exc:
+        # cancelled (daemon shutting down hard), or supervising failed: never
+        # leave a hook running unsupervised
         if proc.returncode is None:
             _killpg(proc.pid, signal.SIGKILL)
             try:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), REAP_WAIT_S)
             except BaseException:
                 pass
-        raise
+        if not isinstance(exc, Exception):
+            raise
+        error = f"lost track of the hook, killed it: {describe_error(exc)}"
+        logger.error("hook %s: %s", tag, error, extra=extra)
     finally:
         if pump is not None:
             pump.cancel()
         if transport is not None:
             transport.close()
-        else:
+        elif pipe_file is not None:
             pipe_file.close()
+        else:
+            os.close(read_fd)
 
     duration_s = loop.time() - t0
     rc = proc.returncode
     sig = -rc if rc is not None and rc < 0 else None
-    exit_code = None if (timed_out or rc is None or rc < 0) else rc
-    return ProcessOutcome(exit_code, sig, timed_out, None, duration_s, started_at, last[0])
+    exit_code = None if (timed_out or error or rc is None or rc < 0) else rc
+    return ProcessOutcome(exit_code, sig, timed_out, error, duration_s, started_at, last[0])
 
 
 def describe_outcome(outcome: ProcessOutcome) -> str:
@@ -493,6 +561,7 @@ class HookRunner:
         logger: logging.Logger,
         *,
         token_file: str | None = None,
+        reserve: DescriptorReserve | None = None,
     ) -> None:
         """``token_file`` (in the state directory) lets a restarted daemon kill
         hook processes its crashed predecessor left running: every hook of this
@@ -500,8 +569,12 @@ class HookRunner:
         its first hook a runner kills the processes carrying the token found in
         the file, then writes its own. Without it (and without systemd's
         control-group kill) an orphaned ``vip up`` could keep announcing the
-        VIP after another host took it over."""
+        VIP after another host took it over.
+
+        ``reserve``: descriptors released for a retry when starting a hook
+        runs out of them (see ``electiond.fdreserve``)."""
         self.config = config
+        self._reserve = reserve
         self._token_file = token_file
         self._token = uuid.uuid4().hex
         self._orphans_checked = token_file is None
@@ -573,14 +646,15 @@ class HookRunner:
 
     # -- internals
 
-    def commands_for(self, event: str) -> list[tuple[tuple[str, ...], str]]:
-        """(argv, source) for an event: the configured command, then <directory>/<event>.d/."""
+    def commands_for(self, event: str, *, strict: bool = False) -> list[tuple[tuple[str, ...], str]]:
+        """(argv, source) for an event: the configured command, then <directory>/<event>.d/.
+        ``strict``: an unreadable hook directory raises (see ``directory_hooks``)."""
         commands: list[tuple[tuple[str, ...], str]] = []
         configured: tuple[str, ...] = getattr(self.config, event)
         if configured:
             commands.append((tuple(configured), "config"))
         if self.config.directory:
-            for path in directory_hooks(self.config.directory, event, self._log):
+            for path in directory_hooks(self.config.directory, event, self._log, strict=strict):
                 commands.append(((path,), "directory"))
         return commands
 
@@ -634,9 +708,17 @@ class HookRunner:
     async def _drain(self) -> None:
         try:
             if not self._orphans_checked:
-                await self.kill_orphans()
+                try:
+                    await self.kill_orphans()
+                except Exception:  # cannot start a thread, say: the hooks still run
+                    self._log.exception("hooks: looking for orphaned hook processes failed")
             while self._pending:
-                plan = plan_transitions(self._applied, self._applied_term, self._pending)
+                try:
+                    plan = plan_transitions(self._applied, self._applied_term, self._pending)
+                except Exception:
+                    # a bug in planning: running everything in order is safe, if slow
+                    self._log.exception("hooks: planning failed; running every queued transition")
+                    plan = list(self._pending)
                 dropped = len(self._pending) - len(plan)
                 if dropped:
                     self.coalesced += dropped
@@ -650,18 +732,73 @@ class HookRunner:
                     break
                 # run one step, then re-plan with whatever arrived meanwhile
                 self._pending = plan[1:]
-                await self._run_transition(plan[0])
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug here must not kill the daemon's loop silently
-            self._log.exception("hooks: runner failed")
-            self._applied = None
+                step = plan[0]
+                try:
+                    await self._run_transition(step)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # a bug must not leave a transition without a result: a
+                    # promote that "succeeded" silently would lead without its VIP
+                    self._log.exception("hooks: runner failed during %s (term %d)", step.event, step.term)
+                    self._applied = None
+                    self._report(self._failure(step, f"{step.event} hooks", "runner", f"internal error: {exc!r}"))
         finally:
             self._running = None
 
+    def _failure(self, transition: Transition, command: str, source: str, error: str) -> HookResult:
+        return HookResult(
+            event=transition.event, command=command, exit_code=None, duration_s=0.0, reason=transition.reason,
+            term=transition.term, timed_out=False, started_at=time.time(), hook=f"{transition.event}:{source}",
+            source=source, error=error,
+        )
+
+    def _report(self, result: HookResult) -> None:
+        self.recent.append(result)
+        try:
+            self._on_result(result)
+        except Exception:
+            self._log.exception("hooks: on_result callback failed")
+
+    def _prepare(self, transition: Transition) -> tuple[list[tuple[tuple[str, ...], str]], dict[str, str]]:
+        """The commands and environment of a transition, listing the hook
+        directory again with the reserve released if descriptors ran out."""
+
+        def prepare() -> tuple[list[tuple[tuple[str, ...], str]], dict[str, str]]:
+            return self.commands_for(transition.event, strict=True), self.environment(transition)
+
+        if self._reserve is None:
+            return prepare()
+        return self._reserve.call(prepare, f"hooks: listing {transition.event} hooks")
+
     async def _run_transition(self, transition: Transition) -> None:
-        commands = self.commands_for(transition.event)
-        env = self.environment(transition)
+        all_ok = True
+        try:
+            try:
+                commands, env = self._prepare(transition)
+            except Exception as exc:
+                all_ok = False
+                error = f"cannot prepare hooks: {describe_error(exc)}"
+                self._log.error("hooks: %s (term %d, reason %s): %s",
+                                transition.event, transition.term, transition.reason, error)
+                self._report(self._failure(transition, f"{transition.event} hooks", "prepare", error))
+                return
+            all_ok = await self._run_commands(transition, commands, env)
+        finally:
+            if transition.event == EVENT_PROMOTE:
+                # even a failed promote may have acquired something: a later down
+                # event must run, which "promote" guarantees in plan_transitions
+                self._applied = EVENT_PROMOTE
+                self._applied_term = transition.term
+            else:
+                # a failed demote/fault leaves the state unknown so the next down
+                # event runs again instead of being coalesced away
+                self._applied = transition.event if all_ok else None
+                self._applied_term = None
+
+    async def _run_commands(
+        self, transition: Transition, commands: list[tuple[tuple[str, ...], str]], env: dict[str, str]
+    ) -> bool:
         all_ok = True
         self._log.info(
             "hooks: %s (term %d, reason %s): %d command(s)",
@@ -690,7 +827,13 @@ class HookRunner:
                     logger=self._log,
                     tag=tag,
                     extra={"hook": tag, "hook_event": transition.event},
+                    reserve=self._reserve,
                 )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # run_command does not raise; if it ever does, it failed
+                self._log.exception("hook %s: running it failed", tag)
+                outcome = ProcessOutcome(None, None, False, f"internal error: {exc!r}", 0.0, time.time(), "")
             finally:
                 self._running = None
             result = HookResult(
@@ -709,23 +852,10 @@ class HookRunner:
             )
             level = logging.INFO if result.ok else logging.ERROR
             self._log.log(level, "hook %s: %s after %.2fs", tag, describe_outcome(outcome), outcome.duration_s)
-            self.recent.append(result)
-            try:
-                self._on_result(result)
-            except Exception:
-                self._log.exception("hooks: on_result callback failed")
+            self._report(result)
             if not result.ok:
                 all_ok = False
                 if transition.event == EVENT_PROMOTE:
                     # the node is going to step down: do not keep acquiring
                     break
-        if transition.event == EVENT_PROMOTE:
-            # even a failed promote may have acquired something: a later down
-            # event must run, which "promote" guarantees in plan_transitions
-            self._applied = EVENT_PROMOTE
-            self._applied_term = transition.term
-        else:
-            # a failed demote/fault leaves the state unknown so the next down
-            # event runs again instead of being coalesced away
-            self._applied = transition.event if all_ok else None
-            self._applied_term = None
+        return all_ok

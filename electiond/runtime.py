@@ -19,6 +19,7 @@ from typing import Any
 
 from electiond import net
 from electiond.config import Config
+from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
 from electiond.node import Node
@@ -53,7 +54,9 @@ def node_environment(config: Config) -> dict[str, str]:
     }
 
 
-def make_hook_runner(config: Config, on_result: Callable[[HookResult], None]) -> HookRunner:
+def make_hook_runner(
+    config: Config, on_result: Callable[[HookResult], None], reserve: DescriptorReserve | None = None
+) -> HookRunner:
     """The daemon's hook runner; --cleanup builds the same one, so a crashed
     daemon's leftover hook processes are found by the same token file."""
     return HookRunner(
@@ -62,6 +65,7 @@ def make_hook_runner(config: Config, on_result: Callable[[HookResult], None]) ->
         on_result,
         logging.getLogger("electiond.hooks"),
         token_file=os.path.join(config.state_directory, "hooks.token"),
+        reserve=reserve,
     )
 
 
@@ -82,6 +86,8 @@ class Runtime:
         self.settings = config.settings
         self._on_status = on_status or (lambda text: None)
         self.store = StateStore(config.state_directory)
+        # spare descriptors for the state write and the hook spawn (fdreserve.py)
+        self.fd_reserve = DescriptorReserve()
         self.node: Node | None = None
         self.codec: Codec | None = None
         self.hooks: HookRunner | None = None
@@ -140,7 +146,7 @@ class Runtime:
         if self.config.key is None:
             log.warning("no [cluster] key_file: messages are NOT authenticated; any host on the LAN can forge them")
 
-        self.hooks = make_hook_runner(self.config, self._on_hook_result)
+        self.hooks = make_hook_runner(self.config, self._on_hook_result, self.fd_reserve)
         # A daemon always starts as non-leader: give up whatever a crashed
         # predecessor may have held (a VIP) before standing for election.
         self.hooks.submit(Transition("demote", self.node.protocol.term, None, None, "startup"))
@@ -337,7 +343,7 @@ class Runtime:
         now = time.monotonic()
         self.node.record(now, "hook", hook_event=result.event, command=result.command, exit_code=result.exit_code,
                          duration_ms=round(result.duration_s * 1000, 1), reason=result.reason,
-                         timed_out=result.timed_out)
+                         timed_out=result.timed_out, error=result.error)
         if result.event == "promote" and not result.ok and self.config.hooks.on_promote_failure == "stepdown":
             if self.node.is_leader(now):
                 log.error("promote hook %s failed; stepping down", result.command)
