@@ -113,6 +113,7 @@ def test_a_one_way_link_costs_a_bounded_number_of_promotions(tmp_path: Path, pro
         time.sleep(HOLD_S)
         held_until = time.time()
         during = _terms(cluster, hosts)
+        held = (cluster.status(leader) or {}).get("fencing_token")  # bully, ring: the token it holds
         raised = sum(1 for e in _history(cluster, leader) if e["event"] == "token_raised") - raised_before
         drop.remove()
 
@@ -123,7 +124,7 @@ def test_a_one_way_link_costs_a_bounded_number_of_promotions(tmp_path: Path, pro
         growth = max(during.values()) - max(before.values())
         results = {"protocol": protocol, "leader": leader, "cut_off": victim, "hold_s": HOLD_S,
                    "promote_hook_runs": promotions, "epoch_before": before, "epoch_after_hold": during,
-                   "token_raises_on_leader": raised}
+                   "token_raises_on_leader": raised, "leader_fencing_token": held}
         (tmp_path / "one_way_results.json").write_text(json.dumps(results, indent=1))
         print(f"\none-way link {leader}->{victim} cut for {HOLD_S:.0f}s ({protocol}): {results}")
         assert max(promotions.values()) <= MAX_PROMOTIONS_PER_NODE, results

@@ -255,12 +255,27 @@ def test_fencing_tokens_must_grow():
     ch = _checker(LEASE_INVARIANTS)
     ch.promoted(1.0, 0, 2)
     ch.promoted(2.0, 1, 3)
+    ch.demoted(0)
     ch.promoted(3.0, 0, 1)  # lower than the last token, and never used before
     assert [v.rule for v in ch.violations] == ["fencing"]
     ch = _checker(LEASE_INVARIANTS)
     ch.promoted(1.0, 0, 2)
     ch.promoted(2.0, 1, 2)
     assert [v.rule for v in ch.violations] == ["term-reused"]
+
+
+def test_a_second_promotion_needs_a_demote_or_a_crash_in_between():
+    ch = _checker(BULLY_INVARIANTS)
+    ch.partitioned = True  # whatever the network did
+    ch.promoted(1.0, 0, 1)
+    ch.raised(1.5, 0, 2)  # a sitting leader's new token: no hooks, fine
+    ch.demoted(0)
+    ch.promoted(2.0, 0, 3)
+    ch.crashing(2.5, 0)
+    ch.promoted(3.0, 0, 4)
+    assert not ch.violations
+    ch.promoted(3.1, 0, 5)  # still leading since 3.0: the hooks would run again
+    assert [v.rule for v in ch.violations] == ["promoted-twice"]
 
 
 def test_bully_fencing_is_not_asserted_after_a_partition():

@@ -236,3 +236,22 @@ def test_ring_status_shows_the_token_held():
     r.on_message(claim("n4", 1), 5.0)
     node_status = r.extra_status(5.0)
     assert node_status["fencing_token"] == 2 == r.term
+
+
+def test_ring_a_sitting_leader_finishing_a_dead_initiators_election_does_not_re_crown_itself():
+    # n3 leads; n4 (higher, preempt on) cannot hear it and runs an election, which n3
+    # forwards back towards n4, but that hop is lost: n3 finds n4 dead and finishes the
+    # election for it, which n3 itself wins. Nothing changed: no Promote, no new epoch
+    r = Ring(Settings("c", "n3", MEMBERS5, answer_timeout_s=0.125), random.Random(7), 0.0)
+    r.on_message(Message(COORDINATOR, "n1", 1, {"leader": "n3", "origin": "n1", "ids": [1, 3], "hop": None}), 0.1)
+    assert r.role == ROLE_LEADER
+    effects = r.on_message(_election_from("n4", [4, 1, 2], "n2"), 1.0)
+    assert [e.to for e in sends(effects, ELECTION)] == ["n4"]
+    t = 1.0
+    effects = []
+    while t < 2.0:
+        effects += r.on_tick(t)
+        t += 0.01
+    assert of(effects, Promote) == [] and of(effects, TokenRaised) == []
+    assert r.role == ROLE_LEADER and r.term == 1
+    assert [e.body["leader"] for e in sends(effects, COORDINATOR) if e.body.get("ids") == []] == ["n3"]

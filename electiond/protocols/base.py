@@ -190,7 +190,7 @@ class TokenRaised:
     Bully and ring raise a sitting leader's token when another claim shows a
     token at least as new (a split brain's rival, a follower that saw one).
     It is not a change of leader: no hooks run. Downstream learns the token
-    from the status (``term``), the history and the log."""
+    from the status (``fencing_token``), the history and the log."""
 
     term: int
     reason: str

@@ -34,7 +34,7 @@ have handed out tokens of its own, and we must fence above them. The rule:
 - A raise is not a change of leader: it comes as ``TokenRaised``, never as a
   second ``Promote``, so promote hooks (a VIP hook's gratuitous ARPs) run once
   per term of office, not on the heartbeat path. Downstream reads the raised
-  token from the status (``term``), the history and the log.
+  token from the status (``fencing_token``), the history and the log.
 - The split brain is reported (``SplitBrain``) and the rival reminded with a
   COORDINATOR once per episode: at its first claim, again after it was quiet
   for longer than any detector waits (``max_suspicion_timeout_s``), and with

@@ -521,10 +521,11 @@ class Ring(EpochProtocol):
             self._to_follower_without_leader(now, self._backoff.next_delay_s(self.rng))
             return effects
         winner = self._names[ids[-1]]
-        if body["initiator"] != me and self._keeps_live_leader(winner, now):
-            # finishing for an initiator that lost a leader we still hear (a one-way link
-            # made it skip the leader): crowning the winner would depose a live leader,
-            # and every retry of the initiator would do it again. Say who leads instead
+        if body["initiator"] != me and (self._keeps_live_leader(winner, now) or self._leads_already(winner, now)):
+            # finishing for an initiator we found dead, while a leader we still hear (or we
+            # ourselves) leads: a one-way link made the initiator lose it. A new epoch would
+            # depose a live leader, or re-crown the sitting one, on every retry of the
+            # initiator; say who leads instead
             return [self._send(COORDINATOR, {"leader": self._leader, "origin": me, "ids": [], "hop": None})]
         # the lap carried the highest epoch of every node on it: the new one is above all
         epoch = self._epoch + 1
@@ -555,6 +556,12 @@ class Ring(EpochProtocol):
         if not self._has_live_leader(now) or self._leader_looks_dead(leader, now):
             return False
         return not (self.settings.preempt and self._ids[winner] > self._ids[leader])
+
+    def _leads_already(self, winner: str, now: float) -> bool:
+        """Is ``winner`` the sitting leader: us, or the live leader we follow?"""
+        if winner != self._leader:
+            return False
+        return self._role == ROLE_LEADER or (self._has_live_leader(now) and not self._leader_looks_dead(winner, now))
 
     def _forward_coordinator(self, body: dict[str, Any], term: int, now: float) -> list[Effect]:
         target = self._route(body["origin"])

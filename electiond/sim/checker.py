@@ -62,6 +62,9 @@ class InvariantSet:
         (T, that vote), whatever the disk faults (writes that fail, a crash
         between write and rename). "term-reused" (no two leaders in one
         term) is asserted under disk faults too, with terms_always.
+        Persist effects), across restarts that keep the disk.
+    (every protocol) promoted-twice: a node that promoted promotes again only after a
+        Demote or a crash; a leader whose token must grow raises it (TokenRaised).
     terms_always: fencing tokens (Promote.term) strictly increase and are never
         reused, even with partitions and loss; otherwise only asserted until
         the first partition, lost or late datagram or delay spike of a run,
@@ -223,6 +226,9 @@ class Checker:
         self.reassert_grace_s = 0.1
         self.schedule: Callable[[float, Callable[[], None]], None] | None = None
         self.promotions: list[tuple[float, int, int]] = []  # (t, node, term)
+        # by node: promoted, and neither demoted nor crashed since (a second Promote then
+        # would re-run the promote hooks of a leader that never stopped leading)
+        self._promote_open: list[bool] = [False] * len(names)
         self.raises: list[tuple[float, int, int]] = []  # (t, node, term): TokenRaised while leading
         self._term_owner: dict[int, int] = {}
         self._votes: dict[tuple[int, int], str] = {}  # (node, term) -> voted for
@@ -238,6 +244,7 @@ class Checker:
 
     def crashing(self, t: float, i: int) -> None:
         """Node i is about to crash: remember the promise it may forget."""
+        self._promote_open[i] = False
         proto = _lease_views(self._protocol_of(i))
         if not self._coverage_enabled or proto is None:
             return
@@ -410,7 +417,14 @@ class Checker:
 
     def promoted(self, t: float, i: int, term: int) -> None:
         self.promotions.append((t, i, term))
+        if self._promote_open[i]:
+            self.violate(t, "promoted-twice", f"{self.names[i]} promoted in term {term} without a demote since "
+                                              "its last promotion (hooks run again for the same leadership)")
+        self._promote_open[i] = True
         self._new_token(t, i, term)
+
+    def demoted(self, i: int) -> None:
+        self._promote_open[i] = False
 
     def raised(self, t: float, i: int, term: int) -> None:
         """A sitting leader took a new token (TokenRaised): judged as a promotion's."""

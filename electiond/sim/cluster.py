@@ -346,6 +346,7 @@ class Cluster:
             elif et is Demote:
                 if self.tracing:
                     self.note(f"{h.name} DEMOTE term={e.term} ({e.reason})")
+                self.checker.demoted(h.index)
                 self._run_demote_hooks(h)
             elif et is LeaderChanged:
                 if e.leader is not None and e.leader != h.name:

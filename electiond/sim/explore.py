@@ -373,6 +373,7 @@ class Explorer:
             elif te is TokenRaised:
                 c.raised(w.now, i, e.term)
             elif te is Demote:
+                c.demoted(i)
                 # demote hooks take no time here; the shell reports them done
                 node = w.nodes[i]
                 if node is not None:
