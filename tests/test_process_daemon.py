@@ -11,8 +11,11 @@ from cluster import REPO, Cluster
 
 def test_authenticated_cluster_and_a_wrong_key_is_dropped(tmp_path):
     good, bad = tmp_path / "key", tmp_path / "badkey"
-    good.write_bytes(b"A" * 32)
-    bad.write_bytes(b"B" * 32)
+    # the same key id with another secret: the receiver tries that id's key and the MAC fails
+    good.write_text(f"k1 {'aa' * 32}\n")
+    bad.write_text(f"k1 {'bb' * 32}\n")
+    good.chmod(0o600)
+    bad.chmod(0o600)
     with Cluster(tmp_path, 3, protocol="bully") as c:
         c.config_text = c.config_text.replace("interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {good}")
         c.start("n1")
