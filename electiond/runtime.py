@@ -379,6 +379,8 @@ class Runtime:
         status = self.node.status(now)
         status.update({
             "authenticated": self.codec.authenticated,
+            "signing_key": self.codec.signing_key_id,
+            "accepted_keys": [k.id for k in self.codec.keys],
             "uptime_s": round(time.time() - self.started_wall, 3),
             "dropped": dict(self.codec.dropped),
             "hooks": self.hooks.status() if self.hooks else None,

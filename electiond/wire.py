@@ -33,6 +33,10 @@ VERSION = 2
 MAX_DATAGRAM_BYTES = 1400
 MAC_BYTES = 32
 REPLAY_WINDOW = 64  # tolerate this much reordering per sender, as IPsec does
+# A replaced incarnation that sends this many datagrams in a row, with none
+# from its successor in between, is the live one again (the successor was a
+# copy that has gone): followed again, without a clock in the codec.
+TAKEOVER_STREAK = 3
 
 DROP_REASONS = (
     "oversize",
@@ -131,6 +135,7 @@ class Codec:
         # a sender's incarnation before its latest: a second live process under
         # that name keeps using it, a restarted one never does
         self._older: dict[str, ReplayWindow] = {}
+        self._older_streak: dict[str, int] = {}
 
     def set_keys(self, keys: Sequence[Key] | bytes | None) -> None:
         """Sign with the first key, accept any; takes effect with the next datagram.
@@ -261,12 +266,26 @@ class Codec:
         window = self._windows.get(sender)
         if window is None:
             window = self._windows[sender] = ReplayWindow()
+        older = self._older.get(sender)
         if incarnation < window.incarnation:
-            older = self._older.get(sender)
-            if older is not None and older.incarnation == incarnation and older.accept(incarnation, seq):
+            if older is None or older.incarnation != incarnation or not older.accept(incarnation, seq):
+                return "replay"
+            streak = self._older_streak.get(sender, 0) + 1
+            if streak < TAKEOVER_STREAK:
+                self._older_streak[sender] = streak
                 return "duplicate_name"
-            return "replay"
+            self._windows[sender], self._older[sender] = older, window
+            self._older_streak[sender] = 0
+            return None
         if incarnation > window.incarnation >= 0:
-            self._older[sender] = window
-            window = self._windows[sender] = ReplayWindow()
-        return None if window.accept(incarnation, seq) else "replay"
+            if older is not None and older.incarnation == incarnation:
+                # the newer one we stopped following speaks again: its window, not a fresh one
+                self._windows[sender], self._older[sender] = older, window
+                window = older
+            else:
+                self._older[sender] = window
+                window = self._windows[sender] = ReplayWindow()
+        if not window.accept(incarnation, seq):
+            return "replay"
+        self._older_streak[sender] = 0
+        return None

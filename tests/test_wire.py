@@ -273,3 +273,24 @@ def test_restart_replaces_an_incarnation_and_its_old_datagrams_stay_replays():
     for d in captured:
         assert reason_of(receiver, d) == "replay"
     assert receiver.dropped["duplicate_name"] == 0
+
+
+def test_a_replaced_incarnation_that_keeps_talking_alone_is_followed_again():
+    """A copy with a newer incarnation came and went: the real member must not
+    stay muted at its peers."""
+    receiver = keyed("n2", (OLD,))
+    real, copy = keyed("n1", (OLD,), incarnation=5), keyed("n1", (OLD,), incarnation=7, port=4001)
+    assert receiver.decode(real.encode(Send(PRESENCE, 1))) is not None
+    replayable = copy.encode(Send(PRESENCE, 1))
+    assert not receiver.decode(replayable).duplicate
+    for _ in range(wire.TAKEOVER_STREAK - 1):  # both live: the real one's traffic is flagged...
+        assert receiver.decode(real.encode(Send(PRESENCE, 1))).duplicate
+        assert not receiver.decode(copy.encode(Send(PRESENCE, 1))).duplicate  # ...the streak restarts
+    # the copy is gone: a streak of the real one's datagrams and it is followed again
+    got = [receiver.decode(real.encode(Send(PRESENCE, 1))) for _ in range(wire.TAKEOVER_STREAK)]
+    assert [g.duplicate for g in got] == [True] * (wire.TAKEOVER_STREAK - 1) + [False]
+    assert not receiver.decode(real.encode(Send(PRESENCE, 1))).duplicate
+    # the copy's captured traffic is still a replay, and a live copy takes over again
+    assert reason_of(receiver, replayable) == "replay"
+    assert not receiver.decode(copy.encode(Send(PRESENCE, 1))).duplicate
+    assert receiver.decode(real.encode(Send(PRESENCE, 1))).duplicate
