@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from cluster import REPO, Cluster
 
 from electiond import keys
@@ -159,14 +161,19 @@ def _copy_of(c: KeyedCluster, name: str) -> tuple[subprocess.Popen, pathlib.Path
     return proc, log_path, copy_socket
 
 
-def test_a_second_daemon_with_our_name_puts_both_in_fault_until_it_is_gone(tmp_path):
+@pytest.mark.parametrize("n1_leads", [False, True], ids=["n1-follows", "n1-leads"])
+def test_a_second_daemon_with_our_name_puts_both_in_fault_until_it_is_gone(tmp_path, n1_leads):
     from electiond.cli import Refused, Unreachable, request
 
-    with KeyedCluster(tmp_path, 3, protocol="quorum-lease") as c:
+    per_node = {"n1": {"priority": "250"}} if n1_leads else None
+    with KeyedCluster(tmp_path, 3, protocol="quorum-lease", per_node=per_node) as c:
         for name in c.names:
             c.write_keys(name, (OLD,))
         c.start_all()
-        c.wait_leader(10.0)
+        first = c.wait_for(lambda: c.agreed_leader(), 10.0, "a leader")
+        if n1_leads:
+            first = c.wait_for(lambda: c.agreed_leader() == "n1" and "n1", 15.0, "n1 to lead (priority)")
+            c.wait_for(lambda: ("promote", "n1") in _changes(c), 10.0, "n1's promote hook")
         proc, copy_log, copy_socket = _copy_of(c, "n1")
         try:
             def copy_status():
@@ -191,6 +198,9 @@ def test_a_second_daemon_with_our_name_puts_both_in_fault_until_it_is_gone(tmp_p
                        10.0, "n2 to flag n1 as a duplicate")
             assert c.status("n2")["dropped"]["duplicate_name"] > 0
             assert any(e[1] == "fault" and e[2] == "n1" and e[4] == "duplicate_name" for e in c.hook_events())
+            if n1_leads:  # the leader stepped down and ran its demote hook
+                assert any(e[1] == "demote" and e[2] == "n1" and e[4] == "duplicate_name" for e in c.hook_events())
+            assert first is not None
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
