@@ -96,6 +96,7 @@ class Runtime:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         persisted = self.store.load()  # StateError propagates: the daemon refuses to start
+        previous_incarnation = self.store.incarnation
         incarnation = self.store.begin_incarnation()
         now = time.monotonic()
         rng = random.Random(random.SystemRandom().getrandbits(64))
@@ -119,7 +120,7 @@ class Runtime:
             schemas=self.node.message_schemas(),
             incarnation=incarnation,
             unicast_port=unicast_sock.getsockname()[1],
-            self_address=local_address,
+            previous_incarnation=previous_incarnation,
         )
         self._own_address = f"{local_address}:{unicast_sock.getsockname()[1]}"
         if not self.config.keys:
@@ -206,7 +207,7 @@ class Runtime:
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self.codec is not None
-        received = self.codec.decode(data, addr)
+        received = self.codec.decode(data)
         if received is None:
             return
         if received.duplicate:

@@ -10,9 +10,13 @@ per datagram however many keys a rotation lists). Without keys, ``key_id`` is
 datagram is dropped as ``wrong_version``. Receivers never raise on bad input:
 they drop the datagram and count the reason.
 
-A datagram claiming our own name is our multicast loopback only when it
-carries our incarnation and our unicast port (and comes from our address);
-anything else that authenticates is another process using our name.
+A datagram claiming our own name is our multicast loopback when it carries
+our incarnation and unicast port (the MAC binds both, so a replay of our own
+traffic from elsewhere is still just ours). One with an incarnation no newer
+than our previous start's is our own past, replayed (or a process older than
+our last start, which hears our newer incarnation and faults itself), so an
+attacker replaying captured traffic cannot fault us. Anything else that
+authenticates is another live process using our name.
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ class Codec:
         schemas: Schemas,
         incarnation: int,
         unicast_port: int = 0,
-        self_address: str | None = None,
+        previous_incarnation: int = 0,
     ) -> None:
         self.cluster = cluster
         self.node_name = node_name
@@ -128,7 +132,7 @@ class Codec:
         self.schemas = schemas
         self.incarnation = incarnation
         self.unicast_port = unicast_port
-        self.self_address = self_address  # our unicast socket's IP: where our loopback comes from
+        self.previous_incarnation = previous_incarnation  # our last start's, from the state file
         self.dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self._seq = 0
         self._windows: dict[str, ReplayWindow] = {}
@@ -189,9 +193,8 @@ class Codec:
     def _drop(self, reason: str) -> None:
         self.dropped[reason] += 1
 
-    def decode(self, datagram: bytes, source: tuple[str, int] | None = None) -> Received | None:
-        """The message, or None after counting why it was dropped. ``source``
-        (the datagram's address) tells our loopback from a copy of us."""
+    def decode(self, datagram: bytes) -> Received | None:
+        """The message, or None after counting why it was dropped."""
         if len(datagram) > MAX_DATAGRAM_BYTES:
             return self._drop("oversize")
         try:
@@ -227,7 +230,7 @@ class Codec:
             return self._drop("wrong_cluster")
         if sender not in self.members:
             return self._drop("unknown_sender")
-        if sender == self.node_name and self._is_own_loopback(incarnation, port, source):
+        if sender == self.node_name and incarnation == self.incarnation and port == self.unicast_port:
             return self._drop("self")
         # authenticate before looking any deeper, so forged input costs little
         if self._signing is not None:
@@ -244,6 +247,8 @@ class Codec:
         for name, expected in schema.items():
             if name not in body or not _type_ok(body[name], expected):
                 return self._drop("bad_schema")
+        if sender == self.node_name and incarnation <= self.previous_incarnation:
+            return self._drop("replay")
         verdict = self._freshness(sender, incarnation, seq)
         if verdict == "replay":
             return self._drop("replay")
@@ -251,13 +256,6 @@ class Codec:
         if duplicate:
             self._drop("duplicate_name")
         return Received(Message(kind, sender, term, body, recipient), incarnation, port, duplicate)
-
-    def _is_own_loopback(self, incarnation: int, port: int, source: tuple[str, int] | None) -> bool:
-        if incarnation != self.incarnation or port != self.unicast_port:
-            return False
-        if source is None or self.self_address is None:
-            return True
-        return source[0] == self.self_address and source[1] == self.unicast_port
 
     def _freshness(self, sender: str, incarnation: int, seq: int) -> str | None:
         """None for a new (incarnation, seq), "replay" for a repeat or stale

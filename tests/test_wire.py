@@ -160,9 +160,9 @@ from electiond.keys import Key  # noqa: E402
 OLD, NEW = Key("old", b"o" * 32), Key("new", b"n" * 32)
 
 
-def keyed(name, keys, incarnation=1, port=4000):
+def keyed(name, keys, incarnation=1, port=4000, previous=0):
     return wire.Codec("c", name, {"n1", "n2", "n3"}, keys, SCHEMAS, incarnation, unicast_port=port,
-                      self_address="127.0.0.1")
+                      previous_incarnation=previous)
 
 
 def test_first_key_signs_any_listed_key_verifies():
@@ -226,19 +226,27 @@ def test_skipping_the_add_step_loses_datagrams():
 # ---- our name from another process; a member's name from two processes ------
 
 def test_own_loopback_is_self_another_process_is_duplicate():
-    me = keyed("n1", (OLD,), incarnation=10, port=4000)
+    me = keyed("n1", (OLD,), incarnation=10, port=4000, previous=5)
     assert reason_of(me, me.encode(Send(PRESENCE, 1))) == "self"
-    assert me.decode(me.encode(Send(PRESENCE, 1)), ("127.0.0.1", 4000)) is None
-    # a copy with another incarnation (a second daemon, started later)
-    copy = keyed("n1", (OLD,), incarnation=11, port=4001)
-    got = me.decode(copy.encode(Send(PRESENCE, 1)), ("127.0.0.1", 4001))
-    assert got is not None and got.duplicate and got.incarnation == 11
-    assert me.dropped["duplicate_name"] == 1
-    # same incarnation and port, but from another host's address
-    me = keyed("n1", (OLD,), incarnation=10, port=4000)
-    twin = keyed("n1", (OLD,), incarnation=10, port=4000)
-    got = me.decode(twin.encode(Send(PRESENCE, 1)), ("10.1.1.2", 4000))
-    assert got is not None and got.duplicate
+    # a copy started later (a second daemon) and one started before us
+    for incarnation, port in ((11, 4001), (8, 4002)):
+        got = keyed("n2", (OLD,)).decode(keyed("n1", (OLD,), incarnation, port).encode(Send(PRESENCE, 1)))
+        assert got is not None and not got.duplicate  # to a peer: an ordinary member
+        me = keyed("n1", (OLD,), incarnation=10, port=4000, previous=5)
+        got = me.decode(keyed("n1", (OLD,), incarnation, port).encode(Send(PRESENCE, 1)))
+        assert got is not None and got.duplicate and got.incarnation == incarnation
+        assert me.dropped["duplicate_name"] == 1
+    # our incarnation from another port: not our loopback (an incarnation is one process's)
+    assert me.decode(keyed("n1", (OLD,), incarnation=10, port=4003).encode(Send(PRESENCE, 1))).duplicate
+
+
+def test_our_own_past_replayed_cannot_fault_us():
+    before_restart = keyed("n1", (OLD,), incarnation=5, port=4000)
+    captured = [before_restart.encode(Send(PRESENCE, 1)) for _ in range(3)]
+    me = keyed("n1", (OLD,), incarnation=10, port=4001, previous=5)
+    for datagram in captured:
+        assert reason_of(me, datagram) == "replay"
+    assert me.dropped["duplicate_name"] == 0
 
 
 def test_duplicate_of_our_name_must_authenticate_and_is_replay_checked():
