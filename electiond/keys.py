@@ -100,7 +100,7 @@ def parse(text: str, path: str) -> tuple[Key, ...]:
 def load(path: str) -> tuple[Key, ...]:
     """Read and check a key file, refusing one that others could read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY)  # a symlink is fine: the mode checked is the target's
     except OSError as exc:
         raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
     try:
@@ -158,6 +158,7 @@ def create(path: str, key: Key) -> None:
 def add(path: str, key: Key) -> None:
     """Append ``key`` to a valid key file as a non-first key: accepted, not yet
     used to sign (step 1 of a rotation). Replaced atomically, mode 0600."""
+    path = os.path.realpath(path)  # replace the target, not a symlink to it
     existing = load(path)
     if any(k.id == key.id for k in existing):
         raise KeyFileError(f"{path} already holds a key with id {key.id!r}; pick another --key-id")

@@ -67,16 +67,22 @@ def test_owner_only_modes_are_fine(tmp_path):
     assert keys.load(key_file(tmp_path, f"k1 {A}\n", 0o400))[0].id == "k1"
 
 
-def test_binary_and_symlink_and_directory_refused(tmp_path):
+def test_binary_and_directory_refused_a_symlink_is_judged_by_its_target(tmp_path):
     binary = tmp_path / "bin"
     binary.write_bytes(b"\xff\xfe" + os.urandom(30))
     binary.chmod(0o600)
     with pytest.raises(keys.KeyFileError, match="not UTF-8"):
         keys.load(str(binary))
     link = tmp_path / "link"
-    link.symlink_to(key_file(tmp_path, f"k1 {A}\n"))
-    with pytest.raises(keys.KeyFileError, match="cannot read"):
+    target = key_file(tmp_path, f"k1 {A}\n")
+    link.symlink_to(target)
+    assert keys.load(str(link))[0].id == "k1"
+    os.chmod(target, 0o644)
+    with pytest.raises(keys.KeyFileError, match="chmod 600"):
         keys.load(str(link))
+    os.chmod(target, 0o600)
+    keys.add(str(link), keys.new_key("k2"))
+    assert link.is_symlink() and [k.id for k in keys.load(target)] == ["k1", "k2"]
     (tmp_path / "dir").mkdir(mode=0o700)
     with pytest.raises(keys.KeyFileError, match="not a regular file"):
         keys.load(str(tmp_path / "dir"))
