@@ -197,6 +197,13 @@ def test_a_second_daemon_with_our_name_puts_both_in_fault_until_it_is_gone(tmp_p
             c.wait_for(lambda: any(m["name"] == "n1" and m["duplicate"] for m in c.status("n2")["members"]),
                        10.0, "n2 to flag n1 as a duplicate")
             assert c.status("n2")["dropped"]["duplicate_name"] > 0
+            ctl = [sys.executable, "-m", "electiond.cli", "--socket"]
+            human = subprocess.run([*ctl, c.socket("n1"), "status"], capture_output=True, text=True, timeout=30,
+                                   cwd=REPO)
+            assert "FAULT     duplicate_name: another process uses our name n1" in human.stdout, human.stdout
+            human = subprocess.run([*ctl, c.socket("n2"), "members"], capture_output=True, text=True, timeout=30,
+                                   cwd=REPO)
+            assert any(line.startswith("n1 ") and "DUPLICATE NAME" in line for line in human.stdout.splitlines())
             assert any(e[1] == "fault" and e[2] == "n1" and e[4] == "duplicate_name" for e in c.hook_events())
             if n1_leads:  # the leader stepped down and ran its demote hook
                 assert any(e[1] == "demote" and e[2] == "n1" and e[4] == "duplicate_name" for e in c.hook_events())
