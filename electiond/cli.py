@@ -76,9 +76,13 @@ def _fmt_ms(value: float | None) -> str:
 
 def print_status(status: dict[str, Any]) -> None:
     auth = "yes" if status.get("authenticated") else "NO (no key_file)"
+    if status.get("signing_key"):
+        auth += f" (key {status['signing_key']})"
     print(f"node      {status['node']} ({status['role']})")
     print(f"cluster   {status['cluster']}  protocol {status['protocol']}  authenticated {auth}")
     print(f"leader    {status['leader'] or '-'}  term {status['term']}")
+    for blocker, detail in (status.get("blocked_by") or {}).items():
+        print(f"FAULT     {blocker}: {detail}")
     if status.get("flapping"):
         print(f"WARNING   {status['leader_changes_last_hour']} leadership changes in the last hour")
     disk = status.get("disk") or {}
@@ -104,7 +108,8 @@ def print_members(members: list[dict[str, Any]]) -> None:
         watch = m.get("suspicion") or {}
         phi = f"{watch['phi']:.1f}" if "phi" in watch else "-"
         timeout = f"{watch['timeout_ms']:.0f}ms" if "timeout_ms" in watch else "-"
-        print(f"{m['name']:<16} {m['id']:>4}  {alive:<5}  {seen:>9}  {phi:>6}  {timeout:>8}")
+        flag = "  DUPLICATE NAME: two processes use it" if m.get("duplicate") else ""
+        print(f"{m['name']:<16} {m['id']:>4}  {alive:<5}  {seen:>9}  {phi:>6}  {timeout:>8}{flag}")
 
 
 def print_history(entries: list[dict[str, Any]]) -> None:

@@ -12,8 +12,10 @@ import ipaddress
 import re
 import shlex
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from electiond import keys as keysmod
+from electiond.keys import Key
 from electiond.protocols.base import Member, Settings
 
 DEFAULT_PATH = "/etc/electiond/electiond.conf"
@@ -56,7 +58,7 @@ class Config:
     port: int
     interface: str  # an IPv4 address or an interface name (resolved by net.py)
     key_file: str | None
-    key: bytes | None = field(repr=False)
+    keys: tuple[Key, ...]  # the first signs, all are accepted; () = unauthenticated
     control_socket: str
     control_socket_mode: int
     state_directory: str
@@ -267,15 +269,11 @@ def _parse_mode(text: str) -> int:
     return int(text, 8)
 
 
-def _read_key(path: str, section: _Section) -> bytes:
+def _read_keys(path: str, section: _Section) -> tuple[Key, ...]:
     try:
-        with open(path, "rb") as f:
-            key = f.read().strip()
-    except OSError as exc:
-        raise section.error("key_file", f"cannot read {path}: {exc.strerror}") from None
-    if len(key) < 16:
-        raise section.error("key_file", f"{path} holds {len(key)} bytes; use at least 16 (e.g. head -c 32 /dev/urandom | base64)")
-    return key
+        return keysmod.load(path)
+    except keysmod.KeyFileError as exc:
+        raise section.error("key_file", str(exc)) from None
 
 
 def load(path: str = DEFAULT_PATH, node_name: str | None = None) -> Config:
@@ -330,7 +328,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
     port = cluster.integer("port", 7676, 1, 65535)
     interface = cluster.convert("interface", "127.0.0.1", _parse_interface)
     key_file = cluster.raw("key_file")
-    key = _read_key(key_file, cluster) if key_file else None
+    keys = _read_keys(key_file, cluster) if key_file else ()
 
     node = sec["node"]
     name = node_override or node.raw("name") or socket.gethostname().split(".")[0]
@@ -419,7 +417,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         port=port,
         interface=interface,
         key_file=key_file,
-        key=key,
+        keys=keys,
         control_socket=control.raw("socket", "/run/electiond/control.sock"),
         control_socket_mode=control.convert("socket_mode", 0o660, _parse_mode),
         state_directory=state.raw("directory", "/var/lib/electiond"),

@@ -83,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run the demote hooks once and exit (systemd ExecStopPost after a crash)")
     parser.add_argument("--recover-state", action="store_true",
                         help="set a lost or corrupt state.json aside and write one that rejoins safely, then exit")
+    parser.add_argument("--gen-key", metavar="PATH",
+                        help="write a new key file (mode 0600; never overwrites) and exit")
+    parser.add_argument("--add", action="store_true",
+                        help="with --gen-key: append a new key to the existing file PATH as its last line "
+                             "(accepted at once, used for sending once moved first: see README, key rotation)")
+    parser.add_argument("--key-id", help="with --gen-key: the new key's id (default: k + UTC time)")
     parser.add_argument("--version", action="version", version=f"electiond {__version__}")
     return parser.parse_args(argv)
 
@@ -197,9 +203,34 @@ def _finish(code: int, reason: str, started_s: float) -> int:
     return code
 
 
+def gen_key(path: str, key_id: str | None, add: bool) -> int:
+    from electiond import keys
+
+    try:
+        key = keys.new_key(key_id)
+        if add:
+            keys.add(path, key)
+        else:
+            keys.create(path, key)
+    except keys.KeyFileError as exc:
+        print(f"electiond: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if add:
+        print(f"{path}: added key {key.id} as the last line; copy the file to every node and reload them, "
+              f"then move it first everywhere and reload again")
+    else:
+        print(f"{path}: new key {key.id}; copy the file (mode 0600) to every node")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     started_s = time.monotonic()
     args = parse_args(argv)
+    if args.gen_key:
+        return gen_key(args.gen_key, args.key_id, args.add)
+    if args.add or args.key_id:
+        print("electiond: --add and --key-id go with --gen-key PATH", file=sys.stderr)
+        return 2
     try:
         cfg = configmod.load(args.config, args.node)
     except configmod.ConfigError as exc:
@@ -212,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         absent = net.check_interface(cfg.interface)
         if absent:
             print(f"{args.config}: warning: {absent} now; the daemon will wait for it", file=sys.stderr)
+        auth = (f"{len(cfg.keys)} key(s), signing with {cfg.keys[0].id}" if cfg.keys
+                else "NOT authenticated: no key_file")
         print(f"{args.config}: OK (node {cfg.settings.node_name}, protocol {cfg.protocol}, "
-              f"{len(cfg.settings.members)} members)")
+              f"{len(cfg.settings.members)} members, {auth})")
         return 0
     action = "--cleanup" if args.cleanup else "--recover-state" if args.recover_state else "start"
     # until serve() hands them to the loop: a stop during start-up still logs its final line

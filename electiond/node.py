@@ -46,6 +46,10 @@ FLAP_WINDOW_S: Final = 3600.0
 # Followers in bully and ring send nothing while all is well; a slow presence
 # beacon lets every member's table say who is alive.
 PRESENCE: Final = "PRESENCE"
+# Another process speaking under our name: FAULT until it has been silent for
+# this many presence intervals (it beacons once per interval while it runs).
+DUPLICATE_NAME: Final = "duplicate_name"
+DUPLICATE_QUIET_PRESENCES: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +66,19 @@ class Membership:
     def __init__(self, settings: Settings, now: float) -> None:
         self._settings = settings
         self._last_seen: dict[str, float | None] = {m.name: None for m in settings.peers()}
+        self._duplicate_seen: dict[str, float] = {}  # name -> last time two processes used it
 
     def saw(self, name: str, now: float) -> None:
         if name in self._last_seen:
             self._last_seen[name] = now
+
+    def saw_duplicate(self, name: str, now: float) -> None:
+        if name in self._last_seen:
+            self._duplicate_seen[name] = now
+
+    def duplicate(self, name: str, now: float) -> bool:
+        seen = self._duplicate_seen.get(name)
+        return seen is not None and now - seen <= self.liveness_window_s()
 
     def alive(self, name: str, now: float) -> bool:
         seen = self._last_seen.get(name)
@@ -126,6 +139,7 @@ class Node:
         # the term of a Promote listed after a Persist in the last list seen:
         # the shell drops it if that Persist fails
         self._promote_after_persist: int | None = None
+        self._own_name_heard_at = -1.0  # last datagram of another process using our name
 
     # ---- inputs -----------------------------------------------------------
 
@@ -137,11 +151,19 @@ class Node:
         if msg.kind == PRESENCE:
             self.peer_watches.observe(msg.sender, now)
             return []
+        if DUPLICATE_NAME in self._blockers:
+            # Peers cannot tell our grants from the other process's, so we
+            # make none (two voters under one name break quorum intersection):
+            # the protocol hears nothing, which every protocol survives as loss.
+            return []
         effects = self.protocol.on_message(msg, now)
         return self._observe(effects, now) if effects else effects
 
     def on_tick(self, now: float) -> list[Effect]:
         effects = self._observe(self.protocol.on_tick(now), now)
+        if DUPLICATE_NAME in self._blockers and now >= self._duplicate_clears_at():
+            self.history.append(HistoryEntry(now, "duplicate_name_cleared", self.protocol.term, {}))
+            effects += self.set_blocker(DUPLICATE_NAME, False, now)
         if now >= self._next_presence:
             self._next_presence = now + self.membership.presence_interval_s()
             effects.append(Send(PRESENCE, self.protocol.term))
@@ -149,7 +171,33 @@ class Node:
 
     def deadline(self) -> float:
         d = self.protocol.deadline()
-        return d if d < self._next_presence else self._next_presence
+        if d > self._next_presence:
+            d = self._next_presence
+        if DUPLICATE_NAME in self._blockers:
+            clears = self._duplicate_clears_at()
+            if clears < d:
+                d = clears
+        return d
+
+    def heard_own_name(self, now: float, detail: str) -> list[Effect]:
+        """An authentic datagram from another process using our name (the
+        shell has told it from our own loopback): FAULT, renewed by each one."""
+        self._own_name_heard_at = now
+        if DUPLICATE_NAME in self._blockers:
+            return []
+        self.history.append(HistoryEntry(now, DUPLICATE_NAME, self.protocol.term, {"detail": detail}))
+        return self.set_blocker(DUPLICATE_NAME, True, now, detail)
+
+    def saw_duplicate_peer(self, name: str, now: float) -> None:
+        """A member's name heard from two live processes: informational (an
+        attacker replaying old traffic must not be able to mute a member)."""
+        self.membership.saw_duplicate(name, now)
+
+    def duplicate_peer(self, name: str, now: float) -> bool:
+        return self.membership.duplicate(name, now)
+
+    def _duplicate_clears_at(self) -> float:
+        return self._own_name_heard_at + DUPLICATE_QUIET_PRESENCES * self.membership.presence_interval_s()
 
     def transfer(self, target: str | None, now: float) -> list[Effect]:
         return self._observe(self.protocol.transfer(target, now), now)
@@ -231,7 +279,8 @@ class Node:
         suspicion = self.peer_watches.snapshot(now)
         for m in s.members:
             if m.name == s.node_name:
-                members.append({"name": m.name, "id": m.id, "alive": True, "last_seen_ms": 0.0, "self": True})
+                members.append({"name": m.name, "id": m.id, "alive": True, "last_seen_ms": 0.0, "self": True,
+                                "duplicate": DUPLICATE_NAME in self._blockers})
                 continue
             seen = self.membership.last_seen(m.name)
             members.append({
@@ -240,6 +289,7 @@ class Node:
                 "alive": self.membership.alive(m.name, now),
                 "last_seen_ms": None if seen is None else round((now - seen) * 1000, 1),
                 "self": False,
+                "duplicate": self.membership.duplicate(m.name, now),
                 "suspicion": suspicion.get(m.name),
             })
         leader = self.protocol.leader

@@ -22,7 +22,7 @@ from electiond.config import Config
 from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
-from electiond.node import Node
+from electiond.node import DUPLICATE_NAME, Node
 from electiond.protocols.base import (
     CommandError,
     Demote,
@@ -36,7 +36,7 @@ from electiond.protocols.base import (
     TokenRaised,
 )
 from electiond.state import RECOVERING_MEANS, StateError, StateStore
-from electiond.wire import Codec
+from electiond.wire import Codec, Received
 
 log = logging.getLogger("electiond")
 
@@ -104,6 +104,8 @@ class Runtime:
         self._persist_errors: dict[str, int] = {}  # failed state writes by errno name
         self._disk_failing = False
         self.dropped_not_ready = 0  # datagrams that arrived before start() finished
+        self._own_address = ""
+        self._duplicate_fault = False  # in FAULT because another process uses our name
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -119,6 +121,7 @@ class Runtime:
         if sockets is None:
             return False
         local_address, unicast_sock, group_sock = sockets.local_address, sockets.unicast, sockets.group
+        previous_incarnation = self.store.incarnation
         incarnation = self.store.begin_incarnation()
         now = time.monotonic()
         rng = random.Random(random.SystemRandom().getrandbits(64))
@@ -131,10 +134,11 @@ class Runtime:
             cluster=self.settings.cluster,
             node_name=self.settings.node_name,
             members={m.name for m in self.settings.members},
-            key=self.config.key,
+            keys=self.config.keys,
             schemas=self.node.message_schemas(),
             incarnation=incarnation,
             unicast_port=unicast_sock.getsockname()[1],
+            previous_incarnation=previous_incarnation,
         )
         self._unicast, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._on_datagram), sock=unicast_sock
@@ -143,7 +147,8 @@ class Runtime:
             lambda: _Datagrams(self._on_datagram), sock=group_sock
         )
         self._transports = [self._unicast, group_transport]
-        if self.config.key is None:
+        self._own_address = f"{local_address}:{unicast_sock.getsockname()[1]}"
+        if not self.config.keys:
             log.warning("no [cluster] key_file: messages are NOT authenticated; any host on the LAN can forge them")
 
         self.hooks = make_hook_runner(self.config, self._on_hook_result, self.fd_reserve)
@@ -204,12 +209,20 @@ class Runtime:
         except configmod.ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
-        fixed = ("protocol", "settings", "group", "port", "interface", "key", "control_socket",
+        fixed = ("protocol", "settings", "group", "port", "interface", "control_socket",
                  "control_socket_mode", "state_directory", "health")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
+        if bool(new.keys) != bool(self.config.keys):
+            # peers would drop our datagrams (or we theirs) until every node switched
+            changed.append("key_file (authentication on/off)")
         if changed:
             log.error("reload refused: %s cannot change while running (restart the daemon)", ", ".join(changed))
             return
+        if new.keys != self.config.keys and self.codec is not None:
+            # one assignment: the next datagram is signed and checked with the new set
+            self.codec.set_keys(new.keys)
+            log.info("keys reloaded from %s: signing with %r, accepting %s", new.key_file,
+                     new.keys[0].id, ", ".join(repr(k.id) for k in new.keys))
         self.config = new
         if self.hooks is not None:
             self.hooks.config = new.hooks
@@ -225,11 +238,35 @@ class Runtime:
         received = self.codec.decode(data)
         if received is None:
             return
+        if received.duplicate:
+            self._on_duplicate(received, addr)
+            return
         msg = received.message
         if msg.recipient is not None and msg.recipient != self.settings.node_name:
             return
         self._peer_addresses[msg.sender] = (addr[0], received.unicast_port)
         self._process(lambda now: self.node.on_message(msg, now))
+
+    def _on_duplicate(self, received: Received, addr: tuple[str, int]) -> None:
+        """Our name from another process: FAULT until it is silent. A member's
+        name from two live processes: shown in its member table entry."""
+        assert self.node is not None and self.hooks is not None
+        node, sender = self.node, received.message.sender
+        other = f"{addr[0]}:{addr[1]} (incarnation {received.incarnation})"
+        if sender != self.settings.node_name:
+            if not node.duplicate_peer(sender, time.monotonic()):
+                log.error("duplicate name: member %s is sent from two processes at once; now also from %s "
+                          "(the newest incarnation is followed, the other is dropped)", sender, other)
+            node.saw_duplicate_peer(sender, time.monotonic())
+            return
+        was_blocked = self._duplicate_fault
+        detail = f"another process uses our name {sender} from {other}; ours is {self._own_address}"
+        self._duplicate_fault = True
+        self._process(lambda now: node.heard_own_name(now, detail))
+        if not was_blocked:
+            log.error("duplicate name, entering FAULT: %s; give each host its own [node] name", detail)
+            self.hooks.submit(Transition("fault", node.protocol.term, node.protocol.leader, self._leader_seen,
+                                         "duplicate_name"))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -244,6 +281,9 @@ class Runtime:
         self._execute(effects, now)
         more = handler(now)
         self._execute(more, now)
+        if self._duplicate_fault and DUPLICATE_NAME not in self.node.blockers:
+            self._duplicate_fault = False
+            log.warning("duplicate name cleared: no other process has used our name for a while; standing again")
         self._schedule()
         return now
 
@@ -402,6 +442,8 @@ class Runtime:
         status = self.node.status(now)
         status.update({
             "authenticated": self.codec.authenticated,
+            "signing_key": self.codec.signing_key_id,
+            "accepted_keys": [k.id for k in self.codec.keys],
             "uptime_s": round(time.time() - self.started_wall, 3),
             "dropped": {**self.codec.dropped, "not_ready": self.dropped_not_ready},
             "hooks": self.hooks.status() if self.hooks else None,

@@ -55,7 +55,7 @@ def test_issue_example_parses(tmp_path):
     assert (s.election_timeout_min_s, s.election_timeout_max_s) == pytest.approx((0.15, 0.30))
     assert cfg.hooks.promote == ("/usr/lib/electiond/hooks/vip", "up", "10.0.0.10/24", "eth0")
     assert cfg.hooks.timeout_s == 30.0
-    assert cfg.key is None and cfg.warnings == ()
+    assert cfg.keys == () and cfg.warnings == ()
 
 
 def test_shipped_example_validates():
@@ -76,9 +76,10 @@ def test_even_member_count_warns(tmp_path):
 
 def test_key_file(tmp_path):
     key = tmp_path / "key"
-    key.write_bytes(b"0123456789abcdef0123")
+    key.write_text(f"# rotation: new first\nnew {'ab' * 32}\nold {'cd' * 32}\n")
+    key.chmod(0o600)
     cfg = config.load(write(tmp_path, BASE.replace("interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {key}")))
-    assert cfg.key == b"0123456789abcdef0123"
+    assert [(k.id, k.secret) for k in cfg.keys] == [("new", b"\xab" * 32), ("old", b"\xcd" * 32)]
 
 
 BAD = [
@@ -122,7 +123,8 @@ def test_quorum_lease_needs_two_renewals_per_lease(tmp_path):
 
 def test_short_key_rejected(tmp_path):
     key = tmp_path / "key"
-    key.write_bytes(b"short")
+    key.write_text("k1 0123456789abcdef\n")
+    key.chmod(0o600)
     path = write(tmp_path, BASE.replace("interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {key}"))
     with pytest.raises(config.ConfigError, match="key_file"):
         config.load(path)

@@ -84,3 +84,93 @@ def test_blockers_combine_one_eligibility_for_the_protocol():
     # the last one cleared: eligible again
     n.set_eligible(True, 1.3, "recovered")
     assert n.protocol._eligible and n.blockers == {}
+
+
+# ---- another process under our name -------------------------------------------
+
+from electiond.node import DUPLICATE_NAME, DUPLICATE_QUIET_PRESENCES  # noqa: E402
+
+
+def lease_node(name="n1", now=0.0):
+    return Node(Settings(cluster="c", node_name=name, members=MEMBERS), "quorum-lease", random.Random(1), now)
+
+
+def test_own_name_from_another_process_blocks_and_clears_after_quiet_presences():
+    n = Node(Settings(cluster="c", node_name="n3", members=MEMBERS), "bully", random.Random(1), 0.0)
+    n.on_tick(n.protocol.deadline())
+    assert n.is_leader(1.0)
+    effects = n.heard_own_name(1.0, "another process uses our name n3 from 10.0.0.9:4000")
+    assert any(isinstance(e, Demote) and e.reason == DUPLICATE_NAME for e in effects)
+    assert n.status(1.0)["blocked_by"] == {DUPLICATE_NAME: "another process uses our name n3 from 10.0.0.9:4000"}
+    assert {m["name"]: m for m in n.status(1.0)["members"]}["n3"]["duplicate"]
+    quiet_s = DUPLICATE_QUIET_PRESENCES * n.membership.presence_interval_s()
+    # the copy keeps beaconing: each datagram renews the fault, nothing new is emitted
+    assert n.heard_own_name(1.0 + quiet_s / 2, "again") == []
+    n.on_tick(1.0 + quiet_s)  # only quiet_s/2 since the last one
+    assert DUPLICATE_NAME in n.blockers
+    clears = 1.0 + quiet_s / 2 + quiet_s
+    assert n.deadline() <= clears
+    n.on_tick(clears - 0.01)
+    assert DUPLICATE_NAME in n.blockers
+    n.on_tick(clears)
+    assert n.blockers == {} and n.protocol._eligible
+    assert [h.event for h in n.history][-1] == "duplicate_name_cleared"
+    assert DUPLICATE_NAME in [h.event for h in n.history]
+    assert not {m["name"]: m for m in n.status(clears)["members"]}["n3"]["duplicate"]
+
+
+def test_duplicate_name_and_health_fault_are_independent():
+    n = node()
+    n.heard_own_name(1.0, "copy")
+    n.set_eligible(False, 1.1, "check failed")
+    n.on_tick(100.0)  # the copy went quiet long ago
+    assert n.blockers == {"fault": "check failed"} and not n.protocol._eligible
+
+
+def test_quorum_lease_grants_nothing_while_our_name_is_ambiguous():
+    n = lease_node("n1")
+    t = n.protocol.quarantine_until + 0.01  # past the start-up quarantine: it would vote now
+    n.heard_own_name(t, "copy")
+    for kind, body in (("PREVOTE", {"round": 1, "priority": 100}), ("REQUEST_VOTE", {"round": 1, "priority": 100}),
+                       ("LEASE_HEARTBEAT", {"round": 1, "priority": 100})):
+        assert n.on_message(Message(kind, "n2", 5, body), t) == []
+    assert n.protocol.promise == (None, float("-inf")) and n.protocol.term == 0
+    # presence still counts: the member table stays truthful
+    n.on_message(Message(PRESENCE, "n2", 0), t)
+    assert {m["name"]: m for m in n.status(t)["members"]}["n2"]["alive"]
+    # once the copy is quiet the node takes part again
+    later = t + DUPLICATE_QUIET_PRESENCES * n.membership.presence_interval_s()
+    n.on_tick(later)
+    replies = n.on_message(Message("REQUEST_VOTE", "n2", 5, {"round": 1, "priority": 100}), later)
+    assert any(isinstance(e, Send) and e.kind == "VOTE" and e.body["granted"] for e in replies)
+
+
+def test_a_quorum_lease_leader_hearing_its_name_steps_down():
+    n = lease_node("n3")
+    t = n.protocol.quarantine_until
+    effects = []
+    for _ in range(40):  # let it stand: pre-vote, candidacy, win with two grants
+        t = max(t, n.deadline())
+        for e in n.on_tick(t):
+            effects.append(e)
+            if isinstance(e, Send) and e.kind in ("PREVOTE", "REQUEST_VOTE"):
+                reply = "PREVOTE_REPLY" if e.kind == "PREVOTE" else "VOTE"
+                for peer in ("n1", "n2"):
+                    effects += n.on_message(Message(reply, peer, e.term, {"round": e.body["round"], "granted": True,
+                                                                         "retry_ms": 0}), t)
+        if n.is_leader(t):
+            break
+    assert n.is_leader(t)
+    out = n.heard_own_name(t, "copy")
+    assert not n.is_leader(t) and any(isinstance(e, Demote) and e.reason == DUPLICATE_NAME for e in out)
+
+
+def test_member_heard_from_two_processes_shows_in_the_table_for_a_while():
+    n = node()
+    n.saw_duplicate_peer("n2", 1.0)
+    assert n.duplicate_peer("n2", 1.0)
+    members = {m["name"]: m for m in n.status(1.0)["members"]}
+    assert members["n2"]["duplicate"] and not members["n3"]["duplicate"] and not members["n1"]["duplicate"]
+    assert not n.duplicate_peer("n2", 1.0 + n.membership.liveness_window_s() + 0.01)
+    n.saw_duplicate_peer("mallory", 1.0)  # not a member: ignored
+    assert n.blockers == {}
