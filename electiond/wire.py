@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,33 @@ MAX_DATAGRAM_BYTES = 1400
 MAC_BYTES = 32
 REPLAY_WINDOW = 64  # tolerate this much reordering per sender, as IPsec does
 
+# Every integer a peer sends stays within +-2**53: exact as a float (JSON,
+# status, Prometheus), and far inside msgpack's 64 bits, so re-encoding a term
+# or an echoed body field can never overflow. 2**53 ms is 285,000 years of
+# incarnations; 2**53 terms outlast any real cluster by the same margin.
+MAX_WIRE_INT = 2**53
+# A term may run ahead of ours by this much and be adopted at once. An
+# election raises the term by one or two (pre-vote stops a partitioned node
+# inflating it), so 2**20 is over a million elections: a day of elections
+# every 100 ms. A bigger jump needs the same sender to repeat it between
+# TERM_CONFIRM_MIN_S and TERM_CONFIRM_MAX_S later (a live leader or voter
+# does; one forged datagram cannot), so a node returning to a cluster that
+# moved on further still catches up, about a second late.
+MAX_TERM_JUMP = 2**20
+TERM_CONFIRM_MIN_S = 1.0
+TERM_CONFIRM_MAX_S = 10.0
+# A sender's sequence number may jump this far past the highest seen (64k
+# missed datagrams: nearly an hour of 50 ms heartbeats) and be accepted; a
+# bigger jump is dropped until the next datagram confirms it (one lost
+# datagram after a very long partition), so one datagram cannot move the
+# window arbitrarily far.
+MAX_SEQ_JUMP = 2**16
+# Without a key the replay window is only a duplicate filter (anyone can
+# forge a fresh envelope), so it must not let one forged (incarnation, seq)
+# mute a member for good: after this long without accepting anything from a
+# sender, its window follows whatever that sender sends next.
+UNKEYED_REANCHOR_S = 2.0
+
 DROP_REASONS = (
     "oversize",
     "bad_encoding",
@@ -35,6 +64,10 @@ DROP_REASONS = (
     "bad_mac",
     "replay",
     "self",
+    "out_of_range",
+    "term_jump",
+    "seq_jump",
+    "rate_limited",
 )
 
 Schemas = dict[str, dict[str, Any]]
@@ -52,31 +85,92 @@ class Received:
 
 
 class ReplayWindow:
-    """Accepts each (incarnation, seq) at most once; older incarnations are stale."""
+    """Accepts each (incarnation, seq) at most once; older incarnations are stale.
 
-    __slots__ = ("incarnation", "highest", "seen_mask")
+    Work is O(REPLAY_WINDOW) bits whatever the numbers: a jump past the
+    window starts a fresh mask instead of shifting the old one that far.
+    ``reanchor_after_s`` (unkeyed clusters only): after that long without an
+    accepted datagram, a stale one re-anchors the window instead of being
+    dropped, so a forged future position mutes its victim only that long.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("incarnation", "highest", "seen_mask", "accepted_at", "pending_seq", "reanchor_after_s")
+
+    def __init__(self, reanchor_after_s: float | None = None) -> None:
         self.incarnation = -1
         self.highest = -1
         self.seen_mask = 0  # bit i set: seq (highest - i) was seen
+        self.accepted_at = -math.inf
+        self.pending_seq = -1  # a too-big jump waiting for the next datagram to confirm it
+        self.reanchor_after_s = reanchor_after_s
 
-    def accept(self, incarnation: int, seq: int) -> bool:
-        if incarnation < self.incarnation:
-            return False
-        if incarnation > self.incarnation:
-            self.incarnation, self.highest, self.seen_mask = incarnation, seq, 1
-            return True
-        if seq > self.highest:
-            shift = seq - self.highest
+    def check(self, incarnation: int, seq: int, now: float) -> str | None:
+        """None if fresh (and now remembered), else the drop reason."""
+        if incarnation == self.incarnation:
+            if seq > self.highest:
+                shift = seq - self.highest
+                confirmed = self.pending_seq >= 0 and 0 < seq - self.pending_seq <= REPLAY_WINDOW
+                if shift > MAX_SEQ_JUMP and not confirmed:
+                    self.pending_seq = seq
+                    return "seq_jump"
+                if confirmed:
+                    self.pending_seq = -1
+                self._advance(seq, shift, now)
+                return None
+            offset = self.highest - seq
+            if offset < REPLAY_WINDOW and not self.seen_mask & (1 << offset):
+                self.seen_mask |= 1 << offset
+                self.accepted_at = now
+                return None
+        elif incarnation > self.incarnation:
+            self._reset(incarnation, seq, now)
+            return None
+        if self.reanchor_after_s is not None and now - self.accepted_at >= self.reanchor_after_s:
+            self._reset(incarnation, seq, now)
+            return None
+        return "replay"
+
+    def accept(self, incarnation: int, seq: int, now: float = 0.0) -> bool:
+        return self.check(incarnation, seq, now) is None
+
+    def _reset(self, incarnation: int, seq: int, now: float) -> None:
+        self.incarnation, self.highest, self.seen_mask = incarnation, seq, 1
+        self.pending_seq = -1
+        self.accepted_at = now
+
+    def _advance(self, seq: int, shift: int, now: float) -> None:
+        if shift >= REPLAY_WINDOW:
+            self.seen_mask = 1  # nothing of the old window is inside the new one
+        else:
             self.seen_mask = ((self.seen_mask << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
-            self.highest = seq
-            return True
-        offset = self.highest - seq
-        if offset >= REPLAY_WINDOW or self.seen_mask & (1 << offset):
+        self.highest = seq
+        self.accepted_at = now
+
+
+def _wire_int(value: Any, low: int = 0) -> bool:
+    return type(value) is int and low <= value <= MAX_WIRE_INT
+
+
+def _scalar_ok(value: Any) -> bool:
+    kind = type(value)
+    if kind is int:
+        return -MAX_WIRE_INT <= value <= MAX_WIRE_INT
+    if kind is float:
+        return math.isfinite(value)
+    return kind is str or kind is bool or kind is bytes or value is None
+
+
+def _body_ok(body: dict[str, Any]) -> bool:
+    """Bodies hold scalars and flat lists of scalars: no protocol sends more,
+    and refusing nesting keeps checking (and any later walk) linear."""
+    for value in body.values():
+        if type(value) is list:
+            for item in value:
+                if not _scalar_ok(item):
+                    return False
+        elif not _scalar_ok(value):
             return False
-        self.seen_mask |= 1 << offset
-        return True
+    return True
 
 
 def _type_ok(value: Any, expected: Any) -> bool:
@@ -98,7 +192,13 @@ class Codec:
         schemas: Schemas,
         incarnation: int,
         unicast_port: int = 0,
+        current_term: Callable[[], int] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """current_term: the receiver's term, for the term-jump guard (None:
+        no guard). clock: monotonic seconds (the runtime passes
+        time.monotonic; tests a fake; None reads as 0, which only disables
+        the time-based rules)."""
         self.cluster = cluster
         self.node_name = node_name
         self.members = members
@@ -109,6 +209,10 @@ class Codec:
         self.dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self._seq = 0
         self._windows: dict[str, ReplayWindow] = {}
+        self._current_term = current_term
+        self._clock = clock
+        # sender -> (term, first seen) of a term jump waiting for confirmation
+        self._pending_terms: dict[str, tuple[int, float]] = {}
 
     @property
     def authenticated(self) -> bool:
@@ -171,9 +275,12 @@ class Codec:
         if not (isinstance(cluster, str) and isinstance(kind, str) and isinstance(sender, str)
                 and _type_ok(incarnation, int) and _type_ok(seq, int) and _type_ok(term, int)
                 and (recipient is None or isinstance(recipient, str))
-                and _type_ok(port, int) and 0 <= port <= 65535 and term >= 0
-                and isinstance(body, dict)):
+                and _type_ok(port, int) and isinstance(body, dict)):
             return self._drop("bad_schema")
+        # before the MAC: a value no honest peer sends costs one comparison
+        if not (_wire_int(incarnation) and _wire_int(seq) and _wire_int(term) and 1 <= port <= 65535
+                and _body_ok(body)):
+            return self._drop("out_of_range")
         if cluster != self.cluster:
             return self._drop("wrong_cluster")
         if sender == self.node_name:
@@ -192,7 +299,32 @@ class Codec:
         for name, expected in schema.items():
             if name not in body or not _type_ok(body[name], expected):
                 return self._drop("bad_schema")
-        window = self._windows.setdefault(sender, ReplayWindow())
-        if not window.accept(incarnation, seq):
-            return self._drop("replay")
+        now = self._clock() if self._clock is not None else 0.0
+        if self._current_term is not None and not self._term_plausible(sender, term, now):
+            return self._drop("term_jump")
+        window = self._windows.get(sender)
+        if window is None:
+            window = self._windows[sender] = ReplayWindow(UNKEYED_REANCHOR_S if self.key is None else None)
+        reason = window.check(incarnation, seq, now)
+        if reason is not None:
+            return self._drop(reason)
         return Received(Message(kind, sender, term, body, recipient), incarnation, port)
+
+    def _term_plausible(self, sender: str, term: int, now: float) -> bool:
+        """A term at most MAX_TERM_JUMP ahead of ours, or a bigger jump the
+        same sender repeated TERM_CONFIRM_MIN_S..MAX_S after first claiming it."""
+        assert self._current_term is not None
+        ours = self._current_term()
+        if term - ours <= MAX_TERM_JUMP:
+            return True
+        pending = self._pending_terms.get(sender)
+        if pending is not None:
+            claimed, first_at = pending
+            waited_s = now - first_at
+            if claimed <= term <= claimed + MAX_TERM_JUMP and TERM_CONFIRM_MIN_S <= waited_s <= TERM_CONFIRM_MAX_S:
+                del self._pending_terms[sender]
+                return True
+            if waited_s <= TERM_CONFIRM_MAX_S:
+                return False  # keep the first claim's clock running
+        self._pending_terms[sender] = (term, now)
+        return False
