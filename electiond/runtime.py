@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from electiond import net
+from electiond import sockfilter
+from electiond.budget import SourceBudget, rates_for
 from electiond.config import Config
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
@@ -88,6 +90,9 @@ class Runtime:
         self._last_status_line = ""
         self._transports_closed = False
         self._background: set[asyncio.Task] = set()
+        self.budget = SourceBudget(*rates_for(len(self.settings.members), self.settings.heartbeat_interval_s))
+        self.shield = sockfilter.FloodShield(self._apply_socket_filter)
+        self._sockets: list[Any] = []
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -109,6 +114,7 @@ class Runtime:
             lambda: _Datagrams(self._on_datagram), sock=group_sock
         )
         self._transports = [self._unicast, group_transport]
+        self._sockets = [unicast_sock, group_sock]
         self.codec = Codec(
             cluster=self.settings.cluster,
             node_name=self.settings.node_name,
@@ -117,6 +123,8 @@ class Runtime:
             schemas=self.node.message_schemas(),
             incarnation=incarnation,
             unicast_port=unicast_sock.getsockname()[1],
+            current_term=lambda: self.node.protocol.term,
+            clock=time.monotonic,
         )
         if self.config.key is None:
             log.warning("no [cluster] key_file: messages are NOT authenticated; any host on the LAN can forge them")
@@ -194,14 +202,39 @@ class Runtime:
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self.codec is not None
+        # the budget first: a flood must cost a lookup, not a decode and an HMAC
+        now = time.monotonic()
+        self.shield.poll(now)
+        if not self.budget.allow(addr[0], now):
+            self.codec.dropped["rate_limited"] += 1
+            self.shield.limited(now)
+            return
         received = self.codec.decode(data)
         if received is None:
             return
+        if self.budget.authenticated(addr[0]):
+            self.shield.member(addr[0])
         msg = received.message
         if msg.recipient is not None and msg.recipient != self.settings.node_name:
             return
         self._peer_addresses[msg.sender] = (addr[0], received.unicast_port)
         self._process(lambda now: self.node.on_message(msg, now))
+
+    def _apply_socket_filter(self, members: list[str] | None) -> None:
+        """FloodShield's effect: filter strangers in the kernel, or stop."""
+        if members is None:
+            log.warning("flood over: socket filter removed")
+        else:
+            log.warning("flood: only 1 in %d datagrams from addresses other than %s reach the daemon",
+                        sockfilter.FloodShield.SAMPLE_ONE_IN, ", ".join(members) or "(none known yet)")
+        for sock in self._sockets:
+            try:
+                if members is None:
+                    sockfilter.detach(sock)
+                else:
+                    sockfilter.attach(sock, members, sockfilter.FloodShield.SAMPLE_ONE_IN)
+            except OSError as exc:
+                log.error("cannot set the socket filter: %s", exc)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -342,6 +375,7 @@ class Runtime:
             "authenticated": self.codec.authenticated,
             "uptime_s": round(time.time() - self.started_wall, 3),
             "dropped": dict(self.codec.dropped),
+            "flood_filter": {"engaged": self.shield.engaged, "engagements": self.shield.engagements},
             "hooks": self.hooks.status() if self.hooks else None,
             "healthy": self.health.healthy if self.health else True,
             "health": self.health.snapshot() if self.health else [],
