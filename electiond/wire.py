@@ -47,10 +47,7 @@ TERM_CONFIRM_MAX_S = 10.0
 # datagram after a very long partition), so one datagram cannot move the
 # window arbitrarily far.
 MAX_SEQ_JUMP = 2**16
-# Without a key the replay window is only a duplicate filter (anyone can
-# forge a fresh envelope), so it must not let one forged (incarnation, seq)
-# mute a member for good: after this long without accepting anything from a
-# sender, its window follows whatever that sender sends next.
+# Without a key the replay window is only a duplicate filter (see ReplayWindow)
 UNKEYED_REANCHOR_S = 2.0
 
 DROP_REASONS = (
@@ -89,20 +86,25 @@ class ReplayWindow:
 
     Work is O(REPLAY_WINDOW) bits whatever the numbers: a jump past the
     window starts a fresh mask instead of shifting the old one that far.
-    ``reanchor_after_s`` (unkeyed clusters only): after that long without an
-    accepted datagram, a stale one re-anchors the window instead of being
-    dropped, so a forged future position mutes its victim only that long.
+
+    ``strict`` (keyed clusters): stale datagrams are dropped. Without a key
+    anyone can forge a fresh envelope, so refusing stale ones protects
+    nothing and would let one forged far-ahead (incarnation, seq) mute a
+    member: unkeyed windows only drop duplicates inside the window, accept
+    stale datagrams, and re-anchor on one after UNKEYED_REANCHOR_S without an
+    accepted datagram at the window's position (so duplicates are caught
+    again once a forger stops).
     """
 
-    __slots__ = ("incarnation", "highest", "seen_mask", "accepted_at", "pending_seq", "reanchor_after_s")
+    __slots__ = ("incarnation", "highest", "seen_mask", "accepted_at", "pending_seq", "strict")
 
-    def __init__(self, reanchor_after_s: float | None = None) -> None:
+    def __init__(self, strict: bool = True) -> None:
         self.incarnation = -1
         self.highest = -1
         self.seen_mask = 0  # bit i set: seq (highest - i) was seen
-        self.accepted_at = -math.inf
+        self.accepted_at = -math.inf  # when the window's position last moved or filled a bit
         self.pending_seq = -1  # a too-big jump waiting for the next datagram to confirm it
-        self.reanchor_after_s = reanchor_after_s
+        self.strict = strict
 
     def check(self, incarnation: int, seq: int, now: float) -> str | None:
         """None if fresh (and now remembered), else the drop reason."""
@@ -118,17 +120,21 @@ class ReplayWindow:
                 self._advance(seq, shift, now)
                 return None
             offset = self.highest - seq
-            if offset < REPLAY_WINDOW and not self.seen_mask & (1 << offset):
+            if offset < REPLAY_WINDOW:
+                if self.seen_mask & (1 << offset):
+                    return "replay"
                 self.seen_mask |= 1 << offset
                 self.accepted_at = now
                 return None
         elif incarnation > self.incarnation:
             self._reset(incarnation, seq, now)
             return None
-        if self.reanchor_after_s is not None and now - self.accepted_at >= self.reanchor_after_s:
+        # stale: an older incarnation, or older than the window
+        if self.strict:
+            return "replay"
+        if now - self.accepted_at >= UNKEYED_REANCHOR_S:
             self._reset(incarnation, seq, now)
-            return None
-        return "replay"
+        return None
 
     def accept(self, incarnation: int, seq: int, now: float = 0.0) -> bool:
         return self.check(incarnation, seq, now) is None
@@ -304,7 +310,7 @@ class Codec:
             return self._drop("term_jump")
         window = self._windows.get(sender)
         if window is None:
-            window = self._windows[sender] = ReplayWindow(UNKEYED_REANCHOR_S if self.key is None else None)
+            window = self._windows[sender] = ReplayWindow(strict=self.key is not None)
         reason = window.check(incarnation, seq, now)
         if reason is not None:
             return self._drop(reason)

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,84 +32,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from electiond.devcluster import Cluster  # noqa: E402
-
-UNICAST = re.compile(r"unicast=127\.0\.0\.1:(\d+)")
-
-
-def keyed_cluster(workdir: pathlib.Path, nodes: int, protocol: str) -> Cluster:
-    key = workdir / "cluster.key"
-    key.write_bytes(b"flood-bench-key-0123456789abcdef\n")
-    cluster = Cluster(workdir, nodes, protocol=protocol)
-    cluster.config_text = cluster.config_text.replace(
-        "interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {key}", 1)
-    return cluster
-
-
-def unicast_ports(cluster: Cluster) -> dict[str, int]:
-    ports = {}
-    for name in cluster.names:
-        def found(name: str = name) -> int | None:
-            m = UNICAST.search((cluster.workdir / f"{name}.log").read_text(errors="replace"))
-            return int(m.group(1)) if m else None
-        ports[name] = cluster.wait_for(found, 15, f"{name}'s unicast port in its log")
-    return ports
-
-
-def start_attacker(cluster: Cluster, seconds: float, extra: list[str] | None = None) -> subprocess.Popen:
-    targets = [f"{cluster.group}:{cluster.port}"] + [f"127.0.0.1:{p}" for p in unicast_ports(cluster).values()]
-    argv = [sys.executable, "-m", "electiond.devattack", "--cluster", cluster.cluster_name,
-            "--members", ",".join(cluster.names), "--seconds", str(seconds)]
-    for target in targets:
-        argv += ["--target", target]
-    return subprocess.Popen(argv + (extra or []), stdout=subprocess.PIPE, text=True,
-                            env={"PYTHONPATH": str(ROOT)}, cwd=cluster.workdir)
-
-
-def dropped(status: dict | None) -> dict[str, int]:
-    return dict((status or {}).get("dropped") or {})
-
-
-def observe_flood(cluster: Cluster, attacker: subprocess.Popen, seconds: float) -> dict:
-    """Poll the cluster while the attacker runs; return what changed."""
-    before = {n: cluster.status(n) or {} for n in cluster.names}
-    started_wall = time.time()
-    worst_gap_ms = 0.0
-    leaders_seen: list[str | None] = []
-    deadline = time.monotonic() + seconds + 30
-    while attacker.poll() is None and time.monotonic() < deadline:
-        for name in cluster.names:
-            status = cluster.status(name)
-            watch = (status or {}).get("leader_watch")
-            if watch and watch.get("max_interval_ms") is not None:
-                worst_gap_ms = max(worst_gap_ms, watch["max_interval_ms"])
-        leader = cluster.agreed_leader()
-        if not leaders_seen or leaders_seen[-1] != leader:
-            leaders_seen.append(leader)
-        time.sleep(0.25)
-    try:
-        out, _ = attacker.communicate(timeout=30)
-    finally:
-        if attacker.poll() is None:
-            attacker.kill()  # only the attacker this run started
-            attacker.wait(5)
-    time.sleep(0.5)
-    after = {n: cluster.status(n) or {} for n in cluster.names}
-    promotes = [e for e in cluster.hook_events() if e[0] >= started_wall and e[1] == "promote"]
-    drops = {}
-    for name in cluster.names:
-        b, a = dropped(before[name]), dropped(after[name])
-        drops[name] = {r: a[r] - b.get(r, 0) for r in a if a[r] - b.get(r, 0)}
-    return {
-        "attacker": json.loads(out.strip().splitlines()[-1]) if out.strip() else None,
-        "leader_changes": len(promotes),
-        "view_changes": sum(after[n].get("leader_changes_last_hour", 0) - before[n].get("leader_changes_last_hour", 0)
-                            for n in cluster.names),
-        "worst_follower_heartbeat_gap_ms": worst_gap_ms,
-        "agreed_leaders_polled": leaders_seen,
-        "dropped": drops,
-    }
-
+from electiond.devattack import keyed_cluster, observe_flood, start_attacker  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

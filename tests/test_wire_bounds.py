@@ -133,12 +133,12 @@ def test_term_jump_claim_expires():
 def test_replay_window_shift_is_bounded_work():
     w = wire.ReplayWindow()
     assert w.accept(1, 1)
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: scheduling noise is not the shift
     for i in range(1, 200):  # each a confirmed jump of ~2**32: would shift a 512 MiB mask
         seq = i * 2**32
         assert w.check(1, seq, 0.0) == "seq_jump"
         assert w.check(1, seq + 1, 0.0) is None
-    assert time.perf_counter() - started < 1.0  # O(window): microseconds each
+    assert time.thread_time() - started < 1.0  # O(window): microseconds each
     assert w.seen_mask < 1 << wire.REPLAY_WINDOW
     assert not w.accept(1, 199 * 2**32 + 1)  # still a replay filter after the jumps
     assert w.accept(1, 199 * 2**32)  # the dropped pending one was never delivered
@@ -155,37 +155,43 @@ def test_seq_jump_within_bound_accepted_beyond_dropped_then_confirmed():
     assert w.check(7, base + wire.MAX_SEQ_JUMP + 2, 0.0) is None
 
 
-def test_keyed_window_never_reanchors():
-    w = wire.ReplayWindow(reanchor_after_s=None)
+def test_keyed_window_is_strict():
+    w = wire.ReplayWindow(strict=True)
     assert w.check(2**40, 5, 0.0) is None
     assert w.check(1, 1, 10**6) == "replay"
     assert w.check(2**40, 5, 10**6) == "replay"
 
 
-def test_unkeyed_forged_incarnation_mutes_only_briefly():
+def test_unkeyed_forged_incarnation_mutes_nobody():
     clock = FakeClock()
     codec, _ = receiver(key=None, clock=clock)
     assert codec.decode(craft(None, incarnation=1000, seq=1)) is not None
     # the mute attempt: a far-future incarnation "from" n1
     assert codec.decode(craft(None, incarnation=2**53, seq=1)) is not None
-    clock.now += 0.5
-    assert reason_of(codec, craft(None, incarnation=1000, seq=2)) == "replay"
+    clock.now += 0.05
+    assert codec.decode(craft(None, incarnation=1000, seq=2)) is not None  # stale, but accepted
     clock.now += wire.UNKEYED_REANCHOR_S
-    assert codec.decode(craft(None, incarnation=1000, seq=3)) is not None
+    assert codec.decode(craft(None, incarnation=1000, seq=3)) is not None  # re-anchors here
     clock.now += 0.05
     assert codec.decode(craft(None, incarnation=1000, seq=4)) is not None
-    assert reason_of(codec, craft(None, incarnation=1000, seq=4)) == "replay"  # duplicates still filtered
+    assert reason_of(codec, craft(None, incarnation=1000, seq=4)) == "replay"  # duplicates filtered again
 
 
-def test_unkeyed_forged_seq_mutes_only_briefly():
+def test_unkeyed_forged_seq_mutes_nobody():
     clock = FakeClock()
     codec, _ = receiver(key=None, clock=clock)
     assert codec.decode(craft(None, seq=1)) is not None
     assert codec.decode(craft(None, seq=1 + wire.MAX_SEQ_JUMP)) is not None
     clock.now += 0.3
-    assert reason_of(codec, craft(None, seq=2)) == "replay"
-    clock.now += wire.UNKEYED_REANCHOR_S
+    assert codec.decode(craft(None, seq=2)) is not None
     assert codec.decode(craft(None, seq=3)) is not None
+    assert reason_of(codec, craft(None, seq=1 + wire.MAX_SEQ_JUMP)) == "replay"
+
+
+def test_unkeyed_duplicates_inside_the_window_dropped():
+    codec, _ = receiver(key=None)
+    assert codec.decode(craft(None, seq=5)) is not None
+    assert reason_of(codec, craft(None, seq=5)) == "replay"
 
 
 def test_keyed_forged_incarnation_is_a_bad_mac():

@@ -56,9 +56,9 @@ def check_one(codec, datagram):
     """decode must return or drop with exactly one reason, quickly; what it
     accepts must be safe to act on and to answer."""
     before = sum(codec.dropped.values())
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: a descheduled test process is not a slow decode
     got = codec.decode(datagram)
-    elapsed_s = time.perf_counter() - started
+    elapsed_s = time.thread_time() - started
     assert elapsed_s < SLOW_DECODE_S, f"decode took {elapsed_s:.3f}s"
     dropped = sum(codec.dropped.values()) - before
     if got is None:
@@ -180,19 +180,19 @@ def test_mutated_genuine_datagrams(index, edits, truncate):
 
 @FUZZ
 @given(st.lists(st.tuples(st.integers(0, 2**53), st.integers(0, 2**53), st.floats(0, 5)), max_size=60),
-       st.sampled_from([None, wire.UNKEYED_REANCHOR_S]))
-def test_replay_window_bounded_and_never_twice_when_keyed(steps, reanchor):
-    window = wire.ReplayWindow(reanchor)
+       st.booleans())
+def test_replay_window_bounded_and_never_twice_when_keyed(steps, strict):
+    window = wire.ReplayWindow(strict)
     accepted = set()
     now = 0.0
     for incarnation, seq, dt in steps:
         now += dt
-        started = time.perf_counter()
+        started = time.thread_time()
         reason = window.check(incarnation, seq, now)
-        assert time.perf_counter() - started < 0.01
+        assert time.thread_time() - started < 0.01
         assert reason in (None, "replay", "seq_jump")
         assert 0 <= window.seen_mask < 1 << wire.REPLAY_WINDOW
-        if reason is None and reanchor is None:
+        if reason is None and strict:
             assert (incarnation, seq) not in accepted
             accepted.add((incarnation, seq))
 
@@ -231,8 +231,8 @@ def test_seeded_mutation_campaign():
             data = sealed(fields)
         else:
             data = rng.randbytes(rng.randint(0, 1500))
-        started = time.perf_counter()
+        started = time.thread_time()
         check_one(codec, data)
-        worst_s = max(worst_s, time.perf_counter() - started)
+        worst_s = max(worst_s, time.thread_time() - started)
     assert worst_s < SLOW_DECODE_S
     assert sum(codec.dropped.values()) > count // 2
