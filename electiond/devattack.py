@@ -142,10 +142,11 @@ def flood(targets: list[tuple[str, int]], datagrams: list[bytes], seconds: float
 UNICAST = re.compile(r"unicast=127\.0\.0\.1:(\d+)")
 
 
-def keyed_cluster(workdir: pathlib.Path, nodes: int, protocol: str) -> Cluster:
+def keyed_cluster(workdir: pathlib.Path, nodes: int, protocol: str,
+                  timing: dict[str, str] | None = None) -> Cluster:
     key = workdir / "cluster.key"
     key.write_bytes(b"flood-bench-key-0123456789abcdef\n")
-    cluster = Cluster(workdir, nodes, protocol=protocol)
+    cluster = Cluster(workdir, nodes, protocol=protocol, timing=timing)
     cluster.config_text = cluster.config_text.replace(
         "interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {key}", 1)
     return cluster
