@@ -218,6 +218,14 @@ def fields_of(datagram: bytes) -> list | None:
     return fields if isinstance(fields, list) and len(fields) == 10 else None
 
 
+def received_per_s(cluster: Cluster, seconds: float) -> dict[str, float]:
+    """Genuine datagrams each node accepts per second (status "received")."""
+    before = {n: (cluster.status(n) or {}).get("received", 0) for n in cluster.names}
+    time.sleep(seconds)
+    return {n: round(((cluster.status(n) or {}).get("received", 0) - before[n]) / seconds, 1)
+            for n in cluster.names}
+
+
 def dropped(status: dict | None) -> dict[str, int]:
     return dict((status or {}).get("dropped") or {})
 
@@ -247,6 +255,7 @@ def observe_flood(cluster: Cluster, attacker: subprocess.Popen, seconds: float) 
             attacker.wait(5)
     time.sleep(0.5)
     after = {n: cluster.status(n) or {} for n in cluster.names}
+    elapsed_s = time.time() - started_wall
     promotes = [e for e in cluster.hook_events() if e[0] >= started_wall and e[1] == "promote"]
     drops = {}
     for name in cluster.names:
@@ -260,6 +269,9 @@ def observe_flood(cluster: Cluster, attacker: subprocess.Popen, seconds: float) 
         "worst_follower_heartbeat_gap_ms": worst_gap_ms,
         "agreed_leaders_polled": leaders_seen,
         "dropped": drops,
+        # genuine datagrams each node accepted per second while flooded
+        "received_per_s": {n: round((after[n].get("received", 0) - before[n].get("received", 0)) / elapsed_s, 1)
+                           for n in cluster.names},
     }
 
 

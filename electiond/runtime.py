@@ -378,6 +378,7 @@ class Runtime:
             "authenticated": self.codec.authenticated,
             "uptime_s": round(time.time() - self.started_wall, 3),
             "dropped": dict(self.codec.dropped),
+            "received": self.codec.accepted,
             "flood_filter": {"engaged": self.shield.engaged, "engagements": self.shield.engagements},
             "hooks": self.hooks.status() if self.hooks else None,
             "healthy": self.health.healthy if self.health else True,

@@ -213,6 +213,7 @@ class Codec:
         self.incarnation = incarnation
         self.unicast_port = unicast_port
         self.dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+        self.accepted = 0  # datagrams that passed every check
         self._seq = 0
         self._windows: dict[str, ReplayWindow] = {}
         self._current_term = current_term
@@ -314,6 +315,7 @@ class Codec:
         reason = window.check(incarnation, seq, now)
         if reason is not None:
             return self._drop(reason)
+        self.accepted += 1
         return Received(Message(kind, sender, term, body, recipient), incarnation, port)
 
     def _term_plausible(self, sender: str, term: int, now: float) -> bool:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 
-from electiond.devattack import keyed_cluster, observe_flood, start_attacker
+from electiond.devattack import keyed_cluster, observe_flood, received_per_s, start_attacker
 
 FLOOD_S = 15.0
 # Heartbeats at the default 50 ms, but a lease and election timeout that ride
 # out the scheduling stalls of two cores shared with other test runs: the
 # flood, not the machine's load, is under test. An unfiltered flood still
-# loses most heartbeats in the overflowing socket queues (see bench-flood).
+# loses heartbeats in the overflowing socket queues: what the test measures
+# is how much genuine traffic still gets through, against a calm baseline.
 TIMING = {"heartbeat_interval": "50ms", "lease": "600ms", "election_timeout": "600ms-900ms"}
 
 
@@ -24,12 +25,16 @@ def test_keyed_cluster_keeps_its_leader_under_a_flood(tmp_path):
         c.start_all()
         leader = c.wait_leader(15)
         time.sleep(2)  # the followers' detectors fill their windows
+        calm = received_per_s(c, 3.0)
         hooks_before = len(c.hook_events())
         attacker = start_attacker(c, FLOOD_S)
         result = observe_flood(c, attacker, FLOOD_S)
         assert result["attacker"] and result["attacker"]["sent"] > 10_000, result
         assert result["leader_changes"] == 0, (result, c.logs())
         assert c.agreed_leader() == leader, result
+        for name in c.names:
+            # measured: 99% filtered; 38-58% with neither budget nor filter
+            assert result["received_per_s"][name] >= 0.8 * calm[name], (calm, result)
         assert len(c.hook_events()) == hooks_before, c.hook_events()
         for name in c.names:
             status = c.status(name)

@@ -212,3 +212,11 @@ def test_every_reason_is_listed_and_starts_at_zero():
     codec, _ = receiver()
     assert set(codec.dropped) == set(wire.DROP_REASONS)
     assert not any(codec.dropped.values())
+
+
+def test_accepted_counts_only_what_passed():
+    codec, _ = receiver()
+    assert codec.decode(craft(seq=1)) is not None
+    assert codec.decode(craft(seq=1)) is None
+    assert codec.decode(craft(term=2**64 - 1, seq=2)) is None
+    assert codec.accepted == 1
