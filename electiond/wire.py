@@ -37,8 +37,12 @@ MAX_WIRE_INT = 2**53
 # every 100 ms. A bigger jump needs the same sender to repeat it between
 # TERM_CONFIRM_MIN_S and TERM_CONFIRM_MAX_S later (a live leader or voter
 # does; one forged datagram cannot), so a node returning to a cluster that
-# moved on further still catches up, about a second late.
+# moved on further still catches up, about a second late. Even confirmed, a
+# jump is at most 2**32 (no cluster runs that many elections), so two forged
+# datagrams cannot lift an unkeyed cluster to the 2**53 ceiling, where it
+# could elect no more: that would take 2**21 confirmed pairs, weeks of forgery.
 MAX_TERM_JUMP = 2**20
+MAX_CONFIRMED_TERM_JUMP = 2**32
 TERM_CONFIRM_MIN_S = 1.0
 TERM_CONFIRM_MAX_S = 10.0
 # A sender's sequence number may jump this far past the highest seen (64k
@@ -319,12 +323,15 @@ class Codec:
         return Received(Message(kind, sender, term, body, recipient), incarnation, port)
 
     def _term_plausible(self, sender: str, term: int, now: float) -> bool:
-        """A term at most MAX_TERM_JUMP ahead of ours, or a bigger jump the
-        same sender repeated TERM_CONFIRM_MIN_S..MAX_S after first claiming it."""
+        """A term at most MAX_TERM_JUMP ahead of ours, or a jump of up to
+        MAX_CONFIRMED_TERM_JUMP that the same sender repeated
+        TERM_CONFIRM_MIN_S..MAX_S after first claiming it."""
         assert self._current_term is not None
         ours = self._current_term()
         if term - ours <= MAX_TERM_JUMP:
             return True
+        if term - ours > MAX_CONFIRMED_TERM_JUMP:
+            return False
         pending = self._pending_terms.get(sender)
         if pending is not None:
             claimed, first_at = pending

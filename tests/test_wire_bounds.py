@@ -118,6 +118,16 @@ def test_term_jump_confirmed_by_the_same_sender_later():
     assert codec.decode(craft(seq=4, term=far + 1)) is not None
 
 
+def test_term_jump_beyond_the_confirmable_bound_never_accepted():
+    clock = FakeClock()
+    codec, _ = receiver(clock=clock, term=0)
+    huge = wire.MAX_CONFIRMED_TERM_JUMP + 1
+    for seq in range(1, 5):
+        assert reason_of(codec, craft(seq=seq, term=huge)) == "term_jump"
+        clock.now += wire.TERM_CONFIRM_MIN_S
+    assert reason_of(codec, craft(seq=9, term=2**53)) == "term_jump"
+
+
 def test_term_jump_claim_expires():
     clock = FakeClock()
     codec, _ = receiver(clock=clock, term=0)
