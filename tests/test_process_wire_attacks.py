@@ -85,6 +85,8 @@ def test_unkeyed_brick_mute_and_stall_datagrams_cost_one_drop_each(tmp_path, pro
         terms_before = _terms(c)
         hooks_before = c.hook_events()
         drops_before = _drops(c)
+        # an election and its heartbeats, all from 127.0.0.1, never touch the per-source budget
+        assert all(d["rate_limited"] == 0 for d in drops_before.values()), drops_before
         targets = _targets(c)
         attacks = []
         for victim, (incarnation, seq) in positions.items():
