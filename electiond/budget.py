@@ -5,7 +5,10 @@ that floods the group or our unicast port costs one dictionary lookup per
 datagram instead of two decodes and an HMAC. The table is bounded (least
 recently used sources are forgotten); addresses that sent authenticated
 traffic are kept apart, so strangers cycling through source addresses cannot
-evict a member's bucket (they can still get a fresh burst each; see below).
+evict a member's bucket. Each spoofed address does get a fresh burst: their
+sheer volume is what sockfilter.FloodShield reacts to. A flood spoofing a
+member's own address spends that member's bucket; nothing at this layer can
+tell the two apart (the MAC can, at a cost per datagram).
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ class SourceBudget:
             return False
         bucket.tokens = tokens - 1.0
         return True
+
+    def is_member(self, source: str) -> bool:
+        """source has sent authenticated traffic."""
+        return source in self._members
 
     def authenticated(self, source: str) -> bool:
         """source sent a datagram that passed every check: keep its bucket.

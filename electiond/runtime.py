@@ -205,10 +205,12 @@ class Runtime:
         assert self.codec is not None
         # the budget first: a flood must cost a lookup, not a decode and an HMAC
         now = time.monotonic()
-        self.shield.poll(now)
+        if self.budget.is_member(addr[0]):
+            self.shield.poll(now)
+        else:
+            self.shield.stranger(now)
         if not self.budget.allow(addr[0], now):
             self.codec.dropped["rate_limited"] += 1
-            self.shield.limited(now)
             return
         received = self.codec.decode(data)
         if received is None:

@@ -78,15 +78,17 @@ class FloodShield:
     """When to put the filter on and what it lists (driven with ``now``).
 
     Off while all is calm: at startup no member's address is known yet, and
-    sampling strangers would slow the first election. ENGAGE_LIMITED_PER_S
-    datagrams refused by the per-source budget within one second (genuine
-    members never come near it) put it on at once; while on, refusals count
-    SAMPLE_ONE_IN times (only that share reaches us), and RELEASE_QUIET_S
-    seconds in a row below the threshold take it off again.
+    sampling strangers would slow the first election. ENGAGE_STRANGERS_PER_S
+    datagrams within one second from addresses that never sent authenticated
+    traffic put it on at once (a member not yet heard sends about 25/s; a
+    flood from one address or from spoofed ones, each under its per-source
+    budget, both count); while on, each stranger counts SAMPLE_ONE_IN times
+    (only that share reaches us), and RELEASE_QUIET_S seconds in a row below
+    the threshold take it off again.
     ``apply(addresses)`` installs the filter, ``apply(None)`` removes it.
     """
 
-    ENGAGE_LIMITED_PER_S = 1000
+    ENGAGE_STRANGERS_PER_S = 2000
     RELEASE_QUIET_S = 10
     SAMPLE_ONE_IN = 64
 
@@ -95,7 +97,7 @@ class FloodShield:
         self.engaged = False
         self.engagements = 0
         self._second = 0
-        self._limited = 0  # refusals counted in the current second
+        self._strangers = 0  # strangers' datagrams counted in the current second
         self._quiet_seconds = 0
         self._members: list[str] = []
 
@@ -105,14 +107,14 @@ class FloodShield:
         if second != self._second:
             self._close_second(second)
 
-    def limited(self, now: float) -> None:
-        """The per-source budget refused a datagram."""
+    def stranger(self, now: float) -> None:
+        """A datagram from an address not (yet) known to send authenticated traffic."""
         self.poll(now)
         if self.engaged:
-            self._limited += self.SAMPLE_ONE_IN
+            self._strangers += self.SAMPLE_ONE_IN
             return
-        self._limited += 1
-        if self._limited >= self.ENGAGE_LIMITED_PER_S:
+        self._strangers += 1
+        if self._strangers >= self.ENGAGE_STRANGERS_PER_S:
             self.engaged = True
             self.engagements += 1
             self._quiet_seconds = 0
@@ -131,9 +133,9 @@ class FloodShield:
             self._apply(list(self._members))
 
     def _close_second(self, second: int) -> None:
-        flooded = self._limited >= self.ENGAGE_LIMITED_PER_S
+        flooded = self._strangers >= self.ENGAGE_STRANGERS_PER_S
         gap = second - self._second  # seconds without a datagram were quiet ones
-        self._second, self._limited = second, 0
+        self._second, self._strangers = second, 0
         if not self.engaged:
             return
         self._quiet_seconds = 0 if flooded else self._quiet_seconds + max(1, gap)

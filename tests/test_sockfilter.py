@@ -71,17 +71,17 @@ def test_shield_engages_within_the_second_and_releases_after_quiet():
     shield.member("127.0.0.1")
     assert applied.calls == []  # calm: nothing installed
     now = 100.0
-    for i in range(FloodShield.ENGAGE_LIMITED_PER_S - 1):
-        shield.limited(now + i * 1e-5)
+    for i in range(FloodShield.ENGAGE_STRANGERS_PER_S - 1):
+        shield.stranger(now + i * 1e-5)
     assert not shield.engaged
-    shield.limited(now + 0.02)
+    shield.stranger(now + 0.02)
     assert shield.engaged and applied.calls == [["127.0.0.1"]]
     shield.member("10.0.0.2")  # a member heard while engaged is listed at once
     assert applied.calls[-1] == ["127.0.0.1", "10.0.0.2"]
     # the flood goes on: sampled refusals keep it engaged
     for second in range(1, 30):
-        for i in range(FloodShield.ENGAGE_LIMITED_PER_S // FloodShield.SAMPLE_ONE_IN + 1):
-            shield.limited(now + second + i * 1e-3)
+        for i in range(FloodShield.ENGAGE_STRANGERS_PER_S // FloodShield.SAMPLE_ONE_IN + 1):
+            shield.stranger(now + second + i * 1e-3)
     assert shield.engaged
     # it stops: genuine traffic only
     for second in range(30, 30 + FloodShield.RELEASE_QUIET_S + 1):
@@ -90,20 +90,34 @@ def test_shield_engages_within_the_second_and_releases_after_quiet():
     assert shield.engagements == 1
 
 
+def test_spoofed_sources_each_under_budget_still_engage_it():
+    """One datagram from each of many addresses: no bucket runs dry, but
+    strangers' volume gives the flood away."""
+    from electiond.budget import SourceBudget, rates_for
+
+    budget, applied = SourceBudget(*rates_for(3, 0.05)), Recorder()
+    shield = FloodShield(applied)
+    for i in range(FloodShield.ENGAGE_STRANGERS_PER_S):
+        source = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+        assert budget.allow(source, 50.0 + i * 1e-6)
+        shield.stranger(50.0 + i * 1e-6)
+    assert shield.engaged
+
+
 def test_shield_stays_off_for_a_trickle():
     applied = Recorder()
     shield = FloodShield(applied)
     for second in range(60):
-        for i in range(FloodShield.ENGAGE_LIMITED_PER_S // 2):
-            shield.limited(second + i / 1000)
+        for i in range(FloodShield.ENGAGE_STRANGERS_PER_S // 2):
+            shield.stranger(second + i / 1000)
     assert not shield.engaged and applied.calls == []
 
 
 def test_shield_releases_even_if_nothing_arrives_for_long():
     applied = Recorder()
     shield = FloodShield(applied)
-    for i in range(FloodShield.ENGAGE_LIMITED_PER_S):
-        shield.limited(5.0 + i * 1e-6)
+    for i in range(FloodShield.ENGAGE_STRANGERS_PER_S):
+        shield.stranger(5.0 + i * 1e-6)
     assert shield.engaged
     shield.poll(6.1)  # closes the flooded second
     shield.poll(6.1 + FloodShield.RELEASE_QUIET_S + 1)  # one datagram after a long silence
