@@ -27,6 +27,18 @@ class _Bucket:
         self.at = at
 
 
+def _spend(bucket: _Bucket, now: float, rate_per_s: float, burst: float) -> bool:
+    tokens = bucket.tokens + (now - bucket.at) * rate_per_s
+    bucket.at = now
+    if tokens > burst:
+        tokens = burst
+    if tokens < 1.0:
+        bucket.tokens = tokens
+        return False
+    bucket.tokens = tokens - 1.0
+    return True
+
+
 def rates_for(members: int, heartbeat_interval_s: float) -> tuple[float, float]:
     """(rate per s, burst) one source address may use.
 
@@ -42,33 +54,38 @@ def rates_for(members: int, heartbeat_interval_s: float) -> tuple[float, float]:
 
 
 class SourceBudget:
-    def __init__(self, rate_per_s: float, burst: float, max_sources: int = MAX_SOURCES) -> None:
+    """Per-address buckets, plus one shared by every stranger (an address
+    that never sent authenticated traffic): a flood from thousands of
+    spoofed addresses, each within its own budget, still gets at most
+    ``strangers_rate_per_s`` decodes a second. A member not heard from yet
+    competes with such a flood for that share until its first datagram
+    gets through and makes it a member."""
+
+    def __init__(self, rate_per_s: float, burst: float, max_sources: int = MAX_SOURCES,
+                 strangers_rate_per_s: float | None = None) -> None:
         self.rate_per_s = rate_per_s
         self.burst = burst
         self.max_sources = max_sources
+        self.strangers_rate_per_s = 2 * rate_per_s if strangers_rate_per_s is None else strangers_rate_per_s
+        self.strangers_burst = max(burst, self.strangers_rate_per_s / 4)
         self._strangers: OrderedDict[str, _Bucket] = OrderedDict()
         self._members: dict[str, _Bucket] = {}
+        self._all_strangers = _Bucket(self.strangers_burst, 0.0)
 
     def allow(self, source: str, now: float) -> bool:
         """Spend one token of source's bucket; False when it has none left."""
         bucket = self._members.get(source)
+        if bucket is not None:
+            return _spend(bucket, now, self.rate_per_s, self.burst)
+        bucket = self._strangers.get(source)
         if bucket is None:
-            bucket = self._strangers.get(source)
-            if bucket is None:
-                if len(self._strangers) >= self.max_sources:
-                    self._strangers.popitem(last=False)
-                bucket = self._strangers[source] = _Bucket(self.burst, now)
-            else:
-                self._strangers.move_to_end(source)
-        tokens = bucket.tokens + (now - bucket.at) * self.rate_per_s
-        bucket.at = now
-        if tokens > self.burst:
-            tokens = self.burst
-        if tokens < 1.0:
-            bucket.tokens = tokens
-            return False
-        bucket.tokens = tokens - 1.0
-        return True
+            if len(self._strangers) >= self.max_sources:
+                self._strangers.popitem(last=False)
+            bucket = self._strangers[source] = _Bucket(self.burst, now)
+        else:
+            self._strangers.move_to_end(source)
+        return (_spend(bucket, now, self.rate_per_s, self.burst)
+                and _spend(self._all_strangers, now, self.strangers_rate_per_s, self.strangers_burst))
 
     def is_member(self, source: str) -> bool:
         """source has sent authenticated traffic."""

@@ -110,30 +110,34 @@ def attacker_socket(source: str) -> socket.socket:
 
 
 def flood(targets: list[tuple[str, int]], datagrams: list[bytes], seconds: float, source: str,
-          max_datagrams: int | None = None) -> dict:
-    """Send datagrams round-robin to targets until seconds pass (or max_datagrams)."""
+          max_datagrams: int | None = None, spoof: int = 0) -> dict:
+    """Send datagrams round-robin to targets until seconds pass (or
+    max_datagrams). spoof > 0: rotate over that many source addresses
+    (127.0.0.100 and up) instead of source, as a spoofing host would."""
     for host, _ in targets:
         _check_destination(host)
-    sock = attacker_socket(source)
+    sources = [f"127.0.{100 + i // 150}.{100 + i % 150}" for i in range(spoof)] if spoof else [source]
+    socks = [attacker_socket(s) for s in sources]
     sent = errors = 0
     started = time.monotonic()
     deadline = started + min(seconds, 600.0)  # stops by itself, whatever it was told
     limit = max_datagrams if max_datagrams is not None else 2**62
-    n_targets, n_data = len(targets), len(datagrams)
+    n_targets, n_data, n_socks = len(targets), len(datagrams), len(socks)
     try:
         while sent < limit:
             # the clock every 256 sends: cheap, and bounds the overrun to microseconds
             if sent & 255 == 0 and time.monotonic() >= deadline:
                 break
             try:
-                sock.sendto(datagrams[sent % n_data], targets[sent % n_targets])
+                socks[sent % n_socks].sendto(datagrams[sent % n_data], targets[sent % n_targets])
             except (BlockingIOError, OSError):
                 errors += 1
             sent += 1
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
     elapsed_s = time.monotonic() - started
-    return {"sent": sent, "errors": errors, "seconds": round(elapsed_s, 3),
+    return {"sent": sent, "errors": errors, "seconds": round(elapsed_s, 3), "sources": len(socks),
             "rate_per_s": round(sent / elapsed_s) if elapsed_s > 0 else 0}
 
 
@@ -284,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--source", default="127.0.0.66")
     parser.add_argument("--max-datagrams", type=int, default=None)
+    parser.add_argument("--spoof", type=int, default=0, help="rotate over this many loopback source addresses")
     parser.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
     parser.add_argument("--capture", help="a file of genuine datagrams (msgpack list) to mutate")
     args = parser.parse_args(argv)
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.target:
         host, _, port = item.rpartition(":")
         targets.append((host, int(port)))
-    result = flood(targets, pool, args.seconds, args.source, args.max_datagrams)
+    result = flood(targets, pool, args.seconds, args.source, args.max_datagrams, args.spoof)
     result["seed"] = args.seed
     json.dump(result, sys.stdout)
     print()

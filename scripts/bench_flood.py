@@ -17,7 +17,8 @@ bytes as fast as it can to the group and to every daemon's unicast port, for
                     before) and while flooded: what the flood cost in lost traffic
   dropped           each node's dropped{reason} increase (rate_limited, bad_mac...)
 
-Usage: scripts/bench-flood [--seconds 45] [--nodes 3] [--protocol quorum-lease]
+Usage: scripts/bench-flood [--seconds 45] [--nodes 3] [--protocol quorum-lease] [--spoof N]
+                          [--timing KEY=VALUE]...
 Traffic stays on loopback (the group with TTL 1 on lo); the attacker stops by itself.
 """
 
@@ -41,6 +42,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=45.0)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--protocol", default="quorum-lease")
+    parser.add_argument("--spoof", type=int, default=0,
+                        help="the attacker rotates over this many loopback source addresses")
     parser.add_argument("--timing", action="append", default=[], metavar="KEY=VALUE",
                         help="a [timing] setting, e.g. lease=600ms")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -53,7 +56,7 @@ def main() -> int:
             leader = cluster.wait_leader(15)
             time.sleep(2)  # let the followers' detectors fill their windows
             calm = received_per_s(cluster, 5.0)
-            attacker = start_attacker(cluster, args.seconds)
+            attacker = start_attacker(cluster, args.seconds, ["--spoof", str(args.spoof)] if args.spoof else None)
             result = observe_flood(cluster, attacker, args.seconds)
             result["calm_received_per_s"] = calm
             result.update(protocol=args.protocol, nodes=args.nodes, seconds=args.seconds, leader_before=leader,

@@ -14,7 +14,7 @@ def test_burst_then_rate():
 
 
 def test_sources_are_independent():
-    b = SourceBudget(rate_per_s=1.0, burst=2.0)
+    b = SourceBudget(rate_per_s=1.0, burst=2.0, strangers_rate_per_s=1000.0)
     assert b.allow("a", 0.0) and b.allow("a", 0.0) and not b.allow("a", 0.0)
     assert b.allow("b", 0.0)
 
@@ -54,3 +54,12 @@ def test_rates_scale_with_members_and_interval():
     assert rates_for(3, 0.05) == (480.0, 120.0)
     assert rates_for(3, 0.005)[0] == 4800.0
     assert rates_for(1, 1.0) == (200.0, 64.0)
+
+
+def test_spoofed_sources_share_one_strangers_budget():
+    b = SourceBudget(rate_per_s=100.0, burst=10.0, strangers_rate_per_s=200.0)
+    passed = sum(b.allow(f"10.0.{i // 256}.{i % 256}", i / 10_000) for i in range(10_000))  # 10k/s for 1 s
+    assert passed <= 50 + 200 + 1  # the shared burst (a quarter second) and a second of its rate
+    # a member keeps its own budget whatever the strangers do
+    b.authenticated("10.9.9.9")
+    assert sum(b.allow("10.9.9.9", 1.0 + i / 100) for i in range(50)) == 50

