@@ -13,11 +13,14 @@ import errno
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 from electiond import net
+from electiond import sockfilter
+from electiond.budget import SourceBudget, rates_for
 from electiond.config import Config
 from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
@@ -106,6 +109,9 @@ class Runtime:
         self.dropped_not_ready = 0  # datagrams that arrived before start() finished
         self._own_address = ""
         self._duplicate_fault = False  # in FAULT because another process uses our name
+        self.budget = SourceBudget(*rates_for(len(self.settings.members), self.settings.heartbeat_interval_s))
+        self.shield = sockfilter.FloodShield(self._apply_socket_filter)
+        self._sockets: list[Any] = []
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -139,6 +145,8 @@ class Runtime:
             incarnation=incarnation,
             unicast_port=unicast_sock.getsockname()[1],
             previous_incarnation=previous_incarnation,
+            current_term=lambda: self.node.protocol.term,
+            clock=time.monotonic,
         )
         self._unicast, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._on_datagram), sock=unicast_sock
@@ -147,6 +155,7 @@ class Runtime:
             lambda: _Datagrams(self._on_datagram), sock=group_sock
         )
         self._transports = [self._unicast, group_transport]
+        self._sockets = [unicast_sock, group_sock]
         self._own_address = f"{local_address}:{unicast_sock.getsockname()[1]}"
         if not self.config.keys:
             log.warning("no [cluster] key_file: messages are NOT authenticated; any host on the LAN can forge them")
@@ -235,9 +244,20 @@ class Runtime:
         if self.codec is None or self.node is None:  # start() binds only after both exist; stay safe anyway
             self.dropped_not_ready += 1
             return
+        # the budget first: a flood must cost a lookup, not a decode and an HMAC
+        now = time.monotonic()
+        if self.budget.is_member(addr[0]):
+            self.shield.poll(now)
+        else:
+            self.shield.stranger(now)
+        if not self.budget.allow(addr[0], now):
+            self.codec.dropped["rate_limited"] += 1
+            return
         received = self.codec.decode(data)
         if received is None:
             return
+        if self.budget.authenticated(addr[0]):
+            self.shield.member(addr[0])
         if received.duplicate:
             self._on_duplicate(received, addr)
             return
@@ -267,6 +287,24 @@ class Runtime:
             log.error("duplicate name, entering FAULT: %s; give each host its own [node] name", detail)
             self.hooks.submit(Transition("fault", node.protocol.term, node.protocol.leader, self._leader_seen,
                                          "duplicate_name"))
+
+    def _apply_socket_filter(self, members: list[str] | None) -> None:
+        """FloodShield's effect: filter strangers in the kernel, or stop."""
+        if members is None:
+            log.warning("flood over: socket filter removed")
+        else:
+            log.warning("flood: only 1 in %d datagrams from addresses other than %s reach the daemon",
+                        sockfilter.FloodShield.SAMPLE_ONE_IN, ", ".join(members) or "(none known yet)")
+        for sock in self._sockets:
+            if sock.family != socket.AF_INET:
+                continue  # the program reads IPv4 headers
+            try:
+                if members is None:
+                    sockfilter.detach(sock)
+                else:
+                    sockfilter.attach(sock, members, sockfilter.FloodShield.SAMPLE_ONE_IN)
+            except OSError as exc:
+                log.error("cannot set the socket filter: %s", exc)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -446,6 +484,8 @@ class Runtime:
             "accepted_keys": [k.id for k in self.codec.keys],
             "uptime_s": round(time.time() - self.started_wall, 3),
             "dropped": {**self.codec.dropped, "not_ready": self.dropped_not_ready},
+            "received": self.codec.accepted,
+            "flood_filter": {"engaged": self.shield.engaged, "engagements": self.shield.engagements},
             "hooks": self.hooks.status() if self.hooks else None,
             "healthy": self.health.healthy if self.health else True,
             "health": self.health.snapshot() if self.health else [],

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,34 @@ REPLAY_WINDOW = 64  # tolerate this much reordering per sender, as IPsec does
 # copy that has gone): followed again, without a clock in the codec.
 TAKEOVER_STREAK = 3
 
+# Every integer a peer sends stays within +-2**53: exact as a float (JSON,
+# status, Prometheus), and far inside msgpack's 64 bits, so re-encoding a term
+# or an echoed body field can never overflow. 2**53 ms is 285,000 years of
+# incarnations; 2**53 terms outlast any real cluster by the same margin.
+MAX_WIRE_INT = 2**53
+# A term may run ahead of ours by this much and be adopted at once. An
+# election raises the term by one or two (pre-vote stops a partitioned node
+# inflating it), so 2**20 is over a million elections: a day of elections
+# every 100 ms. A bigger jump needs the same sender to repeat it between
+# TERM_CONFIRM_MIN_S and TERM_CONFIRM_MAX_S later (a live leader or voter
+# does; one forged datagram cannot), so a node returning to a cluster that
+# moved on further still catches up, about a second late. Even confirmed, a
+# jump is at most 2**32 (no cluster runs that many elections), so two forged
+# datagrams cannot lift an unkeyed cluster to the 2**53 ceiling, where it
+# could elect no more: that would take 2**21 confirmed pairs, weeks of forgery.
+MAX_TERM_JUMP = 2**20
+MAX_CONFIRMED_TERM_JUMP = 2**32
+TERM_CONFIRM_MIN_S = 1.0
+TERM_CONFIRM_MAX_S = 10.0
+# A sender's sequence number may jump this far past the highest seen (64k
+# missed datagrams: nearly an hour of 50 ms heartbeats) and be accepted; a
+# bigger jump is dropped until the next datagram confirms it (one lost
+# datagram after a very long partition), so one datagram cannot move the
+# window arbitrarily far.
+MAX_SEQ_JUMP = 2**16
+# Without a key the replay window is only a duplicate filter (see ReplayWindow)
+UNKEYED_REANCHOR_S = 2.0
+
 DROP_REASONS = (
     "oversize",
     "bad_encoding",
@@ -57,6 +86,10 @@ DROP_REASONS = (
     # authentic, but our name from another process, or a member's name from two
     # live incarnations at once: shown to the runtime, never fed to the protocol
     "duplicate_name",
+    "out_of_range",
+    "term_jump",
+    "seq_jump",
+    "rate_limited",
 )
 
 Schemas = dict[str, dict[str, Any]]
@@ -77,31 +110,101 @@ class Received:
 
 
 class ReplayWindow:
-    """Accepts each (incarnation, seq) at most once; older incarnations are stale."""
+    """Accepts each (incarnation, seq) at most once; older incarnations are stale.
 
-    __slots__ = ("incarnation", "highest", "seen_mask")
+    Work is O(REPLAY_WINDOW) bits whatever the numbers: a jump past the
+    window starts a fresh mask instead of shifting the old one that far.
 
-    def __init__(self) -> None:
+    ``strict`` (keyed clusters): stale datagrams are dropped. Without a key
+    anyone can forge a fresh envelope, so refusing stale ones protects
+    nothing and would let one forged far-ahead (incarnation, seq) mute a
+    member: unkeyed windows only drop duplicates inside the window, accept
+    stale datagrams, and re-anchor on one after UNKEYED_REANCHOR_S without an
+    accepted datagram at the window's position (so duplicates are caught
+    again once a forger stops).
+    """
+
+    __slots__ = ("incarnation", "highest", "seen_mask", "accepted_at", "pending_seq", "strict")
+
+    def __init__(self, strict: bool = True) -> None:
         self.incarnation = -1
         self.highest = -1
         self.seen_mask = 0  # bit i set: seq (highest - i) was seen
+        self.accepted_at = -math.inf  # when the window's position last moved or filled a bit
+        self.pending_seq = -1  # a too-big jump waiting for the next datagram to confirm it
+        self.strict = strict
 
-    def accept(self, incarnation: int, seq: int) -> bool:
-        if incarnation < self.incarnation:
-            return False
-        if incarnation > self.incarnation:
-            self.incarnation, self.highest, self.seen_mask = incarnation, seq, 1
-            return True
-        if seq > self.highest:
-            shift = seq - self.highest
+    def check(self, incarnation: int, seq: int, now: float) -> str | None:
+        """None if fresh (and now remembered), else the drop reason."""
+        if incarnation == self.incarnation:
+            if seq > self.highest:
+                shift = seq - self.highest
+                confirmed = self.pending_seq >= 0 and 0 < seq - self.pending_seq <= REPLAY_WINDOW
+                if shift > MAX_SEQ_JUMP and not confirmed:
+                    self.pending_seq = seq
+                    return "seq_jump"
+                if confirmed:
+                    self.pending_seq = -1
+                self._advance(seq, shift, now)
+                return None
+            offset = self.highest - seq
+            if offset < REPLAY_WINDOW:
+                if self.seen_mask & (1 << offset):
+                    return "replay"
+                self.seen_mask |= 1 << offset
+                self.accepted_at = now
+                return None
+        elif incarnation > self.incarnation:
+            self._reset(incarnation, seq, now)
+            return None
+        # stale: an older incarnation, or older than the window
+        if self.strict:
+            return "replay"
+        if now - self.accepted_at >= UNKEYED_REANCHOR_S:
+            self._reset(incarnation, seq, now)
+        return None
+
+    def accept(self, incarnation: int, seq: int, now: float = 0.0) -> bool:
+        return self.check(incarnation, seq, now) is None
+
+    def _reset(self, incarnation: int, seq: int, now: float) -> None:
+        self.incarnation, self.highest, self.seen_mask = incarnation, seq, 1
+        self.pending_seq = -1
+        self.accepted_at = now
+
+    def _advance(self, seq: int, shift: int, now: float) -> None:
+        if shift >= REPLAY_WINDOW:
+            self.seen_mask = 1  # nothing of the old window is inside the new one
+        else:
             self.seen_mask = ((self.seen_mask << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
-            self.highest = seq
-            return True
-        offset = self.highest - seq
-        if offset >= REPLAY_WINDOW or self.seen_mask & (1 << offset):
+        self.highest = seq
+        self.accepted_at = now
+
+
+def _wire_int(value: Any, low: int = 0) -> bool:
+    return type(value) is int and low <= value <= MAX_WIRE_INT
+
+
+def _scalar_ok(value: Any) -> bool:
+    kind = type(value)
+    if kind is int:
+        return -MAX_WIRE_INT <= value <= MAX_WIRE_INT
+    if kind is float:
+        return math.isfinite(value)
+    return kind is str or kind is bool or kind is bytes or value is None
+
+
+def _body_ok(body: dict[str, Any]) -> bool:
+    """Bodies hold scalars and flat lists of scalars: no protocol sends more,
+    and refusing nesting keeps checking (and any later walk) linear."""
+    for value in body.values():
+        if type(value) is list:
+            for item in value:
+                if not _scalar_ok(item):
+                    return False
+        elif not _scalar_ok(value):
             return False
-        self.seen_mask |= 1 << offset
-        return True
+    return True
 
 
 def _type_ok(value: Any, expected: Any) -> bool:
@@ -124,7 +227,13 @@ class Codec:
         incarnation: int,
         unicast_port: int = 0,
         previous_incarnation: int = 0,
+        current_term: Callable[[], int] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """current_term: the receiver's term, for the term-jump guard (None:
+        no guard). clock: monotonic seconds (the runtime passes
+        time.monotonic; tests a fake; None reads as 0, which only disables
+        the time-based rules)."""
         self.cluster = cluster
         self.node_name = node_name
         self.members = members
@@ -134,6 +243,7 @@ class Codec:
         self.unicast_port = unicast_port
         self.previous_incarnation = previous_incarnation  # our last start's, from the state file
         self.dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+        self.accepted = 0  # datagrams that passed every check
         self._seq = 0
         self._windows: dict[str, ReplayWindow] = {}
         # a sender's incarnation before its latest: a second live process under
@@ -150,6 +260,10 @@ class Codec:
         self.keys = ring
         self._signing = ring[0] if ring else None
         self._by_id = {k.id: k.secret for k in ring}
+        self._current_term = current_term
+        self._clock = clock
+        # sender -> (term, first seen) of a term jump waiting for confirmation
+        self._pending_terms: dict[str, tuple[int, float]] = {}
 
     @property
     def authenticated(self) -> bool:
@@ -223,9 +337,12 @@ class Codec:
         if not (isinstance(cluster, str) and isinstance(kind, str) and isinstance(sender, str)
                 and _type_ok(incarnation, int) and _type_ok(seq, int) and _type_ok(term, int)
                 and (recipient is None or isinstance(recipient, str))
-                and _type_ok(port, int) and 0 <= port <= 65535 and term >= 0
-                and isinstance(body, dict)):
+                and _type_ok(port, int) and isinstance(body, dict)):
             return self._drop("bad_schema")
+        # before the MAC: a value no honest peer sends costs one comparison
+        if not (_wire_int(incarnation) and _wire_int(seq) and _wire_int(term) and 1 <= port <= 65535
+                and _body_ok(body)):
+            return self._drop("out_of_range")
         if cluster != self.cluster:
             return self._drop("wrong_cluster")
         if sender not in self.members:
@@ -249,24 +366,29 @@ class Codec:
                 return self._drop("bad_schema")
         if sender == self.node_name and incarnation <= self.previous_incarnation:
             return self._drop("replay")
-        verdict = self._freshness(sender, incarnation, seq)
-        if verdict == "replay":
-            return self._drop("replay")
+        now = self._clock() if self._clock is not None else 0.0
+        if self._current_term is not None and not self._term_plausible(sender, term, now):
+            return self._drop("term_jump")
+        verdict = self._freshness(sender, incarnation, seq, now)
+        if verdict is not None and verdict != "duplicate_name":
+            return self._drop(verdict)
         duplicate = sender == self.node_name or verdict == "duplicate_name"
         if duplicate:
             self._drop("duplicate_name")
+        else:
+            self.accepted += 1
         return Received(Message(kind, sender, term, body, recipient), incarnation, port, duplicate)
 
-    def _freshness(self, sender: str, incarnation: int, seq: int) -> str | None:
-        """None for a new (incarnation, seq), "replay" for a repeat or stale
-        one, "duplicate_name" for new traffic of an incarnation the sender
+    def _freshness(self, sender: str, incarnation: int, seq: int, now: float) -> str | None:
+        """None for a new (incarnation, seq), the drop reason ("replay",
+        "seq_jump") for a repeat, stale or implausible one, "duplicate_name" for new traffic of an incarnation the sender
         already replaced: a second process is live under that name."""
         window = self._windows.get(sender)
         if window is None:
-            window = self._windows[sender] = ReplayWindow()
+            window = self._windows[sender] = ReplayWindow(strict=self._signing is not None)
         older = self._older.get(sender)
         if incarnation < window.incarnation:
-            if older is None or older.incarnation != incarnation or not older.accept(incarnation, seq):
+            if older is None or older.incarnation != incarnation or not older.accept(incarnation, seq, now):
                 return "replay"
             streak = self._older_streak.get(sender, 0) + 1
             if streak < TAKEOVER_STREAK:
@@ -282,8 +404,31 @@ class Codec:
                 window = older
             else:
                 self._older[sender] = window
-                window = self._windows[sender] = ReplayWindow()
-        if not window.accept(incarnation, seq):
-            return "replay"
+                window = self._windows[sender] = ReplayWindow(strict=self._signing is not None)
+        reason = window.check(incarnation, seq, now)
+        if reason is not None:
+            return reason
         self._older_streak[sender] = 0
         return None
+
+    def _term_plausible(self, sender: str, term: int, now: float) -> bool:
+        """A term at most MAX_TERM_JUMP ahead of ours, or a jump of up to
+        MAX_CONFIRMED_TERM_JUMP that the same sender repeated
+        TERM_CONFIRM_MIN_S..MAX_S after first claiming it."""
+        assert self._current_term is not None
+        ours = self._current_term()
+        if term - ours <= MAX_TERM_JUMP:
+            return True
+        if term - ours > MAX_CONFIRMED_TERM_JUMP:
+            return False
+        pending = self._pending_terms.get(sender)
+        if pending is not None:
+            claimed, first_at = pending
+            waited_s = now - first_at
+            if claimed <= term <= claimed + MAX_TERM_JUMP and TERM_CONFIRM_MIN_S <= waited_s <= TERM_CONFIRM_MAX_S:
+                del self._pending_terms[sender]
+                return True
+            if waited_s <= TERM_CONFIRM_MAX_S:
+                return False  # keep the first claim's clock running
+        self._pending_terms[sender] = (term, now)
+        return False
