@@ -250,6 +250,10 @@ class Codec:
         # that name keeps using it, a restarted one never does
         self._older: dict[str, ReplayWindow] = {}
         self._older_streak: dict[str, int] = {}
+        self._current_term = current_term
+        self._clock = clock
+        # sender -> (term, first seen) of a term jump waiting for confirmation
+        self._pending_terms: dict[str, tuple[int, float]] = {}
 
     def set_keys(self, keys: Sequence[Key] | bytes | None) -> None:
         """Sign with the first key, accept any; takes effect with the next datagram.
@@ -260,10 +264,6 @@ class Codec:
         self.keys = ring
         self._signing = ring[0] if ring else None
         self._by_id = {k.id: k.secret for k in ring}
-        self._current_term = current_term
-        self._clock = clock
-        # sender -> (term, first seen) of a term jump waiting for confirmation
-        self._pending_terms: dict[str, tuple[int, float]] = {}
 
     @property
     def authenticated(self) -> bool:

@@ -35,7 +35,8 @@ def craft(key=KEY, **changes):
         fields[NAMES.index(name)] = value
     inner = msgpack.packb(fields, use_bin_type=True)
     mac = hmac.new(key, inner, hashlib.sha256).digest() if key else b""
-    return msgpack.packb([inner, mac], use_bin_type=True)
+    # wire v2: [inner, key_id, mac]; a bare bytes key is the Codec's key "default"
+    return msgpack.packb([inner, "default" if key else "", mac], use_bin_type=True)
 
 
 def receiver(key=KEY, term=3, clock=None, schemas=None):

@@ -49,7 +49,9 @@ def receiver(key=KEY):
 
 def sealed(fields, key=KEY):
     inner = msgpack.packb(fields, use_bin_type=True)
-    return msgpack.packb([inner, hmac.new(key, inner, hashlib.sha256).digest() if key else b""], use_bin_type=True)
+    mac = hmac.new(key, inner, hashlib.sha256).digest() if key else b""
+    # wire v2: [inner, key_id, mac]; a bare bytes key is the Codec's key "default"
+    return msgpack.packb([inner, "default" if key else "", mac], use_bin_type=True)
 
 
 def check_one(codec, datagram):
