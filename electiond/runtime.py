@@ -335,7 +335,9 @@ class Runtime:
     def _save(self, persist: Persist) -> str | None:
         """Store a Persist; None on success, else why not (logged once per episode)."""
         try:
-            self.store.save(persist.state)
+            # out of descriptors, the write gets the reserve's: a vote must not
+            # be lost for want of one (a second failure is a real one)
+            self.fd_reserve.call(lambda: self.store.save(persist.state), "state write")
         except (OSError, StateError) as exc:
             key = getattr(exc, "errno", None)
             name = errno_name(key) if isinstance(key, int) else type(exc).__name__
