@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         absent = net.check_interface(cfg.interface)
         if absent:
-            print(f"{args.config}: warning: {absent} now; the daemon will wait for it", file=sys.stderr)
+            outlook = "the daemon will wait for it" if absent.transient else "the daemon would exit 69"
+            print(f"{args.config}: warning: {absent} now; {outlook}", file=sys.stderr)
         print(f"{args.config}: OK (node {cfg.settings.node_name}, protocol {cfg.protocol}, "
               f"{len(cfg.settings.members)} members)")
         return 0

@@ -84,13 +84,13 @@ async def wait_for_sockets(
         return sockets
 
 
-def check_interface(interface: str) -> str | None:
+def check_interface(interface: str) -> NetError | None:
     """For --check-config: why the interface cannot be used right now, or None."""
     try:
         address = interface_address(interface)
         unicast_socket(address).close()
     except NetError as exc:
-        return str(exc)
+        return exc
     return None
 
 
