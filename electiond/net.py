@@ -36,10 +36,6 @@ class Sockets:
     unicast: socket.socket
     group: socket.socket
 
-    def close(self) -> None:
-        self.unicast.close()
-        self.group.close()
-
 
 def open_sockets(interface: str, group: str, port: int) -> Sockets:
     """One attempt at resolving the interface and binding both sockets."""

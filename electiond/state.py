@@ -117,9 +117,8 @@ def _read_capped(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(errno.EINVAL, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(MAX_STATE_BYTES + 1)
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.read(fd, MAX_STATE_BYTES + 1)  # a regular file's read is not short before EOF
     finally:
         os.close(fd)
 
