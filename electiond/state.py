@@ -228,6 +228,7 @@ def recover(directory: str, now_wall_s: float) -> Recovery:
         except ValueError as exc:
             old_fault = str(exc)
             incarnation = _salvage_incarnation(raw)
+    moved = False
     if os.path.lexists(store.path):
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_wall_s))
         kept_aside = f"{store.path}.corrupt-{stamp}"
@@ -236,13 +237,25 @@ def recover(directory: str, now_wall_s: float) -> Recovery:
             kept_aside = f"{store.path}.corrupt-{stamp}.{suffix}"
             suffix += 1
         try:
-            os.rename(store.path, kept_aside)
-        except OSError as exc:
-            raise StateError(f"cannot move {store.path} aside: {exc.strerror or exc}") from None
+            # a second name, so the old file stays in place until the new one
+            # replaces it: a failed write must not leave no file at all (a
+            # start without one would not know it is recovering)
+            os.link(store.path, kept_aside, follow_symlinks=False)
+        except OSError:
+            try:  # a directory cannot be linked
+                os.rename(store.path, kept_aside)
+                moved = True
+            except OSError as exc:
+                raise StateError(f"cannot move {store.path} aside: {exc.strerror or exc}") from None
     store.state = PersistedState(0, None, recovering=True)
     store.incarnation = incarnation
     try:
         store._write()
     except OSError as exc:
+        if moved and kept_aside is not None:
+            try:
+                os.rename(kept_aside, store.path)
+            except OSError:
+                pass
         raise StateError(f"cannot write {store.path}: {exc.strerror or exc}") from None
     return Recovery(store.path, kept_aside, old_fault, incarnation)
