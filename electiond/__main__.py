@@ -1,5 +1,3 @@
-import sys
+from electiond.daemon import run
 
-from electiond.daemon import main
-
-sys.exit(main())
+run()

@@ -36,10 +36,6 @@ class Sockets:
     unicast: socket.socket
     group: socket.socket
 
-    def close(self) -> None:
-        self.unicast.close()
-        self.group.close()
-
 
 def open_sockets(interface: str, group: str, port: int) -> Sockets:
     """One attempt at resolving the interface and binding both sockets."""
@@ -84,13 +80,13 @@ async def wait_for_sockets(
         return sockets
 
 
-def check_interface(interface: str) -> str | None:
+def check_interface(interface: str) -> NetError | None:
     """For --check-config: why the interface cannot be used right now, or None."""
     try:
         address = interface_address(interface)
         unicast_socket(address).close()
     except NetError as exc:
-        return str(exc)
+        return exc
     return None
 
 

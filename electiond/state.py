@@ -117,9 +117,8 @@ def _read_capped(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(errno.EINVAL, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(MAX_STATE_BYTES + 1)
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.read(fd, MAX_STATE_BYTES + 1)  # a regular file's read is not short before EOF
     finally:
         os.close(fd)
 
@@ -237,6 +236,7 @@ def recover(directory: str, now_wall_s: float) -> Recovery:
         except ValueError as exc:
             old_fault = str(exc)
             incarnation = _salvage_incarnation(raw)
+    moved = False
     if os.path.lexists(store.path):
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_wall_s))
         kept_aside = f"{store.path}.corrupt-{stamp}"
@@ -245,13 +245,25 @@ def recover(directory: str, now_wall_s: float) -> Recovery:
             kept_aside = f"{store.path}.corrupt-{stamp}.{suffix}"
             suffix += 1
         try:
-            os.rename(store.path, kept_aside)
-        except OSError as exc:
-            raise StateError(f"cannot move {store.path} aside: {exc.strerror or exc}") from None
+            # a second name, so the old file stays in place until the new one
+            # replaces it: a failed write must not leave no file at all (a
+            # start without one would not know it is recovering)
+            os.link(store.path, kept_aside, follow_symlinks=False)
+        except OSError:
+            try:  # a directory cannot be linked
+                os.rename(store.path, kept_aside)
+                moved = True
+            except OSError as exc:
+                raise StateError(f"cannot move {store.path} aside: {exc.strerror or exc}") from None
     store.state = PersistedState(0, None, recovering=True)
     store.incarnation = incarnation
     try:
         store._write()
     except OSError as exc:
+        if moved and kept_aside is not None:
+            try:
+                os.rename(kept_aside, store.path)
+            except OSError:
+                pass
         raise StateError(f"cannot write {store.path}: {exc.strerror or exc}") from None
     return Recovery(store.path, kept_aside, old_fault, incarnation)

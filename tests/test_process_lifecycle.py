@@ -259,6 +259,9 @@ def test_sigterm_before_the_loop_takes_signals_still_logs_a_final_line(tmp_path)
     try:
         wait_for(lambda: (tmp_path / "hook.pid").exists() and (tmp_path / "hook.pid").read_text().strip(),
                  15, "the demote hook to start")
+        # the hook can write its pid before the daemon's spawn call returns; a
+        # signal inside that call would find no process to kill (hooks.py)
+        time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         lines = proc.stderr.read().strip().splitlines()

@@ -161,9 +161,20 @@ def test_a_state_path_that_is_not_a_regular_file_is_refused_without_hanging(tmp_
         path.mkdir()
     else:
         os.mkfifo(path)
-    with pytest.raises(StateError, match="cannot read .*state.json: (Is a directory|not a regular file)"):
+    with pytest.raises(StateError, match="cannot read .*state.json: not a regular file"):
         StateStore(str(tmp_path)).load()
     # and the recovery sets it aside like any other unusable file
     done = recover(str(tmp_path), 0.0)
     assert done.kept_aside is not None and done.old_fault.startswith("unreadable")
     assert StateStore(str(tmp_path)).load() == PersistedState(0, None, recovering=True)
+
+
+def test_a_failed_recovery_write_leaves_the_old_file_in_place(tmp_path):
+    (tmp_path / "state.json").write_bytes(record(term=True))
+    (tmp_path / "state.json.tmp").mkdir()  # the atomic write's temp file cannot be created
+    with pytest.raises(StateError, match="cannot write"):
+        recover(str(tmp_path), 0.0)
+    # still refused at the next start, not mistaken for a first start
+    assert (tmp_path / "state.json").read_bytes() == record(term=True)
+    with pytest.raises(StateError, match="is corrupt"):
+        StateStore(str(tmp_path)).load()
