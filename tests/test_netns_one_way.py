@@ -3,8 +3,9 @@
 The LAN of test_netns_vip (a bridge, three host namespaces and a client, all
 named with our pid and deleted in a finally), daemons running the shipped vip
 hook. Once a leader is agreed, nftables inside one follower's namespace drops
-input from the leader's address only: the leader still hears that follower,
-the follower no longer hears the leader. Held 10 s, then healed.
+input from the leader's address only (the leader still hears that follower,
+the follower no longer hears the leader), or the other way round inside the
+leader's namespace. Held 10 s, then healed.
 
 Before the fix a ring leader re-promoted on every heartbeat of the follower
 that crowned itself (about 20 a second, each a vip hook run with gratuitous
@@ -29,7 +30,7 @@ from test_netns_vip import Lan, NetnsCluster, sh, vip_holders
 
 HOLD_S = 10.0
 MAX_PROMOTIONS_PER_NODE = 3
-MAX_EPOCH_GROWTH = 4
+MAX_EPOCH_GROWTH = 6  # headroom for a 150 ms lease lapsing on a loaded machine; the old storm grew by ~190
 
 missing = [tool for tool in ("ip", "arping", "nft") if shutil.which(tool) is None]
 pytestmark = [
@@ -83,8 +84,9 @@ def _history(cluster: NetnsCluster, host: str) -> list[dict]:
         return []
 
 
+@pytest.mark.parametrize("direction", ["leader-unheard", "follower-unheard"])
 @pytest.mark.parametrize("protocol", ["bully", "ring", "quorum-lease"])
-def test_a_one_way_link_costs_a_bounded_number_of_promotions(tmp_path: Path, protocol: str) -> None:
+def test_a_one_way_link_costs_a_bounded_number_of_promotions(tmp_path: Path, protocol: str, direction: str) -> None:
     hosts = ["n1", "n2", "n3"]
     lan = Lan(hosts)
     cluster: NetnsCluster | None = None
@@ -109,7 +111,10 @@ def test_a_one_way_link_costs_a_bounded_number_of_promotions(tmp_path: Path, pro
         raised_before = sum(1 for e in _history(cluster, leader) if e["event"] == "token_raised")
 
         cut_at = time.time()
-        drop = OneWayDrop(lan, victim, leader)  # victim no longer hears the leader; the leader hears it
+        if direction == "leader-unheard":
+            drop = OneWayDrop(lan, victim, leader)  # victim no longer hears the leader; the leader hears it
+        else:
+            drop = OneWayDrop(lan, leader, victim)  # the leader no longer hears victim; victim hears it
         time.sleep(HOLD_S)
         held_until = time.time()
         during = _terms(cluster, hosts)
@@ -122,11 +127,13 @@ def test_a_one_way_link_costs_a_bounded_number_of_promotions(tmp_path: Path, pro
             if event == "promote" and cut_at <= stamp <= held_until:
                 promotions[node] += 1
         growth = max(during.values()) - max(before.values())
-        results = {"protocol": protocol, "leader": leader, "cut_off": victim, "hold_s": HOLD_S,
+        results = {"protocol": protocol, "direction": direction, "leader": leader, "other_end": victim,
+                   "hold_s": HOLD_S,
                    "promote_hook_runs": promotions, "epoch_before": before, "epoch_after_hold": during,
                    "token_raises_on_leader": raised, "leader_fencing_token": held}
         (tmp_path / "one_way_results.json").write_text(json.dumps(results, indent=1))
-        print(f"\none-way link {leader}->{victim} cut for {HOLD_S:.0f}s ({protocol}): {results}")
+        cut = f"{leader}->{victim}" if direction == "leader-unheard" else f"{victim}->{leader}"
+        print(f"\none-way link {cut} cut for {HOLD_S:.0f}s ({protocol}): {results}")
         assert max(promotions.values()) <= MAX_PROMOTIONS_PER_NODE, results
         assert growth <= MAX_EPOCH_GROWTH, results
         assert raised <= MAX_EPOCH_GROWTH, results
