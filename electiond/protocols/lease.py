@@ -415,8 +415,11 @@ class QuorumLease(ElectionProtocol):
         return None
 
     def _vote_reply(self, msg: Message, granted: bool, hint_ms: int) -> list[Effect]:
-        # whatever the answer, the state it reflects is stored before it leaves
-        effects: list[Effect] = self._persist()
+        # whatever the answer, the state it reflects is stored before it
+        # leaves; but a refusal grants nothing, so while writes fail it does
+        # not wait for one (a write per retransmitted request would only
+        # push the retry back)
+        effects: list[Effect] = self._persist() if granted or self.disk.ok else []
         effects.append(
             Send(VOTE, self._term, {"round": msg.body["round"], "granted": granted, "retry_ms": hint_ms}, to=msg.sender)
         )
@@ -760,10 +763,14 @@ class QuorumLease(ElectionProtocol):
     def _persist(self) -> list[Effect]:
         """Persist (term, voted_for) unless the shell already stored exactly that.
 
-        While writes fail, nothing: the retry in on_tick writes whatever the
-        state is then, and nothing that needs it leaves before."""
+        Also while writes fail: the gate in _vote_blocked_for keeps such
+        writes rare (a new term heard), and a Persist listed before every
+        state-dependent Send means the shell's rule alone (drop what follows
+        a failed write) keeps an undurable vote from leaving, whatever else
+        goes wrong (found by the simulator: a mutant without the gate sent
+        REQUEST_VOTE with no write at all)."""
         state = self._state()
-        if state == self._written or not self.disk.ok:
+        if state == self._written:
             return []
         self._written = state
         return [Persist(state)]
@@ -816,7 +823,7 @@ class QuorumLease(ElectionProtocol):
             effects = self._adopt_term(m, now, persist=False)
         self._recovered_to = m
         self._voted_for = VOTE_WITHHELD
-        # while writes fail this adds nothing: the retry writes it (see _state)
+        # if writes fail, the retry writes it later (see _state)
         return effects + self._persist()
 
     def _election_round_s(self) -> float:
