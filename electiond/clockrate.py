@@ -1,0 +1,211 @@
+"""How fast each peer's clock runs against ours, and whether that breaks the bound (sans-IO).
+
+quorum-lease is safe only while any two members' clocks run at rates whose
+ratio stays within (1+rho)/(1-rho) (rho = ``clock_drift_ppm``; see the top of
+protocols/lease.py): a follower's promise must outlast the leader's lease.
+Every member's PRESENCE beacon carries its monotonic reading ``c`` (ms); we
+note it with our own reading ``t`` when it arrives.
+
+The estimator. For one peer, d = t - c. If the peer's clock runs at rate r
+against ours, d = d0 + (1 - r)*t + delay, and a delay is never negative: a
+late delivery (a queue, our own loop stalled, a GC pause) only pushes a
+point UP. So the estimate is a line *under* every point: the one that sits
+as high as possible at the window's middle t_mid (the linear program of
+Moon, Skelly and Towsley, 1999, for clock skew from one-way delays). It is
+the edge of the points' lower convex hull that spans t_mid; r = 1 - slope.
+Late points, any number of them, cannot pull it down, and a point can only
+lift the line by being early, which no delay can make it.
+
+Its error. Let every point sit e >= 0 above the true line (its delay beyond
+the smallest), and suppose each outer quarter of the window holds a point
+with e <= E ("on time"). The fitted line is below those two points and, at
+t_mid, not below the true line (the true line is a candidate and the fit
+is the highest one there). A line through at least 0 at t_mid and at most
+E at a distance >= span/4 on either side has a slope error of at most
+4E/span. E is estimated as max(5 ms, 4 x the median height of the points
+above the fitted line), so a noisy path widens the margin by itself.
+
+The decision, per peer, with r^ the estimate and m = 4E/span:
+  * no verdict until the window spans ``min_span_s`` (6 beacon periods);
+  * *excess*: r^ - m > (1+rho)/(1-rho) or r^ + m < (1-rho)/(1+rho), i.e.
+    beyond the bound even at the error bound's most favourable end;
+  * BEYOND once every estimate has been excess for ``persist_s`` (2 beacon
+    periods, at least three estimates), so one burst of late points at the
+    window's end (a delay spike) is not enough;
+  * back to WITHIN only after the point estimate r^ stayed inside the bound
+    for ``clear_s`` (20 beacon periods);
+  * a reading more than 5 s older than the newest (the peer's host
+    rebooted) restarts the peer's window; its verdict stays until new data
+    decides. A reading older by less (reordered, duplicated) is skipped.
+With rates inside the bound, a false alarm needs both outer quarters of a
+3-30 s window to hold no point within E of the lower envelope, for
+``persist_s`` on end: on loopback (E = 5 ms, deliveries within a ms) that is
+a whole quarter of the window delayed. At x0.5 or x2 the excess is 0.5-1
+against a margin of at most 4*E/3 s; 1.01 against 0.2 % of bound plus 0.7 %
+of margin at 3 s: each is flagged about min_span_s + persist_s after the
+first beacon (4 s at the default 50 ms heartbeat).
+
+Who is wrong is a vote (``self_blame``): a node whose clock is beyond the
+bound against a strict majority of the live peers it has verdicts for, and
+against at least two of them when it has two or more peers, concludes the
+fault is its own. With a single verdict it cannot tell which of the two
+clocks is off: it flags the peer and leaves the call to the others.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+UNKNOWN: Final = "unknown"  # not enough data yet
+WITHIN: Final = "within"
+BEYOND: Final = "beyond"
+
+JITTER_FLOOR_S: Final = 0.005
+JITTER_FACTOR: Final = 4.0
+# further back than any reordering: the peer's host rebooted
+REBOOT_STEP_S: Final = 5.0
+MAX_SAMPLES: Final = 512  # a beacon faster than configured cannot grow the window without end
+
+
+class ClockBounds:
+    """The timing of the decision, derived from the beacon period and rho."""
+
+    __slots__ = ("rate_high", "rate_low", "window_s", "min_span_s", "persist_s", "clear_s")
+
+    def __init__(self, clock_drift_ppm: float, beacon_interval_s: float) -> None:
+        rho = clock_drift_ppm / 1e6
+        self.rate_high: float = (1.0 + rho) / (1.0 - rho)
+        self.rate_low: float = 1.0 / self.rate_high
+        self.window_s: float = max(30.0, 60.0 * beacon_interval_s)
+        self.min_span_s: float = 6.0 * beacon_interval_s
+        self.persist_s: float = 2.0 * beacon_interval_s
+        self.clear_s: float = 20.0 * beacon_interval_s
+
+
+class RateEstimate:
+    __slots__ = ("rate", "margin", "span_s", "jitter_s")
+
+    def __init__(self, rate: float, margin: float, span_s: float, jitter_s: float) -> None:
+        self.rate = rate  # the peer's clock seconds per second of ours
+        self.margin = margin  # the error bound 4E/span on ``rate``
+        self.span_s = span_s
+        self.jitter_s = jitter_s  # E
+
+
+def lower_envelope_rate(ts: list[float], ds: list[float]) -> RateEstimate | None:
+    """The rate from points (t, d = t - c) sorted by t, as the module says."""
+    n = len(ts)
+    if n < 2 or ts[-1] <= ts[0]:
+        return None
+    # lower hull, monotone chain: keep turning counter-clockwise
+    hull: list[int] = []
+    for i in range(n):
+        while len(hull) >= 2:
+            a = hull[-2]
+            b = hull[-1]
+            cross = (ts[b] - ts[a]) * (ds[i] - ds[a]) - (ds[b] - ds[a]) * (ts[i] - ts[a])
+            if cross <= 0.0:
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    t_mid = 0.5 * (ts[0] + ts[-1])
+    k = 0
+    while k < len(hull) - 2 and ts[hull[k + 1]] <= t_mid:
+        k += 1
+    a = hull[k]
+    b = hull[k + 1]
+    slope = (ds[b] - ds[a]) / (ts[b] - ts[a])
+    heights = sorted(ds[i] - (ds[a] + slope * (ts[i] - ts[a])) for i in range(n))
+    median = heights[n // 2] if n % 2 else 0.5 * (heights[n // 2 - 1] + heights[n // 2])
+    jitter_s = max(JITTER_FLOOR_S, JITTER_FACTOR * median)
+    span_s = ts[-1] - ts[0]
+    return RateEstimate(1.0 - slope, 4.0 * jitter_s / span_s, span_s, jitter_s)
+
+
+class PeerClock:
+    """One peer's window of (our time, their reading) and its verdict."""
+
+    __slots__ = ("bounds", "ts", "ds", "last_clock_s", "verdict", "estimate", "excess_since", "inside_since",
+                 "resets")
+
+    def __init__(self, bounds: ClockBounds) -> None:
+        self.bounds = bounds
+        self.ts: list[float] = []
+        self.ds: list[float] = []
+        self.last_clock_s: float = -1.0
+        self.verdict: str = UNKNOWN
+        self.estimate: RateEstimate | None = None
+        self.excess_since: float = -1.0  # start of the current run of excess estimates; -1: none
+        self.inside_since: float = -1.0  # start of the current run of in-bound estimates
+        self.resets = 0
+
+    def observe(self, now: float, clock_s: float) -> bool:
+        """One beacon read ``clock_s`` on the peer and arrived at our ``now``.
+        Returns whether the verdict changed."""
+        if clock_s < self.last_clock_s - REBOOT_STEP_S:
+            # a monotonic clock went far back: a reboot, not a rate
+            self.ts.clear()
+            self.ds.clear()
+            self.estimate = None
+            self.resets += 1
+        elif clock_s <= self.last_clock_s or (self.ts and now < self.ts[-1]):
+            # a duplicate, or overtaken by a newer beacon: late, so above the
+            # envelope anyway
+            return False
+        self.last_clock_s = clock_s
+        self.ts.append(now)
+        self.ds.append(now - clock_s)
+        b = self.bounds
+        drop = 0
+        while drop < len(self.ts) - 1 and (now - self.ts[drop] > b.window_s or len(self.ts) - drop > MAX_SAMPLES):
+            drop += 1
+        if drop:
+            del self.ts[:drop]
+            del self.ds[:drop]
+        if now - self.ts[0] < b.min_span_s:
+            if self.verdict == WITHIN:  # a reset: old evidence is gone
+                self.verdict = UNKNOWN
+                return True
+            return False
+        est = lower_envelope_rate(self.ts, self.ds)
+        if est is None:
+            return False
+        self.estimate = est
+        return self._judge(now, est)
+
+    def _judge(self, now: float, est: RateEstimate) -> bool:
+        b = self.bounds
+        excess = est.rate - est.margin > b.rate_high or est.rate + est.margin < b.rate_low
+        inside = b.rate_low <= est.rate <= b.rate_high
+        if excess:
+            if self.excess_since < 0.0:
+                self.excess_since = now
+        else:
+            self.excess_since = -1.0
+        if inside:
+            if self.inside_since < 0.0:
+                self.inside_since = now
+        else:
+            self.inside_since = -1.0
+        old = self.verdict
+        if old != BEYOND:
+            if excess and now - self.excess_since >= b.persist_s:
+                self.verdict = BEYOND
+            elif not excess:
+                self.verdict = WITHIN
+        elif inside and now - self.inside_since >= b.clear_s:
+            self.verdict = WITHIN
+        return self.verdict != old
+
+    def rate(self) -> float | None:
+        return None if self.estimate is None else self.estimate.rate
+
+
+def self_blame(beyond: int, known: int, peers: int) -> bool:
+    """Whether our own clock is the odd one out: beyond the bound against a
+    strict majority of the ``known`` live peers with a verdict, and against
+    at least two when there are two or more ``peers`` (with one verdict
+    against one it cannot say whose clock is off)."""
+    need = 2 if peers >= 2 else 1
+    return beyond >= need and 2 * beyond > known
