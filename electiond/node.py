@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, Mapping
 
+from electiond.clockrate import BEYOND, UNKNOWN, WITHIN, ClockBounds, PeerClock, self_blame
 from electiond.detector import PeerWatches
 from electiond.protocols.base import (
     ROLE_FOLLOWER,
@@ -44,6 +45,14 @@ FLAP_WINDOW_S: Final = 3600.0
 # Followers in bully and ring send nothing while all is well; a slow presence
 # beacon lets every member's table say who is alive.
 PRESENCE: Final = "PRESENCE"
+
+
+@dataclass(frozen=True, slots=True)
+class ClockEvent:
+    """A clock verdict changed; the shell logs it (``kind`` ends in -beyond: an error)."""
+
+    kind: str  # self-beyond, self-cleared, peer-beyond, peer-cleared
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +130,29 @@ class Node:
         # why this node must not stand now (health, a clock beyond its bound, a
         # duplicate of our name...): name -> detail; eligible only when empty
         self._blockers: dict[str, str] = {}
+        # each peer's clock rate against ours, from the clock_ms of its beacons
+        self.clock_bounds = ClockBounds(settings.clock_drift_ppm, presence_s)
+        self.peer_clocks = {m.name: PeerClock(self.clock_bounds) for m in settings.peers()}
+        self.clock_episodes = 0  # times our own clock was found beyond the bound
+        self.peer_clock_alarms = 0  # times a peer's was, by us
+        # for the shell's log; bounded, since the simulator never drains it
+        self.clock_events: deque[ClockEvent] = deque(maxlen=64)
+        self._clock_was_beyond: dict[str, bool] = {}  # to log a peer's return once
 
     # ---- inputs -----------------------------------------------------------
 
     def message_schemas(self) -> dict[str, dict]:
-        return {**self.protocol.MESSAGE_SCHEMAS, PRESENCE: {}}
+        return {**self.protocol.MESSAGE_SCHEMAS, PRESENCE: {"clock_ms": int}}
 
     def on_message(self, msg: Message, now: float) -> list[Effect]:
         self.membership.saw(msg.sender, now)
         if msg.kind == PRESENCE:
             self.peer_watches.observe(msg.sender, now)
+            clock_ms = msg.body.get("clock_ms")
+            peer = self.peer_clocks.get(msg.sender)
+            # the wire insists on clock_ms; a hand-made message in a test may lack it
+            if type(clock_ms) is int and peer is not None and peer.observe(now, clock_ms / 1000.0):
+                return self._clock_verdict_changed(msg.sender, peer, now)
             return []
         effects = self.protocol.on_message(msg, now)
         return self._observe(effects, now) if effects else effects
@@ -139,7 +161,7 @@ class Node:
         effects = self._observe(self.protocol.on_tick(now), now)
         if now >= self._next_presence:
             self._next_presence = now + self.membership.presence_interval_s()
-            effects.append(Send(PRESENCE, self.protocol.term))
+            effects.append(Send(PRESENCE, self.protocol.term, {"clock_ms": int(now * 1000.0)}))
         return effects
 
     def deadline(self) -> float:
@@ -216,6 +238,7 @@ class Node:
                 "last_seen_ms": None if seen is None else round((now - seen) * 1000, 1),
                 "self": False,
                 "suspicion": suspicion.get(m.name),
+                "clock": self.peer_clocks[m.name].verdict,
             })
         leader = self.protocol.leader
         return {
@@ -231,7 +254,62 @@ class Node:
             "flapping": len(self.leader_changes) > FLAP_CHANGES_PER_HOUR,
             "split_brains": self.split_brains,
             "blocked_by": dict(self._blockers),
+            "clock": self.clock_status(),
             **self.protocol.extra_status(now),
+        }
+
+    # ---- clocks -----------------------------------------------------------------
+
+    def _clock_verdict_changed(self, name: str, peer: PeerClock, now: float) -> list[Effect]:
+        """One peer's verdict changed: note it, then ask whether the odd clock
+        out is ours (the vote of clockrate.self_blame) and raise or clear the
+        ``clock`` blocker."""
+        bound_ppm = round((self.clock_bounds.rate_high - 1.0) * 1e6)
+        if peer.verdict == BEYOND:
+            self.peer_clock_alarms += 1
+            self._clock_event(now, "peer-beyond", f"{name}'s clock runs at {_fmt_rate(peer.rate())} of ours, "
+                                                  f"beyond the {bound_ppm} ppm bound")
+        elif peer.verdict == WITHIN and self._clock_was_beyond.get(name, False):
+            self._clock_event(now, "peer-cleared", f"{name}'s clock is back within the bound "
+                                                   f"({_fmt_rate(peer.rate())} of ours)")
+        self._clock_was_beyond[name] = peer.verdict == BEYOND
+        known = [n for n, p in self.peer_clocks.items() if p.verdict != UNKNOWN and self.membership.alive(n, now)]
+        beyond = [n for n in known if self.peer_clocks[n].verdict == BEYOND]
+        blamed = "clock" in self._blockers
+        if self_blame(len(beyond), len(known), len(self.peer_clocks)):
+            if blamed:
+                return []
+            self.clock_episodes += 1
+            rates = ", ".join(f"{_fmt_rate(_inverse(self.peer_clocks[n].rate()))} of {n}'s" for n in beyond)
+            detail = (f"our clock runs at {rates} (bound {bound_ppm} ppm, "
+                      f"{len(beyond)} of {len(known)} peers disagree): not standing")
+            self._clock_event(now, "self-beyond", detail)
+            return self.set_blocker("clock", True, now, detail)
+        # cleared only on positive evidence: a peer whose verdict went back
+        # to within, not merely the silence of the ones that disagreed
+        if blamed and any(self.peer_clocks[n].verdict == WITHIN for n in known):
+            self._clock_event(now, "self-cleared", "our clock agrees with our peers' again: standing")
+            return self.set_blocker("clock", False, now)
+        return []
+
+    def _clock_event(self, now: float, kind: str, text: str) -> None:
+        self.clock_events.append(ClockEvent(kind, text))
+        self.history.append(HistoryEntry(now, "clock", self.protocol.term, {"kind": kind, "detail": text}))
+
+    def clock_status(self) -> dict[str, Any]:
+        rates: dict[str, float] = {}
+        for name, peer in self.peer_clocks.items():
+            r = peer.rate()
+            if r is not None and r > 0.0:
+                rates[name] = round(1.0 / r, 6)
+        return {
+            "ok": "clock" not in self._blockers,
+            # seconds our clock counts per second of each peer's
+            "rate_vs_peers": rates,
+            "beyond": sorted(n for n, p in self.peer_clocks.items() if p.verdict == BEYOND),
+            "bound_ppm": round((self.clock_bounds.rate_high - 1.0) * 1e6),
+            "episodes": self.clock_episodes,
+            "peer_alarms": self.peer_clock_alarms,
         }
 
     # ---- bookkeeping ----------------------------------------------------------
@@ -258,3 +336,11 @@ class Node:
                     HistoryEntry(now, "split_brain", e.term, {"other": e.other, "yielded": e.yielded})
                 )
         return effects
+
+
+def _inverse(rate: float | None) -> float | None:
+    return None if rate is None or rate <= 0.0 else 1.0 / rate
+
+
+def _fmt_rate(rate: float | None) -> str:
+    return "unknown" if rate is None else f"x{rate:.4f}"

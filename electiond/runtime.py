@@ -216,8 +216,20 @@ class Runtime:
         self._execute(effects, now)
         more = handler(now)
         self._execute(more, now)
+        self._log_clock_events()
         self._schedule()
         return now
+
+    def _log_clock_events(self) -> None:
+        """A clock verdict changed (node.ClockEvent): once per episode."""
+        assert self.node is not None
+        events = self.node.clock_events
+        while events:
+            event = events.popleft()
+            if event.kind.endswith("-beyond"):
+                log.error("clock: %s", event.text)
+            else:
+                log.info("clock: %s", event.text)
 
     def _schedule(self) -> None:
         assert self.node is not None
