@@ -29,7 +29,7 @@ from electiond.protocols.base import (
     SplitBrain,
 )
 from electiond.protocols.bully import Bully
-from electiond.protocols.lease import QuorumLease
+from electiond.protocols.lease import HEARTBEAT_ACK, VOTE, QuorumLease
 from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
@@ -138,6 +138,9 @@ class Node:
         # for the shell's log; bounded, since the simulator never drains it
         self.clock_events: deque[ClockEvent] = deque(maxlen=64)
         self._clock_was_beyond: dict[str, bool] = {}  # to log a peer's return once
+        # quorum-lease, our clock beyond its bound and fast: a promise we make
+        # would end too early in real time, so no lease may count on our grants
+        self._withhold_grants = False
 
     # ---- inputs -----------------------------------------------------------
 
@@ -155,6 +158,8 @@ class Node:
                 return self._clock_verdict_changed(msg.sender, peer, now)
             return []
         effects = self.protocol.on_message(msg, now)
+        if effects and self._withhold_grants:
+            effects = _without_grants(effects)
         return self._observe(effects, now) if effects else effects
 
     def on_tick(self, now: float) -> list[Effect]:
@@ -284,11 +289,16 @@ class Node:
             detail = (f"our clock runs at {rates} (bound {bound_ppm} ppm, "
                       f"{len(beyond)} of {len(known)} peers disagree): not standing")
             self._clock_event(now, "self-beyond", detail)
+            # a fast clock ends our promises early in real time (unsafe);
+            # a slow one late (safe: only a lease of ours would be unsafe)
+            fast = sum(1 for n in beyond if (self.peer_clocks[n].rate() or 1.0) < 1.0)
+            self._withhold_grants = self.protocol_name == QuorumLease.name and 2 * fast > len(beyond)
             return self.set_blocker("clock", True, now, detail)
         # cleared only on positive evidence: a peer whose verdict went back
         # to within, not merely the silence of the ones that disagreed
         if blamed and any(self.peer_clocks[n].verdict == WITHIN for n in known):
             self._clock_event(now, "self-cleared", "our clock agrees with our peers' again: standing")
+            self._withhold_grants = False
             return self.set_blocker("clock", False, now)
         return []
 
@@ -336,6 +346,18 @@ class Node:
                     HistoryEntry(now, "split_brain", e.term, {"other": e.other, "yielded": e.yielded})
                 )
         return effects
+
+
+def _without_grants(effects: list[Effect]) -> list[Effect]:
+    """quorum-lease's lease grants (a granted VOTE, an ok LEASE_ACK) left out:
+    the protocol still keeps its promise, the requester just cannot count it."""
+    kept: list[Effect] = []
+    for e in effects:
+        if type(e) is Send and ((e.kind == HEARTBEAT_ACK and e.body.get("ok") is True)
+                                or (e.kind == VOTE and e.body.get("granted") is True)):
+            continue
+        kept.append(e)
+    return kept
 
 
 def _inverse(rate: float | None) -> float | None:

@@ -6,6 +6,7 @@ import pytest
 
 from electiond.node import PRESENCE, Node
 from electiond.protocols.base import Demote, Member, Message, Promote, Send, Settings
+from electiond.protocols.lease import HEARTBEAT, HEARTBEAT_ACK, REQUEST_VOTE, VOTE
 
 MEMBERS3 = tuple(Member(f"n{i}", i) for i in range(1, 4))
 MEMBERS5 = tuple(Member(f"n{i}", i) for i in range(1, 6))
@@ -169,3 +170,26 @@ def test_a_leader_whose_clock_goes_off_steps_down():
     demotes = [(at, e) for at, e in effects if isinstance(e, Demote)]
     assert demotes and demotes[0][1].reason == "clock"
     assert not n.is_leader(start + 8.0)
+
+
+def _acks(effects):
+    return [e for e in effects if isinstance(e, Send) and e.kind == HEARTBEAT_ACK]
+
+
+@pytest.mark.parametrize("peer_rate,withheld", [(0.5, True), (2.0, False)])
+def test_only_a_fast_clock_withholds_lease_grants(peer_rate, withheld):
+    """Peers at x0.5 against us: OUR clock is fast, our promises would end
+    early in real time, so no ok LEASE_ACK or granted VOTE leaves. A slow
+    clock's promises last longer than they must: it keeps granting."""
+    n = node()
+    heartbeat = lambda t, r: n.on_message(Message(HEARTBEAT, "n2", 1, {"round": r, "priority": 0}), t)
+    assert _acks(heartbeat(0.2, 1))[0].body["ok"] is True
+    run(n, {"n2": peer_rate, "n3": peer_rate}, 10.0)
+    assert "clock" in n.blockers
+    acks = _acks(heartbeat(10.1, 2))
+    assert (acks == []) is withheld
+    if not withheld:
+        assert acks[0].body["ok"] is True
+    vote = n.on_message(Message(REQUEST_VOTE, "n2", 5, {"round": 1, "priority": 0}), 10.2)  # bound to n2 only
+    granted = [e for e in vote if isinstance(e, Send) and e.kind == VOTE and e.body["granted"]]
+    assert (granted == []) is withheld

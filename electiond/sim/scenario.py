@@ -33,6 +33,8 @@ Expectations (checked at the current instant, each node on its own clock):
     expect view n1 n3 | expect view n1 none   # whom n1 believes leads
     expect role n2 candidate
     expect split-brains n2 1    # SplitBrain events n2 has recorded
+    expect blocked n1 clock     # n1's blockers (Node.blockers) include clock
+    expect blocked n2 none      # n2 has none
     expect violation two-leaders  # the invariant checker reported this rule
 
 The invariant checker runs throughout, with the protocol's row of
@@ -274,6 +276,10 @@ class Scenario:
             count = c.hosts[self._node(w[1])].node.split_brains
             if count != int(w[2]):
                 self._fail(line, f"{w[1]} recorded {count} split brains")
+        elif what == "blocked":
+            blockers = sorted(c.hosts[self._node(w[1])].node.blockers)
+            if (w[2] == "none" and blockers) or (w[2] != "none" and w[2] not in blockers):
+                self._fail(line, f"{w[1]} is blocked by {blockers}")
         elif what == "violation":
             rules = [v.rule for v in c.checker.violations[self.seen_violations:]]
             if w[1] not in rules:
