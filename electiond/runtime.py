@@ -221,13 +221,16 @@ class Runtime:
         return now
 
     def _log_clock_events(self) -> None:
-        """A clock verdict changed (node.ClockEvent): once per episode."""
+        """A clock verdict changed (node.ClockEvent): once per episode. Our
+        own clock found off is the error; a peer's, seen by us, a warning."""
         assert self.node is not None
         events = self.node.clock_events
         while events:
             event = events.popleft()
-            if event.kind.endswith("-beyond"):
+            if event.kind == "self-beyond":
                 log.error("clock: %s", event.text)
+            elif event.kind == "peer-beyond":
+                log.warning("clock: %s", event.text)
             else:
                 log.info("clock: %s", event.text)
 
