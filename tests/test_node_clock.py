@@ -193,3 +193,18 @@ def test_only_a_fast_clock_withholds_lease_grants(peer_rate, withheld):
     vote = n.on_message(Message(REQUEST_VOTE, "n2", 5, {"round": 1, "priority": 0}), 10.2)  # bound to n2 only
     granted = [e for e in vote if isinstance(e, Send) and e.kind == VOTE and e.body["granted"]]
     assert (granted == []) is withheld
+
+
+def test_electionctl_status_says_which_clock_is_off(capsys):
+    from electiond.cli import print_status
+
+    bad = node()
+    run(bad, {"n2": 2.0, "n3": 2.0}, 8.0)
+    print_status({**bad.status(8.0), "authenticated": True})
+    out = capsys.readouterr().out
+    assert "CLOCK     our clock runs at x0.5000 of n2's, x0.5000 of n3's" in out
+
+    good = node()
+    run(good, {"n2": 0.5, "n3": 1.0}, 15.0)
+    print_status({**good.status(15.0), "authenticated": True})
+    assert "clock     beyond the bound: n2 (ours x2.0000 of its)" in capsys.readouterr().out
