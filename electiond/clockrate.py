@@ -87,9 +87,9 @@ JITTER_FLOOR_S: Final = 0.005
 JITTER_FACTOR: Final = 4.0
 # further back than any reordering: the peer's host rebooted
 REBOOT_STEP_S: Final = 5.0
-MAX_SAMPLES: Final = 512
+MAX_SAMPLES: Final = 512  # a beacon faster than configured cannot grow the window without end
 MIN_HALF_POINTS: Final = 3
-UNDECIDED: Final = 2  # _excess: beyond on the whole, too few points to check the halves  # a beacon faster than configured cannot grow the window without end
+UNDECIDED: Final = 2  # _excess: beyond on the whole, too few points to check the halves
 
 
 class ClockBounds:

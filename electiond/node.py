@@ -49,7 +49,7 @@ PRESENCE: Final = "PRESENCE"
 
 @dataclass(frozen=True, slots=True)
 class ClockEvent:
-    """A clock verdict changed; the shell logs it (``kind`` ends in -beyond: an error)."""
+    """A clock verdict changed; the shell logs it (self-beyond: an error, peer-beyond: a warning)."""
 
     kind: str  # self-beyond, self-cleared, peer-beyond, peer-cleared
     text: str
