@@ -208,3 +208,17 @@ def test_electionctl_status_says_which_clock_is_off(capsys):
     run(good, {"n2": 0.5, "n3": 1.0}, 15.0)
     print_status({**good.status(15.0), "authenticated": True})
     assert "clock     beyond the bound: n2 (ours x2.0000 of its)" in capsys.readouterr().out
+
+
+def test_the_wire_carries_clock_ms_and_drops_a_beacon_without_it():
+    from electiond import wire
+
+    n1, n2 = node("n1"), node("n2")
+    codec = lambda name, schemas: wire.Codec("c", name, {"n1", "n2", "n3"}, None, schemas, 1, unicast_port=4000)
+    tx, rx = codec("n2", n2.message_schemas()), codec("n1", n1.message_schemas())
+    beacon = next(e for e in n2.on_tick(7.25) if isinstance(e, Send) and e.kind == PRESENCE)
+    got = rx.decode(tx.encode(beacon))
+    assert got.message.body == {"clock_ms": 7250}
+    # an older daemon's bare beacon is refused (a rolling upgrade loses presence, not elections)
+    old = codec("n3", {PRESENCE: {}})
+    assert rx.decode(old.encode(Send(PRESENCE, 0))) is None and rx.dropped["bad_schema"] == 1
