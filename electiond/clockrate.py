@@ -52,9 +52,10 @@ The decision, per peer, with r^ the estimate and m = 4E/span:
     rebooted) restarts the peer's window; its verdict stays until new data
     decides. A reading older by less (reordered, duplicated) is skipped, and
     of a burst handed over at one instant only the newest counts;
-  * cost: while WITHIN, a point that lands 0..E above the last fit (itself
-    inside the bound) is taken without refitting, for up to ``refit_s``
-    (4 beacon periods); any other point refits at once.
+  * cost: while WITHIN, a point that lands 0..E above the last fit (whose
+    r^ was within the bound widened by half its margin) is taken without
+    refitting, for up to ``refit_s`` (4 beacon periods); any other point
+    refits at once.
 With rates inside the bound, a false alarm needs, in both halves of a set
 at once, each outer quarter to hold no point within E of the lower
 envelope, for ``persist_s`` on end. On loopback (E = 5 ms, deliveries within
@@ -213,11 +214,11 @@ class PeerClock:
             return False
         old_est = self.estimate
         if (self.verdict == WITHIN and old_est is not None and now - self.fitted_at < b.refit_s
-                and b.rate_low <= old_est.rate <= b.rate_high
+                and b.rate_low - 0.5 * old_est.margin <= old_est.rate <= b.rate_high + 0.5 * old_est.margin
                 and 0.0 <= old_est.height_s(now, now - clock_s) <= old_est.jitter_s):
-            # within, the last fit inside the bound, and the point lands
-            # where that fit expects it: the common case, refitted only every
-            # refit_s (the simulator's campaigns spend a quarter less here)
+            # within, the last fit well short of an excess, and the point
+            # lands where that fit expects it: the common case, refitted only
+            # every refit_s (the simulator's campaigns spend far less here)
             return False
         est = lower_envelope_rate(self.ts, self.ds)
         if est is None:
