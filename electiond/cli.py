@@ -89,6 +89,13 @@ def print_status(status: dict[str, Any]) -> None:
     if disk.get("ok") is False:
         print(f"DISK      state writes failing ({disk['error']}; {disk['failures']} failed, retry in "
               f"{_fmt_ms(disk['retry_in_ms'])}): not voting or standing")
+    clock = status.get("clock") or {}
+    if clock and not clock.get("ok", True):
+        print(f"CLOCK     {status.get('blocked_by', {}).get('clock', 'beyond its bound')}")
+    elif clock.get("beyond"):
+        rates = clock.get("rate_vs_peers", {})
+        print("clock     beyond the bound: " + ", ".join(
+            f"{n} (ours x{rates[n]:.4f} of its)" if n in rates else n for n in clock["beyond"]))
     for check in status.get("health") or []:
         state = {True: "ok", False: "FAILING", None: "unknown"}[check["healthy"]]
         print(f"health    {check['kind']} {check['name']}: {state} {check.get('detail') or ''}".rstrip())

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, Mapping
 
+from electiond.clockrate import BEYOND, UNKNOWN, WITHIN, ClockBounds, PeerClock, self_blame
 from electiond.detector import PeerWatches
 from electiond.protocols.base import (
     ROLE_FOLLOWER,
@@ -30,7 +31,7 @@ from electiond.protocols.base import (
     TokenRaised,
 )
 from electiond.protocols.bully import Bully
-from electiond.protocols.lease import QuorumLease
+from electiond.protocols.lease import HEARTBEAT_ACK, VOTE, QuorumLease
 from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
@@ -50,6 +51,14 @@ PRESENCE: Final = "PRESENCE"
 # this many presence intervals (it beacons once per interval while it runs).
 DUPLICATE_NAME: Final = "duplicate_name"
 DUPLICATE_QUIET_PRESENCES: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ClockEvent:
+    """A clock verdict changed; the shell logs it (self-beyond: an error, peer-beyond: a warning)."""
+
+    kind: str  # self-beyond, self-cleared, peer-beyond, peer-cleared
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,16 +149,32 @@ class Node:
         # the shell drops it if that Persist fails
         self._promote_after_persist: int | None = None
         self._own_name_heard_at = -1.0  # last datagram of another process using our name
+        # each peer's clock rate against ours, from the clock_ms of its beacons
+        self.clock_bounds = ClockBounds(settings.clock_drift_ppm, presence_s)
+        self.peer_clocks = {m.name: PeerClock(self.clock_bounds) for m in settings.peers()}
+        self.clock_episodes = 0  # times our own clock was found beyond the bound
+        self.peer_clock_alarms = 0  # times a peer's was, by us
+        # for the shell's log; bounded, since the simulator never drains it
+        self.clock_events: deque[ClockEvent] = deque(maxlen=64)
+        self._clock_was_beyond: dict[str, bool] = {}  # to log a peer's return once
+        # quorum-lease, our clock beyond its bound and fast: a promise we make
+        # would end too early in real time, so no lease may count on our grants
+        self._withhold_grants = False
 
     # ---- inputs -----------------------------------------------------------
 
     def message_schemas(self) -> dict[str, dict]:
-        return {**self.protocol.MESSAGE_SCHEMAS, PRESENCE: {}}
+        return {**self.protocol.MESSAGE_SCHEMAS, PRESENCE: {"clock_ms": int}}
 
     def on_message(self, msg: Message, now: float) -> list[Effect]:
         self.membership.saw(msg.sender, now)
         if msg.kind == PRESENCE:
             self.peer_watches.observe(msg.sender, now)
+            clock_ms = msg.body.get("clock_ms")
+            peer = self.peer_clocks.get(msg.sender)
+            # the wire insists on clock_ms; a hand-made message in a test may lack it
+            if type(clock_ms) is int and peer is not None and peer.observe(now, clock_ms / 1000.0):
+                return self._clock_verdict_changed(msg.sender, peer, now)
             return []
         if DUPLICATE_NAME in self._blockers:
             # Peers cannot tell our grants from the other process's, so we
@@ -157,6 +182,8 @@ class Node:
             # the protocol hears nothing, which every protocol survives as loss.
             return []
         effects = self.protocol.on_message(msg, now)
+        if effects and self._withhold_grants:
+            effects = _without_grants(effects)
         return self._observe(effects, now) if effects else effects
 
     def on_tick(self, now: float) -> list[Effect]:
@@ -166,7 +193,7 @@ class Node:
             effects += self.set_blocker(DUPLICATE_NAME, False, now)
         if now >= self._next_presence:
             self._next_presence = now + self.membership.presence_interval_s()
-            effects.append(Send(PRESENCE, self.protocol.term))
+            effects.append(Send(PRESENCE, self.protocol.term, {"clock_ms": int(now * 1000.0)}))
         return effects
 
     def deadline(self) -> float:
@@ -291,6 +318,7 @@ class Node:
                 "self": False,
                 "duplicate": self.membership.duplicate(m.name, now),
                 "suspicion": suspicion.get(m.name),
+                "clock": self.peer_clocks[m.name].verdict,
             })
         leader = self.protocol.leader
         return {
@@ -307,7 +335,67 @@ class Node:
             "split_brains": self.split_brains,
             "blocked_by": dict(self._blockers),
             "disk": self.protocol.disk.snapshot(now),
+            "clock": self.clock_status(),
             **self.protocol.extra_status(now),
+        }
+
+    # ---- clocks -----------------------------------------------------------------
+
+    def _clock_verdict_changed(self, name: str, peer: PeerClock, now: float) -> list[Effect]:
+        """One peer's verdict changed: note it, then ask whether the odd clock
+        out is ours (the vote of clockrate.self_blame) and raise or clear the
+        ``clock`` blocker."""
+        bound_ppm = round((self.clock_bounds.rate_high - 1.0) * 1e6)
+        if peer.verdict == BEYOND:
+            self.peer_clock_alarms += 1
+            self._clock_event(now, "peer-beyond", f"{name}'s clock runs at {_fmt_rate(peer.rate())} of ours, "
+                                                  f"beyond the {bound_ppm} ppm bound")
+        elif peer.verdict == WITHIN and self._clock_was_beyond.get(name, False):
+            self._clock_event(now, "peer-cleared", f"{name}'s clock is back within the bound "
+                                                   f"({_fmt_rate(peer.rate())} of ours)")
+        self._clock_was_beyond[name] = peer.verdict == BEYOND
+        known = [n for n, p in self.peer_clocks.items() if p.verdict != UNKNOWN and self.membership.alive(n, now)]
+        beyond = [n for n in known if self.peer_clocks[n].verdict == BEYOND]
+        blamed = "clock" in self._blockers
+        if self_blame(len(beyond), len(known), len(self.peer_clocks)):
+            if blamed:
+                return []
+            self.clock_episodes += 1
+            rates = ", ".join(f"{_fmt_rate(_inverse(self.peer_clocks[n].rate()))} of {n}'s" for n in beyond)
+            detail = (f"our clock runs at {rates} (bound {bound_ppm} ppm, "
+                      f"{len(beyond)} of {len(known)} peers disagree): not standing")
+            self._clock_event(now, "self-beyond", detail)
+            # a fast clock ends our promises early in real time (unsafe);
+            # a slow one late (safe: only a lease of ours would be unsafe)
+            fast = sum(1 for n in beyond if (self.peer_clocks[n].rate() or 1.0) < 1.0)
+            self._withhold_grants = self.protocol_name == QuorumLease.name and 2 * fast > len(beyond)
+            return self.set_blocker("clock", True, now, detail)
+        # cleared only on positive evidence: a peer whose verdict went back
+        # to within, not merely the silence of the ones that disagreed
+        if blamed and any(self.peer_clocks[n].verdict == WITHIN for n in known):
+            self._clock_event(now, "self-cleared", "our clock agrees with our peers' again: standing")
+            self._withhold_grants = False
+            return self.set_blocker("clock", False, now)
+        return []
+
+    def _clock_event(self, now: float, kind: str, text: str) -> None:
+        self.clock_events.append(ClockEvent(kind, text))
+        self.history.append(HistoryEntry(now, "clock", self.protocol.term, {"kind": kind, "detail": text}))
+
+    def clock_status(self) -> dict[str, Any]:
+        rates: dict[str, float] = {}
+        for name, peer in self.peer_clocks.items():
+            r = peer.rate()
+            if r is not None and r > 0.0:
+                rates[name] = round(1.0 / r, 6)
+        return {
+            "ok": "clock" not in self._blockers,
+            # seconds our clock counts per second of each peer's
+            "rate_vs_peers": rates,
+            "beyond": sorted(n for n, p in self.peer_clocks.items() if p.verdict == BEYOND),
+            "bound_ppm": round((self.clock_bounds.rate_high - 1.0) * 1e6),
+            "episodes": self.clock_episodes,
+            "peer_alarms": self.peer_clock_alarms,
         }
 
     # ---- bookkeeping ----------------------------------------------------------
@@ -342,3 +430,23 @@ class Node:
                     HistoryEntry(now, "split_brain", e.term, {"other": e.other, "yielded": e.yielded})
                 )
         return effects
+
+
+def _without_grants(effects: list[Effect]) -> list[Effect]:
+    """quorum-lease's lease grants (a granted VOTE, an ok LEASE_ACK) left out:
+    the protocol still keeps its promise, the requester just cannot count it."""
+    kept: list[Effect] = []
+    for e in effects:
+        if type(e) is Send and ((e.kind == HEARTBEAT_ACK and e.body.get("ok") is True)
+                                or (e.kind == VOTE and e.body.get("granted") is True)):
+            continue
+        kept.append(e)
+    return kept
+
+
+def _inverse(rate: float | None) -> float | None:
+    return None if rate is None or rate <= 0.0 else 1.0 / rate
+
+
+def _fmt_rate(rate: float | None) -> str:
+    return "unknown" if rate is None else f"x{rate:.4f}"

@@ -322,8 +322,23 @@ class Runtime:
         if self._duplicate_fault and DUPLICATE_NAME not in self.node.blockers:
             self._duplicate_fault = False
             log.warning("duplicate name cleared: no other process has used our name for a while; standing again")
+        self._log_clock_events()
         self._schedule()
         return now
+
+    def _log_clock_events(self) -> None:
+        """A clock verdict changed (node.ClockEvent): once per episode. Our
+        own clock found off is the error; a peer's, seen by us, a warning."""
+        assert self.node is not None
+        events = self.node.clock_events
+        while events:
+            event = events.popleft()
+            if event.kind == "self-beyond":
+                log.error("clock: %s", event.text)
+            elif event.kind == "peer-beyond":
+                log.warning("clock: %s", event.text)
+            else:
+                log.info("clock: %s", event.text)
 
     def _schedule(self) -> None:
         assert self.node is not None

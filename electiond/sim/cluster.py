@@ -135,6 +135,9 @@ class Cluster:
         self.after_event: Callable[[float], None] | None = None
         self._check_votes_durable = invariants.votes
         self.disk_failures = 0  # writes that did not land, all hosts
+        # clock verdicts beyond the bound (Node.clock_episodes + peer_clock_alarms)
+        # of daemons that have since crashed; clock_alarms() adds the live ones
+        self.retired_clock_alarms = 0
 
     # ---- state ----------------------------------------------------------------
 
@@ -231,12 +234,21 @@ class Cluster:
         node = h.node
         assert node is not None  # only a running host receives
         effects = node.on_message(msg, h.clock.local(self.now))
+        if node.clock_events:
+            self._note_clock_events(h, node)
         if effects:
             self._carry_out(h, effects)
             if h.node is None:
                 return  # crashed in a write
         self._arm(h)
         self._check(h)
+
+    def _note_clock_events(self, h: Host, node: Node) -> None:
+        # the runtime logs these; here they go to the trace (and nowhere when not tracing)
+        while node.clock_events:
+            e = node.clock_events.popleft()
+            if self.tracing:
+                self.note(f"{h.name} CLOCK {e.kind}: {e.text}")
 
     def _check(self, h: Host) -> None:
         # only a node whose leadership may have changed, or a leader while
@@ -503,6 +515,7 @@ class Cluster:
         if h.node is None:
             return
         self.checker.crashing(self.now, i)
+        self.retired_clock_alarms += h.node.clock_episodes + h.node.peer_clock_alarms
         h.node = None
         h.paused = False
         h.pending_done = False
@@ -586,6 +599,11 @@ class Cluster:
             if h.node is not None and not h.paused and h.node.is_leader(h.clock.local(self.now)):
                 out.append(h.index)
         return out
+
+    def clock_alarms(self) -> int:
+        """Clock verdicts beyond the bound so far, by every daemon that ran."""
+        live = sum(h.node.clock_episodes + h.node.peer_clock_alarms for h in self.hosts if h.node is not None)
+        return self.retired_clock_alarms + live
 
     def agreed_leader(self, among: list[int]) -> int | None:
         """The one leader every node in ``among`` follows, if there is one."""

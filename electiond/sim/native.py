@@ -38,6 +38,7 @@ MODULES = (
     "electiond/protocols/bully.py",
     "electiond/protocols/ring.py",
     "electiond/protocols/lease.py",
+    "electiond/clockrate.py",
     "electiond/detector.py",
     "electiond/node.py",
     "electiond/sim/clock.py",

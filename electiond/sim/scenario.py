@@ -40,6 +40,8 @@ Expectations (checked at the current instant, each node on its own clock):
     expect promotions n3 <= 1   # Promote effects of n3 since the start (N, <= N or >= N)
     expect raises n3 <= 1       # TokenRaised effects of n3 (a sitting leader's new token)
     expect term n3 <= 4 | expect term <= 4   # term comparisons, one node or every one
+    expect blocked n1 clock     # n1's blockers (Node.blockers) include clock
+    expect blocked n2 none      # n2 has none
     expect violation two-leaders  # the invariant checker reported this rule
 
 The invariant checker runs throughout, with the protocol's row of
@@ -316,6 +318,10 @@ class Scenario:
                 self._fail(line, f"{w[1]}'s disk holds {disk}")
             if len(w) > 5 and disk.voted_for != (None if w[5] == "none" else w[5]):
                 self._fail(line, f"{w[1]}'s disk holds {disk}")
+        elif what == "blocked":
+            blockers = sorted(c.hosts[self._node(w[1])].node.blockers)
+            if (w[2] == "none" and blockers) or (w[2] != "none" and w[2] not in blockers):
+                self._fail(line, f"{w[1]} is blocked by {blockers}")
         elif what == "violation":
             rules = [v.rule for v in c.checker.violations[self.seen_violations:]]
             if w[1] not in rules:
