@@ -22,6 +22,10 @@ from electiond.devattack import (HEARTBEATS, Capture, attacker_socket, brick_mut
                                  start_attacker, unicast_ports)
 
 SOURCE = "127.0.0.66"  # "another host"
+# Default 50 ms heartbeats; a lease and election timeout that ride out the
+# stalls of a loaded machine (a parallel suite on two shared cores), so any
+# leadership change is the attack's doing, not the scheduler's.
+TIMING = {"heartbeat_interval": "50ms", "lease": "600ms", "election_timeout": "600ms-900ms"}
 REPLAY_PACE_S = 0.005  # each daemon gets ~2 copies per datagram: 400/s, inside its budget
 
 
@@ -73,7 +77,7 @@ def _everyone_hears_everyone(c: Cluster, within_ms: float = 2000.0) -> bool:
 @pytest.mark.parametrize("protocol", ["quorum-lease", "bully", "ring"])
 def test_unkeyed_brick_mute_and_stall_datagrams_cost_one_drop_each(tmp_path, protocol):
     kind, body = HEARTBEATS[protocol]
-    with Cluster(tmp_path, 3, protocol=protocol) as c:
+    with Cluster(tmp_path, 3, protocol=protocol, timing=TIMING) as c:
         capture = Capture(c.group, c.port, max_seconds=60)
         c.start_all()
         leader = c.wait_leader(15)
@@ -122,7 +126,7 @@ def test_unkeyed_brick_mute_and_stall_datagrams_cost_one_drop_each(tmp_path, pro
 
 
 def test_keyed_cluster_ignores_fuzz_and_replays(tmp_path):
-    with keyed_cluster(tmp_path, 3, "quorum-lease") as c:
+    with keyed_cluster(tmp_path, 3, "quorum-lease", TIMING) as c:
         capture = Capture(c.group, c.port, max_seconds=120)
         c.start_all()  # captured from the first datagram: the election's votes too
         leader = c.wait_leader(15)
