@@ -45,7 +45,8 @@ def envelope(cluster: str, kind: str, sender: str, incarnation: int, seq: int, t
     )
     if mac is None:
         mac = hmac.new(key, inner, hashlib.sha256).digest() if key else b""
-    return msgpack.packb([inner, mac], use_bin_type=True)
+    # wire v2: [inner, key_id, mac]; a bare bytes key is the Codec's key "default"
+    return msgpack.packb([inner, "default" if key else "", mac], use_bin_type=True)
 
 
 # each protocol's leader heartbeat: (kind, body)
