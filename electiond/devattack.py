@@ -31,7 +31,7 @@ import time
 
 import msgpack
 
-from electiond import wire
+from electiond import keys, wire
 from electiond.devcluster import REPO, Cluster
 
 
@@ -57,6 +57,10 @@ HEARTBEATS = {
 }
 
 
+# a beacon body that passes the schema (the beacon carries the sender's clock)
+PRESENCE_BODY = {"clock_ms": 1}
+
+
 def brick_mute_stall(cluster: str, protocol: str, victim: str, victim_incarnation: int,
                      victim_seq: int) -> dict[str, bytes]:
     """The three unauthenticated datagrams found bricking, muting and
@@ -64,8 +68,8 @@ def brick_mute_stall(cluster: str, protocol: str, victim: str, victim_incarnatio
     kind, body = HEARTBEATS[protocol]
     return {
         "brick": envelope(cluster, kind, victim, victim_incarnation, victim_seq + 1, 2**64 - 1, body),
-        "mute": envelope(cluster, "PRESENCE", victim, 2**63 - 1, 1, 0),
-        "stall": envelope(cluster, "PRESENCE", victim, victim_incarnation, victim_seq + 2**32, 0),
+        "mute": envelope(cluster, "PRESENCE", victim, 2**63 - 1, 1, 0, PRESENCE_BODY),
+        "stall": envelope(cluster, "PRESENCE", victim, victim_incarnation, victim_seq + 2**32, 0, PRESENCE_BODY),
     }
 
 
@@ -150,7 +154,8 @@ UNICAST = re.compile(r"unicast=127\.0\.0\.1:(\d+)")
 def keyed_cluster(workdir: pathlib.Path, nodes: int, protocol: str,
                   timing: dict[str, str] | None = None) -> Cluster:
     key = workdir / "cluster.key"
-    key.write_bytes(b"flood-bench-key-0123456789abcdef\n")
+    # the id "default" is what envelope() signs under for a bare key
+    keys.create(str(key), keys.Key("default", b"flood-bench-key-0123456789abcdef"))
     cluster = Cluster(workdir, nodes, protocol=protocol, timing=timing)
     cluster.config_text = cluster.config_text.replace(
         "interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {key}", 1)
@@ -216,7 +221,7 @@ class Capture:
 def fields_of(datagram: bytes) -> list | None:
     """The envelope fields of a datagram, without checking its MAC."""
     try:
-        inner, _mac = msgpack.unpackb(datagram, raw=False)
+        inner, _key_id, _mac = msgpack.unpackb(datagram, raw=False)  # wire v2
         fields = msgpack.unpackb(inner, raw=False)
     except Exception:
         return None

@@ -147,6 +147,7 @@ class Runtime:
             previous_incarnation=previous_incarnation,
             current_term=lambda: self.node.protocol.term,
             clock=time.monotonic,
+            wall_ms=lambda: time.time_ns() // 1_000_000,
         )
         self._unicast, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._on_datagram), sock=unicast_sock

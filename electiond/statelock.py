@@ -60,7 +60,11 @@ def acquire(directory: str) -> StateLock:
         os.makedirs(directory, mode=0o750, exist_ok=True)
         # os.open descriptors are not inherited: a hook left running by a dead
         # daemon must not keep its successor locked out
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        # read-only: the lock must not keep the file system busy, or the state
+        # directory could not be remounted read-only (nor its write faults
+        # tested); flock works on any descriptor, and the PID goes in through a
+        # descriptor of its own that is closed at once
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o640)
     except OSError as exc:
         raise LockError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:
@@ -72,8 +76,11 @@ def acquire(directory: str) -> StateLock:
             raise LockHeld(path, holder) from None
         raise LockError(f"cannot lock {path}: {exc.strerror or exc}") from None
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        write_fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(write_fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(write_fd)
     except OSError as exc:
         os.close(fd)
         raise LockError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -68,6 +68,9 @@ TERM_CONFIRM_MAX_S = 10.0
 # datagram after a very long partition), so one datagram cannot move the
 # window arbitrarily far.
 MAX_SEQ_JUMP = 2**16
+# An incarnation is its daemon's start time in ms since the epoch; a clock a
+# year wrong is broken, and one further ahead is a forgery (2**53 ms: 285,000 years)
+MAX_INCARNATION_AHEAD_MS = 366 * 24 * 3600 * 1000
 # Without a key the replay window is only a duplicate filter (see ReplayWindow)
 UNKEYED_REANCHOR_S = 2.0
 
@@ -229,6 +232,7 @@ class Codec:
         previous_incarnation: int = 0,
         current_term: Callable[[], int] | None = None,
         clock: Callable[[], float] | None = None,
+        wall_ms: Callable[[], int] | None = None,
     ) -> None:
         """current_term: the receiver's term, for the term-jump guard (None:
         no guard). clock: monotonic seconds (the runtime passes
@@ -252,6 +256,7 @@ class Codec:
         self._older_streak: dict[str, int] = {}
         self._current_term = current_term
         self._clock = clock
+        self._wall_ms = wall_ms  # wall-clock ms, to bound incarnations (None: no bound)
         # sender -> (term, first seen) of a term jump waiting for confirmation
         self._pending_terms: dict[str, tuple[int, float]] = {}
 
@@ -343,11 +348,19 @@ class Codec:
         if not (_wire_int(incarnation) and _wire_int(seq) and _wire_int(term) and 1 <= port <= 65535
                 and _body_ok(body)):
             return self._drop("out_of_range")
+        if self._wall_ms is not None and incarnation > self._wall_ms() + MAX_INCARNATION_AHEAD_MS:
+            # incarnations are start times in ms (StateStore.begin_incarnation):
+            # more than a year ahead of our clock is forged, and acting on it would
+            # let one datagram pass for a second process under a member's name
+            return self._drop("out_of_range")
         if cluster != self.cluster:
             return self._drop("wrong_cluster")
         if sender not in self.members:
             return self._drop("unknown_sender")
-        if sender == self.node_name and incarnation == self.incarnation and port == self.unicast_port:
+        if sender == self.node_name and incarnation == self.incarnation:
+            # our own multicast loopback, or a copy of it (relayed, or forged
+            # in an unkeyed cluster): no second process starts in our very
+            # millisecond, so it is never a duplicate of our name
             return self._drop("self")
         # authenticate before looking any deeper, so forged input costs little
         if self._signing is not None:

@@ -98,7 +98,7 @@ def test_unkeyed_brick_mute_and_stall_datagrams_cost_one_drop_each(tmp_path, pro
             # in range, so decoded: a term far ahead, and a future incarnation (a mute attempt)
             attacks.append(envelope(c.cluster_name, kind, victim, incarnation, seq + 300, term + 2**30, body))
             attacks.append(envelope(c.cluster_name, kind, victim, 2**53, 1, 2**53, body))
-            attacks.append(envelope(c.cluster_name, "PRESENCE", victim, 2**53, 2, term))
+            attacks.append(envelope(c.cluster_name, "PRESENCE", victim, 2**53, 2, term, {"clock_ms": 1}))
         _send_all(attacks, targets, pace_s=0.01)
         time.sleep(1.0)
         # a forged future incarnation mutes nobody: stale datagrams pass in an unkeyed cluster

@@ -231,3 +231,13 @@ def test_accepted_counts_only_what_passed():
     assert codec.decode(craft(seq=1)) is None
     assert codec.decode(craft(term=2**64 - 1, seq=2)) is None
     assert codec.accepted == 1
+
+
+def test_an_incarnation_more_than_a_year_ahead_of_our_wall_clock_is_forged():
+    wall_ms = 1_800_000_000_000
+    codec = wire.Codec("c", "n2", {"n1", "n2", "n3"}, KEY, {PRESENCE: {}}, 1, unicast_port=4001,
+                       current_term=lambda: 3, clock=FakeClock(), wall_ms=lambda: wall_ms)
+    ahead = wall_ms + wire.MAX_INCARNATION_AHEAD_MS
+    assert codec.decode(craft(incarnation=ahead)) is not None  # a clock up to a year off still counts
+    assert reason_of(codec, craft(incarnation=ahead + 1, seq=2)) == "out_of_range"
+    assert reason_of(codec, craft(incarnation=2**53, seq=3)) == "out_of_range"
