@@ -65,7 +65,7 @@ def _single_leader_with_vip(lan: Lan, cluster: NetnsCluster, hosts: list[str], d
         leader = cluster.agreed_leader()
         return leader if leader and vip_holders(lan, hosts) == [leader] else None
 
-    return wait_for(check, 20, "one agreed leader holding the VIP alone", diag)
+    return wait_for(check, 40, "one agreed leader holding the VIP alone", diag)
 
 
 def _terms(cluster: NetnsCluster, hosts: list[str]) -> dict[str, int]:
@@ -107,7 +107,7 @@ def test_a_one_way_link_costs_a_bounded_number_of_promotions(tmp_path: Path, pro
         # wait for the recorder, so the leader's own promotion is not counted in the hold
         promoted = sum(1 for e in _history(cluster, leader) if e["event"] == "promote")
         wait_for(lambda: sum(1 for e in cluster.hook_events() if e[1] == "promote" and e[2] == leader) >= promoted,
-                 20, f"{leader}'s promote hooks to finish", diag)
+                 40, f"{leader}'s promote hooks to finish", diag)
         raised_before = sum(1 for e in _history(cluster, leader) if e["event"] == "token_raised")
 
         cut_at = time.time()
