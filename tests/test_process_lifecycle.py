@@ -88,9 +88,21 @@ def test_recover_state_then_the_daemon_starts_recovering(tmp_path):
         status = c.wait_for(lambda: c.status("n1"), 10, "n1 to answer")
         # what the state file says now: until quorum-lease keeps the flag in its
         # own Persist effects, n1's first campaign may already have cleared it
-        assert isinstance(status["recovering"], bool)
+        assert status["recovering"] is True  # alone: no quorum of peers has shown it a term
+        time.sleep(1.0)  # well past its quarantine: still neither voting nor standing
+        status = c.status("n1")
+        assert status["recovering"] is True and status["role"] != "leader"
         assert "recovering: state was reset by --recover-state" in (tmp_path / "n1.log").read_text()
         assert json.loads(state_file(c).read_text())["incarnation"] > 4242
+        # its peers come: once a quorum of them was heard it stores their highest
+        # term with its vote withheld, and is an ordinary member again
+        c.start("n2")
+        c.start("n3")
+        c.wait_leader(15)
+        c.wait_for(lambda: (c.status("n1") or {}).get("recovering") is False, 15, "n1 to finish recovering")
+        stored = json.loads(state_file(c).read_text())
+        assert not stored.get("recovering") and stored["term"] >= 1, stored
+        assert c.agreed_leader() is not None
 
 
 def test_second_daemon_cleanup_and_recover_are_refused_while_one_lives(tmp_path):
