@@ -174,7 +174,8 @@ def check_bad_config() -> None:
 
 
 def check_reload() -> None:
-    instance = "a"
+    # the leader's config: its stepdown then runs a demote hook for certain
+    instance, _ = wait_for(agreed_leader, 30, "an agreed leader before the reload")
     path = f"/etc/electiond/{instance}.conf"
     text = open(path).read()
     text = text.replace(f"record-hook {instance}", f"record-hook {instance}-reloaded")
@@ -183,17 +184,31 @@ def check_reload() -> None:
     sh("systemctl", "reload", unit(instance), check=True)
     wait_for(lambda: "reloaded" in sh("journalctl", "--no-pager", "-u", unit(instance), "-o", "cat").stdout, 15,
              "the reload to be logged")
-    # a role change of a, so one of its hooks runs with the new command
-    leader = agreed_leader()
-    if leader and leader[0] == instance:
-        sh("electionctl", "--socket", f"/run/electiond/{instance}/control.sock", "stepdown", check=True)
-    else:
-        sh("electionctl", "--socket", f"/run/electiond/{leader[0]}/control.sock", "transfer", INSTANCES[instance],
-           check=True)
+    sh("electionctl", "--socket", f"/run/electiond/{instance}/control.sock", "stepdown", check=True)
     ran = wait_for(lambda: [h for h in hook_lines() if h[1] == f"{instance}-reloaded"], 30,
                    "a hook run with the reloaded command")
-    results["reload"] = {"hook_runs": ran, "NRestarts": show(unit(instance), "NRestarts")["NRestarts"]}
+    results["reload"] = {"instance": instance, "hook_runs": ran, "NRestarts": show(unit(instance), "NRestarts")["NRestarts"]}
     note(f"reload: new hook command ran {ran}")
+
+
+def check_upgrade() -> None:
+    """Reinstalling the package (dpkg runs postinst configure with the old
+    version) restarts every running instance with SIGTERM: the leader hands
+    over (demote reason transfer or stepdown, not crash) and a leader is back."""
+    leader, term = wait_for(agreed_leader, 30, "an agreed leader before the upgrade")
+    pids = {i: show(unit(i), "MainPID")["MainPID"] for i in INSTANCES}
+    hooks_before = len(hook_lines())
+    debs = [f for f in os.listdir("/root") if f.startswith("electiond_") and f.endswith(".deb")]
+    sh("dpkg", "-i", f"/root/{debs[0]}", timeout_s=180, check=True)
+    after = {i: show(unit(i), "MainPID", "ActiveState", "NRestarts") for i in INSTANCES}
+    new = wait_for(agreed_leader, 30, "an agreed leader after the upgrade")
+    # (after the reload test, a's hooks say "a-reloaded")
+    leader_demotes = [h for h in hook_lines()[hooks_before:] if h[1].split("-")[0] == leader and h[2] == "demote"
+                      and h[-1] != "startup"]
+    results["upgrade"] = {"leader_before": [leader, term], "pids_before": pids, "after": after,
+                          "leader_after": list(new), "leader_demote_hooks": leader_demotes}
+    note(f"upgrade (dpkg -i again): MainPIDs {pids} -> {[a['MainPID'] for a in after.values()]}, "
+         f"old leader's demote hooks {leader_demotes}, leader after {new}")
 
 
 def main() -> None:
@@ -201,7 +216,7 @@ def main() -> None:
         sh("ip", "link", "set", "lo", "multicast", "on", check=True)
         sh("ip", "route", "add", "239.0.0.0/8", "dev", "lo", check=True)
         for step in (check_start, check_status_text, check_kill_leader, check_watchdog, check_bad_config,
-                     check_reload):
+                     check_reload, check_upgrade):
             note(f"--- {step.__name__}")
             step()
             results.setdefault("passed", []).append(step.__name__)

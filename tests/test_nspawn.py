@@ -37,7 +37,7 @@ ExecStart=/usr/bin/python3 /usr/local/lib/nspawn_checks.py
 StandardOutput=journal+console
 StandardError=journal+console
 # a hung check must not keep the container up until the host's timeout
-RuntimeMaxSec=360
+RuntimeMaxSec=300
 ExecStopPost=/bin/systemctl poweroff --no-block
 
 [Install]
@@ -45,7 +45,10 @@ WantedBy=multi-user.target
 """
 
 RECORD_HOOK = """#!/bin/sh
-# instance, event, term, reason: what tests/nspawn_checks.py looks for
+# instance, event, term, reason: what tests/nspawn_checks.py looks for. The
+# line is written after a pause, so a hook killed early (by the stop's
+# signal) leaves none.
+sleep 0.3
 echo "$(date +%s.%N) $1 $ELECTIOND_EVENT ${ELECTIOND_TERM:-0} $ELECTIOND_REASON" >> /results/hooks.log
 """
 
@@ -205,3 +208,9 @@ def test_package_under_a_real_systemd(rootfs, tmp_path):
     assert shipped["ExecMainStatus"] == "78" and shipped["NRestarts"] == "0" and shipped["says"]
     # reload: the changed hook command ran, without a restart
     assert checks["reload"]["hook_runs"]
+    # an upgrade restarts the running instances gracefully: new PIDs, the old
+    # leader demoted by its stop (not a crash), a leader again
+    upgrade = checks["upgrade"]
+    for instance, before_pid in upgrade["pids_before"].items():
+        assert upgrade["after"][instance]["MainPID"] != before_pid and upgrade["after"][instance]["ActiveState"] == "active"
+    assert upgrade["leader_demote_hooks"] and all(h[-1] != "crash" for h in upgrade["leader_demote_hooks"])
