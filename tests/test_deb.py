@@ -89,6 +89,10 @@ def test_install_run_and_purge(deb, tmp_path):
         refusal = subprocess.run(["/usr/sbin/electiond", "--check-config"], capture_output=True, text=True,
                                  timeout=60, env={"PATH": "/usr/sbin:/usr/bin:/bin"})
         assert refusal.returncode == 78 and "README.Debian" in refusal.stderr, refusal.stderr
+        # what running instances leave, for the purge to remove
+        state = pathlib.Path("/var/lib/electiond/demo")
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "state.json").write_text('{"term": 3, "voted_for": null, "incarnation": 1}')
     finally:
         purged = debpkg.purge()
     assert purged.returncode == 0, purged.stdout + purged.stderr
