@@ -228,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     started_s = time.monotonic()
     # systemd's watchdog kills a wedged loop with SIGABRT: the journal then
     # shows where every thread was stuck
-    faulthandler.enable()
+    try:
+        faulthandler.enable()
+    except (ValueError, OSError, AttributeError):
+        pass  # stderr without a descriptor (called in-process under a capture)
     args = parse_args(argv)
     if args.gen_key:
         return gen_key(args.gen_key, args.key_id, args.add)
