@@ -318,7 +318,8 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         raise cluster.error("protocol", f"unknown protocol {protocol!r} (choose {', '.join(PROTOCOL_NAMES)})")
     members = cluster.convert("members", None, parse_members)
     if members is None:
-        raise cluster.error("members", "is required (e.g. members = n1=1, n2=2, n3=3)")
+        raise cluster.error("members", "is required (e.g. members = n1=1, n2=2, n3=3); the packaged config "
+                            "leaves it, and the key file, for the admin to write (README.Debian)")
     if len(members) % 2 == 0:
         warnings.append(
             f"{path}: [cluster] members: {len(members)} members is an even count; "

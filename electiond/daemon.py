@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -225,6 +226,12 @@ def gen_key(path: str, key_id: str | None, add: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     started_s = time.monotonic()
+    # systemd's watchdog kills a wedged loop with SIGABRT: the journal then
+    # shows where every thread was stuck
+    try:
+        faulthandler.enable()
+    except (ValueError, OSError, AttributeError):
+        pass  # stderr without a descriptor (called in-process under a capture)
     args = parse_args(argv)
     if args.gen_key:
         return gen_key(args.gen_key, args.key_id, args.add)

@@ -385,14 +385,16 @@ class Runtime:
             elif isinstance(effect, Send):
                 self._send(effect)
             elif isinstance(effect, Promote):
-                log.info("promoted: leader of term %d (%s)", effect.term, effect.reason)
+                log.info("promoted: leader of term %d (%s)", effect.term, effect.reason,
+                         extra=self._role_fields("leader", effect.term, self.settings.node_name))
                 self.hooks.submit(Transition("promote", effect.term, self.settings.node_name,
                                              self._leader_seen, effect.reason))
             elif isinstance(effect, TokenRaised):
                 # still the leader: no hooks; status and history show the new token
                 log.warning("fencing token raised to %d while leading (%s)", effect.term, effect.reason)
             elif isinstance(effect, Demote):
-                log.info("demoted in term %d (%s)", effect.term, effect.reason)
+                log.info("demoted in term %d (%s)", effect.term, effect.reason,
+                         extra=self._role_fields("follower", effect.term, None))
                 self.hooks.submit(Transition("demote", effect.term, None, self.settings.node_name, effect.reason))
                 # keep a reference: the loop holds tasks only weakly
                 task = asyncio.get_running_loop().create_task(self._after_demote_hooks())
@@ -514,7 +516,19 @@ class Runtime:
         return status
 
     def status_line(self) -> str:
+        """systemd's STATUS=: role, cluster, term and how many members are heard."""
         assert self.node is not None
         now = time.monotonic()
         leader = self.node.protocol.leader
-        return f"{self.node.role(now)}; leader {leader or 'unknown'}; term {self.node.protocol.term}"
+        role = self.node.role(now)
+        members = self.settings.members
+        alive = sum(1 for m in members if m.name == self.settings.node_name or self.node.membership.alive(m.name, now))
+        where = f"of {self.settings.cluster}" if role == "leader" else \
+            f"in {self.settings.cluster}, leader {leader or 'unknown'}"
+        return f"{role} {where} (term {self.node.protocol.term}), {alive}/{len(members)} members alive"
+
+    @staticmethod
+    def _role_fields(role: str, term: int, leader: str | None) -> dict[str, str]:
+        """Journal fields (JournalHandler sends upper-case extras as fields):
+        `journalctl ELECTIOND_ROLE=leader` finds every promotion."""
+        return {"ELECTIOND_ROLE": role, "ELECTIOND_TERM": str(term), "ELECTIOND_LEADER": leader or ""}

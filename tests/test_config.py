@@ -58,9 +58,24 @@ def test_issue_example_parses(tmp_path):
     assert cfg.keys == () and cfg.warnings == ()
 
 
-def test_shipped_example_validates():
-    cfg = config.load(str(EXAMPLE))
-    assert cfg.protocol == "quorum-lease"
+def filled_in_example(tmp_path) -> str:
+    """The shipped config once the admin did what it asks: members and a key."""
+    key = tmp_path / "key"
+    key.write_text(f"k1 {'ab' * 32}\n")
+    key.chmod(0o600)
+    text = EXAMPLE.read_text()
+    assert "\n# members = n1=1, n2=2, n3=3" in text
+    text = text.replace("\n# members = n1=1, n2=2, n3=3", "\nmembers = n1=1, n2=2, n3=3")
+    text = text.replace("key_file = /etc/electiond/key", f"key_file = {key}")
+    return write(tmp_path, text)
+
+
+def test_shipped_example_refuses_until_members_and_key_are_written(tmp_path):
+    # the package must not run a daemon on placeholders: the refusal names what to do
+    with pytest.raises(config.ConfigError, match=r"\[cluster\] members.*is required.*README.Debian"):
+        config.load(str(EXAMPLE))
+    cfg = config.load(filled_in_example(tmp_path))
+    assert cfg.protocol == "quorum-lease" and len(cfg.keys) == 1
 
 
 def test_node_override_and_durations(tmp_path):
@@ -145,7 +160,7 @@ def test_daemon_exits_78_naming_the_key(tmp_path, old, new, named):
 
 
 def test_check_config_ok(tmp_path):
-    result = run_daemon("--config", str(EXAMPLE), "--check-config")
+    result = run_daemon("--config", filled_in_example(tmp_path), "--check-config")
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
 
