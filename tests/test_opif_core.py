@@ -5,7 +5,7 @@ import random
 
 from electiond.node import PAUSED, PRESENCE, PROMOTE_BACKOFF, PROMOTE_FAULT, Node
 from electiond.protocols.base import Demote, Member, Message, Promote, Send, Settings
-from electiond.protocols.bully import COORDINATOR, HEARTBEAT as BULLY_HEARTBEAT, Bully
+from electiond.protocols.bully import HEARTBEAT as BULLY_HEARTBEAT, Bully
 from lease_harness import Cluster
 
 ONE = (Member("n1", 1),)
@@ -147,6 +147,18 @@ def test_bully_stepdown_is_not_undone_by_the_node_that_stepped_down():
     for t in (1.5, 3.0, 6.0):
         effects = b.on_message(Message(BULLY_HEARTBEAT, "n2", b.term + 1, {}), t)
         assert not [e for e in effects if isinstance(e, Promote)] and b.leader == "n2"
-    # another leader (n1, after n2 died: nobody asked) is preempted as before
-    effects = b.on_message(Message(COORDINATOR, "n1", b.term + 1, {}), 60.0)
-    assert [e for e in effects if isinstance(e, Promote)] and b.role == "leader"
+    # n2 falls silent (a change nobody asked for): we stand again as before
+    t, promoted = 6.0, []
+    for _ in range(1000):
+        if promoted:
+            break
+        t = max(t + 0.01, b.deadline())
+        promoted = [e for e in b.on_tick(t) if isinstance(e, Promote)]
+    assert promoted and b.role == "leader" and t < 10.0
+    # and after that, the stepdown's truce is over: a lower leader is preempted
+    b2 = Bully(s, random.Random(2), 0.0)
+    b2.on_tick(b2.deadline())
+    b2.stepdown(1.0)
+    b2.on_message(Message(BULLY_HEARTBEAT, "n2", b2.term + 1, {}), 1.5)
+    b2._preempt_suppressed("n1")  # n1 leads now: the truce was with n2 only
+    assert not b2._preempt_suppressed("n1") and not b2._preempt_suppressed("n2")
