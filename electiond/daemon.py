@@ -131,14 +131,27 @@ async def serve(cfg: configmod.Config) -> tuple[str, float]:
     if not await runtime.start(stop):
         return f"{stop_signal[0]} while waiting for the network", stop_at_s[0]
     control = ControlServer(cfg.control_socket, cfg.control_socket_mode, command,
-                            cfg.control_max_connections, cfg.control_idle_timeout_s)
+                            cfg.control_max_connections, cfg.control_idle_timeout_s, cfg.admin_group)
     await control.start()
+    metrics_server = None
+    if cfg.metrics_listen is not None:
+        from electiond.metrics import MetricsServer
+
+        metrics_server = MetricsServer(*cfg.metrics_listen, runtime.metrics_text)
+        try:
+            await metrics_server.start()
+        except OSError as exc:
+            # metrics are for watching: a taken port must not stop an election daemon
+            log.error("cannot serve metrics on %s:%d: %s", *cfg.metrics_listen, exc.strerror or exc)
+            metrics_server = None
     sd_notify("READY=1")
     await stop.wait()
     assert runtime.node is not None
     role = runtime.node.role(time.monotonic())
     log.info("stopping on %s (%s)", stop_signal[0], role)
     sd_notify("STOPPING=1")
+    if metrics_server is not None:
+        await metrics_server.stop()
     await runtime.stop()
     await control.stop()
     return f"{stop_signal[0]} ({role})", stop_at_s[0]
@@ -243,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         absent = net.check_interface(cfg.interface)
         if absent:
             print(f"{args.config}: warning: {absent} now; the daemon will wait for it", file=sys.stderr)
+        problems = configmod.hook_problems(cfg)
+        if problems:
+            for problem in problems:
+                print(f"electiond: {args.config}: {problem}", file=sys.stderr)
+            return EX_CONFIG
         auth = (f"{len(cfg.keys)} key(s), signing with {cfg.keys[0].id}" if cfg.keys
                 else "NOT authenticated: no key_file")
         print(f"{args.config}: OK (node {cfg.settings.node_name}, protocol {cfg.protocol}, "
