@@ -88,11 +88,12 @@ class _Writer:
 
     def family(self, name: str, kind: str, help_text: str,
                samples: Iterable[tuple[dict[str, object], float]]) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        suffix = "_total" if kind == "counter" else ""
+        # a counter's family is named with its _total in text format 0.0.4
+        full = f"{name}_total" if kind == "counter" else name
+        self.lines.append(f"# HELP {full} {help_text}")
+        self.lines.append(f"# TYPE {full} {kind}")
         for labels, value in samples:
-            self.lines.append(f"{name}{suffix}{_labels(labels)} {_number(value)}")
+            self.lines.append(f"{full}{_labels(labels)} {_number(value)}")
 
     def one(self, name: str, kind: str, help_text: str, value: float) -> None:
         self.family(name, kind, help_text, [({}, value)])
