@@ -278,11 +278,11 @@ class Node:
     def _duplicate_clears_at(self) -> float:
         return self._own_name_heard_at + DUPLICATE_QUIET_PRESENCES * self.membership.presence_interval_s()
 
-    def transfer(self, target: str | None, now: float) -> list[Effect]:
-        return self._observe(self.protocol.transfer(target, now), now)
+    def transfer(self, target: str | None, now: float, reason: str = "transfer") -> list[Effect]:
+        return self._observe(self.protocol.transfer(target, now, reason), now)
 
-    def stepdown(self, now: float) -> list[Effect]:
-        return self._observe(self.protocol.stepdown(now), now)
+    def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
+        return self._observe(self.protocol.stepdown(now, reason), now)
 
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
         """Health: a failing check is the blocker named ``fault``."""

@@ -219,11 +219,11 @@ class Runtime:
         now = time.monotonic()
         if self.node.is_leader(now):
             try:
-                self._process(lambda now: self.node.transfer(None, now))
+                self._process(lambda now: self.node.transfer(None, now, "shutdown"))
             except CommandError:
                 pass
             if self.node.is_leader(time.monotonic()):
-                self._process(lambda now: self.node.stepdown(now))
+                self._process(lambda now: self.node.stepdown(now, "shutdown"))
         if self.node.is_leader(time.monotonic()):
             self.hooks.submit(Transition("demote", self.node.protocol.term, None, self._leader_seen, "shutdown"))
         if self._timer:
@@ -546,7 +546,7 @@ class Runtime:
                 self._process(lambda now: node.transfer(target, now))
             else:
                 self._process(lambda now: node.stepdown(now))
-            handed = {"handed_over": True, "from": self.settings.node_name, "term": term, "target": target}
+            handed = {"ok": True, "handed_over": True, "from": self.settings.node_name, "term": term, "target": target}
             if wait_s is None:
                 return handed
             return self._wait_served(target, term, wait_s, handed)

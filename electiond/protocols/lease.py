@@ -919,7 +919,7 @@ class QuorumLease(ElectionProtocol):
         self._candidacy_at = max(self._candidacy_at, self._hold_until + self._rank_delay_s())
         return effects
 
-    def transfer(self, target: str | None, now: float) -> list[Effect]:
+    def transfer(self, target: str | None, now: float, reason: str = "transfer") -> list[Effect]:
         effects = self._check_lease(now)
         if effects:
             return effects  # the lease already ran out: nothing left to hand over
@@ -936,7 +936,7 @@ class QuorumLease(ElectionProtocol):
             target = self._best_live_peer(now)
             if target is None:
                 raise CommandError("no live member to transfer to")
-        return self._hand_over(target, now, "transfer", operator=True)
+        return self._hand_over(target, now, reason, operator=reason == "transfer")
 
     def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
         effects = self._check_lease(now)
