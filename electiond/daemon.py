@@ -121,7 +121,14 @@ async def serve(cfg: configmod.Config) -> tuple[str, float]:
     # before the start: a daemon waiting for its interface must still stop at once
     loop.add_signal_handler(signal.SIGTERM, on_stop_signal, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, on_stop_signal, signal.SIGINT)
-    loop.add_signal_handler(signal.SIGHUP, lambda: runtime.reload(cfg.path))
+    control: ControlServer | None = None
+
+    def on_reload() -> None:
+        runtime.reload(cfg.path)
+        if control is not None:
+            control.admin_group = runtime.config.admin_group  # who may mutate: applies at once
+
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     watchdog_s = watchdog_interval_s()
     if watchdog_s:
         def ping() -> None:

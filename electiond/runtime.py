@@ -247,7 +247,7 @@ class Runtime:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         fixed = ("protocol", "settings", "group", "port", "interface", "control_socket",
-                 "control_socket_mode", "state_directory", "health")
+                 "control_socket_mode", "state_directory", "health", "metrics_listen")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
         if bool(new.keys) != bool(self.config.keys):
             # peers would drop our datagrams (or we theirs) until every node switched
@@ -264,6 +264,9 @@ class Runtime:
         self.config = new
         if self.hooks is not None:
             self.hooks.config = new.hooks
+        if self.node is not None:
+            self.node.max_changes_per_hour = new.max_changes_per_hour
+            self.node.promote_backoff.max_failures = new.hooks.max_promote_failures
         if hooks_changed and self.node is not None:
             # new hooks may succeed where the old ones failed
             node = self.node

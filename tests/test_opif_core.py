@@ -162,3 +162,50 @@ def test_bully_stepdown_is_not_undone_by_the_node_that_stepped_down():
     b2.on_message(Message(BULLY_HEARTBEAT, "n2", b2.term + 1, {}), 1.5)
     b2._preempt_suppressed("n1")  # n1 leads now: the truce was with n2 only
     assert not b2._preempt_suppressed("n1") and not b2._preempt_suppressed("n2")
+
+
+# ---- the member table ----------------------------------------------------------------
+
+
+def test_a_leader_timed_out_by_the_protocol_is_shown_dead_until_heard_again():
+    from electiond.protocols.lease import HEARTBEAT
+
+    n = node(THREE, "n2")
+    now = 2.0
+    for k in range(20):
+        now += 0.05
+        n.on_tick(now)
+        n.on_message(Message(HEARTBEAT, "n1", 1, {"round": k, "priority": 100, "sticky": False}), now)
+    row = lambda: next(m for m in n.status(now)["members"] if m["name"] == "n1")  # noqa: E731
+    assert n.protocol.leader == "n1" and row()["alive"]
+    last_heard = now
+    for _ in range(100):  # silence: tick until the protocol gives up on it
+        now = max(now + 0.01, min(n.deadline(), now + 0.05))
+        n.on_tick(now)
+        if n.protocol.leader is None:
+            break
+    assert n.protocol.leader is None and now - last_heard < n.membership.liveness_window_s()
+    assert row()["alive"] is False, "dead once suspected, not only after the slow presence window"
+    n.on_message(Message(PRESENCE, "n1", 1, {}), now + 0.01)
+    assert row()["alive"] is True
+
+
+# ---- the pause file ------------------------------------------------------------------
+
+
+def test_pause_file_round_trip_and_strictness(tmp_path):
+    import pytest
+
+    from electiond import pausefile
+    from electiond.state import StateError
+
+    assert pausefile.load(str(tmp_path)) is False
+    pausefile.save(str(tmp_path))
+    assert pausefile.load(str(tmp_path)) is True
+    pausefile.clear(str(tmp_path))
+    pausefile.clear(str(tmp_path))  # twice is fine
+    assert pausefile.load(str(tmp_path)) is False
+    for junk in (b"", b"yes\n", b'{"paused": false, "since": 1}', b'{"paused": true, "since": 1, "x": 2}'):
+        (tmp_path / "paused").write_bytes(junk)
+        with pytest.raises(StateError, match="paused"):
+            pausefile.load(str(tmp_path))

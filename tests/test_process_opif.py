@@ -39,12 +39,22 @@ def families(text):
     return {f.name: f for f in prometheus_parser.text_string_to_metric_families(text)}
 
 
+PROMOTE_HOOK = """#!/bin/sh
+echo "$(date +%s.%N) $ELECTIOND_EVENT $ELECTIOND_NODE ${ELECTIOND_TERM:-0} $ELECTIOND_REASON" >> "$HOOK_LOG"
+echo "$ELECTIOND_NODE previous=$ELECTIOND_PREVIOUS_LEADER pid=$ELECTIOND_PID token=${ELECTIOND_HOOK_TOKEN:+set}" >> "$HOOK_LOG.env"
+"""
+
+
 def test_every_command_both_modes_exit_codes_sticky_transfer_and_pause(tmp_path):
     port = free_tcp_port()
+    promote_hook = tmp_path / "promote-hook"
+    promote_hook.write_text(PROMOTE_HOOK)
+    promote_hook.chmod(0o755)
     # n3 is preferred and preempts after 1s; transfers away from it must stick
     with Cluster(tmp_path, 3, protocol="quorum-lease", node_options={"preempt_delay": "1s"},
                  per_node={"n3": {"priority": "200"}, "n2": {"priority": "150"}},
-                 control={"n1": {"metrics_listen": f"127.0.0.1:{port}"}}) as c:
+                 control={"n1": {"metrics_listen": f"127.0.0.1:{port}"}},
+                 hooks={"promote": str(promote_hook)}) as c:
         c.start_all()
         leader = c.wait_for(lambda: c.agreed_leader() == "n3" and "n3", 10, "n3 to lead")
         s = {n: c.socket(n) for n in c.names}
@@ -118,6 +128,10 @@ def test_every_command_both_modes_exit_codes_sticky_transfer_and_pause(tmp_path)
         assert result["done"] is True and result["leader"] == "n1" and result["served_term"] > result["term"]
         promotes = [e for e in c.hook_events() if e[1] == "promote" and e[2] == "n1"]
         assert promotes, "n1's promote hook ran before the transfer returned"
+        env_lines = (tmp_path / "hooks.log.env").read_text().splitlines()
+        n1_env = [line for line in env_lines if line.startswith("n1 ")][-1]
+        pid = c.procs["n1"].pid
+        assert n1_env == f"n1 previous=n3 pid={pid} token=set", env_lines
         time.sleep(4.0)  # four preempt delays
         assert c.agreed_leader() == "n1", "the preferred n3 must not take an operator's transfer back"
         st = one_json(ctl(s["n2"], "--json", "status"))
@@ -128,6 +142,11 @@ def test_every_command_both_modes_exit_codes_sticky_transfer_and_pause(tmp_path)
         assert out.returncode == 0 and "stepped down" in out.stdout
         after_stepdown = c.wait_leader(10)
         assert after_stepdown != "n2"
+
+        # more than max_changes_per_hour (2) changes: flagged, one warning per crossing
+        st = c.status("n1")
+        assert st["flapping"] is True and st["leader_changes_last_hour"] > 2
+        assert (tmp_path / "n1.log").read_text().count("leadership flapping") == 1
 
         # ---- pause: a leader hands over first; others see it; it survives a restart
         current = c.wait_leader(10)
