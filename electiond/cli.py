@@ -291,8 +291,11 @@ def _run(args: argparse.Namespace) -> int:
         if "done" in result:
             human = f"{result['leader']} leads and ran its promote hooks (term {result['served_term']})"
         else:
-            human = (f"handed over to {result['target']}" if result.get("target") else "stepped down") + \
-                    f" (was leader of term {result['term']}); the new leader may still be starting"
+            verb = "stepped down" if args.command == "stepdown" else "handed over"
+            to = ""
+            if result.get("target"):
+                to = f", handing over to {result['target']}" if args.command == "stepdown" else f" to {result['target']}"
+            human = f"{verb}{to} (was leader of term {result['term']}); the new leader may still be starting"
         _emit(args, result, human)
         return EXIT_OK
     if args.command == "pause":

@@ -549,6 +549,8 @@ class Runtime:
                 self._process(lambda now: node.transfer(target, now))
             else:
                 self._process(lambda now: node.stepdown(now))
+            # the member the protocol picked when none was named (quorum-lease)
+            target = target or getattr(node.protocol, "handover_target", None)
             handed = {"ok": True, "handed_over": True, "from": self.settings.node_name, "term": term, "target": target}
             if wait_s is None:
                 return handed

@@ -217,6 +217,11 @@ class QuorumLease(ElectionProtocol):
         return self._promised_to, self._promise_until
 
     @property
+    def handover_target(self) -> str | None:
+        """Whom a hand-over under way will wake (None: none, or anyone)."""
+        return self._handover[1] if self._handover is not None else None
+
+    @property
     def quarantine_until(self) -> float:
         """Until then we grant no vote at all (we may have promised before a crash)."""
         return self._quarantine_until
