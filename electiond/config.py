@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import os
 import re
 import shlex
 import socket
@@ -34,6 +35,8 @@ class HooksConfig:
     timeout_s: float = 30.0
     kill_grace_s: float = 5.0
     on_promote_failure: str = "stepdown"  # or "ignore"
+    # consecutive failed promotes (each backs off longer) before FAULT; 0: never FAULT
+    max_promote_failures: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,12 @@ class Config:
     # [control]: bounds that keep idle or hostile clients from using up descriptors
     control_max_connections: int = 64
     control_idle_timeout_s: float = 10.0
+    # [control] metrics_listen = host:port: Prometheus text over HTTP (None: off)
+    metrics_listen: tuple[str, int] | None = None
+    # [control] admin_group: besides root, who may transfer/stepdown/pause/resume
+    admin_group: str | None = None
+    # [monitor] more leadership changes than this in an hour: a warning, a status flag, a metric
+    max_changes_per_hour: int = 2
 
 
 class ConfigError(Exception):
@@ -91,9 +100,11 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "suspicion_threshold", "min_suspicion_timeout", "max_suspicion_timeout",
         "backoff_base", "backoff_max", "backoff_jitter", "answer_timeout",
     ),
-    "control": ("socket", "socket_mode", "max_connections", "idle_timeout"),
+    "control": ("socket", "socket_mode", "max_connections", "idle_timeout", "metrics_listen", "admin_group"),
     "state": ("directory",),
-    "hooks": ("promote", "demote", "fault", "directory", "timeout", "kill_grace", "on_promote_failure"),
+    "hooks": ("promote", "demote", "fault", "directory", "timeout", "kill_grace", "on_promote_failure",
+              "max_promote_failures"),
+    "monitor": ("max_changes_per_hour",),
     "health": ("track_process", "track_script", "track_interface", "interval", "timeout", "rise", "fall"),
 }
 
@@ -269,6 +280,49 @@ def _parse_mode(text: str) -> int:
     return int(text, 8)
 
 
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected address:port, e.g. 127.0.0.1:9798, got {text!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (e.g. 127.0.0.1:9798)") from None
+    return host, int(port)
+
+
+def _parse_group_name(text: str) -> str:
+    import grp
+
+    try:
+        grp.getgrnam(text)
+    except KeyError:
+        raise ValueError(f"no such group {text!r}") from None
+    return text
+
+
+def hook_problems(cfg: "Config") -> list[str]:
+    """Hook commands that cannot run: for --check-config (exit 78). Checked
+    there, not at start, so a hook installed after the daemon still works."""
+    import shutil
+
+    problems = []
+    for event in ("promote", "demote", "fault"):
+        argv = getattr(cfg.hooks, event)
+        if not argv:
+            continue
+        program = argv[0]
+        if "/" in program:
+            if not os.path.exists(program):
+                problems.append(f"[hooks] {event}: {program} does not exist")
+            elif not os.path.isfile(program) or not os.access(program, os.X_OK):
+                problems.append(f"[hooks] {event}: {program} is not an executable file")
+        elif shutil.which(program) is None:
+            problems.append(f"[hooks] {event}: {program!r} is not found on PATH")
+    return problems
+
+
 def _read_keys(path: str, section: _Section) -> tuple[Key, ...]:
     try:
         return keysmod.load(path)
@@ -399,6 +453,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         timeout_s=hooks_sec.duration_s("timeout", 30.0),
         kill_grace_s=hooks_sec.duration_s("kill_grace", 5.0),
         on_promote_failure=on_failure,
+        max_promote_failures=hooks_sec.integer("max_promote_failures", 3, 0, 1000),
     )
     health_sec = sec["health"]
     health = HealthConfig(
@@ -428,4 +483,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         warnings=tuple(warnings),
         control_max_connections=control.integer("max_connections", 64, 1, 4096),
         control_idle_timeout_s=control.duration_s("idle_timeout", 10.0, minimum_s=0.1),
+        metrics_listen=control.convert("metrics_listen", None, _parse_listen),
+        admin_group=control.convert("admin_group", None, _parse_group_name),
+        max_changes_per_hour=sec["monitor"].integer("max_changes_per_hour", 2, 0, 100000),
     )

@@ -1,7 +1,12 @@
 """The control socket: one JSON request per line, one JSON reply per line.
 
 Request: {"cmd": "status", "args": {...}}. Reply: {"ok": true, "result": ...}
-or {"ok": false, "error": "..."}.
+or {"ok": false, "error": "...", "code": ...}: code "permission" (a
+mutating command from a client that is neither root nor in ``admin_group``,
+checked with SO_PEERCRED), "bad_request" (unknown command or argument),
+"busy" (see below), or none (the command was refused: not the leader...).
+A handler may return an awaitable (pause, transfer --wait): the reply waits
+for it; other connections are served meanwhile.
 
 Clients are bounded so that they cannot use up the daemon's descriptors (a
 daemon out of descriptors cannot start its promote hook): at most
@@ -13,9 +18,14 @@ that sends no full request within ``idle_timeout_s`` is closed.
 from __future__ import annotations
 
 import asyncio
+import grp
+import inspect
 import json
 import logging
 import os
+import pwd
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +39,48 @@ IDLE_TIMEOUT_S = 10.0
 # a flood of refused connections must not flood the journal too
 REFUSAL_LOG_INTERVAL_S = 10.0
 BUSY = "busy"  # the "code" of a refusal; electionctl treats it as "cannot reach the daemon"
+PERMISSION = "permission"
+BAD_REQUEST = "bad_request"
+# commands that change what the cluster does: root or [control] admin_group only
+MUTATING = frozenset({"transfer", "stepdown", "pause", "resume"})
+
+
+class BadRequest(CommandError):
+    """The request itself is wrong (unknown command, node or argument)."""
+
+
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    if sock is None:
+        return None
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, gid = struct.unpack("3i", data)
+    return pid, uid, gid
+
+
+def may_mutate(uid: int, gid: int, admin_group: str | None) -> tuple[bool, str]:
+    """Root, the daemon's own user, or a member of admin_group (primary or
+    supplementary, looked up now: a user added to the group needs no restart)."""
+    if uid == 0 or uid == os.geteuid():
+        return True, ""
+    if admin_group is None:
+        return False, "only root may do this (set [control] admin_group to allow a group)"
+    try:
+        group = grp.getgrnam(admin_group)
+    except KeyError:
+        return False, f"[control] admin_group {admin_group!r} does not exist"
+    if gid == group.gr_gid:
+        return True, ""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False, f"uid {uid} is unknown and not in group {admin_group!r}"
+    if user.pw_name in group.gr_mem or group.gr_gid in os.getgrouplist(user.pw_name, user.pw_gid):
+        return True, ""
+    return False, f"user {user.pw_name} is neither root nor in group {admin_group!r}"
 
 
 class ControlServer:
@@ -39,6 +91,7 @@ class ControlServer:
         handler: Callable[[str, dict[str, Any]], Any],
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        admin_group: str | None = None,
     ) -> None:
         self.path = path
         self.mode = mode
@@ -51,6 +104,8 @@ class ControlServer:
         self.refused = 0  # turned away at the cap, since start
         self.idle_closed = 0  # closed for idling, since start
         self._refusal_logged_at: float | None = None
+        self.admin_group = admin_group
+        self.permission_refused = 0
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -58,6 +113,7 @@ class ControlServer:
             "max_connections": self.max_connections,
             "refused": self.refused,
             "idle_closed": self.idle_closed,
+            "permission_refused": self.permission_refused,
         }
 
     async def start(self) -> None:
@@ -86,7 +142,7 @@ class ControlServer:
         except FileNotFoundError:
             pass
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    async def _answer(self, line: bytes, creds: tuple[int, int, int] | None) -> dict[str, Any]:
         try:
             request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
@@ -95,9 +151,24 @@ class ControlServer:
             if not isinstance(args, dict):
                 raise ValueError("'args' must be an object")
         except ValueError as exc:
-            return {"ok": False, "error": f"bad request: {exc}"}
+            return {"ok": False, "code": BAD_REQUEST, "error": f"bad request: {exc}"}
+        if request["cmd"] in MUTATING:
+            if creds is None:
+                allowed, why = False, "cannot tell who is asking (no SO_PEERCRED)"
+            else:
+                allowed, why = may_mutate(creds[1], creds[2], self.admin_group)
+            if not allowed:
+                self.permission_refused += 1
+                log.warning("control: refused %s from pid %s uid %s: %s", request["cmd"],
+                            creds and creds[0], creds and creds[1], why)
+                return {"ok": False, "code": PERMISSION, "error": f"permission denied: {why}"}
         try:
-            return {"ok": True, "result": self._handler(request["cmd"], args)}
+            result = self._handler(request["cmd"], args)
+            if inspect.isawaitable(result):
+                result = await result
+            return {"ok": True, "result": result}
+        except BadRequest as exc:
+            return {"ok": False, "code": BAD_REQUEST, "error": str(exc)}
         except CommandError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a bug must not kill the daemon: report it
@@ -123,6 +194,7 @@ class ControlServer:
             return
         self.connections += 1
         self._clients.add(writer)
+        creds = peer_credentials(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -138,7 +210,7 @@ class ControlServer:
                     break
                 if not line:
                     break
-                reply = self._answer(line)
+                reply = await self._answer(line, creds)
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
                 # a client that stops reading its replies is idle too
                 await asyncio.wait_for(writer.drain(), self.idle_timeout_s)

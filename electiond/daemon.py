@@ -122,7 +122,14 @@ async def serve(cfg: configmod.Config) -> tuple[str, float]:
     # before the start: a daemon waiting for its interface must still stop at once
     loop.add_signal_handler(signal.SIGTERM, on_stop_signal, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, on_stop_signal, signal.SIGINT)
-    loop.add_signal_handler(signal.SIGHUP, lambda: runtime.reload(cfg.path))
+    control: ControlServer | None = None
+
+    def on_reload() -> None:
+        runtime.reload(cfg.path)
+        if control is not None:
+            control.admin_group = runtime.config.admin_group  # who may mutate: applies at once
+
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     watchdog_s = watchdog_interval_s()
     if watchdog_s:
         def ping() -> None:
@@ -132,14 +139,27 @@ async def serve(cfg: configmod.Config) -> tuple[str, float]:
     if not await runtime.start(stop):
         return f"{stop_signal[0]} while waiting for the network", stop_at_s[0]
     control = ControlServer(cfg.control_socket, cfg.control_socket_mode, command,
-                            cfg.control_max_connections, cfg.control_idle_timeout_s)
+                            cfg.control_max_connections, cfg.control_idle_timeout_s, cfg.admin_group)
     await control.start()
+    metrics_server = None
+    if cfg.metrics_listen is not None:
+        from electiond.metrics import MetricsServer
+
+        metrics_server = MetricsServer(*cfg.metrics_listen, runtime.metrics_text)
+        try:
+            await metrics_server.start()
+        except OSError as exc:
+            # metrics are for watching: a taken port must not stop an election daemon
+            log.error("cannot serve metrics on %s:%d: %s", *cfg.metrics_listen, exc.strerror or exc)
+            metrics_server = None
     sd_notify("READY=1")
     await stop.wait()
     assert runtime.node is not None
     role = runtime.node.role(time.monotonic())
     log.info("stopping on %s (%s)", stop_signal[0], role)
     sd_notify("STOPPING=1")
+    if metrics_server is not None:
+        await metrics_server.stop()
     await runtime.stop()
     await control.stop()
     return f"{stop_signal[0]} ({role})", stop_at_s[0]
@@ -251,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         if absent:
             outlook = "the daemon will wait for it" if absent.transient else "the daemon would exit 69"
             print(f"{args.config}: warning: {absent} now; {outlook}", file=sys.stderr)
+        problems = configmod.hook_problems(cfg)
+        if problems:
+            for problem in problems:
+                print(f"electiond: {args.config}: {problem}", file=sys.stderr)
+            return EX_CONFIG
         auth = (f"{len(cfg.keys)} key(s), signing with {cfg.keys[0].id}" if cfg.keys
                 else "NOT authenticated: no key_file")
         print(f"{args.config}: OK (node {cfg.settings.node_name}, protocol {cfg.protocol}, "

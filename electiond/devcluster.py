@@ -58,6 +58,7 @@ class Cluster:
         timing: dict[str, str] | None = None,
         hooks: dict[str, str] | None = None,
         per_node: dict[str, dict[str, str]] | None = None,
+        control: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.workdir = workdir
         self.names = [f"n{i}" for i in range(1, size + 1)]
@@ -73,6 +74,7 @@ class Cluster:
         self.group = f"239.255.{(unique >> 8) % 256}.{unique % 256}"
         self.port = free_udp_port()
         self.per_node = per_node or {}
+        self.control = control or {}  # node -> extra [control] keys (metrics_listen, socket_mode...)
         node_lines = "\n".join(f"{k} = {v}" for k, v in (node_options or {}).items())
         timing_lines = "\n".join(f"{k} = {v}" for k, v in (timing or {}).items())
         hook_cfg = {"promote": f"{hook}", "demote": f"{hook}", "fault": f"{hook}", "timeout": "10s"}
@@ -100,7 +102,8 @@ interface = 127.0.0.1
     def config_path(self, name: str) -> pathlib.Path:
         path = self.workdir / f"{name}.conf"
         text = self.config_text
-        text += f"\n[control]\nsocket = {self.socket(name)}\n\n[state]\ndirectory = {self.workdir / name}\n"
+        control = "".join(f"{k} = {v}\n" for k, v in self.control.get(name, {}).items())
+        text += f"\n[control]\nsocket = {self.socket(name)}\n{control}\n[state]\ndirectory = {self.workdir / name}\n"
         extra = self.per_node.get(name)
         if extra:
             text = text.replace("[node]\n", "[node]\n" + "".join(f"{k} = {v}\n" for k, v in extra.items()))

@@ -14,7 +14,9 @@ from typing import Any, Final, Mapping
 
 from electiond.clockrate import BEYOND, UNKNOWN, WITHIN, ClockBounds, PeerClock, self_blame
 from electiond.detector import PeerWatches
+from electiond.promote_backoff import PromoteBackoff
 from electiond.protocols.base import (
+    ROLE_CANDIDATE,
     ROLE_FOLLOWER,
     ROLE_LEADER,
     Demote,
@@ -51,6 +53,11 @@ PRESENCE: Final = "PRESENCE"
 # this many presence intervals (it beacons once per interval while it runs).
 DUPLICATE_NAME: Final = "duplicate_name"
 DUPLICATE_QUIET_PRESENCES: Final = 3
+# maintenance mode (`electionctl pause`): a blocker like any other
+PAUSED: Final = "paused"
+# promote hooks that keep failing: a growing wait, then FAULT (promote_backoff.py)
+PROMOTE_BACKOFF: Final = "promote_backoff"
+PROMOTE_FAULT: Final = "promote_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +83,42 @@ class Membership:
         self._settings = settings
         self._last_seen: dict[str, float | None] = {m.name: None for m in settings.peers()}
         self._duplicate_seen: dict[str, float] = {}  # name -> last time two processes used it
+        # what each peer's last PRESENCE said about itself (paused, fault, served term)
+        self._reported: dict[str, dict[str, Any]] = {}
+        # peers whose leadership our protocol gave up on by timeout, and when:
+        # shown dead until they are heard again
+        self._suspected_at: dict[str, float] = {}
 
     def saw(self, name: str, now: float) -> None:
         if name in self._last_seen:
             self._last_seen[name] = now
+            if name in self._suspected_at:
+                del self._suspected_at[name]
+
+    def report(self, name: str, body: dict[str, Any]) -> None:
+        """A PRESENCE body: only fields of the right type are kept (the wire
+        schema requires none, so a peer without them is simply not shown)."""
+        if name not in self._last_seen:
+            return
+        kept: dict[str, Any] = {}
+        for key in ("paused", "fault"):
+            value = body.get(key)
+            if type(value) is bool:
+                kept[key] = value
+        served = body.get("served_term")
+        if type(served) is int:
+            kept["served_term"] = served
+        self._reported[name] = kept
+
+    def reported(self, name: str) -> dict[str, Any]:
+        return self._reported.get(name, {})
+
+    def suspect(self, name: str, now: float) -> None:
+        if name in self._last_seen:
+            self._suspected_at[name] = now
+
+    def suspected(self, name: str) -> bool:
+        return name in self._suspected_at
 
     def saw_duplicate(self, name: str, now: float) -> None:
         if name in self._last_seen:
@@ -114,6 +153,8 @@ class Node:
         now: float,
         persisted: PersistedState | None = None,
         registry: Mapping[str, type[ElectionProtocol]] | None = None,
+        max_promote_failures: int = 3,
+        max_changes_per_hour: int = FLAP_CHANGES_PER_HOUR,
     ) -> None:
         # registry: a copy of PROTOCOLS with a variant swapped in (the
         # simulator's mutants); the daemon never passes one
@@ -160,6 +201,21 @@ class Node:
         # quorum-lease, our clock beyond its bound and fast: a promise we make
         # would end too early in real time, so no lease may count on our grants
         self._withhold_grants = False
+        self.max_changes_per_hour = max_changes_per_hour
+        # failed promote hooks: back off, then FAULT (a base of a few election
+        # rounds: long enough that the rest of the cluster settles meanwhile)
+        self.promote_backoff = PromoteBackoff(
+            max_failures=max_promote_failures,
+            base_s=max(1.0, 4 * settings.election_timeout_max_s),
+            cap_s=60.0,
+            rng=rng,  # drawn from only on a failure: the simulator's traces stay as they were
+        )
+        self.served_term = -1  # the term of the last promote whose hooks all succeeded
+        # elections seen from here: role changes into and out of candidacy
+        self.elections_started = 0
+        self.elections_won = 0
+        self.elections_lost = 0
+        self._last_role = self.protocol.role
 
     # ---- inputs -----------------------------------------------------------
 
@@ -170,6 +226,7 @@ class Node:
         self.membership.saw(msg.sender, now)
         if msg.kind == PRESENCE:
             self.peer_watches.observe(msg.sender, now)
+            self.membership.report(msg.sender, msg.body)
             clock_ms = msg.body.get("clock_ms")
             peer = self.peer_clocks.get(msg.sender)
             # the wire insists on clock_ms; a hand-made message in a test may lack it
@@ -184,17 +241,38 @@ class Node:
         effects = self.protocol.on_message(msg, now)
         if effects and self._withhold_grants:
             effects = _without_grants(effects)
-        return self._observe(effects, now) if effects else effects
+        if not effects:
+            self._note_role()
+            return effects
+        return self._observe(effects, now)
 
     def on_tick(self, now: float) -> list[Effect]:
+        leader_before = self.protocol.leader
         effects = self._observe(self.protocol.on_tick(now), now)
+        if leader_before is not None and leader_before != self.settings.node_name and self.protocol.leader is None:
+            # the protocol timed its leader out: show it dead at once, not
+            # only when the slow presence window ends
+            self.membership.suspect(leader_before, now)
+        if PROMOTE_BACKOFF in self._blockers and now >= self.promote_backoff.until:
+            effects += self.set_blocker(PROMOTE_BACKOFF, False, now)
         if DUPLICATE_NAME in self._blockers and now >= self._duplicate_clears_at():
             self.history.append(HistoryEntry(now, "duplicate_name_cleared", self.protocol.term, {}))
             effects += self.set_blocker(DUPLICATE_NAME, False, now)
         if now >= self._next_presence:
-            self._next_presence = now + self.membership.presence_interval_s()
-            effects.append(Send(PRESENCE, self.protocol.term, {"clock_ms": int(now * 1000.0)}))
+            effects.append(self.announce(now))
         return effects
+
+    def announce(self, now: float) -> Send:
+        """The PRESENCE beacon, due now or sent early (the shell sends one when
+        a promote hook finished, so a waiting `transfer --wait` hears it)."""
+        self._next_presence = now + self.membership.presence_interval_s()
+        body = {
+            "paused": PAUSED in self._blockers,
+            "fault": any(name != PAUSED for name in self._blockers),
+            "served_term": self.served_term,
+            "clock_ms": int(now * 1000.0),  # peers estimate our clock's rate from it
+        }
+        return Send(PRESENCE, self.protocol.term, body)
 
     def deadline(self) -> float:
         d = self.protocol.deadline()
@@ -204,6 +282,8 @@ class Node:
             clears = self._duplicate_clears_at()
             if clears < d:
                 d = clears
+        if PROMOTE_BACKOFF in self._blockers and self.promote_backoff.until < d:
+            d = self.promote_backoff.until
         return d
 
     def heard_own_name(self, now: float, detail: str) -> list[Effect]:
@@ -226,11 +306,11 @@ class Node:
     def _duplicate_clears_at(self) -> float:
         return self._own_name_heard_at + DUPLICATE_QUIET_PRESENCES * self.membership.presence_interval_s()
 
-    def transfer(self, target: str | None, now: float) -> list[Effect]:
-        return self._observe(self.protocol.transfer(target, now), now)
+    def transfer(self, target: str | None, now: float, reason: str = "transfer") -> list[Effect]:
+        return self._observe(self.protocol.transfer(target, now, reason), now)
 
-    def stepdown(self, now: float) -> list[Effect]:
-        return self._observe(self.protocol.stepdown(now), now)
+    def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
+        return self._observe(self.protocol.stepdown(now, reason), now)
 
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
         """Health: a failing check is the blocker named ``fault``."""
@@ -255,6 +335,63 @@ class Node:
     @property
     def blockers(self) -> dict[str, str]:
         return dict(self._blockers)
+
+    # ---- maintenance and failing promote hooks ------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return PAUSED in self._blockers
+
+    def pause(self, now: float) -> list[Effect]:
+        """Maintenance: stand for nothing; a leader hands over (the protocol's
+        step-down for an ineligible leader)."""
+        if PAUSED in self._blockers:
+            return []
+        self.history.append(HistoryEntry(now, "paused", self.protocol.term, {}))
+        return self.set_blocker(PAUSED, True, now, "paused by the operator (electionctl resume)")
+
+    def resume(self, now: float) -> list[Effect]:
+        """End maintenance, and forgive failed promote hooks: the operator
+        says the node can serve again."""
+        effects: list[Effect] = []
+        if PAUSED in self._blockers:
+            self.history.append(HistoryEntry(now, "resumed", self.protocol.term, {}))
+            effects += self.set_blocker(PAUSED, False, now)
+        return effects + self.forgive_promote_failures(now, "resumed")
+
+    def forgive_promote_failures(self, now: float, why: str) -> list[Effect]:
+        """A reason to believe a promote hook would now succeed (an operator's
+        resume, a health check that rose, new hooks on reload)."""
+        if self.promote_backoff.failures == 0 and PROMOTE_FAULT not in self._blockers:
+            return []
+        self.history.append(HistoryEntry(now, "promote_failures_cleared", self.protocol.term,
+                                         {"failures": self.promote_backoff.failures, "why": why}))
+        self.promote_backoff.reset()
+        effects = self.set_blocker(PROMOTE_BACKOFF, False, now)
+        return effects + self.set_blocker(PROMOTE_FAULT, False, now)
+
+    def promote_hooks_done(self, ok: bool, term: int, now: float, detail: str = "") -> list[Effect]:
+        """The promote hooks of ``term`` finished. A failure makes the node
+        ineligible (a leader steps down) for a wait that doubles with each
+        consecutive failure, and after ``max_promote_failures`` of them puts
+        it in FAULT until forgiven: an ineligible node never preempts, so a
+        broken hook cannot churn the cluster."""
+        if ok:
+            self.served_term = term
+            self.promote_backoff.reset()
+            return []
+        wait_s = self.promote_backoff.failed(now)
+        failures = self.promote_backoff.failures
+        if self.promote_backoff.exhausted:
+            self.history.append(HistoryEntry(now, PROMOTE_FAULT, term, {"failures": failures, "detail": detail}))
+            effects = self.set_blocker(
+                PROMOTE_FAULT, True, now,
+                f"{failures} promote hooks failed in a row ({detail}); fix the hook, then electionctl resume")
+            return effects + self.set_blocker(PROMOTE_BACKOFF, False, now)
+        self.history.append(HistoryEntry(now, PROMOTE_BACKOFF, term,
+                                         {"failures": failures, "wait_s": round(wait_s, 3), "detail": detail}))
+        return self.set_blocker(PROMOTE_BACKOFF, True, now,
+                                f"promote hook failed {failures}x ({detail}); standing again in {wait_s:.1f}s")
 
     def demote_hooks_done(self, now: float) -> list[Effect]:
         """Call when the demote hooks submitted for a Demote effect finished."""
@@ -297,7 +434,7 @@ class Node:
 
     def flapping(self, now: float) -> bool:
         self._trim_changes(now)
-        return len(self.leader_changes) > FLAP_CHANGES_PER_HOUR
+        return len(self.leader_changes) > self.max_changes_per_hour
 
     def status(self, now: float) -> dict[str, Any]:
         s = self.settings
@@ -307,18 +444,22 @@ class Node:
         for m in s.members:
             if m.name == s.node_name:
                 members.append({"name": m.name, "id": m.id, "alive": True, "last_seen_ms": 0.0, "self": True,
-                                "duplicate": DUPLICATE_NAME in self._blockers})
+                                "duplicate": DUPLICATE_NAME in self._blockers,
+                                "paused": PAUSED in self._blockers,
+                                "fault": any(name != PAUSED for name in self._blockers)})
                 continue
             seen = self.membership.last_seen(m.name)
             members.append({
                 "name": m.name,
                 "id": m.id,
-                "alive": self.membership.alive(m.name, now),
+                # heard lately, and not timed out as leader since
+                "alive": self.membership.alive(m.name, now) and not self.membership.suspected(m.name),
                 "last_seen_ms": None if seen is None else round((now - seen) * 1000, 1),
                 "self": False,
                 "duplicate": self.membership.duplicate(m.name, now),
                 "suspicion": suspicion.get(m.name),
                 "clock": self.peer_clocks[m.name].verdict,
+                **self.membership.reported(m.name),
             })
         leader = self.protocol.leader
         return {
@@ -331,7 +472,15 @@ class Node:
             "members": members,
             "quorum": s.quorum,
             "leader_changes_last_hour": len(self.leader_changes),
-            "flapping": len(self.leader_changes) > FLAP_CHANGES_PER_HOUR,
+            "flapping": len(self.leader_changes) > self.max_changes_per_hour,
+            "max_changes_per_hour": self.max_changes_per_hour,
+            "paused": PAUSED in self._blockers,
+            "promote_failures": self.promote_backoff.failures,
+            "promote_backoff_ms": (round(max(0.0, self.promote_backoff.until - now) * 1000, 1)
+                                   if PROMOTE_BACKOFF in self._blockers else None),
+            "served_term": self.served_term,
+            "elections": {"started": self.elections_started, "won": self.elections_won,
+                          "lost": self.elections_lost},
             "split_brains": self.split_brains,
             "blocked_by": dict(self._blockers),
             "disk": self.protocol.disk.snapshot(now),
@@ -404,7 +553,19 @@ class Node:
         while self.leader_changes and now - self.leader_changes[0] > FLAP_WINDOW_S:
             self.leader_changes.popleft()
 
+    def _note_role(self) -> None:
+        role = self.protocol.role
+        if role == self._last_role:
+            return
+        if role == ROLE_CANDIDATE:
+            self.elections_started += 1
+        elif self._last_role == ROLE_CANDIDATE and role != ROLE_LEADER:
+            self.elections_lost += 1
+        self._last_role = role
+
     def _observe(self, effects: list[Effect], now: float) -> list[Effect]:
+        role_before = self._last_role
+        self._note_role()
         persist_seen = False
         for e in effects:
             if type(e) is Send:
@@ -413,6 +574,11 @@ class Node:
                 persist_seen = True
                 self._promote_after_persist = None
             elif isinstance(e, Promote):
+                # won: every Promote; one without a candidacy seen (bully's
+                # top id, a cluster of one) started its election too
+                self.elections_won += 1
+                if role_before != ROLE_CANDIDATE:
+                    self.elections_started += 1
                 if persist_seen:
                     self._promote_after_persist = e.term
                 self.history.append(HistoryEntry(now, "promote", e.term, {"reason": e.reason}))

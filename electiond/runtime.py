@@ -18,13 +18,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from electiond import metrics
 from electiond import net
+from electiond import pausefile
 from electiond import sockfilter
 from electiond.budget import SourceBudget, rates_for
 from electiond.config import Config
 from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
+from electiond.control import BadRequest
 from electiond.node import DUPLICATE_NAME, Node
 from electiond.protocols.base import (
     CommandError,
@@ -72,6 +75,20 @@ def make_hook_runner(
     )
 
 
+def _iso(wall_s: float) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_s))
+    return f"{stamp}.{int(wall_s % 1 * 1000):03d}Z"
+
+
+def _wait_arg(args: dict[str, Any]) -> float | None:
+    wait_s = args.get("wait_s")
+    if wait_s is None:
+        return None
+    if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 < wait_s <= 3600:
+        raise BadRequest(f"wait_s must be a number of seconds in (0, 3600], got {wait_s!r}")
+    return float(wait_s)
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, handler: Callable[[bytes, tuple[str, int]], None]) -> None:
         self._handler = handler
@@ -112,6 +129,10 @@ class Runtime:
         self.budget = SourceBudget(*rates_for(len(self.settings.members), self.settings.heartbeat_interval_s))
         self.shield = sockfilter.FloodShield(self._apply_socket_filter)
         self._sockets: list[Any] = []
+        self.counters = metrics.Counters()
+        self._last_leader: str | None = None  # the last leader known (never None once one was): PREVIOUS_LEADER
+        self._flapping = False  # one warning per crossing of [monitor] max_changes_per_hour
+        self._promote_failed_terms: set[int] = set()  # a promote of this term had a failing hook
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -131,7 +152,14 @@ class Runtime:
         incarnation = self.store.begin_incarnation()
         now = time.monotonic()
         rng = random.Random(random.SystemRandom().getrandbits(64))
-        self.node = Node(self.settings, self.config.protocol, rng, now, persisted)
+        self.node = Node(self.settings, self.config.protocol, rng, now, persisted,
+                         max_promote_failures=self.config.hooks.max_promote_failures,
+                         max_changes_per_hour=self.config.max_changes_per_hour)
+        if pausefile.load(self.config.state_directory):  # PauseFileError (a StateError) refuses the start
+            # maintenance survives a restart: blocked before the node can stand
+            self.node.pause(now)
+            log.warning("paused (maintenance, from %s): not standing for election until electionctl resume",
+                        pausefile.path(self.config.state_directory))
         if persisted is not None and persisted.recovering:
             log.warning("recovering: state was reset by --recover-state; %s", RECOVERING_MEANS)
         # the codec exists before the loop reads a socket: a datagram that
@@ -192,11 +220,11 @@ class Runtime:
         now = time.monotonic()
         if self.node.is_leader(now):
             try:
-                self._process(lambda now: self.node.transfer(None, now))
+                self._process(lambda now: self.node.transfer(None, now, "shutdown"))
             except CommandError:
                 pass
             if self.node.is_leader(time.monotonic()):
-                self._process(lambda now: self.node.stepdown(now))
+                self._process(lambda now: self.node.stepdown(now, "shutdown"))
         if self.node.is_leader(time.monotonic()):
             self.hooks.submit(Transition("demote", self.node.protocol.term, None, self._leader_seen, "shutdown"))
         if self._timer:
@@ -220,7 +248,7 @@ class Runtime:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         fixed = ("protocol", "settings", "group", "port", "interface", "control_socket",
-                 "control_socket_mode", "state_directory", "health")
+                 "control_socket_mode", "state_directory", "health", "metrics_listen")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
         if bool(new.keys) != bool(self.config.keys):
             # peers would drop our datagrams (or we theirs) until every node switched
@@ -233,9 +261,17 @@ class Runtime:
             self.codec.set_keys(new.keys)
             log.info("keys reloaded from %s: signing with %r, accepting %s", new.key_file,
                      new.keys[0].id, ", ".join(repr(k.id) for k in new.keys))
+        hooks_changed = new.hooks != self.config.hooks
         self.config = new
         if self.hooks is not None:
             self.hooks.config = new.hooks
+        if self.node is not None:
+            self.node.max_changes_per_hour = new.max_changes_per_hour
+            self.node.promote_backoff.max_failures = new.hooks.max_promote_failures
+        if hooks_changed and self.node is not None:
+            # new hooks may succeed where the old ones failed
+            node = self.node
+            self._process(lambda now: node.forgive_promote_failures(now, "hooks reloaded"))
         logging.getLogger().setLevel(new.log_level.upper())
         log.info("reloaded %s", path)
 
@@ -266,6 +302,7 @@ class Runtime:
         if msg.recipient is not None and msg.recipient != self.settings.node_name:
             return
         self._peer_addresses[msg.sender] = (addr[0], received.unicast_port)
+        self.counters.received[msg.kind] = self.counters.received.get(msg.kind, 0) + 1
         self._process(lambda now: self.node.on_message(msg, now))
 
     def _on_duplicate(self, received: Received, addr: tuple[str, int]) -> None:
@@ -388,7 +425,7 @@ class Runtime:
                 log.info("promoted: leader of term %d (%s)", effect.term, effect.reason,
                          extra=self._role_fields("leader", effect.term, self.settings.node_name))
                 self.hooks.submit(Transition("promote", effect.term, self.settings.node_name,
-                                             self._leader_seen, effect.reason))
+                                             self._last_leader, effect.reason))
             elif isinstance(effect, TokenRaised):
                 # still the leader: no hooks; status and history show the new token
                 log.warning("fencing token raised to %d while leading (%s)", effect.term, effect.reason)
@@ -403,9 +440,12 @@ class Runtime:
             elif isinstance(effect, LeaderChanged):
                 if effect.leader != self._leader_seen:
                     log.info("leader is now %s (term %d)", effect.leader or "unknown", effect.term)
+                    if effect.leader is not None:
+                        self.counters.leadership_changes += 1
                 self._leader_seen = effect.leader
-                if self.node.flapping(now):
-                    log.warning("leadership flapping: %d changes in the last hour", len(self.node.leader_changes))
+                if effect.leader is not None and effect.leader != self.settings.node_name:
+                    self._last_leader = effect.leader
+                self._check_flapping(now)
             elif isinstance(effect, SplitBrain):
                 log.warning("split brain: %s also claimed leadership (term %d); %s",
                             effect.other, effect.term, "we yielded" if effect.yielded else "it must yield")
@@ -416,6 +456,17 @@ class Runtime:
         if line != self._last_status_line:
             self._last_status_line = line
             self._on_status(line)
+
+    def _check_flapping(self, now: float) -> None:
+        assert self.node is not None
+        flapping = self.node.flapping(now)
+        if flapping and not self._flapping:
+            self.counters.flap_warnings += 1
+            log.warning("leadership flapping: %d changes in the last hour, above [monitor] max_changes_per_hour = %d",
+                        len(self.node.leader_changes), self.node.max_changes_per_hour)
+        elif self._flapping and not flapping:
+            log.info("leadership calm again: %d changes in the last hour", len(self.node.leader_changes))
+        self._flapping = flapping
 
     async def _after_demote_hooks(self) -> None:
         """Tell the protocol once the demote hooks ran to completion (a
@@ -428,6 +479,7 @@ class Runtime:
     def _send(self, send: Send) -> None:
         assert self.codec is not None and self._unicast is not None
         datagram = self.codec.encode(send)
+        self.counters.sent[send.kind] = self.counters.sent.get(send.kind, 0) + 1
         address = self._peer_addresses.get(send.to) if send.to else None
         if address is None:
             # the group reaches every member; receivers ignore what is not addressed to them
@@ -442,13 +494,25 @@ class Runtime:
         self.node.record(now, "hook", hook_event=result.event, command=result.command, exit_code=result.exit_code,
                          duration_ms=round(result.duration_s * 1000, 1), reason=result.reason,
                          timed_out=result.timed_out, error=result.error)
-        if result.event == "promote" and not result.ok and self.config.hooks.on_promote_failure == "stepdown":
-            if self.node.is_leader(now):
-                log.error("promote hook %s failed; stepping down", result.command)
-                try:
-                    self._process(lambda now: self.node.stepdown(now))
-                except CommandError as exc:
-                    log.error("stepdown after failed promote hook: %s", exc)
+        self.counters.hook(result.event, result.ok, result.duration_s)
+        if result.event != "promote":
+            return
+        node = self.node
+        if not result.ok:
+            self._promote_failed_terms.add(result.term)
+            if self.config.hooks.on_promote_failure != "stepdown":
+                return
+            detail = result.error or ("timed out" if result.timed_out else f"exit {result.exit_code}")
+            log.error("promote hook %s failed (%s); %s", result.command, detail,
+                      "stepping down" if node.is_leader(now) else "backing off")
+            self._process(lambda now: node.promote_hooks_done(False, result.term, now, f"{result.hook}: {detail}"))
+        elif result.term not in self._promote_failed_terms and node.is_leader(now):
+            # another hook of the same promote may still fail; the last one decides
+            node.promote_hooks_done(True, result.term, now)
+        else:
+            return
+        # tell the cluster at once (a `transfer --wait` elsewhere waits for this)
+        self._process(lambda now: [node.announce(now)])
 
     # ---- health -------------------------------------------------------------
 
@@ -465,6 +529,9 @@ class Runtime:
         node.record(time.monotonic(), "health", healthy=healthy, reason=reason)
         try:
             self._process(lambda now: node.set_blocker("fault", not healthy, now, reason))
+            if healthy:
+                # a check rose: the promote hook may work again
+                self._process(lambda now: node.forgive_promote_failures(now, "health check rose"))
         except CommandError as exc:
             log.error("%s cannot act on health changes: %s", self.config.protocol, exc)
         if not healthy:
@@ -482,17 +549,90 @@ class Runtime:
             now = self._process(lambda now: [])  # a woken process checks its lease before answering
             return {"leader": node.is_leader(now), "node": self.settings.node_name}
         if name == "history":
+            mono, wall = time.monotonic(), time.time()
             return [
-                {"ago_s": round(time.monotonic() - h.at, 3), "event": h.event, "term": h.term, **h.detail}
+                {"at": _iso(wall - (mono - h.at)), "ago_s": round(mono - h.at, 3), "event": h.event, "term": h.term,
+                 **h.detail}
                 for h in node.history
             ]
-        if name == "transfer":
-            self._process(lambda now: node.transfer(args.get("target"), now))
-            return {"ok": True}
-        if name == "stepdown":
-            self._process(lambda now: node.stepdown(now))
-            return {"ok": True}
-        raise CommandError(f"unknown command {name!r}")
+        if name == "metrics":
+            return self.metrics_text()
+        if name in ("transfer", "stepdown"):
+            wait_s = _wait_arg(args)
+            target = args.get("target") if name == "transfer" else None
+            if target is not None and (not isinstance(target, str) or not self.settings.is_member(target)):
+                raise BadRequest(f"unknown node {target!r} (members: {', '.join(m.name for m in self.settings.members)})")
+            term = node.protocol.term
+            if name == "transfer":
+                self._process(lambda now: node.transfer(target, now))
+            else:
+                self._process(lambda now: node.stepdown(now))
+            # the member the protocol picked when none was named (quorum-lease)
+            target = target or getattr(node.protocol, "handover_target", None)
+            handed = {"ok": True, "handed_over": True, "from": self.settings.node_name, "term": term, "target": target}
+            if wait_s is None:
+                return handed
+            return self._wait_served(target, term, wait_s, handed)
+        if name == "pause":
+            return self._pause(_wait_arg(args) or 10.0)
+        if name == "resume":
+            was_paused = node.paused
+            self._process(lambda now: node.resume(now))
+            pausefile.clear(self.config.state_directory)
+            if was_paused:
+                log.info("resumed: standing for election again")
+            return {"paused": False, "was_paused": was_paused}
+        raise BadRequest(f"unknown command {name!r}")
+
+    async def _pause(self, wait_s: float) -> dict[str, Any]:
+        """Persist the pause first (a crash right after still comes back
+        paused), block, and if leading wait until another node leads."""
+        assert self.node is not None
+        node = self.node
+        was_leader = node.is_leader(time.monotonic())
+        pausefile.save(self.config.state_directory)
+        if not node.paused:
+            log.warning("paused by the operator: not standing for election until electionctl resume")
+        self._process(lambda now: node.pause(now))
+        answer: dict[str, Any] = {"paused": True, "was_leader": was_leader, "leader": node.protocol.leader}
+        if not was_leader:
+            return answer
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            leader = node.protocol.leader
+            if leader not in (None, self.settings.node_name):
+                answer["leader"] = leader
+                return answer
+            await asyncio.sleep(0.02)
+        answer["leader"] = None
+        answer["warning"] = f"no other node took over within {wait_s:g}s"
+        return answer
+
+    async def _wait_served(self, target: str | None, old_term: int, wait_s: float,
+                           answer: dict[str, Any]) -> dict[str, Any]:
+        """Until a node (``target``, if named) announces it ran its promote
+        hooks successfully in a term after ``old_term`` (PRESENCE
+        served_term), or the wait runs out."""
+        assert self.node is not None
+        node = self.node
+        deadline = time.monotonic() + wait_s
+        while True:
+            now = time.monotonic()
+            status = node.status(now)
+            for m in status["members"]:
+                served = m.get("served_term", -1)
+                if not m.get("self") and (target is None or m["name"] == target) and served > old_term:
+                    return {**answer, "done": True, "leader": m["name"], "served_term": served}
+            if now >= deadline:
+                row = next((m for m in status["members"] if m["name"] == target), None) if target else None
+                what = (f"the leader is {status['leader'] or 'unknown'} (term {status['term']})"
+                        + (f"; {target} reports fault={row.get('fault')} served_term={row.get('served_term')}"
+                           if row else ""))
+                raise CommandError(f"hand-over not confirmed within {wait_s:g}s: {what}")
+            await asyncio.sleep(0.02)
+
+    def metrics_text(self) -> str:
+        return metrics.render(self.status(), self.counters)
 
     def status(self) -> dict[str, Any]:
         assert self.node is not None and self.codec is not None
@@ -510,6 +650,7 @@ class Runtime:
             "healthy": self.health.healthy if self.health else True,
             "health": self.health.snapshot() if self.health else [],
             "persist_errors": dict(self._persist_errors),
+            "leadership_changes_total": self.counters.leadership_changes,
         })
         # what the state file says; the protocol may report its own view
         status.setdefault("recovering", self.store.state.recovering)

@@ -32,7 +32,7 @@ def test_status_json_and_is_leader(tmp_path):
         human = ctl("--socket", c.socket(leader), "status")
         assert human.returncode == 0 and f"leader    {leader}" in human.stdout and "NAME" in human.stdout
         history = ctl("--socket", c.socket(leader), "history", "--json")
-        assert any(e["event"] == "promote" for e in json.loads(history.stdout))
+        assert any(e["event"] == "promote" for e in json.loads(history.stdout)["history"])
         waited = ctl("--socket", c.socket(follower), "wait-leader", "--timeout", "5")
         assert waited.returncode == 0 and waited.stdout.strip() == leader
 

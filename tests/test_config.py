@@ -160,9 +160,43 @@ def test_daemon_exits_78_naming_the_key(tmp_path, old, new, named):
 
 
 def test_check_config_ok(tmp_path):
-    result = run_daemon("--config", filled_in_example(tmp_path), "--check-config")
+    # the example names the installed hooks; here they are the repository's
+    text = pathlib.Path(filled_in_example(tmp_path)).read_text()
+    text = text.replace("/usr/lib/electiond/hooks/", f"{REPO}/scripts/hooks/")
+    result = run_daemon("--config", write(tmp_path, text), "--check-config")
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+
+
+@pytest.mark.parametrize("hook,why", [("/nonexistent/promote-hook", "does not exist"),
+                                      ("{tmp}/plain-file", "is not an executable file"),
+                                      ("{tmp}", "is not an executable file"),
+                                      ("no-such-program-anywhere", "is not found on PATH")])
+def test_check_config_fails_78_on_a_hook_that_cannot_run(tmp_path, hook, why):
+    (tmp_path / "plain-file").write_text("#!/bin/sh\n")
+    (tmp_path / "plain-file").chmod(0o644)
+    hook = hook.format(tmp=tmp_path)
+    text = EXAMPLE.read_text().replace("/usr/lib/electiond/hooks/", f"{REPO}/scripts/hooks/")
+    text = text.replace(f"promote = {REPO}/scripts/hooks/vip", f"promote = {hook}", 1)
+    result = run_daemon("--config", write(tmp_path, text), "--check-config")
+    assert result.returncode == EX_CONFIG
+    assert "[hooks] promote" in result.stderr and why in result.stderr
+
+
+def test_control_and_monitor_keys(tmp_path):
+    base = BASE.replace("[control]\n", "[control]\nmetrics_listen = 127.0.0.1:9798\nadmin_group = root\n")
+    base = base.replace("timeout = 30s\n", "timeout = 30s\nmax_promote_failures = 7\n")
+    cfg = config.load(write(tmp_path, base + "\n[monitor]\nmax_changes_per_hour = 5\n"))
+    assert cfg.metrics_listen == ("127.0.0.1", 9798) and cfg.admin_group == "root"
+    assert cfg.max_changes_per_hour == 5 and cfg.hooks.max_promote_failures == 7
+    defaults = config.load(write(tmp_path, BASE))
+    assert defaults.metrics_listen is None and defaults.max_changes_per_hour == 2
+    assert defaults.hooks.max_promote_failures == 3
+    for bad, named in (("metrics_listen = localhost:9798\n", "metrics_listen"),
+                       ("metrics_listen = 127.0.0.1\n", "metrics_listen"),
+                       ("admin_group = no-such-group-xyz\n", "admin_group")):
+        with pytest.raises(config.ConfigError, match=named):
+            config.load(write(tmp_path, BASE.replace("[control]\n", "[control]\n" + bad)))
 
 
 def test_missing_file_exits_78(tmp_path):

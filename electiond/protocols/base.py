@@ -348,7 +348,9 @@ class ElectionProtocol(abc.ABC):
     def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
         raise CommandError(f"{self.name} does not support stepdown")
 
-    def transfer(self, target: str | None, now: float) -> list[Effect]:
+    def transfer(self, target: str | None, now: float, reason: str = "transfer") -> list[Effect]:
+        """Hand over to ``target``; ``reason`` reaches the demote hooks (an
+        operator's "transfer" sticks; a daemon's "shutdown" does not)."""
         raise CommandError(f"{self.name} does not support transfer")
 
     def persist_done(self, ok: bool, now: float, error: str | None = None) -> list[Effect]:

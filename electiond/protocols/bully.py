@@ -248,6 +248,7 @@ class Bully(EpochProtocol):
         if (
             self.settings.preempt
             and self.settings.id_of(self._leader) < self.settings.self_id
+            and not self._preempt_suppressed(self._leader)
             and self._can_stand(now)
         ):
             return self._start_election(now)
@@ -306,5 +307,7 @@ class Bully(EpochProtocol):
     def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
         if self._role != ROLE_LEADER:
             raise CommandError("not the leader")
+        if reason == "stepdown":
+            self._operator_stepped_down()
         # hold back long enough for a lower node to notice and win
         return self._resign(now, reason, 2 * self.settings.election_timeout_max_s + self.settings.answer_timeout_s)

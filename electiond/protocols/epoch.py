@@ -100,6 +100,10 @@ class EpochProtocol(ElectionProtocol):
         # the token of our last Promote or TokenRaised; the epoch may move past it
         # while we lead (taken up from a peer's message) without our holding it
         self._token = -1
+        # an operator's stepdown sticks: we do not take leadership back from
+        # the leader that followed it (``_preempt_suppressed``)
+        self._stepped_down = False
+        self._yielded_to: str | None = None
 
     @property
     def role(self) -> str:
@@ -124,6 +128,8 @@ class EpochProtocol(ElectionProtocol):
 
     def _promoted(self, reason: str) -> Promote:
         self._token = self._epoch
+        self._stepped_down = False
+        self._yielded_to = None
         return Promote(self._epoch, reason)
 
     def _raised(self, reason: str) -> TokenRaised:
@@ -148,6 +154,21 @@ class EpochProtocol(ElectionProtocol):
         self._epoch += 1
         seen.fenced_epoch = self._epoch
         return True, new_episode
+
+    def _operator_stepped_down(self) -> None:
+        self._stepped_down = True
+        self._yielded_to = None
+
+    def _preempt_suppressed(self, leader: str) -> bool:
+        """After an operator's stepdown, the first leader we follow keeps its
+        office against our preemption; a later leader (a change nobody asked
+        for) does not."""
+        if self._stepped_down:
+            self._stepped_down = False
+            self._yielded_to = leader
+        elif self._yielded_to is not None and self._yielded_to != leader:
+            self._yielded_to = None
+        return self._yielded_to == leader
 
     def _can_stand(self, now: float) -> bool:
         return self._eligible and now >= self._hold_until and self.disk.ok

@@ -126,10 +126,10 @@ class QuorumLease(ElectionProtocol):
         PREVOTE_REPLY: {"round": int, "granted": bool, "retry_ms": int},
         REQUEST_VOTE: {"round": int, "priority": int},
         VOTE: {"round": int, "granted": bool, "retry_ms": int},
-        HEARTBEAT: {"round": int, "priority": int},
+        HEARTBEAT: {"round": int, "priority": int, "sticky": bool},
         HEARTBEAT_ACK: {"round": int, "ok": bool, "priority": int},
         RELEASE: {},
-        TIMEOUT_NOW: {},
+        TIMEOUT_NOW: {"operator": bool},
         TRANSFER_REQUEST: {"priority": int},
     }
 
@@ -182,8 +182,16 @@ class QuorumLease(ElectionProtocol):
         self._following_since = -INF
         self._next_preempt_request = -INF
         self._released_by: tuple[str, int] | None = None
-        self._handover: tuple[int, str | None] | None = None  # (term, target) once hooks are done
+        # (term, target, asked by an operator) once the demote hooks are done
+        self._handover: tuple[int, str | None, bool] | None = None
         self._skip_prevote = False  # picked by a hand-over while we could not stand yet
+        # Operators' transfers stick: a leader elected because an operator
+        # handed over to it says so in its heartbeats for its whole term, and
+        # nobody preempts it. The next change nobody asked for (a new term)
+        # ends that. The term we were picked for by an operator's TIMEOUT_NOW:
+        self._operator_pick_term = -1
+        self._sticky = False  # we lead a term an operator chose us for
+        self._leader_sticky = False  # the leader we follow says it is sticky
 
     # ---- read-only view -------------------------------------------------
 
@@ -207,6 +215,11 @@ class QuorumLease(ElectionProtocol):
     def promise(self) -> tuple[str | None, float]:
         """(to whom, until when on our clock) we promised not to vote for others."""
         return self._promised_to, self._promise_until
+
+    @property
+    def handover_target(self) -> str | None:
+        """Whom a hand-over under way will wake (None: none, or anyone)."""
+        return self._handover[1] if self._handover is not None else None
 
     @property
     def quarantine_until(self) -> float:
@@ -247,6 +260,8 @@ class QuorumLease(ElectionProtocol):
             "leader_timeout_ms": round(self._watch.timeout_s() * 1000, 1),
             "leader_watch": self._watch.suspicion_snapshot(now) if self._leader not in (None, self.settings.node_name) else None,
             "election_attempt": self._backoff.attempt,
+            # an operator chose this leadership: no preemption this term
+            "operator_chosen": self._sticky if self._role == ROLE_LEADER else self._leader_sticky,
             "recovering": self._recovering,
         }
 
@@ -468,6 +483,7 @@ class QuorumLease(ElectionProtocol):
             self._backoff.reset()
             effects.append(LeaderChanged(msg.sender, self._term))
         self._leader_priority = int(msg.body["priority"])
+        self._leader_sticky = msg.body.get("sticky") is True  # absent from older peers: not sticky
         self._watch.heartbeat(now)
         if not self.disk.ok:
             # our term is not durable: an ack would back a lease in a term we
@@ -520,6 +536,8 @@ class QuorumLease(ElectionProtocol):
         if self._leader not in (None, msg.sender):
             return []
         self._released_by = (msg.sender, msg.term)
+        # the term we campaign in; a later term (somebody else won) is not sticky
+        self._operator_pick_term = msg.term + 1 if msg.body.get("operator") is True else -1
         effects: list[Effect] = []
         if self._promised_to == msg.sender:
             # the old leader demoted before sending this, as it does before RELEASE
@@ -647,6 +665,7 @@ class QuorumLease(ElectionProtocol):
         self._lease_until = lease_until
         self._phase_deadline = INF
         self._handover = None  # a hand-over from an earlier term is moot
+        self._sticky = self._operator_pick_term == self._term
         self._backoff.reset()
         self._sent_at = {r: t for r, t in self._sent_at.items() if t + self.settings.lease_s > now}
         effects: list[Effect] = [Promote(self._term, "elected"), LeaderChanged(self._leader, self._term)]
@@ -663,7 +682,8 @@ class QuorumLease(ElectionProtocol):
         self._last_heartbeat_at = now
         horizon = now - self.settings.lease_s
         self._sent_at = {r: t for r, t in self._sent_at.items() if t > horizon}
-        return [Send(HEARTBEAT, self._term, {"round": self._round, "priority": self.settings.priority})]
+        return [Send(HEARTBEAT, self._term, {"round": self._round, "priority": self.settings.priority,
+                                             "sticky": self._sticky})]
 
     def _lease_start(self, sent_at: float, now: float) -> float:
         """A grant counts from when we sent the request it answers, never from
@@ -852,6 +872,7 @@ class QuorumLease(ElectionProtocol):
             or self._leader is None
             or self._leader_priority is None
             or self._leader_priority >= self.settings.priority
+            or self._leader_sticky
         ):
             return None
         return max(self._eligible_since, self._following_since)
@@ -882,7 +903,7 @@ class QuorumLease(ElectionProtocol):
         best = max(live, key=lambda m: (self._peer_priority.get(m.name, 0), m.id))
         return best.name
 
-    def _hand_over(self, target: str | None, now: float, reason: str) -> list[Effect]:
+    def _hand_over(self, target: str | None, now: float, reason: str, operator: bool = False) -> list[Effect]:
         """Stop renewing and demote now; release the followers and wake the
         target only once the shell reports the demote hooks finished
         (``demote_hooks_done``), so the two nodes' hooks never overlap. If
@@ -890,7 +911,7 @@ class QuorumLease(ElectionProtocol):
         follows: slower, never unsafe."""
         term = self._term
         effects = self._demote(now, reason)
-        self._handover = (term, target)
+        self._handover = (term, target, operator)
         # give the target (or anyone, if there is none) the first go
         self._hold_until = now + self.settings.election_timeout_max_s
         self._candidacy_at = self._hold_until + self._rank_delay_s()
@@ -900,17 +921,17 @@ class QuorumLease(ElectionProtocol):
         """The shell ran the demote hooks of our last demotion to completion."""
         if self._handover is None:
             return []
-        term, target = self._handover
+        term, target, operator = self._handover
         self._handover = None
         effects: list[Effect] = [Send(RELEASE, term)]
         if target is not None:
-            effects.append(Send(TIMEOUT_NOW, term, to=target))
+            effects.append(Send(TIMEOUT_NOW, term, {"operator": operator}, to=target))
         # the target campaigns now; stand ourselves only if it does not
         self._hold_until = max(self._hold_until, now + self.settings.election_timeout_max_s)
         self._candidacy_at = max(self._candidacy_at, self._hold_until + self._rank_delay_s())
         return effects
 
-    def transfer(self, target: str | None, now: float) -> list[Effect]:
+    def transfer(self, target: str | None, now: float, reason: str = "transfer") -> list[Effect]:
         effects = self._check_lease(now)
         if effects:
             return effects  # the lease already ran out: nothing left to hand over
@@ -927,7 +948,7 @@ class QuorumLease(ElectionProtocol):
             target = self._best_live_peer(now)
             if target is None:
                 raise CommandError("no live member to transfer to")
-        return self._hand_over(target, now, "transfer")
+        return self._hand_over(target, now, reason, operator=reason == "transfer")
 
     def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
         effects = self._check_lease(now)
@@ -935,7 +956,7 @@ class QuorumLease(ElectionProtocol):
             return effects
         if not self.is_leader(now):
             raise CommandError("not the leader")
-        return self._hand_over(self._best_live_peer(now), now, reason)
+        return self._hand_over(self._best_live_peer(now), now, reason, operator=reason == "stepdown")
 
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
         effects = self._check_lease(now)

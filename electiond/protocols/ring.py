@@ -611,6 +611,7 @@ class Ring(EpochProtocol):
         if (
             self.settings.preempt
             and self._ids[self._leader] < self.settings.self_id
+            and not self._preempt_suppressed(self._leader)
             and now >= self._retry_at
             and self._can_stand(now)
         ):
@@ -679,6 +680,8 @@ class Ring(EpochProtocol):
     def stepdown(self, now: float, reason: str = "stepdown") -> list[Effect]:
         if self._role != ROLE_LEADER:
             raise CommandError("not the leader")
+        if reason == "stepdown":
+            self._operator_stepped_down()
         effects = self._resign(now, reason, 2 * self.settings.election_timeout_max_s + self._round_timeout_s())
         # the ring needs no timeout to notice: start the election that leaves us out now
         return effects + self._start_election(now)
