@@ -176,7 +176,8 @@ def test_check_config_fails_78_on_a_hook_that_cannot_run(tmp_path, hook, why):
     (tmp_path / "plain-file").write_text("#!/bin/sh\n")
     (tmp_path / "plain-file").chmod(0o644)
     hook = hook.format(tmp=tmp_path)
-    text = EXAMPLE.read_text().replace("/usr/lib/electiond/hooks/", f"{REPO}/scripts/hooks/")
+    text = pathlib.Path(filled_in_example(tmp_path)).read_text()
+    text = text.replace("/usr/lib/electiond/hooks/", f"{REPO}/scripts/hooks/")
     text = text.replace(f"promote = {REPO}/scripts/hooks/vip", f"promote = {hook}", 1)
     result = run_daemon("--config", write(tmp_path, text), "--check-config")
     assert result.returncode == EX_CONFIG

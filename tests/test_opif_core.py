@@ -56,7 +56,7 @@ def test_presence_says_paused_and_peers_show_it():
     a, b = node(THREE, "n1"), node(THREE, "n2")
     a.pause(0.0)
     beacon = a.announce(0.0)
-    assert beacon.kind == PRESENCE and beacon.body == {"paused": True, "fault": False, "served_term": -1}
+    assert beacon.kind == PRESENCE and beacon.body == {"paused": True, "fault": False, "served_term": -1, "clock_ms": 0}
     b.on_message(Message(PRESENCE, "n1", beacon.term, beacon.body), 0.1)
     row = next(m for m in b.status(0.1)["members"] if m["name"] == "n1")
     assert row["paused"] is True and row["fault"] is False
