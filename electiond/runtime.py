@@ -22,6 +22,7 @@ from electiond import net
 from electiond import sockfilter
 from electiond.budget import SourceBudget, rates_for
 from electiond.config import Config
+from electiond.etcddriver import EtcdDriver
 from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
@@ -38,6 +39,7 @@ from electiond.protocols.base import (
     local_facts,
     TokenRaised,
 )
+from electiond.protocols.etcd import EtcdRequest
 from electiond.state import RECOVERING_MEANS, StateError, StateStore
 from electiond.wire import Codec, Received
 
@@ -112,6 +114,7 @@ class Runtime:
         self.budget = SourceBudget(*rates_for(len(self.settings.members), self.settings.heartbeat_interval_s))
         self.shield = sockfilter.FloodShield(self._apply_socket_filter)
         self._sockets: list[Any] = []
+        self.etcd: EtcdDriver | None = None  # protocol = etcd: carries out its requests
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -132,6 +135,9 @@ class Runtime:
         now = time.monotonic()
         rng = random.Random(random.SystemRandom().getrandbits(64))
         self.node = Node(self.settings, self.config.protocol, rng, now, persisted)
+        if self.config.etcd is not None and self.config.protocol == "etcd":
+            self.etcd = EtcdDriver.for_config(
+                self.config.etcd, lambda event: self._process(lambda now: self.node.on_service(event, now)))
         if persisted is not None and persisted.recovering:
             log.warning("recovering: state was reset by --recover-state; %s", RECOVERING_MEANS)
         # the codec exists before the loop reads a socket: a datagram that
@@ -203,6 +209,10 @@ class Runtime:
         await self.hooks.close()
         # the demote hooks are done: hand over before the sockets close
         self._process(lambda now: self.node.demote_hooks_done(now))
+        if self.etcd is not None:
+            # give the lease back (our key goes with it) so the next leader need not wait for the TTL
+            self._process(lambda now: self.node.protocol.release(now))  # type: ignore[attr-defined]
+            await self.etcd.close()
         if self._timer:
             self._timer.cancel()
         self._transports_closed = True
@@ -388,6 +398,9 @@ class Runtime:
                 self._leader_seen = effect.leader
                 if self.node.flapping(now):
                     log.warning("leadership flapping: %d changes in the last hour", len(self.node.leader_changes))
+            elif isinstance(effect, EtcdRequest):
+                if self.etcd is not None:
+                    self.etcd.carry_out(effect)
             elif isinstance(effect, SplitBrain):
                 log.warning("split brain: %s also claimed leadership (term %d); %s",
                             effect.other, effect.term, "we yielded" if effect.yielded else "it must yield")
@@ -493,6 +506,8 @@ class Runtime:
             "health": self.health.snapshot() if self.health else [],
             "persist_errors": dict(self._persist_errors),
         })
+        if self.etcd is not None:
+            status["etcd_endpoints"] = self.etcd.status()
         # what the state file says; the protocol may report its own view
         status.setdefault("recovering", self.store.state.recovering)
         return status
