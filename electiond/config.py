@@ -309,8 +309,8 @@ def _readable_file(section: _Section, key: str) -> str | None:
 
 def _etcd_section(sec: _Section, cluster_name: str, drift_ppm: float) -> tuple[EtcdConfig, str | None]:
     """The [etcd] section; also returns a warning, if any."""
-    endpoints = tuple(_parse_endpoint(w) for w in sec.convert("endpoints", (), lambda t: tuple(
-        w for w in re.split(r"[\s,]+", t) if w)))
+    endpoints = sec.convert("endpoints", (), lambda t: tuple(
+        _parse_endpoint(w) for w in re.split(r"[\s,]+", t) if w))
     if not endpoints:
         raise sec.error("endpoints", "is required with protocol = etcd (e.g. http://10.0.0.1:2379, ...)")
     prefix = sec.raw("prefix", f"/electiond/{cluster_name}/")
