@@ -8,13 +8,16 @@ a frozen process acts on nothing, provided it demotes at once on waking).
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from electiond.cli import request
-from electiond.devcluster import Cluster
+from electiond.devcluster import REPO, Cluster
 from electiond.devetcd import APT_HINT, EtcdCluster, etcd_binary
 
 pytestmark = pytest.mark.skipif(etcd_binary() is None, reason=f"needs etcd (Debian: {APT_HINT})")
@@ -170,4 +173,34 @@ def test_transfer_and_stepdown(tmp_path):
             promote = c.wait_for(lambda: promotes_after(c, asked_at), 10, "a promote after stepdown")[0]
             assert promote[2] != target
             assert c.wait_leader(10) == promote[2]
+            assert_no_overlap(intervals(c.hook_events()))
+
+
+def electionctl(cluster: Cluster, name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "electiond.cli", "--socket", cluster.socket(name), *args],
+                          capture_output=True, text=True, timeout=15, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_electionctl_and_a_clean_stop_that_does_not_wait_for_the_ttl(tmp_path):
+    ttl_s = 10  # long, so a hand-over quicker than it shows the lease was given back
+    with EtcdCluster(tmp_path) as etcd:
+        etcd.start_all()
+        with etcd_daemons(tmp_path, etcd, ttl_s=ttl_s) as c:
+            c.start_all()
+            leader = c.wait_leader(15)
+            follower = next(n for n in c.names if n != leader)
+            assert electionctl(c, leader, "is-leader").returncode == 0
+            assert electionctl(c, follower, "is-leader").returncode != 0
+            shown = electionctl(c, leader, "status")
+            assert shown.returncode == 0 and "etcd      lease" in shown.stdout and "watch up" in shown.stdout
+            assert "endpoint  http://127.0.0.1:" in shown.stdout
+            history = electionctl(c, leader, "history")
+            assert "promote" in history.stdout
+            stopped_at = time.time()
+            c.signal(leader, signal.SIGTERM)
+            c.procs[leader].wait(15)
+            promote = c.wait_for(lambda: promotes_after(c, stopped_at), ttl_s, "a successor after a clean stop")[0]
+            took_s = promote[0] - stopped_at
+            print(f"clean stop to successor's promote: {took_s:.2f}s (lease_ttl {ttl_s}s)")
+            assert took_s < ttl_s / 2
             assert_no_overlap(intervals(c.hook_events()))
