@@ -229,7 +229,7 @@ class Runtime:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         fixed = ("protocol", "settings", "group", "port", "interface", "control_socket",
-                 "control_socket_mode", "state_directory", "health")
+                 "control_socket_mode", "state_directory", "health", "etcd")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
         if bool(new.keys) != bool(self.config.keys):
             # peers would drop our datagrams (or we theirs) until every node switched
