@@ -10,8 +10,10 @@ every keep-alive interval costs a TCP (and TLS) handshake, which is nothing
 next to a multi-second TTL, and a connection is never reused after a fault.
 A failing endpoint (refused, reset, hung past the attempt timeout, or etcd
 answering that it has no leader) moves the client to the next one. Every
-request carries ``hasleader`` metadata, so a member cut off from its
-cluster's leader refuses at once instead of hanging, and cancels our watch.
+request carries ``hasleader`` metadata: a member that loses its cluster's
+leader then ends our watch with "no leader" (seen with etcd 3.4) instead of
+leaving it silently open; its unary calls hang until etcd's own timeout
+(about 7 s), which the per-endpoint ``request_timeout`` cuts short.
 """
 
 from __future__ import annotations
