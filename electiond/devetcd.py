@@ -42,31 +42,44 @@ def _free_tcp_ports(count: int) -> list[int]:
 
 class EtcdCluster:
     def __init__(self, workdir: pathlib.Path, size: int = 3, election_timeout_ms: int = 1000,
-                 heartbeat_ms: int = 100) -> None:
+                 heartbeat_ms: int = 100, hosts: dict[str, tuple[str, str]] | None = None) -> None:
+        """hosts: member name -> (network namespace, address) to run each
+        member on its own host of a namespace LAN; default loopback."""
         self.workdir = workdir
         self.names = [f"e{i}" for i in range(1, size + 1)]
-        ports = _free_tcp_ports(2 * size)
-        self.client_port = {n: ports[2 * k] for k, n in enumerate(self.names)}
-        self.peer_port = {n: ports[2 * k + 1] for k, n in enumerate(self.names)}
+        self.hosts = hosts or {}
+        self.address = {n: self.hosts[n][1] if n in self.hosts else "127.0.0.1" for n in self.names}
+        if self.hosts:
+            self.client_port = {n: 2379 for n in self.names}  # one address per member: etcd's own ports
+            self.peer_port = {n: 2380 for n in self.names}
+        else:
+            ports = _free_tcp_ports(2 * size)
+            self.client_port = {n: ports[2 * k] for k, n in enumerate(self.names)}
+            self.peer_port = {n: ports[2 * k + 1] for k, n in enumerate(self.names)}
         self.election_timeout_ms = election_timeout_ms
         self.heartbeat_ms = heartbeat_ms
         self.procs: dict[str, subprocess.Popen] = {}
         self.token = f"electiond-test-{workdir.name}-{int(time.time() * 1000)}"
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.client_port[name]}"
+        return f"http://{self.address[name]}:{self.client_port[name]}"
+
+    def _peer_url(self, name: str) -> str:
+        return f"http://{self.address[name]}:{self.peer_port[name]}"
+
+    def _in_netns(self, name: str) -> list[str]:
+        return ["ip", "netns", "exec", self.hosts[name][0]] if name in self.hosts else []
 
     def endpoints(self) -> str:
         return ", ".join(self.url(n) for n in self.names)
 
     def start(self, name: str, new: bool = True) -> None:
-        initial = ",".join(f"{n}=http://127.0.0.1:{self.peer_port[n]}" for n in self.names)
+        initial = ",".join(f"{n}={self._peer_url(n)}" for n in self.names)
         log = open(self.workdir / f"{name}.etcd.log", "ab")
         self.procs[name] = subprocess.Popen(
-            [ETCD, "--name", name, "--data-dir", str(self.workdir / f"{name}.etcd"),
+            [*self._in_netns(name), ETCD, "--name", name, "--data-dir", str(self.workdir / f"{name}.etcd"),
              "--listen-client-urls", self.url(name), "--advertise-client-urls", self.url(name),
-             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port[name]}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port[name]}",
+             "--listen-peer-urls", self._peer_url(name), "--initial-advertise-peer-urls", self._peer_url(name),
              "--initial-cluster", initial, "--initial-cluster-token", self.token,
              "--initial-cluster-state", "new",
              "--election-timeout", str(self.election_timeout_ms), "--heartbeat-interval", str(self.heartbeat_ms),
@@ -89,6 +102,14 @@ class EtcdCluster:
         raise AssertionError(f"etcd cluster not healthy within {timeout_s}s\n{self.logs()}")
 
     def _post(self, name: str, path: str, body: dict[str, Any], timeout_s: float = 1.0) -> dict[str, Any] | None:
+        if name in self.hosts:
+            # only the namespace reaches the member's address
+            result = subprocess.run([*self._in_netns(name), "curl", "-s", "-m", str(timeout_s), self.url(name) + path,
+                                     "-d", json.dumps(body)], capture_output=True, text=True, timeout=timeout_s + 5)
+            try:
+                return json.loads(result.stdout) if result.returncode == 0 else None
+            except ValueError:
+                return None
         request = urllib.request.Request(self.url(name) + path, data=json.dumps(body).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
         try:

@@ -551,7 +551,10 @@ class EtcdElection(ElectionProtocol):
     def _demote(self, now: float, reason: str) -> list[Effect]:
         self._role = ROLE_FOLLOWER
         self._hooks_done = False
-        return [Demote(self._create_revision or self._term, reason)]
+        token = self._create_revision or self._term
+        # who leads next is for a fresh read to say
+        self._leader = None
+        return [Demote(token, reason), LeaderChanged(None, token)]
 
     def _hand_over(self, now: float, reason: str) -> list[Effect]:
         """Demote now; resign once the demote hooks are done (and a transfer key is placed)."""
