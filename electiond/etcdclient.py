@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import ssl
 import time
 import urllib.parse
@@ -28,6 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+log = logging.getLogger("electiond.etcd")
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a range of a few keys is tiny; this bounds a confused server
 MAX_HEADER_LINES = 100
 # gRPC codes for which another member may well answer (etcd's rpctypes)
@@ -176,6 +178,11 @@ class EtcdClient:
     # ---- inside ---------------------------------------------------------------------
 
     def _mark(self, endpoint: Endpoint, ok: bool, error: str = "") -> None:
+        # logged once per change, not per call: a dead endpoint is tried every few seconds
+        if ok and endpoint.ok is False:
+            log.info("etcd endpoint %s answers again", endpoint.url)
+        elif not ok and endpoint.ok is not False:
+            log.warning("etcd endpoint %s failing: %s", endpoint.url, error)
         endpoint.ok = ok
         if ok:
             endpoint.last_ok_at = time.monotonic()

@@ -502,6 +502,7 @@ class EtcdElection(ElectionProtocol):
             if event.kind == "delete" or event.key == TRANSFER_KEY:
                 self._range_wanted = True
         if update.ended:
+            self._pending.pop(update.call_id, None)
             self._watch_up = False
             self._watch_call = 0
             self._watch_failures += 1
