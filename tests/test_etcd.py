@@ -317,12 +317,16 @@ def test_an_ineligible_follower_withdraws_and_does_not_stand():
     h.watch_up(0.0)
     h.range_now(0.0, ("n1", 9, 0x3C), ("n2", 10, LEASE))
     effects = h.p.set_eligible(False, 0.5, "fault")
-    assert one(effects, OP_DELETE).key == lease_key(LEASE)
+    delete = one(effects, OP_DELETE)
+    assert delete.key == lease_key(LEASE)
     effects = h.range_now(0.6, ("n2", 10, LEASE), revision=30)  # a read from before the delete landed
     assert not kind(effects, Promote)
     assert not requests(h.tick(0.7), OP_CAMPAIGN)
     h.p.set_eligible(True, 1.0, "recovered")
-    assert requests(h.tick(1.0), OP_CAMPAIGN)
+    # not before etcd confirmed the delete: the new key has the old one's name
+    assert not requests(h.tick(1.0), OP_CAMPAIGN)
+    h.answer(delete, 1.1, revision=31)
+    assert requests(h.tick(1.1), OP_CAMPAIGN)
 
 
 def test_a_leader_that_becomes_ineligible_hands_over():

@@ -193,6 +193,7 @@ class EtcdElection(ElectionProtocol):
         self._resign_after_hooks = False
         self._hooks_done = True
         self._transfer_placing = False  # the transfer key's lease or put is in flight
+        self._deleting = 0  # the call deleting our key, while in flight
         self._hold_lease_id = 0
         self._retry_at = now
         self._last_error = ""
@@ -265,7 +266,8 @@ class EtcdElection(ElectionProtocol):
 
     def _campaign_at(self) -> float:
         me = self.settings.node_name
-        if (self.lease_id == 0 or self._key or self._campaigning or not self._eligible or self._resign_after_hooks
+        if (self.lease_id == 0 or self._key or self._campaigning or self._deleting or not self._eligible
+                or self._resign_after_hooks
                 or self._transfer_target not in (None, me) or self._role == ROLE_LEADER):
             return INF
         at = max(self._stand_after, self._retry_at)
@@ -277,6 +279,9 @@ class EtcdElection(ElectionProtocol):
             return effects + self._on_watch(event, now)
         if not isinstance(event, EtcdReply):
             return effects
+        if event.call_id == self._watch_call and event.call_id:
+            # a watch that failed before it streamed anything: the same as its end
+            return effects + self._on_watch(WatchUpdate(event.call_id, ended=True, error=event.error), now)
         purpose = self._pending.pop(event.call_id, "")
         if not event.ok and purpose not in ("", OP_WATCH):
             self._last_error = f"{purpose}: {event.error}"
@@ -449,6 +454,11 @@ class EtcdElection(ElectionProtocol):
             self._retry_at = now + self.retry_s
             return []
         self._note_revision(reply.revision)
+        if self._campaigning or (self._create_revision and reply.revision < self._create_revision):
+            # a read from before our key (re)appeared says nothing about it: an
+            # older key of the same name (our lease's, before a resign) may be in it
+            self._range_wanted = True
+            return []
         queue = sorted((kv for kv in reply.kvs if kv.key.startswith(ELECTION_PREFIX)),
                        key=lambda kv: kv.create_revision)
         transfer = [kv.value for kv in reply.kvs if kv.key == TRANSFER_KEY]
@@ -470,6 +480,7 @@ class EtcdElection(ElectionProtocol):
                 and not self._resign_after_hooks):
             effects += self._withdraw()
         elif (self._role != ROLE_LEADER and head is not None and head.key == self._key and self._key
+              and head.create_revision == self._create_revision
               and self._eligible and not self._resign_after_hooks and target in (None, me)
               and self._watch_up and generation == self._watch_generation and now < self._valid_until):
             return effects + self._promote(head, now, target == me)
@@ -494,7 +505,8 @@ class EtcdElection(ElectionProtocol):
         self._note_revision(update.revision)
         for event in update.events:
             self._note_revision(event.mod_revision)
-            if event.kind == "delete" and event.key == self._key and self._key:
+            if (event.kind == "delete" and event.key == self._key and self._key
+                    and event.mod_revision > self._create_revision):  # not an older key of the same name
                 # our own key went away: no read needed to stop leading
                 if self._role == ROLE_LEADER:
                     effects += self._demote(now, "key_deleted")
@@ -525,6 +537,7 @@ class EtcdElection(ElectionProtocol):
         return effects
 
     def _on_resigned(self, reply: EtcdReply, now: float) -> list[Effect]:
+        self._deleting = 0
         if not reply.ok:
             # the key stays until the lease ends; we no longer renew it
             self._forget_lease()
@@ -567,15 +580,16 @@ class EtcdElection(ElectionProtocol):
         if not self._resign_after_hooks or not self._hooks_done or self._transfer_placing:
             return []
         self._resign_after_hooks = False
-        effects: list[Effect] = []
-        if self._key:
-            self._call(OP_DELETE, effects, key=self._key, purpose="resign")
-        return effects
+        return self._withdraw()
 
     def _withdraw(self) -> list[Effect]:
+        """Delete our key. We forget it at once, so no read still in flight can
+        promote us on it, and do not queue again until etcd has answered: the
+        new key has the same name, and a campaign overtaking the delete would
+        revive the old key just before the delete removes it."""
         effects: list[Effect] = []
         if self._key:
-            self._call(OP_DELETE, effects, key=self._key, purpose="resign")
+            self._deleting = self._call(OP_DELETE, effects, key=self._key, purpose="resign")
             self._key, self._create_revision = "", 0
         return effects
 
