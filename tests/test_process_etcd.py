@@ -204,3 +204,31 @@ def test_electionctl_and_a_clean_stop_that_does_not_wait_for_the_ttl(tmp_path):
             print(f"clean stop to successor's promote: {took_s:.2f}s (lease_ttl {ttl_s}s)")
             assert took_s < ttl_s / 2
             assert_no_overlap(intervals(c.hook_events()))
+
+
+def test_unhealthy_leader_hands_over_and_stays_out_until_healthy(tmp_path):
+    check = tmp_path / "check"
+    # each daemon checks its own flag file; ELECTIOND_NODE comes from the daemon
+    check.write_text(f'#!/bin/sh\n[ ! -e "{tmp_path}/$ELECTIOND_NODE.sick" ] || {{ echo sick; exit 1; }}\n')
+    check.chmod(0o755)
+    with EtcdCluster(tmp_path) as etcd:
+        etcd.start_all()
+        with etcd_daemons(tmp_path, etcd) as c:
+            c.config_text += f"\n[health]\ntrack_script = {check}\ninterval = 100ms\nrise = 2\nfall = 2\n"
+            c.start_all()
+            sick = c.wait_leader(15)
+            (tmp_path / f"{sick}.sick").touch()
+            successor = c.wait_for(lambda: (lead := c.agreed_leader()) not in (None, sick) and lead, 10,
+                                   "leadership to leave the unhealthy node")
+            c.wait_for(lambda: any(e[1] == "fault" and e[2] == sick for e in c.hook_events()), 10, "the fault hook")
+            kinds = [e[1] for e in c.hook_events() if e[2] == sick]
+            last_promote = max(i for i, k in enumerate(kinds) if k == "promote")
+            assert kinds[last_promote + 1:][:2] == ["demote", "fault"], kinds  # demoted before its fault hooks
+            # unhealthy, it has no key in etcd: the queue goes on without it
+            c.wait_for(lambda: sick not in (c.status(successor) or {}).get("etcd", {}).get("queue", [sick]), 10,
+                       "the unhealthy node out of the queue")
+            (tmp_path / f"{sick}.sick").unlink()
+            c.wait_for(lambda: sick in (c.status(successor) or {}).get("etcd", {}).get("queue", []), 10,
+                       "the recovered node queued again")
+            assert c.wait_leader(5) == successor  # recovering does not take leadership back
+            assert_no_overlap(intervals(c.hook_events()))
