@@ -51,6 +51,7 @@ class EtcdDriver:
         self._tasks: set[asyncio.Task] = set()
         self._watch: asyncio.Task | None = None
         self._closed = False
+        self._errors_logged: set[str] = set()
 
     @classmethod
     def for_config(cls, etcd: Any, deliver: Callable[[object], None]) -> "EtcdDriver":
@@ -100,6 +101,15 @@ class EtcdDriver:
             reply = await self._call(request)
         except EtcdError as exc:
             reply = EtcdReply(request.call_id, False, error=str(exc))
+            if str(exc) not in self._errors_logged and len(self._errors_logged) < 20:
+                # once per distinct error until etcd answers again: a refused
+                # password or a lost quorum repeats on every retry
+                self._errors_logged.add(str(exc))
+                log.warning("etcd %s failed: %s", request.op, exc)
+        else:
+            if self._errors_logged:
+                log.info("etcd answers again (%s)", request.op)
+                self._errors_logged.clear()
         self._give(reply)
 
     async def _call(self, r: EtcdRequest) -> EtcdReply:

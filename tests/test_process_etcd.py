@@ -232,3 +232,46 @@ def test_unhealthy_leader_hands_over_and_stays_out_until_healthy(tmp_path):
                        "the recovered node queued again")
             assert c.wait_leader(5) == successor  # recovering does not take leadership back
             assert_no_overlap(intervals(c.hook_events()))
+
+
+def test_user_password_auth(tmp_path):
+    """etcd with auth enabled: a user allowed only the prefix, its password from a file."""
+    with EtcdCluster(tmp_path, size=1) as etcd:
+        etcd.start_all()
+        url = etcd.url("e1")
+
+        def etcdctl(*args: str) -> None:
+            subprocess.run(["etcdctl", "--endpoints", url, *args], check=True, capture_output=True, timeout=20)
+
+        etcdctl("user", "add", "root", "--new-user-password=rootpw")
+        etcdctl("role", "add", "electiond")
+        cluster = Cluster(tmp_path, 3, protocol="etcd",
+                          timing={"heartbeat_interval": "100ms", "election_timeout": "300ms-500ms"})
+        prefix = f"/electiond/{cluster.cluster_name}/"
+        etcdctl("role", "grant-permission", "electiond", "--prefix=true", "readwrite", prefix)
+        etcdctl("user", "add", "electiond", "--new-user-password=s3cret")
+        etcdctl("user", "grant-role", "electiond", "electiond")
+        etcdctl("auth", "enable")
+        password_file = tmp_path / "etcd.password"
+        password_file.write_text("s3cret\n")
+        cluster.config_text += (f"\n[etcd]\nendpoints = {url}\nlease_ttl = {TTL_S}s\nuser = electiond\n"
+                                f"password_file = {password_file}\n")
+        with cluster as c:
+            c.start_all()
+            leader = c.wait_leader(15)
+            assert c.status(leader)["etcd"]["watch"] == "up"
+            killed_at = time.time()
+            c.kill(leader)
+            c.wait_for(lambda: promotes_after(c, killed_at), TTL_S + 5, "a successor under auth")
+            # a wrong password is an error the operator sees, and nobody leads on it
+            (tmp_path / "bad").mkdir()
+            bad = Cluster(tmp_path / "bad", 1, protocol="etcd")
+            bad.config_text += f"\n[etcd]\nendpoints = {url}\nuser = electiond\npassword = wrong\n"
+
+            def bad_error() -> str:
+                return ((bad.status("n1") or {}).get("etcd") or {}).get("last_error") or ""
+
+            with bad:
+                bad.start_all()
+                bad.wait_for(lambda: "authentication failed" in bad_error(), 10, "the auth error in status")
+                assert bad.status("n1")["role"] != "leader"
