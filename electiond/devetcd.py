@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -42,10 +43,14 @@ def _free_tcp_ports(count: int) -> list[int]:
 
 class EtcdCluster:
     def __init__(self, workdir: pathlib.Path, size: int = 3, election_timeout_ms: int = 1000,
-                 heartbeat_ms: int = 100, hosts: dict[str, tuple[str, str]] | None = None) -> None:
+                 heartbeat_ms: int = 100, hosts: dict[str, tuple[str, str]] | None = None,
+                 tls: dict[str, str] | None = None) -> None:
         """hosts: member name -> (network namespace, address) to run each
         member on its own host of a namespace LAN; default loopback."""
         self.workdir = workdir
+        # tls: {"ca", "cert", "key"} serves clients over https and demands client certificates
+        # (peers stay on http); "client_cert"/"client_key" are what this harness presents
+        self.tls = tls
         self.names = [f"e{i}" for i in range(1, size + 1)]
         self.hosts = hosts or {}
         self.address = {n: self.hosts[n][1] if n in self.hosts else "127.0.0.1" for n in self.names}
@@ -62,7 +67,8 @@ class EtcdCluster:
         self.token = f"electiond-test-{workdir.name}-{int(time.time() * 1000)}"
 
     def url(self, name: str) -> str:
-        return f"http://{self.address[name]}:{self.client_port[name]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.address[name]}:{self.client_port[name]}"
 
     def _peer_url(self, name: str) -> str:
         return f"http://{self.address[name]}:{self.peer_port[name]}"
@@ -83,7 +89,9 @@ class EtcdCluster:
              "--initial-cluster", initial, "--initial-cluster-token", self.token,
              "--initial-cluster-state", "new",
              "--election-timeout", str(self.election_timeout_ms), "--heartbeat-interval", str(self.heartbeat_ms),
-             "--log-level", "warn"],
+             "--log-level", "warn",
+             *(["--cert-file", self.tls["cert"], "--key-file", self.tls["key"], "--trusted-ca-file", self.tls["ca"],
+                "--client-cert-auth"] if self.tls else [])],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
         log.close()
@@ -112,8 +120,12 @@ class EtcdCluster:
                 return None
         request = urllib.request.Request(self.url(name) + path, data=json.dumps(body).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=self.tls["ca"])
+            context.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            with urllib.request.urlopen(request, timeout=timeout_s, context=context) as answer:
                 return json.loads(answer.read())
         except (OSError, ValueError, urllib.error.URLError):
             return None

@@ -9,6 +9,7 @@ a frozen process acts on nothing, provided it demotes at once on waking).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,3 +276,43 @@ def test_user_password_auth(tmp_path):
                 bad.start_all()
                 bad.wait_for(lambda: "authentication failed" in bad_error(), 10, "the auth error in status")
                 assert bad.status("n1")["role"] != "leader"
+
+
+def _make_certificates(directory) -> dict[str, str]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate.
+
+    The server's may also authenticate clients: etcd's own JSON gateway dials
+    its gRPC side with it, and --client-cert-auth checks that dial too."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=directory)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=electiond test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+                            ("client", "extendedKeyUsage=clientAuth")):
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return {"ca": str(directory / "ca.pem"), "cert": str(directory / "server.pem"),
+            "key": str(directory / "server.key"), "client_cert": str(directory / "client.pem"),
+            "client_key": str(directory / "client.key")}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
+def test_tls_with_client_certificates(tmp_path):
+    tls = _make_certificates(tmp_path)
+    with EtcdCluster(tmp_path, size=1, tls=tls) as etcd:
+        etcd.start_all()
+        cluster = etcd_daemons(tmp_path, etcd)
+        cluster.config_text += (f"ca_file = {tls['ca']}\ncert_file = {tls['client_cert']}\n"
+                                f"key_file = {tls['client_key']}\n")
+        with cluster as c:
+            c.start_all()
+            leader = c.wait_leader(15)
+            assert c.status(leader)["etcd"]["watch"] == "up"
+            assert c.status(leader)["etcd_endpoints"][0]["endpoint"].startswith("https://")
+            killed_at = time.time()
+            c.kill(leader)
+            c.wait_for(lambda: promotes_after(c, killed_at), TTL_S + 5, "a successor over TLS")
