@@ -35,6 +35,7 @@ MAX_HEADER_LINES = 100
 # gRPC codes for which another member may well answer (etcd's rpctypes)
 RETRY_ELSEWHERE_CODES = {4, 14}  # DeadlineExceeded ("request timed out"), Unavailable ("no leader")
 UNAUTHENTICATED_CODES = {16}
+AUTHENTICATE_TIMEOUT_S = 5.0
 
 
 class EtcdError(Exception):
@@ -107,6 +108,7 @@ class EtcdClient:
         self.endpoints = [Endpoint(url) for url in options.endpoints]
         self._current = 0
         self._token: str | None = None
+        self._auth_lock = asyncio.Lock()
         self._ssl: ssl.SSLContext | None = None
         if any(ep.tls for ep in self.endpoints):
             context = ssl.create_default_context(cafile=options.ca_file)
@@ -122,6 +124,10 @@ class EtcdClient:
         for _ in range(len(self.endpoints)):
             endpoint = self.endpoints[self._current]
             try:
+                if self.options.user and self._token is None:
+                    # etcd checks the password with bcrypt, slow on a busy host: its own,
+                    # longer bound, and one at a time (the token then serves every call)
+                    await asyncio.wait_for(self._auth_headers(endpoint), AUTHENTICATE_TIMEOUT_S)
                 answer = await asyncio.wait_for(self._authenticated(endpoint, path, body),
                                                 self.options.request_timeout_s)
             except asyncio.TimeoutError:
@@ -129,7 +135,8 @@ class EtcdClient:
             except Unreachable as exc:
                 last = exc
             except EtcdError as exc:
-                if exc.code not in RETRY_ELSEWHERE_CODES:
+                # a stale token (cleared in _authenticated) is retried with a fresh one
+                if exc.code not in RETRY_ELSEWHERE_CODES and exc.code not in UNAUTHENTICATED_CODES:
                     self._mark(endpoint, True)  # it answered: the endpoint works, the request did not
                     raise
                 last = exc
@@ -143,7 +150,7 @@ class EtcdClient:
     async def watch(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Open a watch stream on the current endpoint; yields each result message."""
         endpoint = self.endpoints[self._current]
-        headers = await self._auth_headers(endpoint)
+        headers = await asyncio.wait_for(self._auth_headers(endpoint), AUTHENTICATE_TIMEOUT_S)
         reader, writer = await asyncio.wait_for(self._connect(endpoint), self.options.request_timeout_s)
         try:
             status, chunks = await asyncio.wait_for(
@@ -193,11 +200,12 @@ class EtcdClient:
     async def _auth_headers(self, endpoint: Endpoint) -> dict[str, str]:
         if not self.options.user:
             return {}
-        if self._token is None:
-            answer = await self._post(endpoint, "/v3/auth/authenticate",
-                                      {"name": self.options.user, "password": self.options.password or ""}, {})
-            self._token = str(answer.get("token", ""))
-        return {"Authorization": self._token}
+        async with self._auth_lock:
+            if self._token is None:
+                answer = await self._post(endpoint, "/v3/auth/authenticate",
+                                          {"name": self.options.user, "password": self.options.password or ""}, {})
+                self._token = str(answer.get("token", ""))
+        return {"Authorization": self._token or ""}
 
     async def _authenticated(self, endpoint: Endpoint, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -205,8 +213,8 @@ class EtcdClient:
         except EtcdError as exc:
             if exc.code not in UNAUTHENTICATED_CODES or not self.options.user:
                 raise
-            self._token = None  # expired (etcd's simple tokens live 5 minutes): once more with a fresh one
-            return await self._post(endpoint, path, body, await self._auth_headers(endpoint))
+            self._token = None  # expired (etcd's simple tokens live 5 minutes): the next call authenticates anew
+            raise
 
     async def _connect(self, endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
