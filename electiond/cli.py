@@ -130,6 +130,15 @@ def print_status(status: dict[str, Any]) -> None:
         rates = clock.get("rate_vs_peers", {})
         print("clock     beyond the bound: " + ", ".join(
             f"{n} (ours x{rates[n]:.4f} of its)" if n in rates else n for n in clock["beyond"]))
+    etcd = status.get("etcd")
+    if etcd:
+        lease = f"lease {etcd['lease_id']} {etcd['lease_remaining_ms'] / 1000:.1f}s left" if etcd["lease_id"] else "no lease"
+        print(f"etcd      {lease}; revision {etcd['revision']}; watch {etcd['watch']}; "
+              f"queue {', '.join(etcd['queue']) or '-'}")
+        for ep in status.get("etcd_endpoints") or []:
+            state = {True: "ok", False: "FAILING", None: "not tried"}[ep["healthy"]]
+            print(f"endpoint  {ep['endpoint']}: {state}{' (current)' if ep['current'] else ''} "
+                  f"{ep.get('last_error') or ''}".rstrip())
     for check in status.get("health") or []:
         state = {True: "ok", False: "FAILING", None: "unknown"}[check["healthy"]]
         print(f"health    {check['kind']} {check['name']}: {state} {check.get('detail') or ''}".rstrip())

@@ -20,7 +20,7 @@ from electiond.keys import Key
 from electiond.protocols.base import Member, Settings
 
 DEFAULT_PATH = "/etc/electiond/electiond.conf"
-PROTOCOL_NAMES = ("bully", "ring", "quorum-lease")
+PROTOCOL_NAMES = ("bully", "ring", "quorum-lease", "etcd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,22 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EtcdConfig:
+    """[etcd]: where the etcd cluster is and how to reach it (protocol = etcd)."""
+
+    endpoints: tuple[str, ...]
+    prefix: str  # every key electiond writes lies under it
+    lease_ttl_s: int
+    lease_guard_s: float
+    request_timeout_s: float
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     protocol: str
@@ -78,6 +94,7 @@ class Config:
     admin_group: str | None = None
     # [monitor] more leadership changes than this in an hour: a warning, a status flag, a metric
     max_changes_per_hour: int = 2
+    etcd: EtcdConfig | None = None  # set when protocol = etcd
 
 
 class ConfigError(Exception):
@@ -106,6 +123,8 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
               "max_promote_failures"),
     "monitor": ("max_changes_per_hour",),
     "health": ("track_process", "track_script", "track_interface", "interval", "timeout", "rise", "fall"),
+    "etcd": ("endpoints", "prefix", "lease_ttl", "lease_guard", "request_timeout", "ca_file", "cert_file",
+             "key_file", "user", "password", "password_file"),
 }
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$")
@@ -321,6 +340,66 @@ def hook_problems(cfg: "Config") -> list[str]:
         elif shutil.which(program) is None:
             problems.append(f"[hooks] {event}: {program!r} is not found on PATH")
     return problems
+def _parse_endpoint(text: str) -> str:
+    m = re.match(r"^(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?$", text)
+    if not m or not 1 <= int(m.group(3)) <= 65535:
+        raise ValueError(f"bad endpoint {text!r} (expected http://host:port or https://host:port)")
+    return f"{m.group(1)}://{m.group(2)}:{m.group(3)}"
+
+
+def _readable_file(section: _Section, key: str) -> str | None:
+    path = section.raw(key)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise section.error(key, f"cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+def _etcd_section(sec: _Section, cluster_name: str, drift_ppm: float) -> tuple[EtcdConfig, str | None]:
+    """The [etcd] section; also returns a warning, if any."""
+    endpoints = sec.convert("endpoints", (), lambda t: tuple(
+        _parse_endpoint(w) for w in re.split(r"[\s,]+", t) if w))
+    if not endpoints:
+        raise sec.error("endpoints", "is required with protocol = etcd (e.g. http://10.0.0.1:2379, ...)")
+    prefix = sec.raw("prefix", f"/electiond/{cluster_name}/")
+    if not prefix.startswith("/") or not prefix.endswith("/"):
+        raise sec.error("prefix", f"{prefix!r} must start and end with '/'")
+    ttl_s = sec.duration_s("lease_ttl", 5.0, minimum_s=2.0)
+    if ttl_s != int(ttl_s):
+        raise sec.error("lease_ttl", "etcd leases are whole seconds (e.g. 5s)")
+    guard_s = sec.duration_s("lease_guard", 0.5, minimum_s=0.0)
+    rho = drift_ppm / 1e6
+    if ttl_s * (1 - rho) / (1 + rho) - guard_s < ttl_s / 2:
+        raise sec.error("lease_guard", f"leaves less than half of the {ttl_s:g}s lease_ttl: keep-alives "
+                        "sent every third of the TTL could not keep it")
+    request_timeout_s = sec.duration_s("request_timeout", min(1.0, ttl_s / 4), minimum_s=0.05)
+    if request_timeout_s > ttl_s / 2:
+        raise sec.error("request_timeout", "must be at most half of lease_ttl")
+    tls_files = {key: _readable_file(sec, key) for key in ("ca_file", "cert_file", "key_file")}
+    if bool(tls_files["cert_file"]) != bool(tls_files["key_file"]):
+        raise sec.error("cert_file" if tls_files["key_file"] else "key_file",
+                        "cert_file and key_file go together (client certificate authentication)")
+    if any(tls_files.values()) and not all(e.startswith("https://") for e in endpoints):
+        raise sec.error("endpoints", "TLS files are set but some endpoints are http://")
+    user = sec.raw("user")
+    password = sec.raw("password")
+    password_file = _readable_file(sec, "password_file")
+    if password and password_file:
+        raise sec.error("password_file", "set password or password_file, not both")
+    if password_file:
+        with open(password_file, encoding="utf-8") as f:
+            password = f.read().strip()
+    if (password is not None) != (user is not None):
+        raise sec.error("user" if password is not None else "password", "user and password go together")
+    warning = None
+    if user and any(e.startswith("http://") for e in endpoints):
+        warning = "[etcd] user: the password travels in clear text over http:// endpoints"
+    return EtcdConfig(endpoints, prefix, int(ttl_s), guard_s, request_timeout_s, tls_files["ca_file"],
+                      tls_files["cert_file"], tls_files["key_file"], user, password), warning
 
 
 def _read_keys(path: str, section: _Section) -> tuple[Key, ...]:
@@ -417,6 +496,16 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
     if backoff_max_s < backoff_base_s:
         raise timing.error("backoff_max", "must not be below backoff_base")
 
+    etcd = None
+    drift_ppm = timing.convert("clock_drift", 1000.0, _parse_drift_ppm)
+    if protocol == "etcd":
+        etcd, etcd_warning = _etcd_section(sec["etcd"], cluster_name, drift_ppm)
+        if etcd_warning:
+            warnings.append(f"{path}: {etcd_warning}")
+        lease_guard_s = etcd.lease_guard_s
+    elif parser.has_section("etcd"):
+        warnings.append(f"{path}: [etcd] is ignored: [cluster] protocol is {protocol}, not etcd")
+
     settings = Settings(
         cluster=cluster_name,
         node_name=name,
@@ -428,7 +517,8 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         preempt_delay_s=node.duration_s("preempt_delay", 5.0, minimum_s=0.0),
         priority=node.integer("priority", 100, 0, 255),
         lease_s=lease_s,
-        clock_drift_ppm=timing.convert("clock_drift", 1000.0, _parse_drift_ppm),
+        clock_drift_ppm=drift_ppm,
+        etcd_lease_ttl_s=etcd.lease_ttl_s if etcd else 5,
         lease_guard_s=lease_guard_s,
         suspicion_threshold=timing.number("suspicion_threshold", 8.0, 0.5),
         min_suspicion_timeout_s=min_suspicion_s,
@@ -486,4 +576,5 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         metrics_listen=control.convert("metrics_listen", None, _parse_listen),
         admin_group=control.convert("admin_group", None, _parse_group_name),
         max_changes_per_hour=sec["monitor"].integer("max_changes_per_hour", 2, 0, 100000),
+        etcd=etcd,
     )

@@ -33,11 +33,13 @@ from electiond.protocols.base import (
     TokenRaised,
 )
 from electiond.protocols.bully import Bully
+from electiond.protocols.etcd import EtcdElection
 from electiond.protocols.lease import HEARTBEAT_ACK, VOTE, QuorumLease
 from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
     Bully.name: Bully,
+    EtcdElection.name: EtcdElection,
     QuorumLease.name: QuorumLease,
     Ring.name: Ring,
 }
@@ -305,6 +307,10 @@ class Node:
 
     def _duplicate_clears_at(self) -> float:
         return self._own_name_heard_at + DUPLICATE_QUIET_PRESENCES * self.membership.presence_interval_s()
+
+    def on_service(self, event: object, now: float) -> list[Effect]:
+        """A reply or watch event from etcd (protocol = etcd), fed in by the shell."""
+        return self._observe(self.protocol.on_service(event, now), now)
 
     def transfer(self, target: str | None, now: float, reason: str = "transfer") -> list[Effect]:
         return self._observe(self.protocol.transfer(target, now, reason), now)

@@ -24,6 +24,7 @@ from electiond import pausefile
 from electiond import sockfilter
 from electiond.budget import SourceBudget, rates_for
 from electiond.config import Config
+from electiond.etcddriver import EtcdDriver
 from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
@@ -41,6 +42,7 @@ from electiond.protocols.base import (
     local_facts,
     TokenRaised,
 )
+from electiond.protocols.etcd import EtcdRequest
 from electiond.state import RECOVERING_MEANS, StateError, StateStore
 from electiond.wire import Codec, Received
 
@@ -133,6 +135,7 @@ class Runtime:
         self._last_leader: str | None = None  # the last leader known (never None once one was): PREVIOUS_LEADER
         self._flapping = False  # one warning per crossing of [monitor] max_changes_per_hour
         self._promote_failed_terms: set[int] = set()  # a promote of this term had a failing hook
+        self.etcd: EtcdDriver | None = None  # protocol = etcd: carries out its requests
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -155,6 +158,9 @@ class Runtime:
         self.node = Node(self.settings, self.config.protocol, rng, now, persisted,
                          max_promote_failures=self.config.hooks.max_promote_failures,
                          max_changes_per_hour=self.config.max_changes_per_hour)
+        if self.config.etcd is not None and self.config.protocol == "etcd":
+            self.etcd = EtcdDriver.for_config(
+                self.config.etcd, lambda event: self._process(lambda now: self.node.on_service(event, now)))
         if pausefile.load(self.config.state_directory):  # PauseFileError (a StateError) refuses the start
             # maintenance survives a restart: blocked before the node can stand
             self.node.pause(now)
@@ -232,6 +238,10 @@ class Runtime:
         await self.hooks.close()
         # the demote hooks are done: hand over before the sockets close
         self._process(lambda now: self.node.demote_hooks_done(now))
+        if self.etcd is not None:
+            # give the lease back (our key goes with it) so the next leader need not wait for the TTL
+            self._process(lambda now: self.node.protocol.release(now))  # type: ignore[attr-defined]
+            await self.etcd.close()
         if self._timer:
             self._timer.cancel()
         self._transports_closed = True
@@ -248,7 +258,7 @@ class Runtime:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         fixed = ("protocol", "settings", "group", "port", "interface", "control_socket",
-                 "control_socket_mode", "state_directory", "health", "metrics_listen")
+                 "control_socket_mode", "state_directory", "health", "metrics_listen", "etcd")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
         if bool(new.keys) != bool(self.config.keys):
             # peers would drop our datagrams (or we theirs) until every node switched
@@ -446,6 +456,9 @@ class Runtime:
                 if effect.leader is not None and effect.leader != self.settings.node_name:
                     self._last_leader = effect.leader
                 self._check_flapping(now)
+            elif isinstance(effect, EtcdRequest):
+                if self.etcd is not None:
+                    self.etcd.carry_out(effect)
             elif isinstance(effect, SplitBrain):
                 log.warning("split brain: %s also claimed leadership (term %d); %s",
                             effect.other, effect.term, "we yielded" if effect.yielded else "it must yield")
@@ -652,6 +665,8 @@ class Runtime:
             "persist_errors": dict(self._persist_errors),
             "leadership_changes_total": self.counters.leadership_changes,
         })
+        if self.etcd is not None:
+            status["etcd_endpoints"] = self.etcd.status()
         # what the state file says; the protocol may report its own view
         status.setdefault("recovering", self.store.state.recovering)
         return status

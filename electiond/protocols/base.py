@@ -51,6 +51,8 @@ class Settings:
     lease_s: float = 0.15
     clock_drift_ppm: float = 1000.0
     lease_guard_s: float = 0.02
+    # etcd: the TTL (whole seconds) of each candidate's etcd lease
+    etcd_lease_ttl_s: int = 5
     # failure detector
     suspicion_threshold: float = 8.0
     min_suspicion_timeout_s: float = 0.1
@@ -364,6 +366,11 @@ class ElectionProtocol(abc.ABC):
             self.disk.succeeded()
         else:
             self.disk.failed(now, error)
+        return []
+
+    def on_service(self, event: object, now: float) -> list[Effect]:
+        """A reply or watch event from an external coordination service
+        (protocol = etcd); the protocols that speak only UDP ignore it."""
         return []
 
     def demote_hooks_done(self, now: float) -> list[Effect]:
