@@ -82,7 +82,9 @@ def print_status(status: dict[str, Any]) -> None:
     print(f"cluster   {status['cluster']}  protocol {status['protocol']}  authenticated {auth}")
     print(f"leader    {status['leader'] or '-'}  term {status['term']}")
     for blocker, detail in (status.get("blocked_by") or {}).items():
-        print(f"FAULT     {blocker}: {detail}")
+        # the start-up clock check is a wait, not a fault
+        label = "WAITING" if blocker == "clock_check" else "FAULT"
+        print(f"{label:<9} {blocker}: {detail}")
     if status.get("flapping"):
         print(f"WARNING   {status['leader_changes_last_hour']} leadership changes in the last hour")
     disk = status.get("disk") or {}

@@ -51,6 +51,10 @@ class Settings:
     lease_s: float = 0.15
     clock_drift_ppm: float = 1000.0
     lease_guard_s: float = 0.02
+    # start-up clock check (node.py): no standing or lease grant until our
+    # clock agreed with enough peers' over at least this span of beacons;
+    # 0 turns it off (the exhaustive explorer, unit tests of the protocol)
+    clock_check_s: float = 2.0
     # failure detector
     suspicion_threshold: float = 8.0
     min_suspicion_timeout_s: float = 0.1
