@@ -95,7 +95,7 @@ def test_it_stands_once_the_check_passes():
     assert at is not None and n.clock_checked_at < at < n.clock_checked_at + 0.5
 
 
-@pytest.mark.parametrize("our_rate", [0.5, 2.0, 0.7, 1.4])
+@pytest.mark.parametrize("our_rate", [0.5, 2.0, 0.7, 1.4, 0.87, 1.15])
 @pytest.mark.parametrize("offset_s", [0.0, 0.13, 0.37])
 def test_a_gross_error_is_caught_before_the_check_can_pass(our_rate, offset_s):
     """Our clock at ``our_rate``: the peers' clocks run at 1/our_rate of ours.
