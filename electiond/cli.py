@@ -114,7 +114,8 @@ def print_status(status: dict[str, Any]) -> None:
     print(f"cluster   {status['cluster']}  protocol {status['protocol']}  authenticated {auth}")
     print(f"leader    {status['leader'] or '-'}  term {status['term']}")
     for blocker, detail in (status.get("blocked_by") or {}).items():
-        label = "PAUSED" if blocker == "paused" else "FAULT"
+        # the start-up clock check is a wait, not a fault
+        label = {"paused": "PAUSED", "clock_check": "WAITING"}.get(blocker, "FAULT")
         print(f"{label:<9} {blocker}: {detail}")
     if status.get("flapping"):
         print(f"WARNING   {status['leader_changes_last_hour']} leadership changes in the last hour "

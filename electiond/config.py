@@ -113,7 +113,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "cluster": ("name", "protocol", "members", "group", "port", "interface", "key_file"),
     "node": ("name", "preempt", "preempt_delay", "priority", "log_level"),
     "timing": (
-        "heartbeat_interval", "election_timeout", "lease", "lease_guard", "clock_drift",
+        "heartbeat_interval", "election_timeout", "lease", "lease_guard", "clock_drift", "clock_check",
         "suspicion_threshold", "min_suspicion_timeout", "max_suspicion_timeout",
         "backoff_base", "backoff_max", "backoff_jitter", "answer_timeout",
     ),
@@ -519,6 +519,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         lease_s=lease_s,
         clock_drift_ppm=drift_ppm,
         etcd_lease_ttl_s=etcd.lease_ttl_s if etcd else 5,
+        clock_check_s=timing.duration_s("clock_check", 2.0, minimum_s=0.0),
         lease_guard_s=lease_guard_s,
         suspicion_threshold=timing.number("suspicion_threshold", 8.0, 0.5),
         min_suspicion_timeout_s=min_suspicion_s,

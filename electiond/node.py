@@ -34,7 +34,7 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.bully import Bully
 from electiond.protocols.etcd import EtcdElection
-from electiond.protocols.lease import HEARTBEAT_ACK, VOTE, QuorumLease
+from electiond.protocols.lease import HEARTBEAT_ACK, PREVOTE_REPLY, VOTE, QuorumLease
 from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
@@ -44,6 +44,7 @@ PROTOCOLS: dict[str, type[ElectionProtocol]] = {
     Ring.name: Ring,
 }
 
+INF: Final = float("inf")
 HISTORY_LENGTH: Final = 200
 # DESIGN §6: more than this many leadership changes in an hour is flapping
 FLAP_CHANGES_PER_HOUR: Final = 2
@@ -60,6 +61,21 @@ PAUSED: Final = "paused"
 # promote hooks that keep failing: a growing wait, then FAULT (promote_backoff.py)
 PROMOTE_BACKOFF: Final = "promote_backoff"
 PROMOTE_FAULT: Final = "promote_failed"
+# quorum-lease's start-up clock check (Node._clock_check): the blocker's name,
+# the phase status shows meanwhile, and the widest error margin on a peer's
+# rate estimate that still counts as agreement. An estimate r^ +- m that
+# overlaps the bound puts the true rate within the bound + 2m, so with 0.05
+# a clock off by more than about 10 % (x0.5, x2, x1.2) can never pass; a
+# smaller excess is left to the running estimator (1.01: 7-9 s). On a quiet
+# path m (4E/span, E >= 5 ms) is 0.01 at the estimator's 2 s minimum span,
+# so the span sets the wait; a path whose delays vary by tens of ms needs a
+# longer span (the simulator's slow links: up to ~10 s; 0.02 held some
+# nodes past 20 s).
+CLOCK_CHECK: Final = "clock_check"
+PHASE_CLOCK_CHECK: Final = "clock-check"
+CLOCK_CHECK_MAX_MARGIN: Final = 0.05
+# a check that has waited this many spans says so in the log, once
+CLOCK_CHECK_NAG_SPANS: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +92,22 @@ class HistoryEntry:
     event: str  # promote, demote, leader, split_brain, hook, ...
     term: int
     detail: dict[str, Any]
+
+
+def presence_interval_s(settings: Settings) -> float:
+    """Every member's PRESENCE beacon period."""
+    return max(0.5, 10 * settings.heartbeat_interval_s)
+
+
+def clock_check_wait_s(settings: Settings) -> float:
+    """The longest quorum-lease's start-up clock check holds a healthy node
+    once quorum - 1 peers beacon to it: the first beacon's phase (a period),
+    the span, and a period of slack for a late beacon. 0: no check."""
+    if settings.clock_check_s <= 0.0 or settings.quorum <= 1:
+        return 0.0
+    period_s = presence_interval_s(settings)
+    span_s = max(settings.clock_check_s, ClockBounds(settings.clock_drift_ppm, period_s).min_span_s)
+    return span_s + 2.0 * period_s
 
 
 class Membership:
@@ -140,7 +172,7 @@ class Membership:
         return 3 * self.presence_interval_s()
 
     def presence_interval_s(self) -> float:
-        return max(0.5, 10 * self._settings.heartbeat_interval_s)
+        return presence_interval_s(self._settings)
 
     def last_seen(self, name: str) -> float | None:
         return self._last_seen.get(name)
@@ -200,8 +232,9 @@ class Node:
         # for the shell's log; bounded, since the simulator never drains it
         self.clock_events: deque[ClockEvent] = deque(maxlen=64)
         self._clock_was_beyond: dict[str, bool] = {}  # to log a peer's return once
-        # quorum-lease, our clock beyond its bound and fast: a promise we make
-        # would end too early in real time, so no lease may count on our grants
+        # the one grant gate (_without_grants), shut for either of two reasons:
+        # quorum-lease, our clock found beyond its bound and fast (a promise we
+        # make would end too early in real time), or the start-up check below
         self._withhold_grants = False
         self.max_changes_per_hour = max_changes_per_hour
         # failed promote hooks: back off, then FAULT (a base of a few election
@@ -218,6 +251,32 @@ class Node:
         self.elections_won = 0
         self.elections_lost = 0
         self._last_role = self.protocol.role
+        self._clock_fast = False
+        # quorum-lease's start-up clock check. Detecting a gross error takes
+        # 3-8 s; until then a node whose clock is off could win an election
+        # or back a lease with promises that end early. So a new node neither
+        # stands nor grants (votes, pre-votes, acks) until quorum - 1 peers
+        # (with us, a majority) have each shown, over at least the span
+        # below, a rate estimate that agrees with ours within the bound and
+        # a margin of CLOCK_CHECK_MAX_MARGIN. A gross error never shows such
+        # an estimate, so it cannot pass first; a healthy cluster waits one
+        # span of beacons. With fewer peers alive no majority could elect
+        # anyway: the node keeps following and answers status, only its
+        # grants and candidacy wait for a peer to return.
+        self.clock_check_span_s = max(settings.clock_check_s, self.clock_bounds.min_span_s)
+        self.clock_check_need = settings.quorum - 1
+        self.clock_checked_at: float | None = None
+        self._clock_checking = False
+        self._clock_check_nag_at = INF
+        if protocol == QuorumLease.name and settings.clock_check_s > 0.0 and self.clock_check_need > 0:
+            self._clock_checking = True
+            self._withhold_grants = True
+            self._clock_check_nag_at = now + CLOCK_CHECK_NAG_SPANS * self.clock_check_span_s
+            detail = self._clock_check_detail(now)
+            self._blockers[CLOCK_CHECK] = detail
+            # not leading or standing yet: nothing to carry out
+            self.protocol.set_eligible(False, now, CLOCK_CHECK)
+            self._clock_event(now, "check-started", detail)
 
     # ---- inputs -----------------------------------------------------------
 
@@ -232,8 +291,11 @@ class Node:
             clock_ms = msg.body.get("clock_ms")
             peer = self.peer_clocks.get(msg.sender)
             # the wire insists on clock_ms; a hand-made message in a test may lack it
-            if type(clock_ms) is int and peer is not None and peer.observe(now, clock_ms / 1000.0):
-                return self._clock_verdict_changed(msg.sender, peer, now)
+            if type(clock_ms) is int and peer is not None:
+                effects = self._clock_verdict_changed(msg.sender, peer, now) if peer.observe(now, clock_ms / 1000.0) else []
+                if self._clock_checking:
+                    effects += self._clock_check(now)
+                return effects
             return []
         if DUPLICATE_NAME in self._blockers:
             # Peers cannot tell our grants from the other process's, so we
@@ -257,6 +319,9 @@ class Node:
             self.membership.suspect(leader_before, now)
         if PROMOTE_BACKOFF in self._blockers and now >= self.promote_backoff.until:
             effects += self.set_blocker(PROMOTE_BACKOFF, False, now)
+        if now >= self._clock_check_nag_at:
+            self._clock_check_nag_at = INF
+            self._clock_event(now, "check-waiting", self._clock_check_detail(now))
         if DUPLICATE_NAME in self._blockers and now >= self._duplicate_clears_at():
             self.history.append(HistoryEntry(now, "duplicate_name_cleared", self.protocol.term, {}))
             effects += self.set_blocker(DUPLICATE_NAME, False, now)
@@ -270,7 +335,7 @@ class Node:
         self._next_presence = now + self.membership.presence_interval_s()
         body = {
             "paused": PAUSED in self._blockers,
-            "fault": any(name != PAUSED for name in self._blockers),
+            "fault": any(name not in (PAUSED, CLOCK_CHECK) for name in self._blockers),
             "served_term": self.served_term,
             "clock_ms": int(now * 1000.0),  # peers estimate our clock's rate from it
         }
@@ -445,6 +510,9 @@ class Node:
     def status(self, now: float) -> dict[str, Any]:
         s = self.settings
         self._trim_changes(now)
+        blocked_by = dict(self._blockers)
+        if self._clock_checking:
+            blocked_by[CLOCK_CHECK] = self._clock_check_detail(now)
         members = []
         suspicion = self.peer_watches.snapshot(now)
         for m in s.members:
@@ -488,11 +556,18 @@ class Node:
             "elections": {"started": self.elections_started, "won": self.elections_won,
                           "lost": self.elections_lost},
             "split_brains": self.split_brains,
-            "blocked_by": dict(self._blockers),
+            "blocked_by": blocked_by,
             "disk": self.protocol.disk.snapshot(now),
             "clock": self.clock_status(),
-            **self.protocol.extra_status(now),
+            **self._protocol_status(now),
         }
+
+    def _protocol_status(self, now: float) -> dict[str, Any]:
+        extra = self.protocol.extra_status(now)
+        if self._clock_checking and extra.get("phase") in ("ineligible", "follower", "quarantine"):
+            # it may follow a leader meanwhile, but grants nothing: say why
+            extra["phase"] = PHASE_CLOCK_CHECK
+        return extra
 
     # ---- clocks -----------------------------------------------------------------
 
@@ -523,15 +598,68 @@ class Node:
             # a fast clock ends our promises early in real time (unsafe);
             # a slow one late (safe: only a lease of ours would be unsafe)
             fast = sum(1 for n in beyond if (self.peer_clocks[n].rate() or 1.0) < 1.0)
-            self._withhold_grants = self.protocol_name == QuorumLease.name and 2 * fast > len(beyond)
-            return self.set_blocker("clock", True, now, detail)
+            self._clock_fast = self.protocol_name == QuorumLease.name and 2 * fast > len(beyond)
+            effects = self.set_blocker("clock", True, now, detail)
+            if self._clock_checking:
+                # the start-up check found what it waits for: the ``clock``
+                # blocker takes over (raised first, so we never stand between)
+                effects += self._end_clock_check(now, "check-ended", "clock check ended: our clock is off (see the error)")
+            self._withhold_grants = self._clock_fast or self._clock_checking
+            return effects
         # cleared only on positive evidence: a peer whose verdict went back
         # to within, not merely the silence of the ones that disagreed
         if blamed and any(self.peer_clocks[n].verdict == WITHIN for n in known):
             self._clock_event(now, "self-cleared", "our clock agrees with our peers' again: standing")
-            self._withhold_grants = False
+            self._clock_fast = False
+            self._withhold_grants = self._clock_checking
             return self.set_blocker("clock", False, now)
         return []
+
+    def _clock_agrees(self, name: str, now: float) -> bool:
+        """Whether this peer's beacons show its clock running at our rate, as
+        the start-up check requires (see __init__)."""
+        peer = self.peer_clocks[name]
+        est = peer.estimate
+        if peer.verdict != WITHIN or est is None or not self.membership.alive(name, now):
+            return False
+        b = self.clock_bounds
+        # the window's span, not the last fit's: while within, the estimator
+        # refits only every refit_s, and an older fit's margin is the wider
+        return (peer.ts[-1] - peer.ts[0] >= self.clock_check_span_s and est.margin <= CLOCK_CHECK_MAX_MARGIN
+                and b.rate_low - est.margin <= est.rate <= b.rate_high + est.margin)
+
+    def _clock_check(self, now: float) -> list[Effect]:
+        agree = [n for n in self.peer_clocks if self._clock_agrees(n, now)]
+        if len(agree) < self.clock_check_need:
+            return []
+        rates = ", ".join(f"{n}'s ({_fmt_rate(_inverse(self.peer_clocks[n].rate()))})" for n in agree)
+        return self._end_clock_check(now, "check-passed", f"clock check passed after {now - self.started_at:.1f}s: "
+                                          f"our clock agrees with {rates}: standing and granting")
+
+    def _end_clock_check(self, now: float, kind: str, text: str) -> list[Effect]:
+        self._clock_checking = False
+        self._clock_check_nag_at = INF
+        self.clock_checked_at = now
+        self._withhold_grants = self._clock_fast
+        self._clock_event(now, kind, text)
+        return self.set_blocker(CLOCK_CHECK, False, now)
+
+    def _clock_check_detail(self, now: float) -> str:
+        """Why the start-up check still holds us, peer by peer."""
+        parts = []
+        for name, peer in self.peer_clocks.items():
+            if not self.membership.alive(name, now):
+                parts.append(f"{name} not heard")
+            elif peer.verdict == BEYOND:
+                parts.append(f"{name} disagrees ({_fmt_rate(_inverse(peer.rate()))})")
+            elif self._clock_agrees(name, now):
+                parts.append(f"{name} agrees")
+            else:
+                span_s = now - peer.ts[0] if peer.ts else 0.0
+                parts.append(f"{name} {span_s:.1f}s of beacons")
+        return (f"clock check: not standing or granting until our clock agrees with {self.clock_check_need} "
+                f"of {len(self.peer_clocks)} peers over {self.clock_check_span_s:.1f}s of beacons "
+                f"({', '.join(parts)})")
 
     def _clock_event(self, now: float, kind: str, text: str) -> None:
         self.clock_events.append(ClockEvent(kind, text))
@@ -545,6 +673,10 @@ class Node:
                 rates[name] = round(1.0 / r, 6)
         return {
             "ok": "clock" not in self._blockers,
+            # the start-up check: True once passed (or not needed), with when
+            "checked": not self._clock_checking,
+            "checked_after_s": (None if self.clock_checked_at is None
+                                else round(self.clock_checked_at - self.started_at, 3)),
             # seconds our clock counts per second of each peer's
             "rate_vs_peers": rates,
             "beyond": sorted(n for n, p in self.peer_clocks.items() if p.verdict == BEYOND),
@@ -605,12 +737,14 @@ class Node:
 
 
 def _without_grants(effects: list[Effect]) -> list[Effect]:
-    """quorum-lease's lease grants (a granted VOTE, an ok LEASE_ACK) left out:
-    the protocol still keeps its promise, the requester just cannot count it."""
+    """quorum-lease's grants (a granted VOTE, an ok LEASE_ACK, a granted
+    PREVOTE_REPLY) left out: the protocol still keeps its promise, the
+    requester just cannot count it (and is not led into a candidacy we could
+    not vote in)."""
     kept: list[Effect] = []
     for e in effects:
         if type(e) is Send and ((e.kind == HEARTBEAT_ACK and e.body.get("ok") is True)
-                                or (e.kind == VOTE and e.body.get("granted") is True)):
+                                or ((e.kind == VOTE or e.kind == PREVOTE_REPLY) and e.body.get("granted") is True)):
             continue
         kept.append(e)
     return kept

@@ -383,7 +383,7 @@ class Runtime:
             event = events.popleft()
             if event.kind == "self-beyond":
                 log.error("clock: %s", event.text)
-            elif event.kind == "peer-beyond":
+            elif event.kind in ("peer-beyond", "check-waiting"):
                 log.warning("clock: %s", event.text)
             else:
                 log.info("clock: %s", event.text)

@@ -30,8 +30,10 @@ def main() -> int:
             print(f"starting {args.nodes} daemons ({args.protocol}) on 127.0.0.1, group {cluster.group}:{cluster.port}")
             t0 = time.monotonic()
             cluster.start_all()
-            leader = cluster.wait_leader(10.0)
-            print(f"leader: {leader} (agreed by all {args.nodes} after {time.monotonic() - t0:.2f}s)\n")
+            leader = cluster.wait_leader(20.0)
+            check = (" (quorum-lease: each node first compares its clock with its peers' for clock_check = 2s)"
+                     if args.protocol == "quorum-lease" else "")
+            print(f"leader: {leader} (agreed by all {args.nodes} after {time.monotonic() - t0:.2f}s{check})\n")
             electionctl(cluster, leader, "status")
 
             print(f"\nkill -9 {leader}")

@@ -210,3 +210,14 @@ def test_health_section(tmp_path):
     cfg = config.load(write(tmp_path, text))
     assert cfg.health.track_process == ("postgres", "pg_ctl .*-D /srv")
     assert cfg.health.track_interface == ("eth0", "eth1") and cfg.health.rise == 3
+
+
+def test_clock_check_defaults_to_2s_and_0s_turns_it_off(tmp_path):
+    assert config.load(write(tmp_path, BASE)).settings.clock_check_s == pytest.approx(2.0)
+    for text, want in (("5s", 5.0), ("0s", 0.0)):
+        cfg = config.load(write(tmp_path, BASE.replace("election_timeout = 150ms-300ms",
+                                                       f"election_timeout = 150ms-300ms\nclock_check = {text}")))
+        assert cfg.settings.clock_check_s == pytest.approx(want)
+    with pytest.raises(config.ConfigError, match="clock_check"):
+        config.load(write(tmp_path, BASE.replace("election_timeout = 150ms-300ms",
+                                                 "election_timeout = 150ms-300ms\nclock_check = -1s")))

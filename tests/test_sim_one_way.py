@@ -53,9 +53,10 @@ def run_episode(protocol: str, size: int, cuts: list[tuple[int, int]], preempt: 
     c = Cluster(settings, protocol, invariants_for(protocol), random.Random(seed), network=net)
     for i in range(size):
         c.boot(i)
-    c.run_until(1.0, stop_on_violation=False)
+    # healthy traffic is measured under a leader: past quorum-lease's start-up clock check (~2.5 s)
+    c.run_until(4.0, stop_on_violation=False)
     sent0 = c.delivered + c.dropped
-    c.run_until(2.0, stop_on_violation=False)
+    c.run_until(5.0, stop_on_violation=False)
     healthy = float(c.delivered + c.dropped - sent0)
     for a, b in cuts:
         c.cut([a], [b])

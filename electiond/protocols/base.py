@@ -53,6 +53,10 @@ class Settings:
     lease_guard_s: float = 0.02
     # etcd: the TTL (whole seconds) of each candidate's etcd lease
     etcd_lease_ttl_s: int = 5
+    # start-up clock check (node.py): no standing or lease grant until our
+    # clock agreed with enough peers' over at least this span of beacons;
+    # 0 turns it off (the exhaustive explorer, unit tests of the protocol)
+    clock_check_s: float = 2.0
     # failure detector
     suspicion_threshold: float = 8.0
     min_suspicion_timeout_s: float = 0.1

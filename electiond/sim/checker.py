@@ -19,6 +19,7 @@ from bisect import insort
 from dataclasses import dataclass, field
 from typing import Callable
 
+from electiond.node import clock_check_wait_s
 from electiond.protocols.base import ROLE_LEADER, ElectionProtocol, PersistedState, Send, Settings
 from electiond.protocols.lease import REQUEST_VOTE, VOTE, QuorumLease
 
@@ -39,9 +40,12 @@ def _bully_liveness_s(s: Settings) -> float:
 
 
 def _lease_liveness_s(s: Settings) -> float:
-    # a restarted node sits out L_f; then a few randomized election timeouts
+    # a restarted node sits out its start-up clock check (which covers L_f,
+    # the quarantine, as well: counted both, to be generous); then a few
+    # randomized election timeouts
     return (
-        s.follower_promise_s()
+        clock_check_wait_s(s)
+        + s.follower_promise_s()
         + 4 * max(s.election_timeout_max_s, s.max_suspicion_timeout_s)
         + s.backoff_max_s
         + s.backoff_jitter_s
