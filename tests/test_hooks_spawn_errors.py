@@ -321,7 +321,9 @@ async def main():
     (result,) = results
     print("ok" if result.ok else result.error)
 
-(uvloop.run if sys.argv[1] == "uvloop" else asyncio.run)(main())
+# uvloop.run is newer than Debian 12's uvloop 0.17: a Runner works with both
+with asyncio.Runner(loop_factory=uvloop.new_event_loop if sys.argv[1] == "uvloop" else None) as runner:
+    runner.run(main())
 """
 
 
