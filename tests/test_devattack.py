@@ -13,6 +13,25 @@ def test_refuses_destinations_off_the_machine(host):
         devattack.flood([(host, 9)], [b"x"], 0.1, "127.0.0.66")
 
 
+@pytest.mark.parametrize("host", ["10.213.100.11", "192.168.1.1"])
+def test_refuses_private_lan_addresses_outside_a_test_namespace(host, monkeypatch):
+    monkeypatch.setattr(devattack, "in_own_netns", lambda: False)
+    with pytest.raises(SystemExit, match="refusing"):
+        devattack.flood([(host, 9)], [b"x"], 0.1, "127.0.0.66")
+
+
+def test_inside_a_test_namespace_only_private_addresses_are_allowed(monkeypatch):
+    monkeypatch.setattr(devattack, "in_own_netns", lambda: True)
+    devattack._check_destination("10.213.100.11")  # a namespace LAN host: allowed
+    with pytest.raises(SystemExit, match="refusing"):
+        devattack._check_destination("8.8.8.8")  # public: never, wherever it runs
+
+
+def test_pytest_itself_is_not_in_a_named_namespace():
+    # the tests run in the machine's own namespace: LAN addresses stay refused here
+    assert devattack.in_own_netns() is False
+
+
 def test_multicasts_with_ttl_1_from_its_own_loopback_source():
     sock = devattack.attacker_socket("127.0.0.66")
     try:
