@@ -53,7 +53,7 @@ def envelope(cluster: str, kind: str, sender: str, incarnation: int, seq: int, t
 
 # each protocol's leader heartbeat: (kind, body)
 HEARTBEATS = {
-    "quorum-lease": ("LEASE_HEARTBEAT", {"round": 1, "priority": 255}),
+    "quorum-lease": ("LEASE_HEARTBEAT", {"round": 1, "priority": 255, "sticky": False}),
     "bully": ("HEARTBEAT", {}),
     "ring": ("HEARTBEAT", {}),
 }
