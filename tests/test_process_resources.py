@@ -258,6 +258,8 @@ def test_out_of_descriptors_during_a_transfer_to_it(tmp_path: pathlib.Path) -> N
         c.start_all()
         leader = c.wait_leader(15)
         x = next(n for n in c.names if n != leader)
+        # a node still in its start-up clock check may not stand: exhaust it once it passed
+        c.wait_for(lambda: ((c.status(x) or {}).get("clock") or {}).get("checked"), 15, f"{x}'s clock check")
         held = exhaust(c, x)
         try:
             request(c.socket(leader), "transfer", {"target": x}, timeout_s=5.0)
@@ -289,6 +291,8 @@ def test_promote_hook_that_cannot_start_makes_the_node_step_down(tmp_path: pathl
         c.start_all()
         leader = c.wait_leader(15)
         if leader != "n1":
+            # a node still in its start-up clock check may not stand: hand over once it passed
+            c.wait_for(lambda: ((c.status("n1") or {}).get("clock") or {}).get("checked"), 15, "n1's clock check")
             request(c.socket(leader), "transfer", {"target": "n1"}, timeout_s=5.0)
 
         def failed_promote() -> dict[str, Any] | None:
