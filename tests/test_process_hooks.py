@@ -55,8 +55,11 @@ def test_hung_promote_hook_is_killed_and_the_node_steps_down(tmp_path: Path) -> 
         events = c.hook_events()
         promote_at = next(e for e in events if e[1] == "promote" and e[2] == first)[0]
         demote = next(e for e in events if e[1] == "demote" and e[2] == first and e[0] > promote_at)
-        # the demote came only after the hook had been given its full timeout
-        assert demote[0] - promote_at >= timeout_s
+        # the demote came only after the hook had been given its full timeout.
+        # These stamps are taken by the hook processes themselves, after the
+        # daemon spawned them, so allow for the promote hook starting late; the
+        # exact figure is the daemon's own duration_ms in its history below.
+        assert demote[0] - promote_at >= timeout_s - 0.25
         # a failed promote steps down through the backoff (README: failing hooks back off)
         assert demote[4] in ("promote_backoff", "promote_failed")
         winner = c.agreed_leader()
