@@ -126,6 +126,9 @@ class Runtime:
         self._persist_errors: dict[str, int] = {}  # failed state writes by errno name
         self._disk_failing = False
         self.dropped_not_ready = 0  # datagrams that arrived before start() finished
+        # set once both transports, the codec and the hook runner exist: the loop
+        # may read a socket between start()'s awaits, before it can answer
+        self._accepting = False
         self._own_address = ""
         self._duplicate_fault = False  # in FAULT because another process uses our name
         self.budget = SourceBudget(*rates_for(len(self.settings.members), self.settings.heartbeat_interval_s))
@@ -183,6 +186,12 @@ class Runtime:
             clock=time.monotonic,
             wall_ms=lambda: time.time_ns() // 1_000_000,
         )
+        # the hook runner too: the loop may deliver a datagram (and so a
+        # Promote) between the two endpoint awaits below
+        self.hooks = make_hook_runner(self.config, self._on_hook_result, self.fd_reserve)
+        # A daemon always starts as non-leader: give up whatever a crashed
+        # predecessor may have held (a VIP) before standing for election.
+        self.hooks.submit(Transition("demote", self.node.protocol.term, None, None, "startup"))
         self._unicast, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._on_datagram), sock=unicast_sock
         )
@@ -192,13 +201,10 @@ class Runtime:
         self._transports = [self._unicast, group_transport]
         self._sockets = [unicast_sock, group_sock]
         self._own_address = f"{local_address}:{unicast_sock.getsockname()[1]}"
+        self._accepting = True
         if not self.config.keys:
             log.warning("no [cluster] key_file: messages are NOT authenticated; any host on the LAN can forge them")
 
-        self.hooks = make_hook_runner(self.config, self._on_hook_result, self.fd_reserve)
-        # A daemon always starts as non-leader: give up whatever a crashed
-        # predecessor may have held (a VIP) before standing for election.
-        self.hooks.submit(Transition("demote", self.node.protocol.term, None, None, "startup"))
         self.node.record(now, "startup", incarnation=incarnation)
         health = HealthMonitor(
             self.config.health, self._on_health_change, logging.getLogger("electiond.health"),
@@ -288,7 +294,7 @@ class Runtime:
     # ---- events ---------------------------------------------------------------
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.codec is None or self.node is None:  # start() binds only after both exist; stay safe anyway
+        if not self._accepting:
             self.dropped_not_ready += 1
             return
         # the budget first: a flood must cost a lookup, not a decode and an HMAC

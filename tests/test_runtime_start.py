@@ -1,5 +1,6 @@
-"""Runtime.start in-process: the codec exists before any socket is read, and
-the wait for a missing interface (net.wait_for_sockets)."""
+"""Runtime.start in-process: a datagram read between start()'s awaits is
+counted, never acted on half-started (no hook runner or send transport yet),
+and the wait for a missing interface (net.wait_for_sockets)."""
 
 import asyncio
 import logging
@@ -20,7 +21,7 @@ def load_config(tmp_path, monkeypatch, **replace):
     return configmod.load(str(c.config_path("n1")), "n1")
 
 
-def test_a_datagram_arriving_while_start_binds_is_decoded_not_fatal(tmp_path, monkeypatch):
+def test_a_datagram_arriving_while_start_binds_is_counted_not_fatal(tmp_path, monkeypatch):
     cfg = load_config(tmp_path, monkeypatch)
 
     async def scenario():
@@ -44,7 +45,9 @@ def test_a_datagram_arriving_while_start_binds_is_decoded_not_fatal(tmp_path, mo
 
     delivered, status = asyncio.run(scenario())
     assert len(delivered) == 2
-    assert status["dropped"]["bad_encoding"] >= 2 and status["dropped"]["not_ready"] == 0
+    # dropped before decoding: a valid one could have made the node send
+    # through a transport not yet assigned (seen as an AttributeError under load)
+    assert status["dropped"]["not_ready"] == 2 and status["dropped"]["bad_encoding"] == 0
 
 
 def test_a_datagram_before_start_is_counted_as_not_ready(tmp_path, monkeypatch):
