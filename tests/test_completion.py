@@ -45,7 +45,8 @@ def conf_dir(tmp_path):
 
 def test_commands_and_options(conf_dir):
     assert complete(["electionctl", ""], conf_dir) == sorted(
-        ["status", "members", "history", "is-leader", "wait-leader", "transfer", "stepdown"])
+        ["status", "members", "history", "is-leader", "wait-leader", "transfer", "stepdown",
+         "lock", "run-as-leader", "barrier", "config"])
     assert complete(["electionctl", "st"], conf_dir) == ["status", "stepdown"]
     assert complete(["electionctl", "--"], conf_dir) == ["--help", "--json", "--socket"]
     assert complete(["electionctl", "wait-leader", "--t"], conf_dir) == ["--timeout"]
