@@ -173,6 +173,18 @@ def run_lock(client: Client, args: argparse.Namespace, fail: Any) -> int:
     token = int(grant["token"])
     deadline = holder_deadline_s(sent, effective_ttl_s(args.ttl, float(grant["ttl_s"])), drift, args.kill_grace)
     next_renew = renew_at_s(sent, args.ttl)
+    if time.monotonic() >= next_renew:
+        # a long --wait: the deadline counted from the acquire's send is (nearly) gone, so
+        # confirm the lease afresh, and count from this renewal's send, before CMD starts
+        renew_sent = time.monotonic()
+        try:
+            r = client.renew(args.name, token, args.ttl, timeout_s=args.ttl / 3)
+        except (CoordRefused, ClientError, OSError) as exc:
+            return fail(args.json, EXIT_LOST, f"electionctl lock {args.name}: lost the lock (token {token}) before "
+                        f"the command started: {exc}", "lock")
+        deadline = holder_deadline_s(renew_sent, effective_ttl_s(args.ttl, float(r["ttl_s"])), drift,
+                                     args.kill_grace)
+        next_renew = renew_at_s(renew_sent, args.ttl)
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     proc = None
     lost = ""
