@@ -35,6 +35,7 @@ EXIT_NOT_ACQUIRED, EXIT_LOST = 75, 76
 COMMANDS = ("lock", "run-as-leader", "barrier", "config")
 DEFAULT_KILL_GRACE_S = 2.0
 DEFAULT_LEADER_GRACE_S = 1.0
+ENDED_KILL_S = 0.1  # run-as-leader: SIGTERM to SIGKILL once the node already stopped leading
 POLL_S = 0.1  # how often the supervisor looks at CMD, and run-as-leader at leadership
 RETRY_S = 0.2
 WATCH_RETRY_S = 0.5
@@ -278,7 +279,10 @@ def run_as_leader(client: Client, args: argparse.Namespace, fail: Any) -> int:
                 if proc.poll() is not None:
                     return _exit_status(proc.returncode)
                 if not leading or time.monotonic() >= deadline:
-                    stop(proc, kill_at_s(min(deadline, time.monotonic()), grace))
+                    # leadership already over (a hand-over: the daemon does not wait for CMD, only for
+                    # its demote hooks): no grace left to give; at the deadline: the usual grace
+                    kill_at = time.monotonic() + ENDED_KILL_S if not leading else kill_at_s(deadline, grace)
+                    stop(proc, kill_at)
                     return fail(args.json, EXIT_LOST, "electionctl run-as-leader: leadership ended; the command "
                                 "was stopped", "run-as-leader")
             # a short lease (quorum-lease) is looked at often enough to renew the deadline in time
