@@ -56,3 +56,11 @@ def test_transfer_completes_member_names_from_the_configs(conf_dir):
     assert complete(["electionctl", "transfer", ""], conf_dir) == ["alpha", "beta", "gamma"]
     assert complete(["electionctl", "--socket", "/run/electiond/a/control.sock", "transfer", "b"], conf_dir) == \
         ["beta"]
+
+
+def test_coordination_commands_complete_their_actions_and_options(conf_dir):
+    assert complete(["electionctl", "config", ""], conf_dir) == ["cas", "delete", "get", "set", "watch"]
+    assert complete(["electionctl", "config", "cas", "k", "v", "--v"], conf_dir) == ["--version"]
+    assert complete(["electionctl", "lock", "job", "--k"], conf_dir) == ["--kill-grace"]
+    assert complete(["electionctl", "members", "--w"], conf_dir) == ["--watch"]
+    assert complete(["electionctl", "barrier", "b", "--l"], conf_dir) == ["--leave"]
