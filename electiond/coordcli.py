@@ -170,8 +170,12 @@ def run_lock(client: Client, args: argparse.Namespace, fail: Any) -> int:
     except ClientError as exc:
         return fail(args.json, 2, f"electionctl: {exc}", "lock")
     drift = float(grant.get("clock_drift_ppm", 1000.0))
-    check_lock_args(args.ttl, args.kill_grace, drift)
     token = int(grant["token"])
+    try:
+        check_lock_args(args.ttl, args.kill_grace, drift)  # the daemon's own drift bound may be wider
+    except SuperviseError:
+        _release_quietly(client, args.name, token)
+        raise
     deadline = holder_deadline_s(sent, effective_ttl_s(args.ttl, float(grant["ttl_s"])), drift, args.kill_grace)
     next_renew = renew_at_s(sent, args.ttl)
     if time.monotonic() >= next_renew:
@@ -229,10 +233,7 @@ def run_lock(client: Client, args: argparse.Namespace, fail: Any) -> int:
         for s, handler in old.items():
             signal.signal(s, handler)
     if not lost or lost == "interrupted":
-        try:
-            client.release(args.name, token)
-        except (CoordRefused, ClientError, OSError):
-            pass  # its lease runs out by itself
+        _release_quietly(client, args.name, token)
     if lost == "interrupted":
         return 128 + signal.SIGTERM
     if lost:
@@ -240,6 +241,13 @@ def run_lock(client: Client, args: argparse.Namespace, fail: Any) -> int:
                     "the command was stopped", "lock")
     assert proc is not None
     return _exit_status(proc.returncode)
+
+
+def _release_quietly(client: Client, name: str, token: int) -> None:
+    try:
+        client.release(name, token)
+    except (CoordRefused, ClientError, OSError):
+        pass  # its lease runs out by itself
 
 
 def _leadership(client: Client) -> tuple[bool, float | None, float]:

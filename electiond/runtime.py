@@ -578,7 +578,7 @@ class Runtime:
             return self.metrics_text()
         if name in coordcmds.COORD_COMMANDS:
             return coordcmds.dispatch(self.coord_backend(), self.settings.node_name, self.settings.clock_drift_ppm,
-                                      name, args)
+                                      name, args, self.config.protocol)
         if name in ("transfer", "stepdown"):
             wait_s = _wait_arg(args)
             target = args.get("target") if name == "transfer" else None

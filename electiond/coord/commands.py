@@ -90,10 +90,12 @@ async def _stream(items: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
 
 
 def dispatch(backend: CoordBackend | None, node_name: str, clock_drift_ppm: float, name: str,
-             args: dict[str, Any]) -> Any:
+             args: dict[str, Any], protocol: str = "") -> Any:
     """One coordination command; ``name`` is in COORD_COMMANDS."""
     if backend is None:
-        raise NoBackend(NO_BACKEND)
+        if protocol == "quorum-lease":
+            raise NoBackend(f"{NO_BACKEND}: this daemon has no embedded coordination backend yet")
+        raise NoBackend(f"{NO_BACKEND} (this cluster runs {protocol})" if protocol else NO_BACKEND)
     b = backend
     if name == "lock.acquire":
         lock, ttl_s = _name(args), _number(args, "ttl_s", 10.0, 1.0, MAX_TTL_S)
