@@ -142,6 +142,10 @@ def test_acknowledged_config_writes_survive_a_daemon_kill(tmp_path):
             second = ctl(c, c.names[1], "config", "cas", "app/key0", "cas2", "--version", str(current))
             assert (first.returncode, second.returncode) == (0, 1), (first.stderr, second.stderr)
             acked["app/key0"] = ("cas1", int(first.stdout))
+            # version 0: only if absent
+            assert ctl(c, c.names[2], "config", "cas", "once", "a", "--version", "0").returncode == 0
+            assert ctl(c, c.names[0], "config", "cas", "once", "b", "--version", "0").returncode == 1
+            assert ctl(c, c.names[0], "config", "get", "once").stdout.strip() == "a"
             c.kill(leader)
             time.sleep(1.0)
             c.start(leader)
