@@ -121,9 +121,19 @@ def refusal_exit(exc: CoordRefused) -> int:
 # ---- supervising CMD ---------------------------------------------------------------------
 
 
+class CannotStart(Exception):
+    pass
+
+
+EXIT_CANNOT_START = 127  # as a shell says for a command it cannot run
+
+
 def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     # its own process group: a stop reaches the shell's children too
-    return subprocess.Popen(cmd, env={**os.environ, **env}, start_new_session=True)
+    try:
+        return subprocess.Popen(cmd, env={**os.environ, **env}, start_new_session=True)
+    except OSError as exc:
+        raise CannotStart(f"cannot run {cmd[0]}: {exc.strerror or exc}") from None
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
@@ -229,6 +239,9 @@ def run_lock(client: Client, args: argparse.Namespace, fail: Any) -> int:
         if proc is not None and proc.poll() is None:
             stop(proc, kill_at_s(min(deadline, time.monotonic()), args.kill_grace))
         lost = lost or "interrupted"
+    except CannotStart as exc:
+        _release_quietly(client, args.name, token)
+        return fail(args.json, EXIT_CANNOT_START, f"electionctl lock {args.name}: {exc}", "lock")
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -307,6 +320,8 @@ def run_as_leader(client: Client, args: argparse.Namespace, fail: Any) -> int:
         if proc is not None and proc.poll() is None:
             stop(proc, time.monotonic() + grace / 2)
         return 128 + signal.SIGTERM
+    except CannotStart as exc:
+        return fail(args.json, EXIT_CANNOT_START, f"electionctl run-as-leader: {exc}", "run-as-leader")
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

@@ -153,6 +153,12 @@ def coordcli_exit(name):
     return getattr(coordcli, name)
 
 
+def test_a_cmd_that_cannot_run_exits_127_and_releases_the_lock(served):
+    r = ctl(served, "lock", "job", "--", "/nonexistent/cmd")
+    assert r.returncode == 127 and "cannot run" in r.stderr
+    assert "job" not in served.backend.locks
+
+
 def test_lock_argument_errors_exit_4(served):
     assert ctl(served, "lock", "job").returncode == 4  # no CMD
     assert ctl(served, "lock", "job", "--ttl", "2s", "--kill-grace", "1.5s", "--", "true").returncode == 4
