@@ -3,7 +3,9 @@
 Exit codes: 0 success (for is-leader: this node leads), 1 a negative answer or
 a refused command, 2 the daemon cannot be reached or answered nonsense, 3
 permission denied (a mutating command from neither root nor [control]
-admin_group), 4 a bad request (a usage error, an unknown node). With
+admin_group), 4 a bad request (a usage error, an unknown node); lock,
+barrier and run-as-leader add 75 (not obtained in time) and 76 (lost: CMD
+was stopped), or exit with CMD's own status (coordcli.py). With
 --json, every answer and every error is one JSON object on stdout.
 """
 
@@ -16,6 +18,8 @@ import socket
 import sys
 import time
 from typing import Any
+
+from electiond import coordcli
 
 DEFAULT_SOCKET = "/run/electiond/control.sock"
 EXIT_OK, EXIT_NO, EXIT_UNREACHABLE, EXIT_PERMISSION, EXIT_BAD_REQUEST = 0, 1, 2, 3, 4
@@ -202,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object (answers and errors alike)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("status", help="role, leader, term and members")
-    sub.add_parser("members", help="the member table")
+    members = sub.add_parser("members", help="the member table")
+    members.add_argument("--watch", action="store_true",
+                         help="one JSON line per membership change (needs protocol = quorum-lease or etcd)")
     sub.add_parser("history", help="recent leadership changes and hook runs, with wall-clock times")
     sub.add_parser("metrics", help="Prometheus text format")
     sub.add_parser("is-leader", help="exit 0 only on the leader (for `electionctl is-leader && job`)")
@@ -218,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     pause.add_argument("--wait", type=parse_duration_s, default=10.0, metavar="DURATION",
                        help="how long a leader waits for a successor (default 10s)")
     sub.add_parser("resume", help="end maintenance (and clear a promote-hook FAULT)")
+    coordcli.add_parsers(sub, parse_duration_s)
     for name in sub.choices:
         sub.choices[name].add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     return parser
@@ -228,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     code = EXIT_OK
     try:
         try:
-            args = build_parser().parse_args(argv)
+            own, cmd = coordcli.split_command(list(sys.argv[1:] if argv is None else argv))
+            args = build_parser().parse_args(own)
+            if args.command in coordcli.SUPERVISING:
+                args.cmd = cmd
+            elif cmd is not None:  # "--" meant for argparse itself (a config value starting with "-")
+                args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
         except UsageError as exc:
             return _fail(json_wanted, EXIT_BAD_REQUEST, str(exc), None)
         try:
@@ -264,6 +276,8 @@ def _emit(args: argparse.Namespace, obj: Any, human: str | None) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     path = args.socket
+    if args.command in coordcli.COMMANDS or (args.command == "members" and args.watch):
+        return coordcli.run(args, _emit, _fail)
     if args.command in ("status", "members"):
         status = request(path, "status")
         if args.json:

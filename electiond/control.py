@@ -5,8 +5,16 @@ or {"ok": false, "error": "...", "code": ...}: code "permission" (a
 mutating command from a client that is neither root nor in ``admin_group``,
 checked with SO_PEERCRED), "bad_request" (unknown command or argument),
 "busy" (see below), or none (the command was refused: not the leader...).
-A handler may return an awaitable (pause, transfer --wait): the reply waits
-for it; other connections are served meanwhile.
+A handler may return an awaitable (pause, transfer --wait, lock.acquire):
+the reply waits for it; other connections are served meanwhile, and a client
+that hangs up while it waits cancels it (a barrier participant that died is
+not counted). A handler may also return an async iterator (members.watch,
+config.watch): the connection then streams one {"ok": true, "event": ...}
+line per item until the iterator ends (a final {"ok": false, ...} line if it
+failed) and is closed; a streaming connection is not idle, but it still
+holds one of the ``max_connections`` slots. Refused coordination requests
+carry the CoordError ``code`` (not_acquired, lock_lost, version_mismatch,
+unavailable, unsupported).
 
 Clients are bounded so that they cannot use up the daemon's descriptors (a
 daemon out of descriptors cannot start its promote hook): at most
@@ -30,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from electiond.coord.commands import COORD_COMMANDS, COORD_MUTATING
 from electiond.protocols.base import CommandError
 
 log = logging.getLogger("electiond.control")
@@ -42,7 +51,8 @@ BUSY = "busy"  # the "code" of a refusal; electionctl treats it as "cannot reach
 PERMISSION = "permission"
 BAD_REQUEST = "bad_request"
 # commands that change what the cluster does: root or [control] admin_group only
-MUTATING = frozenset({"transfer", "stepdown", "pause", "resume"})
+# and the coordination commands a script could block other hosts with (coord/commands.py)
+MUTATING = frozenset({"transfer", "stepdown", "pause", "resume"}) | COORD_MUTATING
 
 
 class BadRequest(CommandError):
@@ -142,7 +152,8 @@ class ControlServer:
         except FileNotFoundError:
             pass
 
-    async def _answer(self, line: bytes, creds: tuple[int, int, int] | None) -> dict[str, Any]:
+    async def _answer(self, line: bytes, creds: tuple[int, int, int] | None,
+                      reader: asyncio.StreamReader | None = None) -> dict[str, Any]:
         try:
             request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
@@ -165,15 +176,64 @@ class ControlServer:
         try:
             result = self._handler(request["cmd"], args)
             if inspect.isawaitable(result):
-                result = await result
+                # only coordination requests: another client may pipeline its next request
+                result = await self._unless_hung_up(result, reader if request["cmd"] in COORD_COMMANDS else None)
+            if hasattr(result, "__anext__"):
+                return {"ok": True, "stream": result}
             return {"ok": True, "result": result}
-        except BadRequest as exc:
+        except Exception as exc:
+            return self._error_reply(request["cmd"], exc)
+
+    @staticmethod
+    def _error_reply(cmd: str, exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, BadRequest):
             return {"ok": False, "code": BAD_REQUEST, "error": str(exc)}
-        except CommandError as exc:
-            return {"ok": False, "error": str(exc)}
-        except Exception as exc:  # a bug must not kill the daemon: report it
-            log.exception("control command %s failed", request["cmd"])
-            return {"ok": False, "error": f"internal error: {exc}"}
+        if isinstance(exc, CommandError):
+            code = getattr(exc, "code", None)
+            return {"ok": False, "error": str(exc), **({"code": code} if isinstance(code, str) else {})}
+        log.error("control command %s failed", cmd, exc_info=exc)  # a bug must not kill the daemon: report it
+        return {"ok": False, "error": f"internal error: {exc}"}
+
+    async def _unless_hung_up(self, awaitable: Any, reader: asyncio.StreamReader | None) -> Any:
+        """The awaitable's result; cancelled if the client closes first."""
+        task = asyncio.ensure_future(awaitable)
+        if reader is None:
+            return await task
+        eof = asyncio.ensure_future(reader.read(1))  # a well-behaved client sends nothing more while waiting
+        try:
+            await asyncio.wait({task, eof}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                task.cancel()
+                raise ConnectionResetError("the client hung up")
+            return task.result()
+        finally:
+            eof.cancel()
+            if not task.done():
+                task.cancel()
+
+    async def _stream(self, stream: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      cmd: str) -> None:
+        """One line per item; ends when the iterator does or the client leaves."""
+        try:
+            while True:
+                try:
+                    item = await self._unless_hung_up(stream.__anext__(), reader)
+                except StopAsyncIteration:
+                    return
+                except ConnectionResetError:
+                    return
+                except Exception as exc:
+                    writer.write(json.dumps(self._error_reply(cmd, exc)).encode() + b"\n")
+                    return
+                writer.write(json.dumps({"ok": True, "event": item}, default=str).encode() + b"\n")
+                await asyncio.wait_for(writer.drain(), self.idle_timeout_s)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.debug("closing a stream for %s", cmd, exc_info=True)
 
     def _refuse(self, writer: asyncio.StreamWriter) -> None:
         self.refused += 1
@@ -210,7 +270,13 @@ class ControlServer:
                     break
                 if not line:
                     break
-                reply = await self._answer(line, creds)
+                try:
+                    reply = await self._answer(line, creds, reader)
+                except ConnectionResetError:
+                    break  # it hung up while its request waited: nobody to answer
+                if "stream" in reply:
+                    await self._stream(reply["stream"], reader, writer, json.loads(line)["cmd"])
+                    break
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
                 # a client that stops reading its replies is idle too
                 await asyncio.wait_for(writer.drain(), self.idle_timeout_s)

@@ -24,6 +24,8 @@ from electiond import pausefile
 from electiond import sockfilter
 from electiond.budget import SourceBudget, rates_for
 from electiond.config import Config
+from electiond.coord import commands as coordcmds
+from electiond.coord.backend import CoordBackend
 from electiond.etcddriver import EtcdDriver
 from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
@@ -139,6 +141,7 @@ class Runtime:
         self._flapping = False  # one warning per crossing of [monitor] max_changes_per_hour
         self._promote_failed_terms: set[int] = set()  # a promote of this term had a failing hook
         self.etcd: EtcdDriver | None = None  # protocol = etcd: carries out its requests
+        self._coord: CoordBackend | None = None  # made on first use (coord_backend)
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -244,6 +247,8 @@ class Runtime:
         await self.hooks.close()
         # the demote hooks are done: hand over before the sockets close
         self._process(lambda now: self.node.demote_hooks_done(now))
+        if self._coord is not None:
+            self._coord.close()
         if self.etcd is not None:
             # give the lease back (our key goes with it) so the next leader need not wait for the TTL
             self._process(lambda now: self.node.protocol.release(now))  # type: ignore[attr-defined]
@@ -566,7 +571,8 @@ class Runtime:
             return self.status()
         if name == "is-leader":
             now = self._process(lambda now: [])  # a woken process checks its lease before answering
-            return {"leader": node.is_leader(now), "node": self.settings.node_name}
+            return {"leader": node.is_leader(now), "node": self.settings.node_name,
+                    "valid_for_ms": self._leader_valid_for_ms(now)}
         if name == "history":
             mono, wall = time.monotonic(), time.time()
             return [
@@ -576,6 +582,9 @@ class Runtime:
             ]
         if name == "metrics":
             return self.metrics_text()
+        if name in coordcmds.COORD_COMMANDS:
+            return coordcmds.dispatch(self.coord_backend(), self.settings.node_name, self.settings.clock_drift_ppm,
+                                      name, args, self.config.protocol)
         if name in ("transfer", "stepdown"):
             wait_s = _wait_arg(args)
             target = args.get("target") if name == "transfer" else None
@@ -602,6 +611,25 @@ class Runtime:
                 log.info("resumed: standing for election again")
             return {"paused": False, "was_paused": was_paused}
         raise BadRequest(f"unknown command {name!r}")
+
+    def _leader_valid_for_ms(self, now: float) -> float | None:
+        """How long is_leader stays true without news (run-as-leader stops its
+        CMD before then); None for protocols without a lease (bully, ring)."""
+        assert self.node is not None
+        protocol = self.node.protocol
+        if not self.node.is_leader(now):
+            return 0.0
+        # the instants the lease-based protocols demote at (lease.py, protocols/etcd.py)
+        until = protocol._step_down_at() if hasattr(protocol, "_step_down_at") else getattr(protocol, "_valid_until", None)
+        return None if until is None else round(max(0.0, until - now) * 1000, 1)
+
+    def coord_backend(self) -> CoordBackend | None:
+        """What serves locks, barriers, members and config; None for bully, ring."""
+        if self._coord is None and self.etcd is not None and self.config.etcd is not None:
+            from electiond.coord.etcdbackend import EtcdBackend
+
+            self._coord = EtcdBackend(self.etcd.client, self.config.etcd.prefix)
+        return self._coord
 
     async def _pause(self, wait_s: float) -> dict[str, Any]:
         """Persist the pause first (a crash right after still comes back

@@ -97,6 +97,8 @@ def option_lines(parser: argparse.ArgumentParser) -> list[str]:
 
 def synopsis(parser: argparse.ArgumentParser) -> str:
     usage = parser.format_usage().strip()
+    # {status,members,...} is one word too long to fill a line: the COMMANDS section lists them
+    usage = re.sub(r"\{[^}]*\}", "COMMAND", usage)
     return esc(" ".join(re.sub(r"^usage:\s*", "", usage).split()))
 
 
@@ -156,6 +158,10 @@ def electionctl_page() -> str:
     lines += [".TP", "\\fB0\\fR", esc("success (for is-leader: this node leads)"),
               ".TP", "\\fB1\\fR", esc("a negative answer or a refused command"),
               ".TP", "\\fB2\\fR", esc("the daemon cannot be reached or answered nonsense"),
+              ".TP", "\\fB3\\fR", esc("permission denied (a mutating command from neither root nor admin_group)"),
+              ".TP", "\\fB4\\fR", esc("a bad request (a usage error, an unknown node, coordination unsupported)"),
+              ".TP", "\\fB75\\fR", esc("lock, barrier, run-as-leader: not obtained within --wait/--timeout"),
+              ".TP", "\\fB76\\fR", esc("lock, run-as-leader: lost; CMD was stopped (otherwise CMD's own status)"),
               SEE_ALSO]
     return "\n".join(lines) + "\n"
 

@@ -45,7 +45,8 @@ def conf_dir(tmp_path):
 
 def test_commands_and_options(conf_dir):
     assert complete(["electionctl", ""], conf_dir) == sorted(
-        ["status", "members", "history", "is-leader", "wait-leader", "transfer", "stepdown"])
+        ["status", "members", "history", "is-leader", "wait-leader", "transfer", "stepdown",
+         "lock", "run-as-leader", "barrier", "config"])
     assert complete(["electionctl", "st"], conf_dir) == ["status", "stepdown"]
     assert complete(["electionctl", "--"], conf_dir) == ["--help", "--json", "--socket"]
     assert complete(["electionctl", "wait-leader", "--t"], conf_dir) == ["--timeout"]
@@ -55,3 +56,11 @@ def test_transfer_completes_member_names_from_the_configs(conf_dir):
     assert complete(["electionctl", "transfer", ""], conf_dir) == ["alpha", "beta", "gamma"]
     assert complete(["electionctl", "--socket", "/run/electiond/a/control.sock", "transfer", "b"], conf_dir) == \
         ["beta"]
+
+
+def test_coordination_commands_complete_their_actions_and_options(conf_dir):
+    assert complete(["electionctl", "config", ""], conf_dir) == ["cas", "delete", "get", "set", "watch"]
+    assert complete(["electionctl", "config", "cas", "k", "v", "--v"], conf_dir) == ["--version"]
+    assert complete(["electionctl", "lock", "job", "--k"], conf_dir) == ["--kill-grace"]
+    assert complete(["electionctl", "members", "--w"], conf_dir) == ["--watch"]
+    assert complete(["electionctl", "barrier", "b", "--l"], conf_dir) == ["--leave"]

@@ -33,7 +33,8 @@ def test_pages_carry_every_option_of_help(tmp_path):
     for action in gen.capture_parser(gen.daemon.parse_args)._actions:
         for option in action.option_strings:
             assert gen.esc(option) in daemon_page, option
-    for command in ("status", "members", "history", "is-leader", "wait-leader", "transfer", "stepdown"):
+    for command in ("status", "members", "history", "is-leader", "wait-leader", "transfer", "stepdown",
+                    "lock", "run-as-leader", "barrier", "config"):
         assert f"\\fB{gen.esc(command)}\\fR" in ctl_page, command
     conf_page = (tmp_path / "electiond.conf.5").read_text()
     assert conf_page.startswith(".TH ELECTIOND.CONF 5") and "\\fBmembers\\fR (unset" in conf_page

@@ -60,6 +60,12 @@ def test_non_root_reads_but_is_refused_mutations_unless_in_admin_group():
                 out = as_user(user, sock, *cmd)
                 assert out.returncode == 3, (cmd, out.returncode, out.stderr)
                 assert "permission denied" in out.stderr and user in out.stderr and group in out.stderr
+            # coordination writes are refused the same way; a read reaches the backend (1: unset, or
+            # 4: no backend yet), never a permission refusal
+            for cmd in (["lock", "job", "--", "true"], ["config", "set", "k", "v"], ["barrier", "b", "--count", "2"]):
+                out = as_user(user, sock, *cmd)
+                assert out.returncode == 3 and "permission denied" in out.stderr, (cmd, out.returncode, out.stderr)
+            assert as_user(user, sock, "config", "get", "k").returncode in (1, 4)
             out = as_user(user, sock, "--json", "transfer")
             assert out.returncode == 3 and json.loads(out.stdout)["exit_code"] == 3
             assert c.agreed_leader() == leader, "a refused transfer changed nothing"
