@@ -56,6 +56,11 @@ class NetnsCluster(Cluster):
             for event in ("promote", "demote", "fault"):
                 (workdir / "hooks.d" / f"{event}.d" / "50-record").symlink_to(workdir / "record-hook")
 
+    socket_wait_s = 15.0  # the lab raises it: on a loaded 2-core machine a daemon may take long to start
+
+    def wait_socket(self, name: str) -> None:
+        self.wait_for(lambda: os.path.exists(self.socket(name)), self.socket_wait_s, f"{name} to open its socket")
+
     def config_path(self, name: str) -> Path:
         path = super().config_path(name)
         path.write_text(path.read_text().replace("interface = 127.0.0.1", f"interface = {self.lan.address[name]}"))

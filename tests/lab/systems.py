@@ -126,6 +126,7 @@ class ElectiondSystem(LabSystem):
         self.cluster = NetnsCluster(workdir, lan, protocol=protocol, node_options=options, size=len(hosts),
                                     vip=False, hooks={"promote": hook, "demote": hook, "fault": hook},
                                     timing=electiond_timing(heartbeat_ms))
+        self.cluster.socket_wait_s = 60.0
 
     def _spawn(self, host: str) -> None:
         self.cluster.start(host)
