@@ -211,6 +211,10 @@ class KeepalivedSystem(LabSystem):
 
     def _spawn(self, host: str) -> None:
         d = self.workdir / host
+        # a SIGKILLed keepalived leaves its pid files; if the dead VRRP child is
+        # a zombie not yet reaped, a new keepalived would think it still runs
+        for stale in ("keepalived.pid", "vrrp.pid"):
+            (d / stale).unlink(missing_ok=True)
         log = open(self.workdir / f"{host}.log", "ab")
         # its own session: a SIGKILL of the group takes parent and VRRP child
         # at once, as a crash of the host's keepalived would (no goodbye advert)
