@@ -18,6 +18,14 @@ from .lan import Lan, sh
 _counter = itertools.count()
 
 
+def _sample(percent: int) -> str:
+    """An nftables match for percent % of packets (numgen's values are 0..99)."""
+    percent = int(percent)
+    if not 0 < percent <= 100:
+        raise ValueError(f"percent must be 1..100, got {percent}")
+    return "" if percent == 100 else f"numgen random mod 100 < {percent} "
+
+
 def netem_available(lan: Lan, host: str) -> tuple[bool, str]:
     """Try a netem qdisc on the host's link (there is no modprobe here)."""
     result = subprocess.run(lan.exec_argv(host, "tc", "qdisc", "add", "dev", "lan0", "root", "netem", "delay", "1ms"),
@@ -70,15 +78,15 @@ class Faults:
 
     def loss(self, host: str, percent: int) -> None:
         """host drops percent % of what it receives, at random."""
-        self._input_drop(host, f"meta l4proto udp numgen random mod 100 < {int(percent)}")
+        self._input_drop(host, f"meta l4proto udp {_sample(percent)}".rstrip())
 
     def duplicate(self, host: str, percent: int) -> None:
         """percent % of what host sends reaches every other port twice: the
         switch copies its frames to the bridge, which floods the copy."""
         port = f"v{self.lan.pid}{host}"[:15]
         self._table(self.lan.switch, "netdev",
-                    f"chain dup {{\n type filter hook ingress device \"{port}\" priority 0;\n"
-                    f" numgen random mod 100 < {int(percent)} dup to \"br0\"\n}}")
+                    f"chain copy {{\n type filter hook ingress device \"{port}\" priority 0;\n"
+                    f" {_sample(percent)}dup to \"br0\"\n}}")
 
     def congest(self, host: str, rate_kbit: int = 64, latency_ms: int = 200) -> None:
         """A slow link out of host: a token bucket that queues, then drops."""
