@@ -2,6 +2,8 @@
 run on one namespace LAN setup (root only), trial by trial interleaved.
 
   scripts/bench failover [--intervals 50,100,1000] [--kills 20] [--kills-slow 20] [--quick]
+  scripts/bench footprint [--interval 50] [--seconds 60] [--quick]   (appends to the report)
+  scripts/bench load [--interval 50] [--seconds 60] [--quick]        (appends to the report)
 
 failover: 5 hosts per system, each system on its own LAN, all running at
 once. One trial SIGKILLs the current leader of every system in turn (the
@@ -186,7 +188,8 @@ def report(args, rows, load_before, load_after, elapsed_s: float) -> str:
                      f"{st['min']:.0f} | {st['max']:.0f} | {st['median'] / hb:.1f} | {st['p90'] / hb:.1f} |")
     if args.quick:
         lines += ["", "(`--quick`: a smoke run with tiny counts; these figures say nothing.)"]
-    lines += ["", "Not measured yet by scripts/bench: the CPU-load variant, graceful transfer, footprint and scale.", ""]
+    lines += ["", "Not measured yet by scripts/bench: graceful transfer and scale;",
+              "`scripts/bench footprint` and `scripts/bench load` append their tables below.", ""]
     return "\n".join(lines)
 
 
@@ -210,6 +213,144 @@ def plot(rows, path: Path) -> None:
     print(f"plot: {path}", file=sys.stderr)
 
 
+def daemon_processes(bed: Bed, host: str):
+    """The processes that make up one host's daemon (keepalived: parent and VRRP child)."""
+    import psutil
+
+    s = bed.system
+    proc = s.cluster.procs[host] if hasattr(s, "cluster") else s.procs[host]
+    try:
+        top = psutil.Process(proc.pid)
+        return [top] + [c for c in top.children(recursive=True) if c.name() == "keepalived"]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def footprint(args) -> int:
+    """CPU % and RSS per daemon in steady state, every system running at once
+    on its own LAN, over the same window."""
+    import psutil
+
+    hb = int(args.interval)
+    load_before = os.getloadavg()
+    began = time.time()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="electiond-bench-") as tmp:
+        beds: list[Bed] = []
+        try:
+            for system in args.systems.split(","):
+                beds.append(Bed(system, args.hosts, hb, Path(tmp)))
+            for bed in beds:
+                bed.start()
+            leaders = {bed.name: bed.settle() for bed in beds}
+            time.sleep(1.0)
+            procs = {(bed.name, h): daemon_processes(bed, h) for bed in beds for h in bed.hosts}
+            cpu0 = {k: sum(sum(p.cpu_times()[:2]) for p in ps) for k, ps in procs.items()}
+            t0 = time.monotonic()
+            rss: dict[tuple[str, str], list[float]] = {k: [] for k in procs}
+            while time.monotonic() - t0 < args.seconds:
+                time.sleep(min(1.0, args.seconds / 5))
+                for k, ps in procs.items():
+                    rss[k].append(sum(p.memory_info().rss for p in ps) / 2**20)
+            wall = time.monotonic() - t0
+            cpu1 = {k: sum(sum(p.cpu_times()[:2]) for p in ps) for k, ps in procs.items()}
+            changes = {bed.name: sum(1 for e in read_log(bed.system.log) if e.event == "promote" and e.t_s > began)
+                       for bed in beds}
+        finally:
+            for bed in beds:
+                bed.close()
+        for bed in beds:
+            keys = [(bed.name, h) for h in bed.hosts]
+            cpu = {k[1]: 100 * (cpu1[k] - cpu0[k]) / wall for k in keys}
+            leader = leaders[bed.name]
+            followers = [v for h, v in cpu.items() if h != leader]
+            rows.append((bed.name, cpu[leader], statistics.median(followers),
+                         statistics.median(statistics.median(rss[k]) for k in keys), changes[bed.name]))
+    lines = [
+        "## Footprint in steady state",
+        "",
+        f"`scripts/bench {' '.join(shlex.quote(a) for a in args.argv)}` on {machine()}; {keepalived_version()}.",
+        f"{args.hosts} daemons per system, interval {hb} ms, all systems running at once for {args.seconds:g} s;",
+        "CPU % of one core (user + system, keepalived's parent and VRRP child together), RSS median.",
+        f"Load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}.",
+        "",
+        "| system | leader CPU % | follower CPU % (median) | RSS MiB (median) | promotions since start |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {lc:.2f} | {fc:.2f} | {r:.1f} | {c} |" for n, lc, fc, r, c in rows]
+    if args.quick:
+        lines += ["", "(`--quick`: a smoke run; these figures say nothing.)"]
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as out:
+        out.write("\n" + text)
+    print(text)
+    return 0
+
+
+BUSY_LOOP = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def under_load(args) -> int:
+    """Busy loops on every core for the window, every system running at once:
+    leadership changes per minute and split-brain seconds from the hook log."""
+    from lab.hooklog import leaders_between
+
+    hb = int(args.interval)
+    load_before = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="electiond-bench-") as tmp:
+        beds: list[Bed] = []
+        burners: list[subprocess.Popen] = []
+        try:
+            for system in args.systems.split(","):
+                beds.append(Bed(system, args.hosts, hb, Path(tmp)))
+            for bed in beds:
+                bed.start()
+            for bed in beds:
+                bed.settle()
+            t0 = time.time()
+            # bounded by their own clock as well: a burner outlives nothing
+            burners = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(seconds=args.seconds + 5)])
+                       for _ in range(os.cpu_count() or 1)]
+            time.sleep(args.seconds)
+            t1 = time.time()
+            for b in burners:
+                b.kill()
+                b.wait(10)
+            burners = []
+            for bed in beds:
+                v = bed.system.verdict()
+                promotions = sum(1 for e in read_log(bed.system.log) if e.event == "promote" and t0 <= e.t_s <= t1)
+                rows.append((bed.name, promotions * 60 / (t1 - t0), leaders_between(v.intervals, t0, t1)))
+        finally:
+            for b in burners:
+                b.kill()
+                b.wait(10)
+            for bed in beds:
+                bed.close()
+    lines = [
+        "## Under CPU load",
+        "",
+        f"`scripts/bench {' '.join(shlex.quote(a) for a in args.argv)}` on {machine()}.",
+        f"{args.hosts} daemons per system, interval {hb} ms, all systems running at once while {os.cpu_count()}",
+        f"busy loops (one per CPU) ran for {args.seconds:g} s. Load average before {load_before[0]:.2f},",
+        f"after {os.getloadavg()[0]:.2f}. Leadership changes = promote hooks in the window.",
+        "",
+        "| system | leadership changes per minute | split-brain s |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {n} | {c:.1f} | {sb:.2f} |" for n, c, sb in rows]
+    if args.quick:
+        lines += ["", "(`--quick`: a smoke run; these figures say nothing.)"]
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as out:
+        out.write("\n" + text)
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
@@ -224,17 +365,39 @@ def main(argv: list[str] | None = None) -> int:
     fo.add_argument("--seed", type=int, default=1)
     fo.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     fo.add_argument("--quick", action="store_true", help="smoke run: 2 kills at 100 ms only")
+    fp = sub.add_parser("footprint", help="CPU %% and RSS per daemon in steady state (appends to --out)")
+    fp.add_argument("--interval", type=int, default=50, help="heartbeat/advert interval in ms (default 50)")
+    fp.add_argument("--seconds", type=float, default=60.0)
+    fp.add_argument("--systems", default=",".join(SYSTEMS))
+    fp.add_argument("--hosts", type=int, default=5)
+    fp.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    fp.add_argument("--quick", action="store_true", help="smoke run: 2 s")
+    ld = sub.add_parser("load", help="busy loops on every core: leadership changes, split-brain (appends to --out)")
+    ld.add_argument("--interval", type=int, default=50, help="heartbeat/advert interval in ms (default 50)")
+    ld.add_argument("--seconds", type=float, default=60.0)
+    ld.add_argument("--systems", default=",".join(SYSTEMS))
+    ld.add_argument("--hosts", type=int, default=5)
+    ld.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ld.add_argument("--quick", action="store_true", help="smoke run: 3 s")
     args = parser.parse_args(argv)
     args.argv = argv
     args.log = lambda m: print(m, file=sys.stderr, flush=True)
     if os.geteuid() != 0:
         print("scripts/bench needs root (network namespaces)", file=sys.stderr)
         return 2
+    install_signal_teardown()
+    if args.command == "load":
+        if args.quick:
+            args.seconds = 3.0
+        return under_load(args)
+    if args.command == "footprint":
+        if args.quick:
+            args.seconds = 2.0
+        return footprint(args)
     if args.quick:
         args.intervals, args.kills, args.kills_slow = "100", 2, 1
     if args.kills < 20 and not args.quick:
         print(f"note: {args.kills} kills per system is below the 20 the figures want", file=sys.stderr)
-    install_signal_teardown()
     return failover(args)
 
 
