@@ -7,10 +7,17 @@ dead daemons) and waits for the system to agree on one leader again.
 
 Judged from the hook log (hooklog.py):
 * quorum-lease: no two leadership intervals overlap, fencing tokens only
-  grow, and after every heal a leader is agreed within RECOVERY_BOUND_S;
+  grow, and after every heal a leader is agreed within RECOVERY_BOUND_S.
+  Hook stamps come after a process spawn, which a starved machine delays
+  (600 ms seen at load 12 on 2 cores): the daemons' logs give each hook's
+  dispatch time, so tokens are checked in the daemons' order, and an overlap
+  no longer than the largest spawn lag measured in the same run is reported
+  (Result.skipped) rather than failed; all overlaps stay in Result.overlaps;
 * bully, ring, keepalived: split-brain seconds are reported (non-zero is
-  expected under partitions), and every split must be over once the system
-  agreed on a leader after the heal.
+  expected under partitions), and every split must be over after the heal
+  (checked when a leader is agreed, or at the latest 2 x RECOVERY_BOUND_S
+  after it; a slow recovery alone is reported, not failed: they promise no
+  bound).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import time
 from pathlib import Path
 
 from .faults import Faults, netem_available
+from .hooklog import dispatches, hook_lags_s, read_log, token_order
 from .lan import Lan
 from .systems import LabSystem, make_system
 
@@ -103,6 +111,7 @@ class Result:
     failures: list[str]
     skipped: list[str]
     duration_s: float
+    max_hook_lag_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -212,21 +221,49 @@ def run_schedule(system_name: str, seed: int, hosts_n: int = 5, steps: int = 4, 
                     failures.append(f"after {st.describe()}: still {len(leaders)} leaders {leaders} after the heal")
             except AssertionError:
                 recovery.append(None)
-                failures.append(f"after {st.describe()}: no agreed leader within {RECOVERY_BOUND_S}s of the heal "
-                                f"(leaders by hook log: {system.leaders()})")
+                if system_name == "quorum-lease":
+                    failures.append(f"after {st.describe()}: no agreed leader within {RECOVERY_BOUND_S}s of the "
+                                    f"heal (leaders by hook log: {system.leaders()})")
+                else:
+                    # the others promise no recovery bound; a split that outlives the heal is what fails them
+                    end = time.monotonic() + RECOVERY_BOUND_S
+                    while len(system.leaders()) > 1 and time.monotonic() < end:
+                        time.sleep(0.1)
+                    if len(system.leaders()) > 1:
+                        failures.append(f"after {st.describe()}: the split outlived the heal by "
+                                        f"{2 * RECOVERY_BOUND_S:.0f}s: leaders {system.leaders()}")
+                    else:
+                        skipped.append(f"after {st.describe()}: no agreed leader within {RECOVERY_BOUND_S}s "
+                                       "(not a failure for this system: no split)")
             time.sleep(0.3)
         time.sleep(0.5)  # the last hooks land
         verdict = system.verdict(slack_s=slack_s, resume_demote_s=RESUME_DEMOTE_S)
+        max_lag_s = 0.0
+        token_faults = verdict.token_faults
+        if system_name != "keepalived":
+            # the daemons' own logs say when each hook was dispatched: the spawn
+            # lag of this run, and the daemons' order of fencing tokens
+            dispatched = [d for h in hosts for d in dispatches(workdir / f"{h}.log", h)]
+            lags = hook_lags_s(read_log(system.log), dispatched)
+            max_lag_s = max(lags, default=0.0)
+            token_faults = token_order(sorted(dispatched, key=lambda d: d.t_s))
         if system_name == "quorum-lease":
-            failures += [f"overlap {a}/{b} for {(hi - lo) * 1000:.0f} ms" for a, b, lo, hi in verdict.overlaps]
-            failures += [f"fencing token: {t}" for t in verdict.token_faults]
+            # an overlap of hook stamps no longer than the largest spawn lag
+            # measured in this run is the machine's (a hook ran late), reported, not failed
+            for a, b, lo, hi in verdict.overlaps:
+                text = f"overlap {a}/{b} for {(hi - lo) * 1000:.0f} ms"
+                if hi - lo <= max_lag_s:
+                    skipped.append(f"{text} (within this run's largest hook spawn lag, {max_lag_s * 1000:.0f} ms)")
+                else:
+                    failures.append(f"{text} (largest hook spawn lag {max_lag_s * 1000:.0f} ms)")
+            failures += [f"fencing token (daemon order): {t}" for t in token_faults]
             failures += [f"late demote: {t}" for t in verdict.late_demotes]
         result = Result(system_name, seed, [st.describe() for st in plan], recovery, round(verdict.split_brain_s, 3),
                         round(verdict.overlap_s(), 3), len(verdict.overlaps), verdict.late_demotes,
-                        verdict.token_faults, failures, skipped, round(time.time() - began, 1))
+                        token_faults, failures, skipped, round(time.time() - began, 1), round(max_lag_s, 3))
         (workdir / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=1))
         log(f"[{system_name} seed {seed}] {'ok' if result.ok else 'FAILED'}: split-brain {result.split_brain_s:.2f}s, "
-            f"overlaps {result.overlaps}, recovery {recovery}" + "".join(f"\n  {f}" for f in failures)
+            f"overlaps {result.overlaps}, recovery {recovery}, largest hook lag {max_lag_s * 1000:.0f} ms" + "".join(f"\n  {f}" for f in failures)
             + (f"\n  skipped: {skipped}" if skipped else ""))
         return result
     finally:

@@ -18,6 +18,8 @@ turns both into leadership intervals per node:
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import re
 import time
 from pathlib import Path
 
@@ -220,3 +222,35 @@ def check(events: list[HookEvent], marks: list[Mark], end_s: float, ends: tuple[
     ivs, late = intervals(events, marks, end_s, ends, resume_demote_s)
     faults = token_order(events)
     return Verdict(ivs, overlaps(ivs, slack_s), late, split_brain_s(ivs), not faults, faults)
+
+
+_DISPATCH = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) electiond\.hooks INFO hooks: (promote|demote|fault) "
+                       r"\(term (\d+), reason \w+\)")
+
+
+def dispatches(daemon_log: Path, node: str) -> list[HookEvent]:
+    """When the daemon itself started each hook event (its log's wall clock,
+    ms resolution): the daemon's order, before any process-spawn lag."""
+    out = []
+    if not daemon_log.exists():
+        return out
+    for line in daemon_log.read_text(errors="replace").splitlines():
+        m = _DISPATCH.match(line)
+        if m:
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out.append(HookEvent(t, node, m.group(2), int(m.group(3))))
+    return out
+
+
+def hook_lags_s(events: list[HookEvent], dispatched: list[HookEvent]) -> list[float]:
+    """For each hook stamp, how long after the daemon dispatched it its
+    ``date`` ran (the spawn lag a loaded machine adds to every interval end)."""
+    pending: dict[tuple[str, str, int], list[float]] = {}
+    for d in sorted(dispatched, key=lambda e: e.t_s):
+        pending.setdefault((d.node, d.event, d.term), []).append(d.t_s)
+    lags = []
+    for e in events:
+        queue = pending.get((e.node, e.event, e.term))
+        if queue:
+            lags.append(max(0.0, e.t_s - queue.pop(0)))
+    return lags

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import weakref
 
 SUBNET = "10.213.100"
@@ -94,6 +95,19 @@ class Lan:
             sh("ip", "-n", ns, "link", "set", "lan0", "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "route", "replace", "224.0.0.0/4", "dev", "lan0")
+        self.wait_links_up()
+
+    def wait_links_up(self, timeout_s: float = 10.0) -> None:
+        """Every lan0 reports carrier: datagrams sent before that are lost."""
+        deadline = time.monotonic() + timeout_s
+        waiting = list(self.ns)
+        while waiting and time.monotonic() < deadline:
+            waiting = [n for n in waiting
+                       if "state UP" not in sh("ip", "-n", self.ns[n], "-o", "link", "show", "lan0")]
+            if waiting:
+                time.sleep(0.05)
+        if waiting:
+            raise RuntimeError(f"lan0 of {waiting} not up after {timeout_s}s")
 
     def close(self) -> None:
         for ns in reversed(self.created):
