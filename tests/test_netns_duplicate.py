@@ -65,7 +65,7 @@ class DuplicateLan(Cluster):
 
 
 def test_a_cloned_host_with_our_name_faults_both_until_it_leaves(tmp_path):
-    from test_netns_vip import Lan
+    from lab import Lan
 
     lan = Lan(["n1", "n2", "n3", "cp"])
     try:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from electiond.devetcd import APT_HINT, EtcdCluster, etcd_binary
-from test_netns_vip import Lan, NetnsCluster, sh, vip_holders
+from lab import NetnsCluster, sh, vip_holders
+from lab import VipLan as Lan
 from test_process_etcd import assert_no_overlap, intervals, promotes_after
 
 TTL_S = 3

@@ -30,7 +30,8 @@ import pytest
 from cluster import Cluster
 from electiond import keys
 from electiond.devattack import observe_flood, received_per_s, start_attacker
-from test_netns_vip import Lan, NetnsCluster
+from lab import NetnsCluster
+from lab import VipLan as Lan
 
 FLOOD_S = float(os.environ.get("ELECTIOND_NETNS_FLOOD_S", "20"))
 # as tests/test_process_flood.py: heartbeats at the default 50 ms, a lease and

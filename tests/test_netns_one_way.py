@@ -26,7 +26,8 @@ import pytest
 
 from electiond.cli import Refused, Unreachable, request
 from electiond.devcluster import wait_for
-from test_netns_vip import Lan, NetnsCluster, sh, vip_holders
+from lab import NetnsCluster, sh, vip_holders
+from lab import VipLan as Lan
 
 HOLD_S = 10.0
 MAX_PROMOTIONS_PER_NODE = 3

@@ -28,28 +28,24 @@ wall-clock order). NETNS_TCPDUMP=1 also records the client's ARP traffic.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from cluster import REPO, Cluster
+from cluster import Cluster
 from electiond.cli import request
 from electiond.devcluster import wait_for
+from lab import VIP, VIP_CIDR, NetnsCluster, sh, vip_holders  # noqa: F401 (re-exported for older imports)
+from lab import VipLan as Lan
 
-VIP_HOOK = REPO / "scripts" / "hooks" / "vip"
-SUBNET = "10.213.100"
-VIP = f"{SUBNET}.50"
-VIP_CIDR = f"{VIP}/24"
 PING_INTERVAL_S = 0.05
 
 missing = [tool for tool in ("ip", "ping", "arping") if shutil.which(tool) is None]
@@ -57,106 +53,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
     pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (iproute2, iputils-ping, arping)"),
 ]
-
-
-def sh(*argv: str, check: bool = True) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
-    return result.stdout
-
-
-class Lan:
-    """The namespaces, the bridge and the addresses."""
-
-    def __init__(self, hosts: list[str]) -> None:
-        pid = os.getpid()
-        self.switch = f"el{pid}sw"
-        self.ns = {name: f"el{pid}{name}" for name in [*hosts, "cl"]}
-        self.created: list[str] = []
-        atexit.register(self.close)
-        try:
-            self._build(pid, hosts)
-        except BaseException:
-            self.close()
-            raise
-
-    def _build(self, pid: int, hosts: list[str]) -> None:
-        sh("ip", "netns", "add", self.switch)
-        self.created.append(self.switch)
-        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
-        addresses = {name: f"{SUBNET}.{11 + i}" for i, name in enumerate(hosts)}
-        addresses["cl"] = f"{SUBNET}.100"
-        self.address = addresses
-        for name, ns in self.ns.items():
-            sh("ip", "netns", "add", ns)
-            self.created.append(ns)
-            port = f"v{pid}{name}"[:15]
-            sh("ip", "link", "add", "lan0", "netns", ns, "type", "veth", "peer", "name", port, "netns", self.switch)
-            sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{addresses[name]}/24", "dev", "lan0")
-            sh("ip", "-n", ns, "link", "set", "lan0", "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-
-    def close(self) -> None:
-        for ns in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-        self.created = []
-
-    def mac(self, name: str) -> str:
-        out = sh("ip", "-n", self.ns[name], "-o", "link", "show", "lan0")
-        return re.search(r"link/ether (\S+)", out).group(1)
-
-    def has_vip(self, name: str) -> bool:
-        out = sh("ip", "-n", self.ns[name], "-o", "-4", "addr", "show", "dev", "lan0")
-        return VIP_CIDR in re.findall(r"inet (\S+)", out)
-
-    def client_arp(self) -> str | None:
-        out = sh("ip", "-n", self.ns["cl"], "neigh", "show", VIP)
-        match = re.search(r"lladdr (\S+)", out)
-        return match.group(1) if match else None
-
-    def set_link(self, name: str, up: bool) -> None:
-        sh("ip", "-n", self.ns[name], "link", "set", "lan0", "up" if up else "down")
-
-
-class NetnsCluster(Cluster):
-    """The process harness, with each daemon inside its host namespace."""
-
-    def __init__(self, workdir: Path, lan: Lan, protocol: str = "quorum-lease",
-                 node_options: dict[str, str] | None = None, **kwargs) -> None:
-        self.lan = lan
-        hook_dir = workdir / "hooks.d"
-        for event in ("promote", "demote", "fault"):
-            (hook_dir / f"{event}.d").mkdir(parents=True, exist_ok=True)
-        vip = f"{VIP_HOOK} auto {VIP_CIDR} lan0"
-        super().__init__(
-            workdir, 3, protocol=protocol,
-            node_options={"preempt": "no"} if node_options is None else node_options,
-            hooks={"promote": vip, "demote": vip, "fault": vip, "directory": str(hook_dir), "timeout": "10s"},
-            **kwargs,
-        )
-        # the harness's recorder runs after the vip hook, so its timestamps
-        # say when the address was in place
-        for event in ("promote", "demote", "fault"):
-            (hook_dir / f"{event}.d" / "50-record").symlink_to(workdir / "record-hook")
-
-    def config_path(self, name: str) -> Path:
-        path = super().config_path(name)
-        path.write_text(path.read_text().replace("interface = 127.0.0.1", f"interface = {self.lan.address[name]}"))
-        return path
-
-    def spawn(self, name: str) -> None:
-        env = dict(os.environ, HOOK_LOG=str(self.hook_log), PYTHONPATH=str(REPO), VIP_ARP_COUNT="2")
-        log = open(self.workdir / f"{name}.log", "ab")
-        # ip netns exec execs the daemon, so the pid we hold is the daemon's
-        self.procs[name] = subprocess.Popen(
-            ["ip", "netns", "exec", self.lan.ns[name], sys.executable, "-m", "electiond",
-             "--config", str(self.config_path(name)), "--node", name],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-        )
-        log.close()
 
 
 class Pinger:
@@ -253,9 +149,6 @@ def settled(lan: Lan, cluster: Cluster, hosts: list[str], diag) -> str:
 
     return wait_for(check, 20, "the VIP on exactly the leader, the client's ARP entry pointing there", diag)
 
-
-def vip_holders(lan: Lan, hosts: list[str]) -> list[str]:
-    return [h for h in hosts if lan.has_vip(h)]
 
 
 def test_vip_follows_the_leader_across_a_namespace_lan(tmp_path: Path) -> None:

@@ -1,0 +1,58 @@
+"""scripts/bench cannot rot: its --quick smoke runs on the namespace LAN (root).
+
+Two SIGKILLs of the leader per system at a 100 ms interval, electiond's three
+protocols and keepalived interleaved; the report must carry a row of figures
+for each; then footprint --quick (2 s) and load --quick (3 s of busy loops) append
+their rows for quorum-lease and keepalived. The numbers themselves are not
+judged here (tiny counts, shared CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster import REPO
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="needs ip (iproute2)"),
+    pytest.mark.skipif(shutil.which("keepalived") is None,
+                       reason="needs keepalived (apt-get install keepalived; scripts/test installs it as root)"),
+]
+
+
+def test_bench_failover_quick_reports_every_system(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_lab.py"), "failover", "--quick",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    text = out.read_text()
+    for system in ("quorum-lease", "bully", "ring", "keepalived"):
+        row = re.search(rf"^\| 100 ms \| {system} \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|", text, re.M)
+        assert row, f"no figures for {system}:\n{text}"
+        kills, missed, median_ms = int(row.group(1)), int(row.group(2)), int(row.group(3))
+        assert kills + missed == 2 and kills >= 1 and 0 < median_ms < 20_000, row.group(0)
+    assert "scripts/bench failover --quick" in text and "Load average" in text
+
+    # footprint and load append their tables to the same report (two systems: CI time)
+    for command in ("footprint", "load"):
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_lab.py"), command, "--quick",
+                                 "--systems", "quorum-lease,keepalived", "--out", str(out)],
+                                capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    text = out.read_text()
+    assert "## Failover after SIGKILL" in text and "## Footprint in steady state" in text and "## Under CPU load" in text
+    for system in ("quorum-lease", "keepalived"):
+        row = re.search(rf"^\| {system} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) \|$", text, re.M)
+        assert row, f"no footprint for {system}:\n{text}"
+        assert 1.0 < float(row.group(3)) < 500.0, row.group(0)  # RSS MiB of a live daemon
+        row = re.search(rf"^\| {system} \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+        assert row, f"no load row for {system}:\n{text}"
