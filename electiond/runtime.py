@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import random
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -356,8 +355,6 @@ class Runtime:
             log.warning("flood: only 1 in %d datagrams from addresses other than %s reach the daemon",
                         sockfilter.FloodShield.SAMPLE_ONE_IN, ", ".join(members) or "(none known yet)")
         for sock in self._sockets:
-            if sock.family != socket.AF_INET:
-                continue  # the program reads IPv4 headers
             try:
                 if members is None:
                     sockfilter.detach(sock)
