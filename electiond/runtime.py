@@ -678,6 +678,7 @@ class Runtime:
             "health": self.health.snapshot() if self.health else [],
             "persist_errors": dict(self._persist_errors),
             "leadership_changes_total": self.counters.leadership_changes,
+            "transport": self.config.transport,
         })
         if self.etcd is not None:
             status["etcd_endpoints"] = self.etcd.status()

@@ -38,7 +38,7 @@ def test_unicast_cluster_elects_and_fails_over(tmp_path, protocol, ipv6):
         c.start_all()
         leader = c.wait_leader(10)
         status = c.status(leader)
-        assert status["dropped"]["wrong_source"] == 0
+        assert status["dropped"]["wrong_source"] == 0 and status["transport"] == "unicast"
         c.kill(leader)
         survivors = [n for n in c.names if n != leader]
         new = c.wait_for(lambda: c.agreed_leader(survivors), 10, "a leader among the survivors")
