@@ -379,6 +379,13 @@ def _parse_interface(text: str) -> str:
     return text
 
 
+def _is_ipv6_address(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
+
+
 def _is_interface_name(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -596,7 +603,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
                             "multicast; set [cluster] transport = unicast, or drop the @addresses")
     elif ipaddress.ip_address(group).version == 6 and not _is_interface_name(interface):
         raise cluster.error("interface", "an IPv6 group needs the interface name of its link (e.g. eth0)")
-    elif ipaddress.ip_address(group).version == 4 and ":" in interface:
+    elif ipaddress.ip_address(group).version == 4 and _is_ipv6_address(interface):
         raise cluster.error("interface", "an IPv4 group needs an IPv4 address or an interface name")
     key_file = cluster.raw("key_file")
     keys = _read_keys(key_file, cluster) if key_file else ()

@@ -129,6 +129,16 @@ def test_ipv6_group(tmp_path):
             config.load(str(path))
 
 
+def test_ipv4_group_takes_alias_interface_names_but_not_ipv6_addresses(tmp_path):
+    path = tmp_path / "m.conf"
+    base = UNICAST.replace("transport = unicast\n", "")
+    path.write_text(base.format(members="n1=1, n2=2, n3=3", extra="interface = eth0:1", state=tmp_path))
+    assert config.load(str(path)).interface == "eth0:1"
+    path.write_text(base.format(members="n1=1, n2=2, n3=3", extra="interface = ::1", state=tmp_path))
+    with pytest.raises(config.ConfigError, match=r"\[cluster\] interface: an IPv4 group needs"):
+        config.load(str(path))
+
+
 def test_daemon_exits_78_naming_the_key(tmp_path):
     path = write(tmp_path, "n1=1@10.0.0.1, n2=2, n3=3@10.0.0.3")
     run = subprocess.run([sys.executable, "-m", "electiond", "--config", path, "--check-config"],
