@@ -13,7 +13,7 @@ import os
 import re
 import shlex
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from electiond import keys as keysmod
 from electiond.keys import Key
@@ -21,6 +21,7 @@ from electiond.protocols.base import Member, Settings
 
 DEFAULT_PATH = "/etc/electiond/electiond.conf"
 PROTOCOL_NAMES = ("bully", "ring", "quorum-lease", "etcd")
+TRANSPORTS = ("multicast", "unicast")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,15 @@ class Config:
     # [monitor] more leadership changes than this in an hour: a warning, a status flag, a metric
     max_changes_per_hour: int = 2
     etcd: EtcdConfig | None = None  # set when protocol = etcd
+    # [cluster] transport: "multicast" (the group) or "unicast" (each member's address)
+    transport: str = "multicast"
+    # transport = unicast: member name -> (address, port) it sends from and receives on
+    member_addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def own_address(self) -> tuple[str, int] | None:
+        """transport = unicast: where this node binds; None with multicast."""
+        return self.member_addresses.get(self.settings.node_name)
 
 
 class ConfigError(Exception):
@@ -110,7 +120,7 @@ class ConfigError(Exception):
 
 # section -> known keys; anything else is a typo and an error
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "cluster": ("name", "protocol", "members", "group", "port", "interface", "key_file"),
+    "cluster": ("name", "protocol", "members", "group", "port", "interface", "key_file", "transport"),
     "node": ("name", "preempt", "preempt_delay", "priority", "log_level"),
     "timing": (
         "heartbeat_interval", "election_timeout", "lease", "lease_guard", "clock_drift", "clock_check",
@@ -141,18 +151,67 @@ def parse_duration_s(text: str) -> float:
     return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
-def parse_members(text: str) -> tuple[Member, ...]:
+_MEMBER = re.compile(r"^(?P<name>[^=@\s]*)\s*=\s*(?P<id>[^@]*?)\s*(?:@(?P<where>.*))?$")
+
+
+def _split_where(name: str, text: str) -> tuple[str, str | None]:
+    """'10.0.0.1', '10.0.0.1:7701', '[2001:db8::3]', '[::1]:7703' -> (address, port text or None)."""
+    if text.startswith("["):
+        address, sep, rest = text.partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"member {name!r}: bad address {text!r} (e.g. [2001:db8::3] or [::1]:7703)")
+        return address + "]", rest[1:] if rest else None
+    if text.count(":") > 1:
+        raise ValueError(f"member {name!r}: {text!r} is not an IP address (IPv6 goes in brackets, "
+                         "e.g. n3=3@[2001:db8::3]:7676)")
+    address, sep, port = text.partition(":")
+    return address, port if sep else None
+
+
+def _parse_member_address(name: str, text: str) -> str:
+    """An IP address as written after '@' (IPv6 in brackets), in canonical form."""
+    bracketed = text.startswith("[")
+    bare = text[1:-1] if bracketed else text
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        raise ValueError(f"member {name!r}: {text!r} is not an IP address "
+                         "(IPv6 goes in brackets, e.g. n3=3@[2001:db8::3])") from None
+    if address.version == 6 and not bracketed:
+        raise ValueError(f"member {name!r}: write IPv6 addresses in brackets, e.g. @[{bare}]")
+    if address.version == 4 and bracketed:
+        raise ValueError(f"member {name!r}: brackets are for IPv6 addresses, got {text!r}")
+    if address.is_multicast or address.is_unspecified:
+        raise ValueError(f"member {name!r}: {bare} is not a unicast host address")
+    if address.version == 6 and address.is_link_local:
+        raise ValueError(f"member {name!r}: link-local {bare} needs a scope; use a global or ULA address")
+    return address.compressed
+
+
+def parse_member_list(text: str) -> tuple[tuple[Member, ...], dict[str, tuple[str, int | None]]]:
+    """``name=id[@address[:port]]`` items: the members, and the address
+    (with its port, None where the item names none) of those that give one."""
     members: list[Member] = []
+    addresses: dict[str, tuple[str, int | None]] = {}
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        name, sep, ident = item.partition("=")
-        name, ident = name.strip(), ident.strip()
-        if not sep or not _NAME.match(name):
-            raise ValueError(f"bad member {item!r} (expected name=id, e.g. n1=1)")
+        m = _MEMBER.match(item)
+        name, ident = (m.group("name"), m.group("id")) if m else ("", "")
+        if not m or not _NAME.match(name):
+            raise ValueError(f"bad member {item!r} (expected name=id, e.g. n1=1, or name=id@address[:port])")
         if not ident.isdigit() or int(ident) < 1:
             raise ValueError(f"member {name!r} needs a positive integer id, got {ident!r}")
         members.append(Member(name, int(ident)))
+        if m.group("where") is not None:
+            address_text, port_text = _split_where(name, m.group("where").strip())
+            address = _parse_member_address(name, address_text)
+            port = None
+            if port_text is not None:
+                if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                    raise ValueError(f"member {name!r}: bad port {port_text!r} (1-65535)")
+                port = int(port_text)
+            addresses[name] = (address, port)
     if not members:
         raise ValueError("no members listed")
     names = [m.name for m in members]
@@ -163,7 +222,55 @@ def parse_members(text: str) -> tuple[Member, ...]:
     for i in ids:
         if ids.count(i) > 1:
             raise ValueError(f"member id {i} is used twice")
-    return tuple(members)
+    return tuple(members), addresses
+
+
+def parse_members(text: str) -> tuple[Member, ...]:
+    return parse_member_list(text)[0]
+
+
+def _unicast_addresses(cluster: "_Section", members: tuple[Member, ...],
+                       given: dict[str, tuple[str, int | None]], port: int) -> dict[str, tuple[str, int]]:
+    """transport = unicast: every member has an address; no two share address
+    and port; one IP family (a node sends from one socket)."""
+    missing = [m.name for m in members if m.name not in given]
+    if missing:
+        raise cluster.error("members", f"transport = unicast needs an address for every member; "
+                            f"{', '.join(missing)} has none (e.g. {missing[0]}=ID@10.0.0.1)")
+    resolved = {name: (address, p if p is not None else port) for name, (address, p) in given.items()}
+    seen: dict[tuple[str, int], str] = {}
+    for m in members:
+        where = resolved[m.name]
+        if where in seen:
+            raise cluster.error("members", f"{seen[where]} and {m.name} share the address "
+                                f"{_show_address(where)}; give each its own address or port")
+        seen[where] = m.name
+    families = {ipaddress.ip_address(a).version for a, _ in resolved.values()}
+    if len(families) > 1:
+        raise cluster.error("members", "mixes IPv4 and IPv6 member addresses; use one family for all")
+    return resolved
+
+
+def _show_address(where: tuple[str, int]) -> str:
+    address, port = where
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def address_is_local(address: str) -> bool:
+    """Whether an interface of this host holds address now (127/8 always does)."""
+    import psutil
+
+    parsed = ipaddress.ip_address(address)
+    if parsed.is_loopback:
+        return True
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            try:
+                if ipaddress.ip_address(addr.address.split("%")[0]) == parsed:
+                    return True
+            except ValueError:
+                continue
+    return False
 
 
 class _Section:
@@ -272,14 +379,32 @@ def _parse_interface(text: str) -> str:
     return text
 
 
+def _is_ipv6_address(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
+
+
+def _is_interface_name(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return False
+    except ValueError:
+        return bool(_IFNAME.match(text))
+
+
 def _parse_group(text: str) -> str:
     try:
-        address = ipaddress.IPv4Address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 address") from None
+        raise ValueError(f"{text!r} is not an IP address") from None
     if not address.is_multicast:
-        raise ValueError(f"{text} is not a multicast address (224.0.0.0/4)")
-    return text
+        raise ValueError(f"{text} is not a multicast address (224.0.0.0/4 or ff00::/8)")
+    if address.version == 6 and (int(address) >> 112) & 0xF not in (2, 5):
+        # node- and interface-local scopes never leave the host; wider ones may be routed
+        raise ValueError(f"{text}: use a link-local (ff02::/16) or site-local (ff05::/16) group")
+    return address.compressed
 
 
 def _parse_process_patterns(text: str) -> tuple[str, ...]:
@@ -449,7 +574,11 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
     protocol = cluster.raw("protocol", "quorum-lease")
     if protocol not in PROTOCOL_NAMES:
         raise cluster.error("protocol", f"unknown protocol {protocol!r} (choose {', '.join(PROTOCOL_NAMES)})")
-    members = cluster.convert("members", None, parse_members)
+    transport = cluster.raw("transport", "multicast")
+    if transport not in TRANSPORTS:
+        raise cluster.error("transport", f"expected multicast or unicast, got {transport!r}")
+    parsed_members = cluster.convert("members", None, parse_member_list)
+    members, given_addresses = parsed_members if parsed_members else (None, {})
     if members is None:
         raise cluster.error("members", "is required (e.g. members = n1=1, n2=2, n3=3); the packaged config "
                             "leaves it, and the key file, for the admin to write (README.Debian)")
@@ -461,6 +590,21 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
     group = cluster.convert("group", "239.255.76.1", _parse_group)
     port = cluster.integer("port", 7676, 1, 65535)
     interface = cluster.convert("interface", "127.0.0.1", _parse_interface)
+    member_addresses: dict[str, tuple[str, int]] = {}
+    if transport == "unicast":
+        # never a silent fallback: what would only matter to multicast is an error here
+        for key in ("group", "interface"):
+            if cluster.raw(key) is not None:
+                raise cluster.error(key, "is for transport = multicast; with unicast each member's "
+                                    "address in members says where it is")
+        member_addresses = _unicast_addresses(cluster, members, given_addresses, port)
+    elif given_addresses:
+        raise cluster.error("members", f"gives addresses ({', '.join(given_addresses)}) but transport is "
+                            "multicast; set [cluster] transport = unicast, or drop the @addresses")
+    elif ipaddress.ip_address(group).version == 6 and not _is_interface_name(interface):
+        raise cluster.error("interface", "an IPv6 group needs the interface name of its link (e.g. eth0)")
+    elif ipaddress.ip_address(group).version == 4 and _is_ipv6_address(interface):
+        raise cluster.error("interface", "an IPv4 group needs an IPv4 address or an interface name")
     key_file = cluster.raw("key_file")
     keys = _read_keys(key_file, cluster) if key_file else ()
 
@@ -469,6 +613,9 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
     if name not in {m.name for m in members}:
         key_name = None if node_override else "name"
         raise ConfigError(path, "node", key_name, f"node {name!r} is not in [cluster] members")
+    if transport == "unicast" and not address_is_local(member_addresses[name][0]):
+        warnings.append(f"{path}: [cluster] members: {name}'s address {member_addresses[name][0]} is not "
+                        "configured on this host (yet); the daemon waits for it")
     log_level = node.raw("log_level", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise node.error("log_level", f"expected debug, info, warning or error, got {log_level!r}")
@@ -578,4 +725,6 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         admin_group=control.convert("admin_group", None, _parse_group_name),
         max_changes_per_hour=sec["monitor"].integer("max_changes_per_hour", 2, 0, 100000),
         etcd=etcd,
+        transport=transport,
+        member_addresses=member_addresses,
     )

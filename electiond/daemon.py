@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     if args.check_config:
-        absent = net.check_interface(cfg.interface)
+        absent = net.check_interface(cfg.interface, cfg.group, cfg.own_address)
         if absent:
             outlook = "the daemon will wait for it" if absent.transient else "the daemon would exit 69"
             print(f"{args.config}: warning: {absent} now; {outlook}", file=sys.stderr)

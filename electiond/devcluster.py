@@ -42,10 +42,19 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{diagnostics()}")
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def unicast_members(names: list[str], hosts: list[str]) -> str:
+    """members = n1=1@127.0.0.1:PORT, ... with a free port for each member."""
+    items = []
+    for i, (name, host) in enumerate(zip(names, hosts), 1):
+        where = f"[{host}]" if ":" in host else host
+        items.append(f"{name}={i}@{where}:{free_udp_port(host)}")
+    return ", ".join(items)
 
 
 class Cluster:
@@ -59,7 +68,12 @@ class Cluster:
         hooks: dict[str, str] | None = None,
         per_node: dict[str, dict[str, str]] | None = None,
         control: dict[str, dict[str, str]] | None = None,
+        transport: str = "multicast",
+        ipv6: bool = False,
     ) -> None:
+        """transport = unicast: each member on its own loopback address
+        (127.0.0.N, or ::1 with ipv6) and port; multicast with ipv6 is not
+        offered on loopback (lo does not do IPv6 multicast)."""
         self.workdir = workdir
         self.names = [f"n{i}" for i in range(1, size + 1)]
         self.protocol = protocol
@@ -73,6 +87,16 @@ class Cluster:
         self.cluster_name = f"t{unique}"
         self.group = f"239.255.{(unique >> 8) % 256}.{unique % 256}"
         self.port = free_udp_port()
+        self.transport = transport
+        if transport == "unicast":
+            hosts = ["::1"] * size if ipv6 else [f"127.0.0.{i}" for i in range(1, size + 1)]
+            members = unicast_members(self.names, hosts)
+            where = "transport = unicast"
+        elif ipv6:
+            raise ValueError("IPv6 loopback clusters use transport = unicast")
+        else:
+            members = ", ".join(f"{n}={i}" for i, n in enumerate(self.names, 1))
+            where = f"group = {self.group}\nport = {self.port}\ninterface = 127.0.0.1"
         self.per_node = per_node or {}
         self.control = control or {}  # node -> extra [control] keys (metrics_listen, socket_mode...)
         node_lines = "\n".join(f"{k} = {v}" for k, v in (node_options or {}).items())
@@ -84,10 +108,8 @@ class Cluster:
 [cluster]
 name = {self.cluster_name}
 protocol = {protocol}
-members = {", ".join(f"{n}={i}" for i, n in enumerate(self.names, 1))}
-group = {self.group}
-port = {self.port}
-interface = 127.0.0.1
+members = {members}
+{where}
 
 [node]
 {node_lines}

@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,11 +35,20 @@ class NetError(Exception):
 class Sockets:
     local_address: str
     unicast: socket.socket
-    group: socket.socket
+    group: socket.socket | None  # None with transport = unicast: every peer is sent to directly
 
 
-def open_sockets(interface: str, group: str, port: int) -> Sockets:
-    """One attempt at resolving the interface and binding both sockets."""
+def is_ipv6(address: str) -> bool:
+    return ":" in address
+
+
+def open_sockets(interface: str, group: str, port: int, own: tuple[str, int] | None = None) -> Sockets:
+    """One attempt at resolving the interface and binding both sockets; with
+    ``own`` (transport = unicast) one socket bound to that address and port."""
+    if own is not None:
+        return Sockets(own[0], peer_socket(*own), None)
+    if is_ipv6(group):
+        return _open_ipv6(interface, group, port)
     local_address = interface_address(interface)
     unicast = unicast_socket(local_address)
     try:
@@ -49,9 +59,86 @@ def open_sockets(interface: str, group: str, port: int) -> Sockets:
     return Sockets(local_address, unicast, group_sock)
 
 
+def group_destination(group: str, port: int, interface: str) -> tuple:
+    """Where group traffic is sent: IPv6 link-scope groups need the link's index."""
+    if is_ipv6(group):
+        return (group, port, 0, socket.if_nametoindex(interface))
+    return (group, port)
+
+
+def _open_ipv6(interface: str, group: str, port: int) -> Sockets:
+    try:
+        index = socket.if_nametoindex(interface)
+    except OSError:
+        raise NetError(f"interface {interface!r} does not exist", transient=True) from None
+    local_address = interface_address(interface, socket.AF_INET6)
+    unicast = _ipv6_unicast_socket(local_address, index)
+    try:
+        group_sock = _ipv6_group_socket(group, port, index)
+    except NetError:
+        unicast.close()
+        raise
+    return Sockets(local_address, unicast, group_sock)
+
+
+def _ipv6_unicast_socket(local_address: str, index: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        address, _, _scope = local_address.partition("%")
+        # a link-local source needs its link; a global one ignores the index
+        sock.bind((address, 0, 0, index if _scope else 0))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise NetError(f"cannot bind a unicast socket on {local_address}: {exc.strerror}",
+                       transient=exc.errno in _TRANSIENT_ERRNOS) from None
+    return sock
+
+
+def _ipv6_group_socket(group: str, port: int, index: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # bound to the group on its link: only the group's datagrams arrive here
+        sock.bind((group, port, 0, index))
+        membership = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", index)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, membership)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise NetError(f"cannot join {group} port {port} on interface index {index}: {exc.strerror}",
+                       transient=exc.errno in _TRANSIENT_ERRNOS) from None
+    return sock
+
+
+def peer_socket(address: str, port: int) -> socket.socket:
+    """transport = unicast: sends to every peer and receives from them on
+    the configured address and port (peers check that the source is it)."""
+    family = socket.AF_INET6 if is_ipv6(address) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise NetError(f"address {address} is not configured on this host", transient=True) from None
+        raise NetError(f"cannot bind {address} port {port}: {exc.strerror}",
+                       transient=exc.errno in _TRANSIENT_ERRNOS) from None
+    return sock
+
+
 async def wait_for_sockets(
     interface: str, group: str, port: int, stopping: asyncio.Event, logger: logging.Logger,
-    on_waiting: Callable[[str], None] = lambda text: None,
+    on_waiting: Callable[[str], None] = lambda text: None, own: tuple[str, int] | None = None,
 ) -> Sockets | None:
     """open_sockets, retried every second while the error is transient; None
     if ``stopping`` is set first. Logs once, then at most once a minute."""
@@ -59,7 +146,8 @@ async def wait_for_sockets(
     logged = False
     while True:
         try:
-            sockets = open_sockets(interface, group, port)
+            sockets = open_sockets(interface, group, port) if own is None else \
+                open_sockets(interface, group, port, own)
         except NetError as exc:
             if not exc.transient:
                 raise
@@ -80,30 +168,49 @@ async def wait_for_sockets(
         return sockets
 
 
-def check_interface(interface: str) -> NetError | None:
-    """For --check-config: why the interface cannot be used right now, or None."""
+def check_interface(interface: str, group: str = "", own: tuple[str, int] | None = None) -> NetError | None:
+    """For --check-config: why the interface (or, with unicast, this node's
+    address) cannot be used right now, or None."""
     try:
-        address = interface_address(interface)
-        unicast_socket(address).close()
+        if own is not None:
+            # port 0: the daemon may be running on the real one right now
+            peer_socket(own[0], 0).close()
+        elif is_ipv6(group):
+            socket.if_nametoindex(interface)
+            interface_address(interface, socket.AF_INET6)
+        else:
+            address = interface_address(interface)
+            unicast_socket(address).close()
+    except OSError:
+        return NetError(f"interface {interface!r} does not exist", transient=True)
     except NetError as exc:
         return exc
     return None
 
 
-def interface_address(interface: str) -> str:
-    """An IPv4 address as given, or the first IPv4 address of an interface name."""
-    try:
-        ipaddress.IPv4Address(interface)
-        return interface
-    except ValueError:
-        pass
+def interface_address(interface: str, family: int = socket.AF_INET) -> str:
+    """An IPv4 address as given, or the first address of that family of an
+    interface name (IPv6: a global one if any, else the link-local one, with
+    its %interface scope)."""
+    if family == socket.AF_INET:
+        try:
+            ipaddress.IPv4Address(interface)
+            return interface
+        except ValueError:
+            pass
     addrs = psutil.net_if_addrs().get(interface)
     if addrs is None:
         raise NetError(f"interface {interface!r} does not exist", transient=True)
-    for addr in addrs:
-        if addr.family == socket.AF_INET:
-            return addr.address
-    raise NetError(f"interface {interface!r} has no IPv4 address", transient=True)
+    found = [addr.address for addr in addrs if addr.family == family]
+    if family == socket.AF_INET6:
+        # a link-local one alone is enough on one link, but a global one names the host better
+        found.sort(key=lambda a: ipaddress.ip_address(a.split("%")[0]).is_link_local)
+        found = [a if "%" not in a and not ipaddress.ip_address(a).is_link_local else
+                 f"{a.split('%')[0]}%{interface}" for a in found]
+    if found:
+        return found[0]
+    kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+    raise NetError(f"interface {interface!r} has no {kind} address", transient=True)
 
 
 def group_socket(group: str, port: int, local_address: str) -> socket.socket:

@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import random
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -118,6 +117,7 @@ class Runtime:
         self.health: HealthMonitor | None = None
         self.started_wall = time.time()
         self._peer_addresses: dict[str, tuple[str, int]] = {}
+        self._group_destination: tuple | None = None  # None: transport = unicast
         self._timer: asyncio.TimerHandle | None = None
         self._transports: list[asyncio.DatagramTransport] = []
         self._unicast: asyncio.DatagramTransport | None = None
@@ -152,7 +152,7 @@ class Runtime:
         persisted = self.store.load()  # StateError propagates: the daemon refuses to start
         sockets = await net.wait_for_sockets(
             self.config.interface, self.config.group, self.config.port, stopping or asyncio.Event(), log,
-            self._on_status,
+            self._on_status, own=self.config.own_address,
         )
         if sockets is None:
             return False
@@ -188,6 +188,7 @@ class Runtime:
             current_term=lambda: self.node.protocol.term,
             clock=time.monotonic,
             wall_ms=lambda: time.time_ns() // 1_000_000,
+            sources=dict(self.config.member_addresses) if self.config.transport == "unicast" else None,
         )
         # the hook runner too: the loop may deliver a datagram (and so a
         # Promote) between the two endpoint awaits below
@@ -198,11 +199,18 @@ class Runtime:
         self._unicast, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._on_datagram), sock=unicast_sock
         )
-        group_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._on_datagram), sock=group_sock
-        )
-        self._transports = [self._unicast, group_transport]
-        self._sockets = [unicast_sock, group_sock]
+        self._transports, self._sockets = [self._unicast], [unicast_sock]
+        if group_sock is not None:
+            group_transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Datagrams(self._on_datagram), sock=group_sock
+            )
+            self._transports.append(group_transport)
+            self._sockets.append(group_sock)
+        # unicast: the configured addresses are the only ones; none is learned
+        self._peer_addresses = {name: where for name, where in self.config.member_addresses.items()
+                                if name != self.settings.node_name}
+        self._group_destination = net.group_destination(self.config.group, self.config.port,
+                                                        self.config.interface) if group_sock is not None else None
         self._own_address = f"{local_address}:{unicast_sock.getsockname()[1]}"
         self._accepting = True
         if not self.config.keys:
@@ -219,9 +227,10 @@ class Runtime:
             # ineligible (through _on_health_change) before it can stand
             await health.start()
         log.info(
-            "started node=%s cluster=%s protocol=%s term=%d group=%s:%d unicast=%s:%d",
-            self.settings.node_name, self.settings.cluster, self.config.protocol,
-            self.node.protocol.term, self.config.group, self.config.port,
+            "started node=%s cluster=%s protocol=%s term=%d %s unicast=%s:%d",
+            self.settings.node_name, self.settings.cluster, self.config.protocol, self.node.protocol.term,
+            f"group={self.config.group}:{self.config.port}" if group_sock is not None else
+            f"transport=unicast peers={len(self._peer_addresses)}",
             local_address, unicast_sock.getsockname()[1],
         )
         self._process(lambda now: [])
@@ -268,7 +277,8 @@ class Runtime:
         except configmod.ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
-        fixed = ("protocol", "settings", "group", "port", "interface", "control_socket",
+        fixed = ("protocol", "settings", "group", "port", "interface", "transport", "member_addresses",
+                 "control_socket",
                  "control_socket_mode", "state_directory", "health", "metrics_listen", "etcd")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
         if bool(new.keys) != bool(self.config.keys):
@@ -311,7 +321,7 @@ class Runtime:
         if not self.budget.allow(addr[0], now):
             self.codec.dropped["rate_limited"] += 1
             return
-        received = self.codec.decode(data)
+        received = self.codec.decode(data, (addr[0], addr[1]))
         if received is None:
             return
         if self.budget.authenticated(addr[0]):
@@ -322,7 +332,8 @@ class Runtime:
         msg = received.message
         if msg.recipient is not None and msg.recipient != self.settings.node_name:
             return
-        self._peer_addresses[msg.sender] = (addr[0], received.unicast_port)
+        if self._group_destination is not None:
+            self._peer_addresses[msg.sender] = (addr[0], received.unicast_port)
         self.counters.received[msg.kind] = self.counters.received.get(msg.kind, 0) + 1
         self._process(lambda now: self.node.on_message(msg, now))
 
@@ -355,8 +366,6 @@ class Runtime:
             log.warning("flood: only 1 in %d datagrams from addresses other than %s reach the daemon",
                         sockfilter.FloodShield.SAMPLE_ONE_IN, ", ".join(members) or "(none known yet)")
         for sock in self._sockets:
-            if sock.family != socket.AF_INET:
-                continue  # the program reads IPv4 headers
             try:
                 if members is None:
                     sockfilter.detach(sock)
@@ -505,10 +514,15 @@ class Runtime:
         datagram = self.codec.encode(send)
         self.counters.sent[send.kind] = self.counters.sent.get(send.kind, 0) + 1
         address = self._peer_addresses.get(send.to) if send.to else None
-        if address is None:
+        if address is not None:
+            self._unicast.sendto(datagram, address)
+        elif self._group_destination is not None:
             # the group reaches every member; receivers ignore what is not addressed to them
-            address = (self.config.group, self.config.port)
-        self._unicast.sendto(datagram, address)
+            self._unicast.sendto(datagram, self._group_destination)
+        else:
+            # transport = unicast: what would go to the group goes to each peer
+            for where in self._peer_addresses.values():
+                self._unicast.sendto(datagram, where)
 
     # ---- hooks ------------------------------------------------------------
 
@@ -698,6 +712,7 @@ class Runtime:
             "health": self.health.snapshot() if self.health else [],
             "persist_errors": dict(self._persist_errors),
             "leadership_changes_total": self.counters.leadership_changes,
+            "transport": self.config.transport,
         })
         if self.etcd is not None:
             status["etcd_endpoints"] = self.etcd.status()

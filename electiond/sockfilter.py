@@ -7,6 +7,8 @@ runs in the kernel as each datagram arrives: this one passes every datagram
 from the listed source addresses (members that sent authenticated traffic)
 and one in ``sample_one_in`` of the rest, chosen at random, so a member
 whose address is not listed yet still gets through (slower) and is listed.
+IPv4 and IPv6 sockets each get a program reading their own header's source
+address (an IPv6 socket is V6ONLY here, so it never sees IPv4 headers).
 Linux only; needs no privilege.
 """
 
@@ -57,9 +59,42 @@ def program(addresses: list[str], sample_one_in: int) -> bytes:
     return b"".join(code)
 
 
+def _sampling_tail(sample_one_in: int) -> list[bytes]:
+    return [
+        _insn(_LD_W_ABS, 0, 0, _SKF_AD_OFF + _SKF_AD_RANDOM),
+        _insn(_ALU_AND_K, 0, 0, sample_one_in - 1),
+        _insn(_JEQ_K, 1, 0, 0),
+        _insn(_RET_K, 0, 0, 0),  # drop
+        _insn(_RET_K, 0, 0, _ACCEPT),
+    ]
+
+
+def program6(addresses: list[str], sample_one_in: int) -> bytes:
+    """Like program(), for IPv6 sockets: the 128-bit source (offset 8 of the
+    IPv6 header) is compared a word at a time; each listed address is one
+    block of 9 instructions ending in its own accept, so every jump is short
+    whatever the number of addresses."""
+    if sample_one_in < 1 or sample_one_in & (sample_one_in - 1):
+        raise ValueError("sample_one_in must be a power of two")
+    code = []
+    for address in addresses[:MAX_ADDRESSES]:
+        packed = ipaddress.IPv6Address(address.split("%")[0]).packed
+        words = struct.unpack("!4I", packed)
+        for i, word in enumerate(words):
+            code.append(_insn(_LD_W_ABS, 0, 0, _SKF_NET_OFF + 8 + 4 * i))
+            # a mismatch skips the rest of this block (and its accept)
+            code.append(_insn(_JEQ_K, 0, 7 - 2 * i, word))
+        code.append(_insn(_RET_K, 0, 0, _ACCEPT))
+    return b"".join(code + _sampling_tail(sample_one_in))
+
+
 def attach(sock: socket.socket, addresses: list[str], sample_one_in: int) -> None:
-    """Replace sock's filter (raises OSError where unsupported)."""
-    code = program(addresses, sample_one_in)
+    """Replace sock's filter (raises OSError where unsupported); only the
+    addresses of sock's own family are listed."""
+    if sock.family == socket.AF_INET6:
+        code = program6([a for a in addresses if ":" in a], sample_one_in)
+    else:
+        code = program([a for a in addresses if ":" not in a], sample_one_in)
     buffer = ctypes.create_string_buffer(code, len(code))
     # struct sock_fprog { unsigned short len; struct sock_filter *filter; }:
     # the kernel copies the instructions during the call, so buffer may go after
@@ -125,7 +160,7 @@ class FloodShield:
         if address in self._members or len(self._members) >= MAX_ADDRESSES:
             return
         try:
-            ipaddress.IPv4Address(address)
+            ipaddress.ip_address(address.split("%")[0])
         except ValueError:
             return
         self._members.append(address)

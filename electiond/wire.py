@@ -93,6 +93,8 @@ DROP_REASONS = (
     "term_jump",
     "seq_jump",
     "rate_limited",
+    # transport = unicast: not from the address and port configured for the member it names
+    "wrong_source",
 )
 
 Schemas = dict[str, dict[str, Any]]
@@ -233,12 +235,15 @@ class Codec:
         current_term: Callable[[], int] | None = None,
         clock: Callable[[], float] | None = None,
         wall_ms: Callable[[], int] | None = None,
+        sources: dict[str, tuple[str, int]] | None = None,
     ) -> None:
         """current_term: the receiver's term, for the term-jump guard (None:
         no guard). clock: monotonic seconds (the runtime passes
         time.monotonic; tests a fake; None reads as 0, which only disables
-        the time-based rules)."""
+        the time-based rules). sources (transport = unicast): member ->
+        the (address, port) its datagrams must come from; None: any."""
         self.cluster = cluster
+        self.sources = sources
         self.node_name = node_name
         self.members = members
         self.set_keys(keys)
@@ -312,8 +317,9 @@ class Codec:
     def _drop(self, reason: str) -> None:
         self.dropped[reason] += 1
 
-    def decode(self, datagram: bytes) -> Received | None:
-        """The message, or None after counting why it was dropped."""
+    def decode(self, datagram: bytes, source: tuple[str, int] | None = None) -> Received | None:
+        """The message, or None after counting why it was dropped. source:
+        where the datagram came from (checked against ``sources``)."""
         if len(datagram) > MAX_DATAGRAM_BYTES:
             return self._drop("oversize")
         try:
@@ -357,6 +363,10 @@ class Codec:
             return self._drop("wrong_cluster")
         if sender not in self.members:
             return self._drop("unknown_sender")
+        if self.sources is not None and (source is None or self.sources.get(sender) != source):
+            # before the MAC and the replay window: a member's key on the wrong host, or a
+            # forger, neither costs an HMAC nor moves the real member's window
+            return self._drop("wrong_source")
         if sender == self.node_name and incarnation == self.incarnation:
             # our own multicast loopback, or a copy of it (relayed, or forged
             # in an unkeyed cluster): no second process starts in our very

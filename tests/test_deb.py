@@ -23,6 +23,7 @@ EXPECTED_FILES = [
     "/usr/sbin/electiond",
     "/usr/bin/electionctl",
     "/usr/lib/electiond/hooks/vip",
+    "/usr/lib/electiond/hooks/send-na",
     "/usr/lib/electiond/hooks/systemd-unit",
     "/etc/electiond/electiond.conf",
     "/lib/systemd/system/electiond.service",

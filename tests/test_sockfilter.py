@@ -124,9 +124,63 @@ def test_shield_releases_even_if_nothing_arrives_for_long():
     assert not shield.engaged
 
 
-def test_shield_ignores_non_ipv4_members():
+def test_shield_lists_each_member_address_once_ipv4_and_ipv6_alike():
+    # each socket's program takes the addresses of its own family (attach)
     shield = FloodShield(Recorder())
     shield.member("::1")
     shield.member("127.0.0.1")
     shield.member("127.0.0.1")
-    assert shield._members == ["127.0.0.1"]
+    shield.member("garbage")
+    assert shield._members == ["::1", "127.0.0.1"]
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 on loopback")
+def test_ipv6_filter_passes_listed_sources_and_samples_the_rest():
+    """Only ::1 exists on loopback: sent from it, listed it passes in full;
+    with other addresses listed (one differing in its last word only, one in
+    its first) it is a stranger and sampled."""
+    receiver = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    try:
+        receiver.bind(("::1", 0))
+        sender.bind(("::1", 0))
+        where = receiver.getsockname()[:2]
+        # IPv4 addresses in the list are ignored for an IPv6 socket
+        sockfilter.attach(receiver, ["127.0.0.1", "2001:db8::5", "::1"], 16)
+        for _ in range(200):
+            sender.sendto(b"member", where)
+        assert _drain(receiver).get(b"member") == 200
+        sockfilter.attach(receiver, ["::2", "1::1", "127.0.0.1"], 16)
+        for _ in range(3200):
+            sender.sendto(b"stranger", where)
+        assert 100 <= _drain(receiver).get(b"stranger", 0) <= 320  # 200 expected: 1 in 16
+        sockfilter.detach(receiver)
+        for _ in range(50):
+            sender.sendto(b"stranger", where)
+        assert _drain(receiver).get(b"stranger") == 50
+    finally:
+        receiver.close()
+        sender.close()
+
+
+def test_ipv6_program_shape():
+    assert len(sockfilter.program6(["::1"], 64)) == 8 * (9 + 5)
+    assert len(sockfilter.program6([f"2001:db8::{i:x}" for i in range(300)], 1)) == 8 * (
+        9 * sockfilter.MAX_ADDRESSES + 5)
+    applied = Recorder()
+    shield = FloodShield(applied)
+    shield.member("2001:db8::1")
+    shield.member("not an address")
+    for i in range(FloodShield.ENGAGE_STRANGERS_PER_S):
+        shield.stranger(7.0 + i * 1e-6)
+    assert applied.calls == [["2001:db8::1"]]
