@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from test_netns_vip import VIP, Lan, NetnsCluster, sh, vip_holders
+from lab import VIP, NetnsCluster, sh, vip_holders
+from lab import VipLan as Lan
 from test_process_lease import _assert_no_overlap, _intervals
 from electiond.devcluster import wait_for
 
@@ -161,9 +162,9 @@ def test_multicast_filtered_lan_needs_unicast_which_elects_fails_over_and_partit
 class Lan6(Lan):
     """Lan, plus an IPv6 ULA address (nodad: usable at once) on every host."""
 
-    def _build(self, pid: int, hosts: list[str]) -> None:
-        super()._build(pid, hosts)
-        self.address6 = {name: f"{PREFIX6}::{11 + i}" for i, name in enumerate(hosts)}
+    def _build(self) -> None:
+        super()._build()
+        self.address6 = {name: f"{PREFIX6}::{11 + i}" for i, name in enumerate(self.hosts)}
         self.address6["cl"] = f"{PREFIX6}::100"
         for name, ns in self.ns.items():
             sh("ip", "-n", ns, "-6", "addr", "add", f"{self.address6[name]}/64", "dev", "lan0", "nodad")
