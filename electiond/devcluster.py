@@ -59,6 +59,7 @@ class Cluster:
         hooks: dict[str, str] | None = None,
         per_node: dict[str, dict[str, str]] | None = None,
         control: dict[str, dict[str, str]] | None = None,
+        witnesses: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.names = [f"n{i}" for i in range(1, size + 1)]
@@ -73,7 +74,10 @@ class Cluster:
         self.cluster_name = f"t{unique}"
         self.group = f"239.255.{(unique >> 8) % 256}.{unique % 256}"
         self.port = free_udp_port()
-        self.per_node = per_node or {}
+        self.per_node = {name: dict(keys) for name, keys in (per_node or {}).items()}
+        for name in witnesses:  # quorum-lease: [cluster] witnesses, and role = witness on each
+            self.per_node.setdefault(name, {})["role"] = "witness"
+        witness_line = f"witnesses = {', '.join(witnesses)}\n" if witnesses else ""
         self.control = control or {}  # node -> extra [control] keys (metrics_listen, socket_mode...)
         node_lines = "\n".join(f"{k} = {v}" for k, v in (node_options or {}).items())
         timing_lines = "\n".join(f"{k} = {v}" for k, v in (timing or {}).items())
@@ -88,7 +92,7 @@ members = {", ".join(f"{n}={i}" for i, n in enumerate(self.names, 1))}
 group = {self.group}
 port = {self.port}
 interface = 127.0.0.1
-
+{witness_line}
 [node]
 {node_lines}
 
