@@ -444,6 +444,9 @@ class Runtime:
             elif isinstance(effect, TokenRaised):
                 # still the leader: no hooks; status and history show the new token
                 log.warning("fencing token raised to %d while leading (%s)", effect.term, effect.reason)
+                # another leader's claim was seen (a split brain healing, even one whose
+                # rival yielded before we heard it): re-announce what we hold at once
+                self._refresh_if_due(now, self.refresh.at_once(now), REASON_SPLIT_BRAIN)
             elif isinstance(effect, Demote):
                 log.info("demoted in term %d (%s)", effect.term, effect.reason,
                          extra=self._role_fields("follower", effect.term, None))

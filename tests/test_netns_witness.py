@@ -6,6 +6,7 @@ daemons running the shipped vip hook, n3 the witness.
 * kill either voter: the other leads and takes the VIP;
 * isolate the leader from both others (nftables in every namespace): it
   demotes, and its VIP is gone, before the other voter promotes;
+* bully: after a split brain heals, the winner's refresh runs at once;
 * the refresh hook: the client's neighbour entry for the VIP, deleted by hand
   while the cluster is stable, points at the leader again within about one
   refresh interval (the client sends nothing: only the refresh's gratuitous
@@ -39,8 +40,12 @@ pytestmark = [
 class WitnessLanCluster(NetnsCluster):
     """NetnsCluster with n3 a witness and the vip hook also run on refresh."""
 
-    def __init__(self, workdir: Path, lan: Lan, refresh_interval_s: float = 60.0) -> None:
-        super().__init__(workdir, lan, witnesses=(WITNESS,), timing={"lease": "600ms"})
+    def __init__(self, workdir: Path, lan: Lan, refresh_interval_s: float = 60.0,
+                 protocol: str = "quorum-lease") -> None:
+        if protocol == "quorum-lease":
+            super().__init__(workdir, lan, witnesses=(WITNESS,), timing={"lease": "600ms"})
+        else:  # bully, ring: no witness (a config error there)
+            super().__init__(workdir, lan, protocol=protocol)
         refresh_d = workdir / "hooks.d" / "refresh.d"
         refresh_d.mkdir(parents=True, exist_ok=True)
         (refresh_d / "50-record").symlink_to(workdir / "record-hook")
@@ -181,6 +186,48 @@ def test_refresh_restores_a_deleted_client_neighbour_entry(tmp_path: Path) -> No
         print(f"\nneighbour entry restored after {delays} s (refresh_interval {interval_s}s)")
         assert not [e for e in cluster.hook_events() if e[1] == "refresh" and e[2] == WITNESS]
     finally:
+        if cluster is not None:
+            cluster.stop_all()
+        lan.close()
+
+
+def test_bully_split_brain_winner_refreshes_at_once(tmp_path: Path) -> None:
+    lan = Lan(HOSTS)
+    cluster: WitnessLanCluster | None = None
+    isolation: Isolation | None = None
+    try:
+        # the client learns the VIP's MAC only from gratuitous ARPs: the winner's refresh must move it back
+        sh("ip", "netns", "exec", lan.ns["cl"], "sysctl", "-q", "-w", "net.ipv4.conf.lan0.arp_accept=1")
+        cluster = WitnessLanCluster(tmp_path, lan, refresh_interval_s=600.0, protocol="bully")
+        diag = cluster.logs
+        cluster.start_all()
+        top = wait_for(lambda: (lead := cluster.agreed_leader()) and vip_holders(lan, HOSTS) == [lead] and lead,
+                       30, "a bully leader holding the VIP", diag)
+        rest = [h for h in HOSTS if h != top]
+        isolation = Isolation(lan, top, rest)
+        # the others elect among themselves while the cut-off leader keeps its claim: a split brain
+        other = cluster.wait_leader(20.0, among=rest)
+        wait_for(lambda: lan.has_vip(other) and lan.has_vip(top), 20, "the VIP on both sides", diag)
+        # the other side's promote announced last: the client points there now
+        wait_for(lambda: lan.client_arp() == lan.mac(other), 20, f"the client's entry on {other}", diag)
+        healed_at = time.time()
+        isolation.remove()
+        isolation = None
+        winner = wait_for(lambda: (lead := cluster.agreed_leader()) and vip_holders(lan, HOSTS) == [lead] and lead,
+                          30, "one leader holding the VIP after the heal", diag)
+
+        def healed_refreshes() -> list:
+            return [e for e in cluster.hook_events()
+                    if e[1] == "refresh" and e[2] == winner and e[0] > healed_at and e[4] == "split_brain_healed"]
+
+        wait_for(healed_refreshes, 10, f"{winner}'s refresh right after the heal", diag)
+        took_s = healed_refreshes()[0][0] - healed_at
+        print(f"\nsplit brain healed: {winner} refreshed {took_s:.3f}s after the heal (interval 600s)")
+        assert took_s < 10  # far below the 600 s period: it ran because the split brain healed
+        wait_for(lambda: lan.client_arp() == lan.mac(winner), 20, f"the client's entry on {winner}", diag)
+    finally:
+        if isolation is not None:
+            isolation.remove()
         if cluster is not None:
             cluster.stop_all()
         lan.close()

@@ -12,7 +12,7 @@ import pytest
 
 from electiond import config as configmod
 from electiond.node import Node
-from electiond.protocols.base import Demote, Promote, SplitBrain
+from electiond.protocols.base import Demote, Promote, SplitBrain, TokenRaised
 from electiond.runtime import Runtime
 
 CONF = """
@@ -82,6 +82,17 @@ def test_the_winner_of_a_healed_split_brain_refreshes_at_once(runtime):
     assert hooks.events() == [("promote", 4, "elected"), ("refresh", 4, "split_brain_healed")]
     # the period restarts from the out-of-turn refresh
     assert rt.refresh.next_at == pytest.approx(now + 61.0)
+
+
+def test_a_token_raised_while_leading_refreshes_at_once(runtime):
+    # a split brain whose loser yielded before we heard its claim shows up only
+    # as a raised token (a follower reported the reused one)
+    rt, hooks, leading = runtime()
+    now = time.monotonic()
+    leading["now"] = True
+    rt._execute([Promote(4, "elected")], now)
+    rt._execute([TokenRaised(6, "token_reused")], now + 2.0)
+    assert hooks.events() == [("promote", 4, "elected"), ("refresh", 4, "split_brain_healed")]
 
 
 def test_the_loser_of_a_split_brain_does_not_refresh(runtime):
