@@ -113,7 +113,8 @@ def print_status(status: dict[str, Any]) -> None:
     auth = "yes" if status.get("authenticated") else "NO (no key_file)"
     if status.get("signing_key"):
         auth += f" (key {status['signing_key']})"
-    role = status["role"] + (", PAUSED" if status.get("paused") else "")
+    role = status["role"] + (", WITNESS: votes, never leads" if status.get("witness") else "") \
+        + (", PAUSED" if status.get("paused") else "")
     print(f"node      {status['node']} ({role})")
     print(f"cluster   {status['cluster']}  protocol {status['protocol']}  authenticated {auth}")
     print(f"leader    {status['leader'] or '-'}  term {status['term']}")

@@ -31,6 +31,9 @@ class HooksConfig:
     promote: tuple[str, ...] = ()
     demote: tuple[str, ...] = ()
     fault: tuple[str, ...] = ()
+    # run every refresh_interval_s while leader (ELECTIOND_EVENT=refresh): re-announce a VIP
+    refresh: tuple[str, ...] = ()
+    refresh_interval_s: float = 60.0
     # holds promote.d/, demote.d/, fault.d/ run in lexical order (run-parts rules)
     directory: str | None = None
     timeout_s: float = 30.0
@@ -120,8 +123,8 @@ class ConfigError(Exception):
 
 # section -> known keys; anything else is a typo and an error
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "cluster": ("name", "protocol", "members", "group", "port", "interface", "key_file", "transport"),
-    "node": ("name", "preempt", "preempt_delay", "priority", "log_level"),
+    "cluster": ("name", "protocol", "members", "group", "port", "interface", "key_file", "transport", "witnesses"),
+    "node": ("name", "preempt", "preempt_delay", "priority", "log_level", "role"),
     "timing": (
         "heartbeat_interval", "election_timeout", "lease", "lease_guard", "clock_drift", "clock_check",
         "suspicion_threshold", "min_suspicion_timeout", "max_suspicion_timeout",
@@ -130,7 +133,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "control": ("socket", "socket_mode", "max_connections", "idle_timeout", "metrics_listen", "admin_group"),
     "state": ("directory",),
     "hooks": ("promote", "demote", "fault", "directory", "timeout", "kill_grace", "on_promote_failure",
-              "max_promote_failures"),
+              "max_promote_failures", "refresh", "refresh_interval"),
     "monitor": ("max_changes_per_hour",),
     "health": ("track_process", "track_script", "track_interface", "interval", "timeout", "rise", "fall"),
     "etcd": ("endpoints", "prefix", "lease_ttl", "lease_guard", "request_timeout", "ca_file", "cert_file",
@@ -452,7 +455,7 @@ def hook_problems(cfg: "Config") -> list[str]:
     import shutil
 
     problems = []
-    for event in ("promote", "demote", "fault"):
+    for event in ("promote", "demote", "fault", "refresh"):
         argv = getattr(cfg.hooks, event)
         if not argv:
             continue
@@ -527,6 +530,45 @@ def _etcd_section(sec: _Section, cluster_name: str, drift_ppm: float) -> tuple[E
                       tls_files["cert_file"], tls_files["key_file"], user, password), warning
 
 
+TWO_MEMBERS_FIX = ("a two-member quorum-lease cluster needs both members for a majority, so it survives no "
+                   "failure; add a third member as a witness (it votes but never leads and needs no hooks): "
+                   "members = a=1, b=2, w=3 and witnesses = w, with [node] role = witness on w")
+
+
+def _witnesses(cluster: _Section, members: tuple[Member, ...], protocol: str) -> tuple[str, ...]:
+    """[cluster] witnesses: the members that vote but never stand (quorum-lease only)."""
+    witnesses = cluster.words("witnesses")
+    names = [m.name for m in members]
+    for w in witnesses:
+        if w not in names:
+            raise cluster.error("witnesses", f"{w!r} is not in members")
+        if witnesses.count(w) > 1:
+            raise cluster.error("witnesses", f"{w!r} is listed twice")
+    if witnesses and protocol != "quorum-lease":
+        raise cluster.error("witnesses", f"a witness only votes in quorum-lease; {protocol} has no quorum "
+                            "to vote in (remove the key, or use protocol = quorum-lease)")
+    if witnesses and len(witnesses) == len(members):
+        raise cluster.error("witnesses", "every member is a witness: nobody could lead")
+    if protocol == "quorum-lease" and len(members) == 2:
+        raise cluster.error("members", TWO_MEMBERS_FIX)
+    return witnesses
+
+
+def _check_role(node: _Section, name: str, witnesses: tuple[str, ...]) -> None:
+    """[node] role must agree with [cluster] witnesses: every node's config lists
+    the witnesses, and a node that disagrees about itself would stand while its
+    peers count it as a witness, or the reverse."""
+    role = node.raw("role", "voter")
+    if role not in ("voter", "witness"):
+        raise node.error("role", f"expected voter or witness, got {role!r}")
+    if role == "witness" and name not in witnesses:
+        raise node.error("role", f"is witness but [cluster] witnesses does not list {name!r}: "
+                         "every node's config must list the same witnesses")
+    if role == "voter" and name in witnesses:
+        raise node.error("role", f"[cluster] witnesses lists {name!r}: set role = witness in its [node] "
+                         "section (or remove it from witnesses)")
+
+
 def _read_keys(path: str, section: _Section) -> tuple[Key, ...]:
     try:
         return keysmod.load(path)
@@ -582,7 +624,8 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
     if members is None:
         raise cluster.error("members", "is required (e.g. members = n1=1, n2=2, n3=3); the packaged config "
                             "leaves it, and the key file, for the admin to write (README.Debian)")
-    if len(members) % 2 == 0:
+    witnesses = _witnesses(cluster, members, protocol)
+    if len(members) % 2 == 0 and not (protocol == "quorum-lease" and len(members) == 2):
         warnings.append(
             f"{path}: [cluster] members: {len(members)} members is an even count; "
             f"it tolerates no more failures than {len(members) - 1}"
@@ -616,6 +659,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
     if transport == "unicast" and not address_is_local(member_addresses[name][0]):
         warnings.append(f"{path}: [cluster] members: {name}'s address {member_addresses[name][0]} is not "
                         "configured on this host (yet); the daemon waits for it")
+    _check_role(node, name, witnesses)
     log_level = node.raw("log_level", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise node.error("log_level", f"expected debug, info, warning or error, got {log_level!r}")
@@ -675,6 +719,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         backoff_max_s=backoff_max_s,
         backoff_jitter_s=timing.duration_s("backoff_jitter", heartbeat_s, minimum_s=0.0),
         answer_timeout_s=timing.duration_s("answer_timeout", 2 * heartbeat_s),
+        witnesses=witnesses,
     )
 
     control = sec["control"]
@@ -687,12 +732,16 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         promote=hooks_sec.argv("promote"),
         demote=hooks_sec.argv("demote"),
         fault=hooks_sec.argv("fault"),
+        refresh=hooks_sec.argv("refresh"),
+        refresh_interval_s=hooks_sec.duration_s("refresh_interval", 60.0, minimum_s=0.1),
         directory=hooks_sec.raw("directory"),
         timeout_s=hooks_sec.duration_s("timeout", 30.0),
         kill_grace_s=hooks_sec.duration_s("kill_grace", 5.0),
         on_promote_failure=on_failure,
         max_promote_failures=hooks_sec.integer("max_promote_failures", 3, 0, 1000),
     )
+    if name in witnesses and (hooks.promote or hooks.refresh):
+        warnings.append(f"{path}: [hooks] promote and refresh never run on a witness ({name} never leads)")
     health_sec = sec["health"]
     health = HealthConfig(
         track_process=health_sec.convert("track_process", (), _parse_process_patterns),

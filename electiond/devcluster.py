@@ -70,6 +70,7 @@ class Cluster:
         control: dict[str, dict[str, str]] | None = None,
         transport: str = "multicast",
         ipv6: bool = False,
+        witnesses: tuple[str, ...] = (),
     ) -> None:
         """transport = unicast: each member on its own loopback address
         (127.0.0.N, or ::1 with ipv6) and port; multicast with ipv6 is not
@@ -97,7 +98,10 @@ class Cluster:
         else:
             members = ", ".join(f"{n}={i}" for i, n in enumerate(self.names, 1))
             where = f"group = {self.group}\nport = {self.port}\ninterface = 127.0.0.1"
-        self.per_node = per_node or {}
+        self.per_node = {name: dict(keys) for name, keys in (per_node or {}).items()}
+        for name in witnesses:  # quorum-lease: [cluster] witnesses, and role = witness on each
+            self.per_node.setdefault(name, {})["role"] = "witness"
+        witness_line = f"witnesses = {', '.join(witnesses)}\n" if witnesses else ""
         self.control = control or {}  # node -> extra [control] keys (metrics_listen, socket_mode...)
         node_lines = "\n".join(f"{k} = {v}" for k, v in (node_options or {}).items())
         timing_lines = "\n".join(f"{k} = {v}" for k, v in (timing or {}).items())
@@ -110,7 +114,7 @@ name = {self.cluster_name}
 protocol = {protocol}
 members = {members}
 {where}
-
+{witness_line}
 [node]
 {node_lines}
 

@@ -44,7 +44,11 @@ from electiond.fdreserve import DescriptorReserve, is_exhaustion
 EVENT_PROMOTE = "promote"
 EVENT_DEMOTE = "demote"
 EVENT_FAULT = "fault"
-EVENTS = (EVENT_PROMOTE, EVENT_DEMOTE, EVENT_FAULT)
+# run while leader, every [hooks] refresh_interval and when a split brain
+# heals: re-announces what the promote set up (gratuitous ARP for a VIP);
+# not a change of state, see plan_with_refresh
+EVENT_REFRESH = "refresh"
+EVENTS = (EVENT_PROMOTE, EVENT_DEMOTE, EVENT_FAULT, EVENT_REFRESH)
 # events that give up whatever a promote acquired
 DOWN_EVENTS = frozenset({EVENT_DEMOTE, EVENT_FAULT})
 
@@ -164,6 +168,30 @@ def plan_transitions(
     elif final.event != state:
         plan.append(final)
     return plan
+
+
+def plan_with_refresh(
+    applied: str | None,
+    applied_term: int | None,
+    pending: Sequence[Transition],
+) -> list[Transition]:
+    """``plan_transitions`` for a queue that may hold refreshes (pure).
+
+    A refresh re-announces what a promote acquired, so it runs only while
+    that promote is what is in effect: the queue holds no change of state
+    (a queued demote or fault means leadership is going, and a refresh must
+    never run after a demote has started; a queued promote announces anyway)
+    and the promote applied last is of the refresh's own term. Refreshes
+    that pile up run once."""
+    changes = [t for t in pending if t.event != EVENT_REFRESH]
+    if changes:
+        return plan_transitions(applied, applied_term, changes)
+    if not pending:
+        return []
+    last = pending[-1]
+    if applied == EVENT_PROMOTE and applied_term == last.term:
+        return [last]
+    return []
 
 
 def _skip_name(name: str) -> bool:
@@ -588,6 +616,7 @@ class HookRunner:
         self._applied: str | None = None
         self._applied_term: int | None = None
         self._running: tuple[Transition, str] | None = None
+        self._refresh_task: asyncio.Future[ProcessOutcome] | None = None  # a refresh command running
         self.recent: deque[HookResult] = deque(maxlen=RECENT_RESULTS)
         self.coalesced = 0  # transitions dropped by coalescing, for status/metrics
 
@@ -625,6 +654,9 @@ class HookRunner:
             self._log.warning("hooks: runner closed, not running %s hooks (%s)", transition.event, transition.reason)
             return
         self._pending.append(transition)
+        if transition.event in DOWN_EVENTS and self._refresh_task is not None and not self._refresh_task.done():
+            self._log.warning("hooks: %s queued while a refresh runs: killing the refresh", transition.event)
+            self._refresh_task.cancel()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._drain(), name="electiond-hooks")
 
@@ -714,7 +746,7 @@ class HookRunner:
                     self._log.exception("hooks: looking for orphaned hook processes failed")
             while self._pending:
                 try:
-                    plan = plan_transitions(self._applied, self._applied_term, self._pending)
+                    plan = plan_with_refresh(self._applied, self._applied_term, self._pending)
                 except Exception:
                     # a bug in planning: running everything in order is safe, if slow
                     self._log.exception("hooks: planning failed; running every queued transition")
@@ -745,6 +777,35 @@ class HookRunner:
                     self._report(self._failure(step, f"{step.event} hooks", "runner", f"internal error: {exc!r}"))
         finally:
             self._running = None
+
+    async def _run_one(self, transition: Transition, argv: tuple[str, ...], env: dict[str, str],
+                       tag: str) -> ProcessOutcome:
+        run = run_command(
+            argv,
+            env=env,
+            timeout_s=self.config.timeout_s,
+            kill_grace_s=self.config.kill_grace_s,
+            logger=self._log,
+            tag=tag,
+            extra={"hook": tag, "hook_event": transition.event},
+            reserve=self._reserve,
+        )
+        if transition.event != EVENT_REFRESH:
+            return await run
+        # a refresh is cut short when leadership goes (submit cancels it):
+        # the demote must not wait for a re-announcement of what it removes
+        task = asyncio.ensure_future(run)
+        self._refresh_task = task
+        t0 = time.monotonic()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not task.cancelled() or _current_task_cancelling():
+                raise  # the runner itself is being cancelled
+            return ProcessOutcome(None, None, False, "cut short: leadership is going (a demote or fault is queued)",
+                                  time.monotonic() - t0, time.time(), "")
+        finally:
+            self._refresh_task = None
 
     def _failure(self, transition: Transition, command: str, source: str, error: str) -> HookResult:
         return HookResult(
@@ -785,7 +846,9 @@ class HookRunner:
                 return
             all_ok = await self._run_commands(transition, commands, env)
         finally:
-            if transition.event == EVENT_PROMOTE:
+            if transition.event == EVENT_REFRESH:
+                pass  # not a change of state: what the promote acquired is still held
+            elif transition.event == EVENT_PROMOTE:
                 # even a failed promote may have acquired something: a later down
                 # event must run, which "promote" guarantees in plan_transitions
                 self._applied = EVENT_PROMOTE
@@ -806,29 +869,20 @@ class HookRunner:
         )
         for index, (argv, source) in enumerate(commands):
             if (
-                transition.event == EVENT_PROMOTE
+                transition.event in (EVENT_PROMOTE, EVENT_REFRESH)
                 and index > 0
                 and any(p.event in DOWN_EVENTS for p in self._pending)
             ):
                 # leadership was lost while promoting: the rest is pointless and
                 # the demote should start as soon as possible
-                self._log.warning("hooks: leadership lost during promote, skipping %d remaining promote hook(s)",
-                                  len(commands) - index)
+                self._log.warning("hooks: leadership lost during %s, skipping %d remaining %s hook(s)",
+                                  transition.event, len(commands) - index, transition.event)
                 break
             name = os.path.basename(argv[0]) if argv else "?"
             tag = f"{transition.event}:{name}"
             self._running = (transition, tag)
             try:
-                outcome = await run_command(
-                    argv,
-                    env=env,
-                    timeout_s=self.config.timeout_s,
-                    kill_grace_s=self.config.kill_grace_s,
-                    logger=self._log,
-                    tag=tag,
-                    extra={"hook": tag, "hook_event": transition.event},
-                    reserve=self._reserve,
-                )
+                outcome = await self._run_one(transition, argv, env, tag)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # run_command does not raise; if it ever does, it failed

@@ -520,7 +520,8 @@ class Node:
                 members.append({"name": m.name, "id": m.id, "alive": True, "last_seen_ms": 0.0, "self": True,
                                 "duplicate": DUPLICATE_NAME in self._blockers,
                                 "paused": PAUSED in self._blockers,
-                                "fault": any(name != PAUSED for name in self._blockers)})
+                                "fault": any(name != PAUSED for name in self._blockers),
+                                "witness": s.is_witness(m.name)})
                 continue
             seen = self.membership.last_seen(m.name)
             members.append({
@@ -533,6 +534,7 @@ class Node:
                 "duplicate": self.membership.duplicate(m.name, now),
                 "suspicion": suspicion.get(m.name),
                 "clock": self.peer_clocks[m.name].verdict,
+                "witness": s.is_witness(m.name),  # from config: every node lists the witnesses
                 **self.membership.reported(m.name),
             })
         leader = self.protocol.leader
@@ -541,6 +543,7 @@ class Node:
             "cluster": s.cluster,
             "protocol": self.protocol_name,
             "role": self.role(now),
+            "witness": s.is_witness(s.node_name),
             "leader": s.node_name if self.is_leader(now) else (leader if leader != s.node_name else None),
             "term": self.protocol.term,
             "members": members,

@@ -29,6 +29,7 @@ from electiond.etcddriver import EtcdDriver
 from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
+from electiond.refresh import REASON_INTERVAL, REASON_SPLIT_BRAIN, RefreshSchedule
 from electiond.control import BadRequest
 from electiond.node import DUPLICATE_NAME, Node
 from electiond.protocols.base import (
@@ -142,6 +143,7 @@ class Runtime:
         self._promote_failed_terms: set[int] = set()  # a promote of this term had a failing hook
         self.etcd: EtcdDriver | None = None  # protocol = etcd: carries out its requests
         self._coord: CoordBackend | None = None  # made on first use (coord_backend)
+        self.refresh = RefreshSchedule(config.hooks.refresh_interval_s)  # [hooks] refresh while leader
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -296,6 +298,7 @@ class Runtime:
         self.config = new
         if self.hooks is not None:
             self.hooks.config = new.hooks
+            self.refresh.interval_s = new.hooks.refresh_interval_s
         if self.node is not None:
             self.node.max_changes_per_hour = new.max_changes_per_hour
             self.node.promote_backoff.max_failures = new.hooks.max_promote_failures
@@ -391,6 +394,7 @@ class Runtime:
             self._duplicate_fault = False
             log.warning("duplicate name cleared: no other process has used our name for a while; standing again")
         self._log_clock_events()
+        self._refresh_if_due(now, self.refresh.due(now), REASON_INTERVAL)
         self._schedule()
         return now
 
@@ -412,7 +416,7 @@ class Runtime:
         assert self.node is not None
         if self._timer:
             self._timer.cancel()
-        delay_s = max(0.0, self.node.deadline() - time.monotonic())
+        delay_s = max(0.0, min(self.node.deadline(), self.refresh.next_at) - time.monotonic())
         self._timer = asyncio.get_running_loop().call_later(min(delay_s, 1.0), self._on_timer)
 
     def _save(self, persist: Persist) -> str | None:
@@ -456,12 +460,17 @@ class Runtime:
                          extra=self._role_fields("leader", effect.term, self.settings.node_name))
                 self.hooks.submit(Transition("promote", effect.term, self.settings.node_name,
                                              self._last_leader, effect.reason))
+                self.refresh.promoted(effect.term, now)
             elif isinstance(effect, TokenRaised):
                 # still the leader: no hooks; status and history show the new token
                 log.warning("fencing token raised to %d while leading (%s)", effect.term, effect.reason)
+                # another leader's claim was seen (a split brain healing, even one whose
+                # rival yielded before we heard it): re-announce what we hold at once
+                self._refresh_if_due(now, self.refresh.at_once(now), REASON_SPLIT_BRAIN)
             elif isinstance(effect, Demote):
                 log.info("demoted in term %d (%s)", effect.term, effect.reason,
                          extra=self._role_fields("follower", effect.term, None))
+                self.refresh.demoted()
                 self.hooks.submit(Transition("demote", effect.term, None, self.settings.node_name, effect.reason))
                 # keep a reference: the loop holds tasks only weakly
                 task = asyncio.get_running_loop().create_task(self._after_demote_hooks())
@@ -482,6 +491,9 @@ class Runtime:
             elif isinstance(effect, SplitBrain):
                 log.warning("split brain: %s also claimed leadership (term %d); %s",
                             effect.other, effect.term, "we yielded" if effect.yielded else "it must yield")
+                if not effect.yielded:
+                    # we won: re-announce now, the loser's ARPs may hold the caches
+                    self._refresh_if_due(now, self.refresh.at_once(now), REASON_SPLIT_BRAIN)
         if wrote:
             self._execute(self.node.persist_done(failure is None, now, failure), now)
             return
@@ -489,6 +501,15 @@ class Runtime:
         if line != self._last_status_line:
             self._last_status_line = line
             self._on_status(line)
+
+    def _refresh_if_due(self, now: float, term: int | None, reason: str) -> None:
+        """Queue the refresh hooks of ``term`` if there are any and we still lead."""
+        if term is None or self.node is None or self.hooks is None or not self.node.is_leader(now):
+            return
+        hooks = self.config.hooks
+        if not hooks.refresh and not (hooks.directory and os.path.isdir(os.path.join(hooks.directory, "refresh.d"))):
+            return
+        self.hooks.submit(Transition("refresh", term, self.settings.node_name, self._last_leader, reason))
 
     def _check_flapping(self, now: float) -> None:
         assert self.node is not None
@@ -604,6 +625,8 @@ class Runtime:
             target = args.get("target") if name == "transfer" else None
             if target is not None and (not isinstance(target, str) or not self.settings.is_member(target)):
                 raise BadRequest(f"unknown node {target!r} (members: {', '.join(m.name for m in self.settings.members)})")
+            if target is not None and self.settings.is_witness(target):
+                raise BadRequest(f"{target} is a witness: it votes but never leads (transfer to a voter)")
             term = node.protocol.term
             if name == "transfer":
                 self._process(lambda now: node.transfer(target, now))

@@ -67,6 +67,9 @@ class Settings:
     backoff_jitter_s: float = 0.05
     # bully: how long a candidate waits for ANSWER from a higher id
     answer_timeout_s: float = 0.1
+    # quorum-lease: members that vote and acknowledge heartbeats but never
+    # stand, never lead and are never a transfer target ([node] role = witness)
+    witnesses: tuple[str, ...] = ()
     # derived in __post_init__: protocols look members up on every message
     _by_name: dict[str, Member] = field(init=False, repr=False, compare=False)
     self_id: int = field(init=False, repr=False, compare=False)
@@ -79,6 +82,9 @@ class Settings:
             raise ValueError(f"node {self.node_name!r} is not a member")
         if len(set(names)) != len(names) or len({m.id for m in self.members}) != len(names):
             raise ValueError("member names and ids must be unique")
+        for w in self.witnesses:
+            if w not in names:
+                raise ValueError(f"witness {w!r} is not a member")
         by_name = {m.name: m for m in self.members}
         object.__setattr__(self, "_by_name", by_name)
         object.__setattr__(self, "self_id", by_name[self.node_name].id)
@@ -95,6 +101,9 @@ class Settings:
 
     def id_of(self, name: str) -> int:
         return self._by_name[name].id
+
+    def is_witness(self, name: str) -> bool:
+        return name in self.witnesses
 
     def peers(self) -> tuple[Member, ...]:
         return tuple(m for m in self.members if m.name != self.node_name)

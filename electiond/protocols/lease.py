@@ -113,6 +113,7 @@ PHASE_PREVOTE: Final = "prevote"
 PHASE_CANDIDATE: Final = "candidate"
 PHASE_LEADER: Final = "leader"
 PHASE_INELIGIBLE: Final = "ineligible"
+PHASE_WITNESS: Final = "witness"
 
 INF: Final = float("inf")
 
@@ -152,7 +153,10 @@ class QuorumLease(ElectionProtocol):
         self._recovered_to = -1  # M, once chosen
         self._role = ROLE_FOLLOWER
         self._leader: str | None = None
-        self._eligible = True
+        # a witness votes and acks but is never eligible: every rule that
+        # keeps an ineligible node from standing keeps it from standing
+        self._witness = settings.is_witness(settings.node_name)
+        self._eligible = not self._witness
         self._eligible_since = now
         # we may have promised something before a crash we cannot remember
         self._quarantine_until = now + settings.follower_promise_s()
@@ -241,6 +245,8 @@ class QuorumLease(ElectionProtocol):
             return PHASE_PREVOTE
         if now < self._quarantine_until:
             return PHASE_QUARANTINE
+        if self._witness:
+            return PHASE_WITNESS
         if not self._eligible:
             return PHASE_INELIGIBLE
         return PHASE_FOLLOWER
@@ -896,7 +902,7 @@ class QuorumLease(ElectionProtocol):
         window_s = max(self.settings.lease_s, 3 * self.settings.heartbeat_interval_s)
         live = [
             m for m in self.settings.peers()
-            if now - self._last_heard.get(m.name, -INF) <= window_s
+            if now - self._last_heard.get(m.name, -INF) <= window_s and not self.settings.is_witness(m.name)
         ]
         if not live:
             return None
@@ -944,6 +950,8 @@ class QuorumLease(ElectionProtocol):
                 raise CommandError(f"unknown node {target!r}") from None
             if target == self.settings.node_name:
                 raise CommandError("cannot transfer leadership to this node itself")
+            if self.settings.is_witness(target):
+                raise CommandError(f"{target} is a witness: it votes but never leads")
         else:
             target = self._best_live_peer(now)
             if target is None:
@@ -960,6 +968,7 @@ class QuorumLease(ElectionProtocol):
 
     def set_eligible(self, eligible: bool, now: float, reason: str) -> list[Effect]:
         effects = self._check_lease(now)
+        eligible = eligible and not self._witness
         if eligible == self._eligible:
             return effects
         self._eligible = eligible

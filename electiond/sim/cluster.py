@@ -351,6 +351,8 @@ class Cluster:
                 if self.tracing:
                     self.note(f"{h.name} PROMOTE term={e.term} ({e.reason})")
                 self.checker.promoted(self.now, h.index, e.term)
+                if h.settings.is_witness(h.name):
+                    self.checker.violate(self.now, "witness-led", f"witness {h.name} promoted in term {e.term}")
             elif et is TokenRaised:
                 if self.tracing:
                     self.note(f"{h.name} TOKEN-RAISED term={e.term} ({e.reason})")

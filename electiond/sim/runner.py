@@ -10,6 +10,7 @@ the same leader, and still do so when the phase ends.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time as _time
 from dataclasses import dataclass, field
@@ -120,8 +121,14 @@ def run_seed(
     registry: Mapping[str, type[ElectionProtocol]] | None = None,
     invariants: InvariantSet | None = None,
     trace: bool = False,
+    witnesses: int = 0,
 ) -> RunResult:
+    """``witnesses``: that many of the last members are quorum-lease
+    witnesses (at least one member stays a voter)."""
     plan = plan_run(seed, size)
+    if witnesses > 0 and plan.size > 1:
+        names = tuple(s.node_name for s in plan.settings)[plan.size - min(witnesses, plan.size - 1):]
+        plan.settings = [dataclasses.replace(s, witnesses=names) for s in plan.settings]
     inv = invariants or invariants_for(protocol)
     rng = random.Random(seed ^ 0x5EED)
     cluster = Cluster(plan.settings, protocol, inv, rng, plan.clocks, plan.network, registry, trace)
@@ -219,6 +226,7 @@ def _describe(plan: RunPlan, protocol: str) -> str:
         f"slow_links={ {f'n{a + 1}->n{b + 1}': round(x * 1000, 1) for (a, b), x in net.slow_links.items()} } "
         f"partitions={plan.partitions} state_loss={plan.state_loss} faults={len(plan.faults)} "
         f"safety={plan.safety_s:.3f}s keep_down={[plan.settings[i].node_name for i in plan.keep_down]}"
+        + (f" witnesses={list(s.witnesses)}" if s.witnesses else "")
     )
 
 
@@ -281,6 +289,7 @@ def campaign(
     invariants: InvariantSet | None = None,
     stop_at_first: bool = False,
     jobs: int = 1,
+    witnesses: int = 0,
 ) -> CampaignSummary:
     """Run ``seeds``; with ``jobs`` > 1, in that many worker processes.
 
@@ -293,18 +302,18 @@ def campaign(
     seeds = list(seeds)
     start = _time.perf_counter()
     if jobs > 1 and len(seeds) > 1:
-        summary = _campaign_in_workers(seeds, protocol, size, registry, invariants, stop_at_first, jobs)
+        summary = _campaign_in_workers(seeds, protocol, size, registry, invariants, stop_at_first, jobs, witnesses)
     else:
-        summary = _campaign_here(seeds, protocol, size, registry, invariants, stop_at_first)
+        summary = _campaign_here(seeds, protocol, size, registry, invariants, stop_at_first, witnesses)
     summary.wall_s = _time.perf_counter() - start
     return summary
 
 
-def _campaign_here(seeds, protocol, size, registry, invariants, stop_at_first) -> CampaignSummary:
+def _campaign_here(seeds, protocol, size, registry, invariants, stop_at_first, witnesses=0) -> CampaignSummary:
     summary = CampaignSummary(protocol)
     start = _time.perf_counter()
     for seed in seeds:
-        r = run_seed(seed, protocol, size, registry, invariants)
+        r = run_seed(seed, protocol, size, registry, invariants, witnesses=witnesses)
         summary.add(r)
         if r.violations and stop_at_first:
             break
@@ -312,7 +321,8 @@ def _campaign_here(seeds, protocol, size, registry, invariants, stop_at_first) -
     return summary
 
 
-def _campaign_in_workers(seeds, protocol, size, registry, invariants, stop_at_first, jobs) -> CampaignSummary:
+def _campaign_in_workers(seeds, protocol, size, registry, invariants, stop_at_first, jobs,
+                         witnesses=0) -> CampaignSummary:
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
@@ -323,7 +333,8 @@ def _campaign_in_workers(seeds, protocol, size, registry, invariants, stop_at_fi
     summary = CampaignSummary(protocol)
     # spawn, not fork: the caller may have threads (pytest plugins, asyncio)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_campaign_here, s, protocol, size, registry, invariants, stop_at_first) for s in shares]
+        futures = [pool.submit(_campaign_here, s, protocol, size, registry, invariants, stop_at_first, witnesses)
+                   for s in shares]
         for f in futures:
             summary.merge(f.result())
     summary.failures.sort(key=lambda r: r.seed)
