@@ -194,6 +194,15 @@ interface = 127.0.0.1
     def wait_leader(self, timeout_s: float = 5.0, among: list[str] | None = None) -> str:
         return self.wait_for(lambda: self.agreed_leader(among), timeout_s, "an agreed leader")
 
+    def wait_clock_checked(self, name: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        """Wait until name's start-up clock check passed; returns its status.
+        A node still checking may not stand, so a transfer to it is refused."""
+        def checked() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status is not None and (status.get("clock") or {}).get("checked") else None
+
+        return self.wait_for(checked, timeout_s, f"{name}'s clock check")
+
     def hook_events(self) -> list[tuple[float, str, str, int, str]]:
         events = []
         for line in self.hook_log.read_text().splitlines():

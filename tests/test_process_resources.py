@@ -148,6 +148,7 @@ def summary(entries: list[dict[str, Any]], log: str) -> str:
 def transfer_to(c: Cluster, target: str, timeout_s: float = 30.0) -> None:
     """Ask the current leader to hand over to target until target leads with
     its promote hook done (a transfer may be refused while leadership moves)."""
+    c.wait_clock_checked(target, timeout_s)  # until then every transfer to it is refused
     refusals: list[str] = []
 
     def led() -> bool:
@@ -266,7 +267,7 @@ def test_out_of_descriptors_during_a_transfer_to_it(tmp_path: pathlib.Path) -> N
         leader = c.wait_leader(15)
         x = next(n for n in c.names if n != leader)
         # a node still in its start-up clock check may not stand: exhaust it once it passed
-        c.wait_for(lambda: ((c.status(x) or {}).get("clock") or {}).get("checked"), 15, f"{x}'s clock check")
+        c.wait_clock_checked(x, 15)
         held = exhaust(c, x)
         try:
             request(c.socket(leader), "transfer", {"target": x}, timeout_s=5.0)
@@ -300,7 +301,7 @@ def test_promote_hook_that_cannot_start_makes_the_node_step_down(tmp_path: pathl
         leader = c.wait_leader(15)
         if leader != "n1":
             # a node still in its start-up clock check may not stand: hand over once it passed
-            c.wait_for(lambda: ((c.status("n1") or {}).get("clock") or {}).get("checked"), 15, "n1's clock check")
+            c.wait_clock_checked("n1", 15)
             request(c.socket(leader), "transfer", {"target": "n1"}, timeout_s=5.0)
 
         def failed_promote() -> dict[str, Any] | None:
