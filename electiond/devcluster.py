@@ -143,13 +143,29 @@ members = {members}
 
     def spawn(self, name: str) -> None:
         """Start a daemon without waiting for it."""
+        self.spawn_as(name, name, self.config_path(name))
+
+    def spawn_as(self, key: str, name: str, config: pathlib.Path, prefix: tuple[str, ...] = ()) -> None:
+        """Start a daemon for [node] ``name`` from ``config``, tracked (procs,
+        ``key``.log) as ``key``; ``prefix`` runs it inside something (ip netns exec NS)."""
         env = dict(os.environ, HOOK_LOG=str(self.hook_log), PYTHONPATH=str(REPO))
-        log = open(self.workdir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "electiond", "--config", str(self.config_path(name)), "--node", name],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-        )
-        log.close()
+        with open(self.workdir / f"{key}.log", "ab") as log:
+            self.procs[key] = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "electiond", "--config", str(config), "--node", name],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            )
+
+    def twin_config(self, name: str, suffix: str, text: str | None = None) -> pathlib.Path:
+        """name's config (or ``text``, a variant of it) for a second daemon with the
+        same [node] name, as a cloned host would run: only its control socket and
+        state directory differ, named name+suffix (so ``status(name + suffix)`` asks it)."""
+        twin = name + suffix
+        text = self.config_path(name).read_text() if text is None else text
+        text = text.replace(self.socket(name), self.socket(twin)).replace(
+            f"directory = {self.workdir / name}\n", f"directory = {self.workdir / twin}\n")
+        path = self.workdir / f"{twin}.conf"
+        path.write_text(text)
+        return path
 
     def wait_socket(self, name: str) -> None:
         self.wait_for(lambda: os.path.exists(self.socket(name)), 15, f"{name} to open its socket")
@@ -167,6 +183,16 @@ members = {members}
 
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)
+
+    def stop(self, key: str, timeout_s: float = 15.0) -> None:
+        """SIGTERM one daemon and wait for it to exit (SIGKILL after timeout_s)."""
+        proc = self.procs.pop(key)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
@@ -219,6 +245,15 @@ members = {members}
 
     def wait_leader(self, timeout_s: float = 5.0, among: list[str] | None = None) -> str:
         return self.wait_for(lambda: self.agreed_leader(among), timeout_s, "an agreed leader")
+
+    def wait_clock_checked(self, name: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        """Wait until name's start-up clock check passed; returns its status.
+        A node still checking may not stand, so a transfer to it is refused."""
+        def checked() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status is not None and (status.get("clock") or {}).get("checked") else None
+
+        return self.wait_for(checked, timeout_s, f"{name}'s clock check")
 
     def hook_events(self) -> list[tuple[float, str, str, int, str]]:
         events = []

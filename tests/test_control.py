@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
 import socket
 from pathlib import Path
 
@@ -31,7 +33,18 @@ async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cmd: s
     return json.loads(await asyncio.wait_for(reader.readline(), DEADLINE_S))
 
 
-def run(tmp_path: Path, body, **kwargs) -> None:
+def loop_factories() -> list:
+    factories = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        factories.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip(reason="uvloop not installed")))
+    else:
+        factories.append(pytest.param(uvloop.new_event_loop, id=f"uvloop-{uvloop.__version__}"))
+    return factories
+
+
+def run(tmp_path: Path, body, loop_factory=asyncio.new_event_loop, **kwargs) -> None:
     async def go() -> None:
         server = ControlServer(str(tmp_path / "c.sock"), 0o600, handler, **kwargs)
         await server.start()
@@ -40,7 +53,15 @@ def run(tmp_path: Path, body, **kwargs) -> None:
         finally:
             await server.stop()
 
-    asyncio.run(go())
+    loop = loop_factory()
+    try:
+        loop.run_until_complete(go())
+    finally:
+        loop.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def test_connections_beyond_the_cap_are_refused_at_once_with_one_line(tmp_path: Path) -> None:
@@ -127,6 +148,97 @@ def test_a_client_that_never_reads_its_replies_is_dropped(tmp_path: Path) -> Non
             await server.stop()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("loop_factory", loop_factories())
+def test_refused_connections_hold_no_descriptor_even_in_a_burst(tmp_path: Path, loop_factory) -> None:
+    """300 clients connect at once against a cap of 4: the server never holds
+    more than the cap (the refusal happens inside the accept), and each refused
+    client still reads its one busy line."""
+    async def body(server: ControlServer) -> None:
+        base = open_fds()
+        loop = asyncio.get_running_loop()
+        clients: list[socket.socket] = []
+        peak = 0
+        try:
+            for _ in range(300):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                clients.append(sock)
+                deadline = loop.time() + DEADLINE_S
+                while True:
+                    try:
+                        sock.connect(server.path)
+                        break
+                    except BlockingIOError:  # the backlog is full: let the server accept
+                        assert loop.time() < deadline
+                        await asyncio.sleep(0.001)
+                peak = max(peak, open_fds() - len(clients) - base)
+            await asyncio.sleep(0.2)  # every wake-up the burst caused has run
+            peak = max(peak, open_fds() - len(clients) - base)
+            assert peak <= 4 + 2, f"the server held {peak} descriptors with a cap of 4"
+            assert server.refused == 296 and server.connections == 4
+            busy = 0
+            for sock in clients:
+                sock.setblocking(True)
+                sock.settimeout(0.05)
+                try:
+                    busy += b'"code": "busy"' in sock.recv(4096)
+                except TimeoutError:
+                    pass  # one of the four being served: it has not asked anything
+            assert busy == 296
+        finally:
+            for sock in clients:
+                sock.close()
+
+    run(tmp_path, body, loop_factory, max_connections=4)
+
+
+@pytest.mark.parametrize("loop_factory", loop_factories())
+def test_out_of_descriptors_the_clients_wait_in_the_backlog(tmp_path: Path, loop_factory) -> None:
+    """accept() failing with EMFILE pauses accepting (no spin, no client closed
+    unanswered); once descriptors are back the waiting clients are served."""
+    async def body(server: ControlServer) -> None:
+        loop = asyncio.get_running_loop()
+        clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers: list[int] = []
+        try:
+            # no descriptor left for accept() (connecting needs none): lower the
+            # limit to what is open, then fill the holes below it
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds() + 8, hard))
+            for _ in range(64):
+                try:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError:
+                    break
+            for sock in clients:
+                sock.connect(server.path)
+            deadline = loop.time() + DEADLINE_S
+            while server.accept_exhausted < 2:  # retried later, not once and given up
+                assert loop.time() < deadline
+                await asyncio.sleep(0.02)
+            assert server.connections == 0
+            retries = server.accept_exhausted
+            await asyncio.sleep(0.3)
+            # paused between retries (ACCEPT_RETRY_S), not spinning on a readable socket
+            assert server.accept_exhausted - retries <= 0.3 / 0.1 + 2
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        try:
+            for sock in clients:
+                sock.setblocking(False)
+                await loop.sock_sendall(sock, b'{"cmd": "status"}\n')
+                reply = await asyncio.wait_for(loop.sock_recv(sock, 4096), DEADLINE_S)
+                assert json.loads(reply)["result"] == {"cmd": "status"}
+            assert server.stats()["accept_exhausted"] == server.accept_exhausted >= 2
+        finally:
+            for sock in clients:
+                sock.close()
+
+    run(tmp_path, body, loop_factory)
 
 
 def test_electionctl_request_says_busy_and_is_unreachable(tmp_path: Path) -> None:

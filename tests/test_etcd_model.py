@@ -29,9 +29,11 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from test_etcd import MEMBERS
+from test_etcd import settings as etcd_settings
 
 from electiond.node import Node
-from electiond.protocols.base import CommandError, Demote, Member, Promote, Settings
+from electiond.protocols.base import CommandError, Demote, Promote
 from electiond.protocols.etcd import (
     OP_CAMPAIGN,
     OP_DELETE,
@@ -48,7 +50,7 @@ from electiond.protocols.etcd import (
     WatchUpdate,
 )
 
-NAMES = ("n1", "n2", "n3")
+NAMES = tuple(m.name for m in MEMBERS)  # the members test_etcd's settings() names
 TTL_S = 3
 DRIFT_PPM = 1000.0
 EXPIRY_CHECK_S = 0.5
@@ -137,7 +139,6 @@ class World:
                 break
             self.outages.append((start, start + length))
             start += length + self.rng.uniform(5, 15)
-        members = tuple(Member(n, i) for i, n in enumerate(NAMES, 1))
         self.nodes: dict[str, Node] = {}
         self.rate: dict[str, float] = {}
         self.offset: dict[str, float] = {}
@@ -152,8 +153,7 @@ class World:
             # clock rates within 90% of the bound the core assumes
             self.rate[name] = 1 + self.rng.uniform(-0.9, 0.9) * DRIFT_PPM / 1e6
             self.offset[name] = self.rng.uniform(0, 1000)
-            settings = Settings(cluster="c", node_name=name, members=members, etcd_lease_ttl_s=TTL_S,
-                                clock_drift_ppm=DRIFT_PPM, lease_guard_s=0.5)
+            settings = etcd_settings(name, ttl=TTL_S, drift_ppm=DRIFT_PPM, guard_s=0.5)
             self.nodes[name] = Node(settings, "etcd", random.Random(seed), self.local(name), None)
             self.schedule_wake(name, self.rng.uniform(0, 0.5))
         t = self.rng.uniform(5, 20)

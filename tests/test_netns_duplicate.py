@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from cluster import REPO, Cluster
+from cluster import Cluster
 from electiond import keys
-from electiond.cli import Refused, Unreachable, request
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
@@ -39,26 +35,18 @@ class DuplicateLan(Cluster):
         self.config_text = self.config_text.replace(
             "interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {key_path}")
 
-    def host_config(self, name: str, host: str, suffix: str = "") -> Path:
-        path = super().config_path(name)
-        text = path.read_text().replace("interface = 127.0.0.1", f"interface = {self.lan.address[host]}")
-        if suffix:
-            text = text.replace(self.socket(name), self.socket(name + suffix)).replace(
-                f"directory = {self.workdir / name}\n", f"directory = {self.workdir / (name + suffix)}\n")
-            path = self.workdir / f"{name}{suffix}.conf"
-        path.write_text(text)
-        return path
+    def host_text(self, name: str, host: str) -> str:
+        """name's config as host runs it: bound to host's address on the LAN."""
+        text = super().config_path(name).read_text()
+        return text.replace("interface = 127.0.0.1", f"interface = {self.lan.address[host]}")
 
     def config_path(self, name: str) -> Path:
-        return self.host_config(name, name)
+        path = self.workdir / f"{name}.conf"
+        path.write_text(self.host_text(name, name))
+        return path
 
     def spawn_in(self, key: str, name: str, host: str, config: Path) -> None:
-        env = dict(os.environ, HOOK_LOG=str(self.hook_log), PYTHONPATH=str(REPO))
-        with open(self.workdir / f"{key}.log", "ab") as log:
-            self.procs[key] = subprocess.Popen(
-                ["ip", "netns", "exec", self.lan.ns[host], sys.executable, "-m", "electiond",
-                 "--config", str(config), "--node", name],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.spawn_as(key, name, config, ("ip", "netns", "exec", self.lan.ns[host]))
 
     def spawn(self, name: str) -> None:
         self.spawn_in(name, name, name, self.config_path(name))
@@ -72,35 +60,21 @@ def test_a_cloned_host_with_our_name_faults_both_until_it_leaves(tmp_path):
         with DuplicateLan(tmp_path, lan) as c:
             c.start_all()
             c.wait_leader(15.0)
-            copy_conf = c.host_config("n1", "cp", suffix="-clone")
-            c.spawn_in("clone", "n1", "cp", copy_conf)
-            clone_socket = c.socket("n1-clone")
-
-            def clone_status():
-                try:
-                    return request(clone_socket, "status", timeout_s=2.0)
-                except (Unreachable, Refused):
-                    return None
-
+            clone_conf = c.twin_config("n1", "-clone", c.host_text("n1", "cp"))
+            c.spawn_in("n1-clone", "n1", "cp", clone_conf)
             c.wait_for(lambda: "duplicate_name" in (c.status("n1") or {}).get("blocked_by", {}), 15.0,
                        "n1 to enter FAULT")
-            c.wait_for(lambda: "duplicate_name" in (clone_status() or {}).get("blocked_by", {}), 15.0,
+            c.wait_for(lambda: "duplicate_name" in (c.status("n1-clone") or {}).get("blocked_by", {}), 15.0,
                        "the clone to enter FAULT")
             n1_log = (tmp_path / "n1.log").read_text()
-            clone_log = (tmp_path / "clone.log").read_text()
+            clone_log = (tmp_path / "n1-clone.log").read_text()
             assert f"from {lan.address['cp']}:" in n1_log and f"ours is {lan.address['n1']}:" in n1_log
             assert f"from {lan.address['n1']}:" in clone_log and f"ours is {lan.address['cp']}:" in clone_log
             leader = c.wait_for(lambda: c.agreed_leader(["n2", "n3"]), 15.0, "a leader on n2/n3")
             assert leader in ("n2", "n3")
             c.wait_for(lambda: any(m["name"] == "n1" and m["duplicate"] for m in c.status("n2")["members"]),
                        15.0, "n2 to flag n1")
-            proc = c.procs.pop("clone")
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            c.stop("n1-clone")
             c.wait_for(lambda: (c.status("n1") or {}).get("blocked_by") == {}, 15.0, "n1 to leave FAULT")
             c.wait_leader(15.0)
             c.wait_for(lambda: all(m["alive"] for m in c.status("n1")["members"]), 15.0, "n1 to rejoin")

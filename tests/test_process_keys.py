@@ -153,27 +153,8 @@ def test_daemon_with_a_version_1_bare_key_exits_78_naming_the_line(tmp_path):
 # ---- duplicate names ---------------------------------------------------------------
 
 
-def _copy_of(c: KeyedCluster, name: str) -> tuple[subprocess.Popen, pathlib.Path, str]:
-    """Another daemon with the very same config but its own state dir and socket."""
-    text = c.config_path(name).read_text()
-    copy_socket = str(c.workdir / f"{name}-copy.sock")
-    text = text.replace(c.socket(name), copy_socket).replace(
-        f"directory = {c.workdir / name}\n", f"directory = {c.workdir / (name + '-copy')}\n")
-    conf = c.workdir / f"{name}-copy.conf"
-    conf.write_text(text)
-    log_path = c.workdir / f"{name}-copy.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "electiond", "--config", str(conf), "--node", name],
-            env=dict(os.environ, HOOK_LOG=str(c.hook_log), PYTHONPATH=str(REPO)),
-            stdout=log, stderr=subprocess.STDOUT, cwd=c.workdir)
-    return proc, log_path, copy_socket
-
-
 @pytest.mark.parametrize("n1_leads", [False, True], ids=["n1-follows", "n1-leads"])
 def test_a_second_daemon_with_our_name_puts_both_in_fault_until_it_is_gone(tmp_path, n1_leads):
-    from electiond.cli import Refused, Unreachable, request
-
     per_node = {"n1": {"priority": "250"}} if n1_leads else None
     with KeyedCluster(tmp_path, 3, protocol="quorum-lease", per_node=per_node) as c:
         for name in c.names:
@@ -183,25 +164,20 @@ def test_a_second_daemon_with_our_name_puts_both_in_fault_until_it_is_gone(tmp_p
         if n1_leads:
             first = c.wait_for(lambda: c.agreed_leader() == "n1" and "n1", 15.0, "n1 to lead (priority)")
             c.wait_for(lambda: ("promote", "n1") in _changes(c), 10.0, "n1's promote hook")
-        proc, copy_log, copy_socket = _copy_of(c, "n1")
+        # the very same config but its own state dir and socket
+        c.spawn_as("n1-copy", "n1", c.twin_config("n1", "-copy"))
         try:
-            def copy_status():
-                try:
-                    return request(copy_socket, "status", timeout_s=2.0)
-                except (Unreachable, Refused):
-                    return None
-
             c.wait_for(lambda: "duplicate_name" in (c.status("n1") or {}).get("blocked_by", {}), 10.0,
                        "n1 to enter FAULT")
-            c.wait_for(lambda: "duplicate_name" in (copy_status() or {}).get("blocked_by", {}), 10.0,
+            c.wait_for(lambda: "duplicate_name" in (c.status("n1-copy") or {}).get("blocked_by", {}), 10.0,
                        "the copy to enter FAULT")
-            for text in (c.log("n1"), copy_log.read_text()):
+            for text in (c.log("n1"), (c.workdir / "n1-copy.log").read_text()):
                 line = next(ln for ln in text.splitlines() if "duplicate name, entering FAULT" in ln)
                 assert line.count("127.0.0.1:") >= 2, line  # both addresses are named
             # neither copy leads; the two other nodes still have a leader (2 of 3 is a quorum)
             leader = c.wait_for(lambda: c.agreed_leader(["n2", "n3"]), 10.0, "a leader among n2, n3")
             assert leader in ("n2", "n3")
-            assert c.status("n1")["role"] != "leader" and copy_status()["role"] != "leader"
+            assert c.status("n1")["role"] != "leader" and c.status("n1-copy")["role"] != "leader"
             assert c.status("n1")["members"][0]["duplicate"]
             c.wait_for(lambda: any(m["name"] == "n1" and m["duplicate"] for m in c.status("n2")["members"]),
                        10.0, "n2 to flag n1 as a duplicate")
@@ -218,12 +194,7 @@ def test_a_second_daemon_with_our_name_puts_both_in_fault_until_it_is_gone(tmp_p
                 assert any(e[1] == "demote" and e[2] == "n1" and e[4] == "duplicate_name" for e in c.hook_events())
             assert first is not None
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            c.stop("n1-copy")
         c.wait_for(lambda: (c.status("n1") or {}).get("blocked_by") == {}, 10.0, "n1 to leave FAULT")
         assert "duplicate name cleared" in c.log("n1")
         c.wait_leader(10.0)

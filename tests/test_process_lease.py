@@ -149,8 +149,7 @@ def test_transfer_hands_over_in_a_few_round_trips(tmp_path):
         old = c.wait_leader(10.0)
         target = next(n for n in c.names if n != old)
         # a node still in its start-up clock check may not stand: hand over only once it passed
-        c.wait_for(lambda: ((c.status(target) or {}).get("clock") or {}).get("checked"), 10.0,
-                   f"{target}'s clock check")
+        c.wait_clock_checked(target, 10.0)
         t0 = time.monotonic()
         assert request(c.socket(old), "transfer", {"target": target})["ok"]
         c.wait_for(lambda: c.agreed_leader() == target, 5.0, f"{target} to lead")

@@ -132,18 +132,23 @@ def hook_promotes(c: Cluster, name: str) -> list[tuple[float, str, str, int, str
     return [e for e in c.hook_events() if e[1] == "promote" and e[2] == name]
 
 
+# what fdreserve and the hooks log when work meets EMFILE and retries on the reserve
+RESERVE_USED = "out of file descriptors (Too many open files"
+
+
 def summary(entries: list[dict[str, Any]], log: str) -> str:
     """What happened, for the test output: promotions, promote results, errors logged."""
     promotes = sum(e["event"] == "promote" for e in entries)
     results = [("ok" if e["exit_code"] == 0 and not e.get("error") else e.get("error") or f"exit {e['exit_code']}")
                for e in entries if e["event"] == "hook" and e["hook_event"] == "promote"]
     return (f"{promotes} promotion(s), promote results {results}, "
-            f"{log.count('Too many open files')} log line(s) naming EMFILE")
+            f"{log.count(RESERVE_USED)} EMFILE(s) met by the state write or a hook")
 
 
 def transfer_to(c: Cluster, target: str, timeout_s: float = 30.0) -> None:
     """Ask the current leader to hand over to target until target leads with
     its promote hook done (a transfer may be refused while leadership moves)."""
+    c.wait_clock_checked(target, timeout_s)  # until then every transfer to it is refused
     refusals: list[str] = []
 
     def led() -> bool:
@@ -168,22 +173,6 @@ def transfer_to(c: Cluster, target: str, timeout_s: float = 30.0) -> None:
 LEASE = {"lease": "600ms"}  # long enough not to lapse on a loaded two-core machine
 
 
-# Known gap: under Debian 12's uvloop 0.17 (scripts/test-debian) the daemon held 490
-# descriptors with 1000 clients against a cap of 64, and the exhaustion setup timed out;
-# PyPI's uvloop passes. Not understood yet: recorded here and in the issue note.
-def _old_uvloop() -> bool:
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    return tuple(int(x) for x in uvloop.__version__.split(".")[:2]) < (0, 18)
-
-
-debian_uvloop_gap = pytest.mark.xfail(_old_uvloop(), reason="descriptor bounds not met under uvloop 0.17 (open)",
-                                      strict=False)
-
-
-@debian_uvloop_gap
 def test_thousand_idle_connections_are_capped_and_timed_out(tmp_path: pathlib.Path) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1100:
@@ -262,7 +251,8 @@ def test_out_of_descriptors_during_an_election(tmp_path: pathlib.Path) -> None:
         entries = history(c, x)
         assert_never_led_without_a_promote_result(entries, x)
         log = (tmp_path / f"{x}.log").read_text()
-        assert "Too many open files" in log, log[-3000:]
+        # the vote write or the promote hook met EMFILE (the control socket's own line does not count)
+        assert RESERVE_USED in log, log[-3000:]
         print(f"election while {x} is out of descriptors: {summary(entries, log)}")
         # recovered: a later promote on x succeeds
         transfer_to(c, x)
@@ -270,7 +260,6 @@ def test_out_of_descriptors_during_an_election(tmp_path: pathlib.Path) -> None:
         assert last["exit_code"] == 0 and last["error"] is None
 
 
-@debian_uvloop_gap
 def test_out_of_descriptors_during_a_transfer_to_it(tmp_path: pathlib.Path) -> None:
     with BoundedCluster(tmp_path, 3, protocol="quorum-lease", node_options={"preempt": "no"}, timing=LEASE,
                         control={"idle_timeout": "120s"}) as c:
@@ -278,7 +267,7 @@ def test_out_of_descriptors_during_a_transfer_to_it(tmp_path: pathlib.Path) -> N
         leader = c.wait_leader(15)
         x = next(n for n in c.names if n != leader)
         # a node still in its start-up clock check may not stand: exhaust it once it passed
-        c.wait_for(lambda: ((c.status(x) or {}).get("clock") or {}).get("checked"), 15, f"{x}'s clock check")
+        c.wait_clock_checked(x, 15)
         held = exhaust(c, x)
         try:
             request(c.socket(leader), "transfer", {"target": x}, timeout_s=5.0)
@@ -294,7 +283,8 @@ def test_out_of_descriptors_during_a_transfer_to_it(tmp_path: pathlib.Path) -> N
         entries = history(c, x)
         assert_never_led_without_a_promote_result(entries, x)
         log = (tmp_path / f"{x}.log").read_text()
-        assert "Too many open files" in log, log[-3000:]
+        # the vote write or the promote hook met EMFILE (the control socket's own line does not count)
+        assert RESERVE_USED in log, log[-3000:]
         print(f"transfer to {x} while it is out of descriptors: {summary(entries, log)}")
         transfer_to(c, x)
         last = [e for e in history(c, x) if e["event"] == "hook" and e["hook_event"] == "promote"][-1]
@@ -311,7 +301,7 @@ def test_promote_hook_that_cannot_start_makes_the_node_step_down(tmp_path: pathl
         leader = c.wait_leader(15)
         if leader != "n1":
             # a node still in its start-up clock check may not stand: hand over once it passed
-            c.wait_for(lambda: ((c.status("n1") or {}).get("clock") or {}).get("checked"), 15, "n1's clock check")
+            c.wait_clock_checked("n1", 15)
             request(c.socket(leader), "transfer", {"target": "n1"}, timeout_s=5.0)
 
         def failed_promote() -> dict[str, Any] | None:
