@@ -1,0 +1,497 @@
+"""The embedded coordination store's replicated config register (sans-IO).
+
+The quorum-lease cluster itself serves versioned config keys. Every change is
+an entry of a small Raft-style log whose index is the cluster-wide version:
+
+- Only the leader of the election protocol's current term appends. It lists
+  ``StorePersist`` (its whole store) before the ``COORD_APPEND`` Sends: the
+  shell carries effects out in order, so an entry leaves only once it is on
+  the leader's disk (persist-then-send, as for votes).
+- A follower accepts an entry only from a term at least its own and only if
+  its log holds the entry before it with the same term (Raft's consistency
+  check); a conflicting uncommitted tail is cut. It persists, then acks.
+- The leader commits version v once a majority (itself included) acked v or
+  later and v's entry carries its own term (Raft's rule: an older term's
+  entry is committed only by a newer one above it). A new leader therefore
+  appends a no-op first and serves nothing before that no-op is committed:
+  that is the "re-replicate its latest writes to a majority" step.
+- Votes carry the store's last (term, version) and a voter refuses a
+  candidate that is behind (``QuorumLease.coord_last``, Raft's up-to-date
+  rule): every majority holds each acknowledged entry, so no candidate
+  lacking one can win, and versions are never reused with other values.
+- Reads are answered by the leader from the committed state while its lease
+  is valid (quorum-lease: at most one leader at any instant of real time,
+  and a new one starts only after its no-op committed): linearizable.
+- Watches read any node's committed log, which is a prefix of the one
+  committed sequence: gap-free. The log keeps the last ``LOG_KEEP``
+  committed entries; a watch from before them gets ``compacted``, never a gap.
+- Client requests carry a request id, stored in the entry: a retry (to the
+  same or a new leader) of a request already in the log gets that entry's
+  outcome instead of being applied twice.
+
+A failed store write must stop the daemon (fail-stop): the in-memory store
+would otherwise be ahead of the disk it acknowledges from.
+
+Not done here: catching up a follower further behind than the log (it would
+need a snapshot transfer); such a follower stays behind and says so in
+``status()``. Locks, barriers and membership are not in this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from electiond.protocols.base import Send
+
+COORD_APPEND: Final = "COORD_APPEND"  # leader -> follower: one entry (or none) + commit
+COORD_ACK: Final = "COORD_ACK"  # follower -> leader: how far its log matches
+COORD_REQUEST: Final = "COORD_REQUEST"  # follower -> leader: a client's request, forwarded
+COORD_REPLY: Final = "COORD_REPLY"  # leader -> follower: the outcome for its client
+
+OP_SET: Final = "set"
+OP_DELETE: Final = "delete"
+OP_CAS: Final = "cas"
+OP_GET: Final = "get"
+OP_NOOP: Final = "noop"
+
+# error codes: those of electiond.coord.backend's errors
+ERR_UNAVAILABLE: Final = "unavailable"
+ERR_VERSION: Final = "version_mismatch"
+ERR_COMPACTED: Final = "compacted"
+ERR_TOO_BIG: Final = "too_big"
+
+LOG_KEEP: Final = 512  # committed entries kept for watches and catch-up
+MAX_KEY_BYTES: Final = 128
+MAX_VALUE_BYTES: Final = 700  # an entry must fit one datagram (wire.MAX_DATAGRAM_BYTES)
+MAX_REQ_ID_BYTES: Final = 64
+
+MESSAGE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    COORD_APPEND: {"prev_v": int, "prev_t": int, "commit": int, "has": bool, "t": int, "op": str, "key": str,
+                   "value": (str, type(None)), "req": str},
+    COORD_ACK: {"ok": bool, "match": int},
+    COORD_REQUEST: {"req": str, "op": str, "key": str, "value": (str, type(None)), "version": int},
+    COORD_REPLY: {"req": str, "ok": bool, "error": str, "key": str, "value": (str, type(None)), "version": int},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    version: int
+    term: int
+    op: str  # OP_SET | OP_DELETE | OP_NOOP (a cas is stored as the set it became)
+    key: str
+    value: str | None
+    req: str  # the client's request id ("" for a no-op)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    """What a node persists: entries folded into ``base`` up to
+    ``base_version``, the log above it, the commit point and the highest
+    term whose leader it heard (it acks no older one after a restart)."""
+
+    term: int = 0
+    commit: int = 0
+    base_version: int = 0
+    base_term: int = 0
+    base: tuple[tuple[str, str, int], ...] = ()  # (key, value, version) of live keys
+    log: tuple[Entry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StorePersist:
+    """Durably store the coordination store before any later effect."""
+
+    state: StoreState
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The outcome of a local client's request ``req``."""
+
+    req: str
+    ok: bool
+    error: str  # "" when ok
+    key: str
+    value: str | None
+    version: int  # the key's version (0: absent); for a write, the entry's
+
+
+@dataclass(slots=True)
+class View:
+    """What the election protocol says now (passed in on every call)."""
+
+    leader: str | None
+    term: int
+    is_leader: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    req: str
+    origin: str | None  # None: our own client
+    key: str = ""
+    value: str | None = None
+    version: int = 0
+    op: str = ""
+
+
+@dataclass(slots=True)
+class _Lead:
+    term: int
+    noop_version: int
+    next_v: dict[str, int] = field(default_factory=dict)
+    match: dict[str, int] = field(default_factory=dict)
+    told_commit: dict[str, int] = field(default_factory=dict)
+    pending: dict[int, _Pending] = field(default_factory=dict)  # version -> request
+
+
+def request_ok(op: str, key: str, value: str | None, req: str) -> str:
+    """'' if a request is well-formed and within the bounds, else the error."""
+    if op not in (OP_SET, OP_DELETE, OP_CAS, OP_GET):
+        return "bad_request"
+    if not key or len(key.encode()) > MAX_KEY_BYTES or len(req.encode()) > MAX_REQ_ID_BYTES or not req:
+        return ERR_TOO_BIG if key else "bad_request"
+    if value is not None and len(value.encode()) > MAX_VALUE_BYTES:
+        return ERR_TOO_BIG
+    if op in (OP_SET, OP_CAS) and value is None:
+        return "bad_request"
+    return ""
+
+
+class ConfigReplica:
+    # the mutant in tests/coord_mutants.py lowers it to 1: acks before a majority persisted
+    def commit_quorum(self) -> int:
+        return len(self.members) // 2 + 1
+
+    def __init__(self, node_name: str, members: tuple[str, ...], heartbeat_interval_s: float,
+                 persisted: StoreState | None = None) -> None:
+        self.name = node_name
+        self.members = members
+        self.peers = tuple(m for m in members if m != node_name)
+        self.retry_s = heartbeat_interval_s
+        st = persisted or StoreState()
+        self._term = st.term
+        self._commit = st.commit
+        self._base_version = st.base_version
+        self._base_term = st.base_term
+        self._base: dict[str, tuple[str, int]] = {k: (v, ver) for k, v, ver in st.base}
+        self._log: list[Entry] = list(st.log)
+        self._lead: _Lead | None = None
+        self._next_send = float("inf")
+
+    # ---- views -------------------------------------------------------------
+
+    @property
+    def last(self) -> tuple[int, int]:
+        """(term, version) of the last entry: what votes carry."""
+        if self._log:
+            e = self._log[-1]
+            return (e.term, e.version)
+        return (self._base_term, self._base_version)
+
+    @property
+    def commit(self) -> int:
+        return self._commit
+
+    def ready(self, view: View) -> bool:
+        """Serving as leader: our lease holds and our no-op is committed."""
+        lead = self._lead
+        return lead is not None and view.is_leader and lead.term == view.term and self._commit >= lead.noop_version
+
+    def state(self) -> StoreState:
+        return StoreState(self._term, self._commit, self._base_version, self._base_term,
+                          tuple((k, v, ver) for k, (v, ver) in sorted(self._base.items())), tuple(self._log))
+
+    def status(self) -> dict[str, Any]:
+        term, version = self.last
+        st: dict[str, Any] = {"last_version": version, "last_term": term, "commit": self._commit,
+                              "oldest_watchable": self._base_version, "leading": self._lead is not None}
+        if self._lead is not None:
+            st["match"] = dict(self._lead.match)
+        return st
+
+    def committed_get(self, key: str) -> tuple[str | None, int]:
+        """(value, version) of ``key`` in the committed state ((None, 0): absent;
+        a deleted key answers (None, version of the delete))."""
+        for e in reversed(self._log):
+            if e.version <= self._commit and e.key == key and e.op != OP_NOOP:
+                return (e.value, e.version)
+        v = self._base.get(key)
+        return (v[0], v[1]) if v is not None else (None, 0)
+
+    def changes_since(self, from_version: int, prefix: str = "", limit: int = 64) -> list[Entry] | str:
+        """Committed entries above ``from_version`` (no-ops included: a watcher
+        sees every version, so a gap is visible), or ERR_COMPACTED."""
+        if from_version < self._base_version:
+            return ERR_COMPACTED
+        out: list[Entry] = []
+        for e in self._log:
+            if e.version > self._commit or len(out) >= limit:
+                break
+            if e.version > from_version and (e.op == OP_NOOP or e.key.startswith(prefix)):
+                out.append(e)
+        return out
+
+    def deadline(self) -> float:
+        return self._next_send
+
+    # ---- log helpers ---------------------------------------------------------
+
+    def _term_at(self, version: int) -> int:
+        """The term of the entry at ``version``; -1 if we do not hold it."""
+        if version == self._base_version:
+            return self._base_term
+        if version < self._base_version:
+            return -1
+        i = version - self._base_version - 1
+        return self._log[i].term if i < len(self._log) else -1
+
+    def _entry(self, version: int) -> Entry | None:
+        i = version - self._base_version - 1
+        return self._log[i] if 0 <= i < len(self._log) else None
+
+    def _current(self, key: str) -> tuple[str | None, int]:
+        """(value, version) including uncommitted entries: what a new write follows."""
+        for e in reversed(self._log):
+            if e.key == key and e.op != OP_NOOP:
+                return (e.value, e.version)
+        v = self._base.get(key)
+        return (v[0], v[1]) if v is not None else (None, 0)
+
+    def _compact(self) -> None:
+        # fold committed entries beyond LOG_KEEP into the base
+        while len(self._log) > LOG_KEEP and self._log[0].version <= self._commit:
+            e = self._log.pop(0)
+            if e.op == OP_SET and e.value is not None:
+                self._base[e.key] = (e.value, e.version)
+            elif e.op == OP_DELETE:
+                self._base.pop(e.key, None)
+            self._base_version = e.version
+            self._base_term = e.term
+
+    # ---- leadership ------------------------------------------------------------
+
+    def sync(self, view: View, now: float) -> list[Any]:
+        """Follow the election protocol: start or stop leading."""
+        if view.term > self._term:
+            self._term = view.term  # persisted with the next write
+        lead = self._lead
+        if lead is not None and (not view.is_leader or view.term != lead.term):
+            return self._stop_leading()
+        if lead is None and view.is_leader and view.term >= self._term:
+            return self._start_leading(view, now)
+        return []
+
+    def _start_leading(self, view: View, now: float) -> list[Any]:
+        self._term = view.term
+        _, last_v = self.last
+        noop = Entry(last_v + 1, view.term, OP_NOOP, "", None, "")
+        lead = _Lead(view.term, noop.version)
+        for p in self.peers:
+            lead.next_v[p] = noop.version
+            lead.match[p] = 0
+            lead.told_commit[p] = -1
+        self._lead = lead
+        self._log.append(noop)
+        effects: list[Any] = [StorePersist(self.state())]
+        effects += self._maybe_commit()  # a cluster of one
+        for p in self.peers:
+            effects += self._send_append(p)
+        self._next_send = now + self.retry_s
+        return effects
+
+    def _stop_leading(self) -> list[Any]:
+        lead = self._lead
+        assert lead is not None
+        self._lead = None
+        self._next_send = float("inf")
+        # outcome unknown: the entry may still commit under a later leader;
+        # the client retries with the same request id and learns which
+        effects: list[Any] = []
+        for p in lead.pending.values():
+            effects += self._answer(p, Reply(p.req, False, ERR_UNAVAILABLE, p.key, None, 0))
+        return effects
+
+    def _send_append(self, peer: str) -> list[Any]:
+        lead = self._lead
+        assert lead is not None
+        nv = lead.next_v[peer]
+        prev_v = nv - 1
+        prev_t = self._term_at(prev_v)
+        if prev_t < 0:
+            return []  # behind our log: needs a snapshot (not done)
+        e = self._entry(nv)
+        body: dict[str, Any] = {"prev_v": prev_v, "prev_t": prev_t, "commit": self._commit, "has": e is not None,
+                                "t": e.term if e else 0, "op": e.op if e else "", "key": e.key if e else "",
+                                "value": e.value if e else None, "req": e.req if e else ""}
+        lead.told_commit[peer] = self._commit
+        return [Send(COORD_APPEND, lead.term, body, to=peer)]
+
+    def on_tick(self, view: View, now: float) -> list[Any]:
+        effects = self.sync(view, now)
+        lead = self._lead
+        if lead is None or now < self._next_send:
+            return effects
+        self._next_send = now + self.retry_s
+        _, last_v = self.last
+        for p in self.peers:
+            # retransmit what is not acked (lost datagrams), and tell the commit point
+            if lead.match[p] < last_v or lead.told_commit[p] < self._commit:
+                effects += self._send_append(p)
+        return effects
+
+    def _maybe_commit(self) -> list[Any]:
+        lead = self._lead
+        assert lead is not None
+        _, last_v = self.last
+        matches = sorted([last_v] + [lead.match[p] for p in self.peers])
+        n = matches[len(matches) - self.commit_quorum()]
+        if n <= self._commit or self._term_at(n) != lead.term:
+            return []
+        self._commit = n
+        effects: list[Any] = []
+        for v in sorted(v for v in lead.pending if v <= n):
+            p = lead.pending.pop(v)
+            effects += self._answer(p, Reply(p.req, True, "", p.key, p.value, v))
+        self._compact()
+        return effects
+
+    # ---- client requests -----------------------------------------------------------
+
+    def request(self, view: View, req: str, op: str, key: str, value: str | None, version: int,
+                now: float, origin: str | None = None) -> list[Any]:
+        """A client's request: served here if we lead, else forwarded to the leader."""
+        effects = self.sync(view, now)
+        bad = request_ok(op, key, value, req)
+        pend = _Pending(req, origin, key)
+        if bad:
+            return effects + self._answer(pend, Reply(req, False, bad, key, None, 0))
+        if self._lead is None:
+            if origin is None and view.leader is not None and view.leader != self.name:
+                return effects + [Send(COORD_REQUEST, view.term, {"req": req, "op": op, "key": key, "value": value,
+                                                                    "version": version}, to=view.leader)]
+            return effects + self._answer(pend, Reply(req, False, ERR_UNAVAILABLE, key, None, 0))
+        if not self.ready(view):
+            return effects + self._answer(pend, Reply(req, False, ERR_UNAVAILABLE, key, None, 0))
+        if op == OP_GET:
+            val, ver = self.committed_get(key)
+            return effects + self._answer(pend, Reply(req, True, "", key, val, ver))
+        return effects + self._write(view, pend, op, key, value, version, now)
+
+    def _write(self, view: View, pend: _Pending, op: str, key: str, value: str | None, version: int,
+               now: float) -> list[Any]:
+        lead = self._lead
+        assert lead is not None
+        # a retry of a request already in the log: its outcome, not a second write
+        for e in reversed(self._log):
+            if e.req == pend.req:
+                pend.value = e.value
+                if e.version <= self._commit:
+                    return self._answer(pend, Reply(pend.req, True, "", e.key, e.value, e.version))
+                lead.pending[e.version] = pend
+                return []
+        if op == OP_CAS:
+            cur_value, cur_version = self._current(key)
+            if cur_value is None and cur_version != 0:
+                cur_version = 0  # deleted: cas against 0 creates it again
+            if cur_version != version:
+                # judged against the last entry: an answer after every earlier write's outcome
+                return self._answer(pend, Reply(pend.req, False, ERR_VERSION, key, None, cur_version))
+            op = OP_SET
+        _, last_v = self.last
+        e = Entry(last_v + 1, lead.term, op, key, value if op == OP_SET else None, pend.req)
+        self._log.append(e)
+        pend.value = e.value
+        lead.pending[e.version] = pend
+        effects: list[Any] = [StorePersist(self.state())]
+        effects += self._maybe_commit()
+        for p in self.peers:
+            if lead.next_v[p] == e.version:
+                effects += self._send_append(p)
+        return effects
+
+    def _answer(self, pend: _Pending, reply: Reply) -> list[Any]:
+        if pend.origin is None:
+            return [reply]
+        return [Send(COORD_REPLY, self._term, {"req": reply.req, "ok": reply.ok, "error": reply.error,
+                                                "key": reply.key, "value": reply.value, "version": reply.version},
+                     to=pend.origin)]
+
+    # ---- messages -------------------------------------------------------------------
+
+    def on_message(self, view: View, kind: str, sender: str, term: int, body: dict[str, Any],
+                   now: float) -> list[Any]:
+        if sender == self.name or sender not in self.members:
+            return []
+        effects = self.sync(view, now)
+        if kind == COORD_APPEND:
+            return effects + self._on_append(sender, term, body)
+        if kind == COORD_ACK:
+            return effects + self._on_ack(sender, term, body)
+        if kind == COORD_REQUEST:
+            return effects + self.request(view, str(body["req"]), str(body["op"]), str(body["key"]),
+                                          body["value"], int(body["version"]), now, origin=sender)
+        if kind == COORD_REPLY:
+            return effects + [Reply(str(body["req"]), bool(body["ok"]), str(body["error"]), str(body["key"]),
+                                    body["value"], int(body["version"]))]
+        return effects
+
+    def _on_append(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
+        if term < self._term or (self._lead is not None and term == self._lead.term):
+            _, last_v = self.last
+            return [Send(COORD_ACK, self._term, {"ok": False, "match": last_v}, to=sender)]
+        changed = term > self._term
+        self._term = term
+        prev_v = int(body["prev_v"])
+        prev_t = int(body["prev_t"])
+        _, last_v = self.last
+        if prev_v < self._base_version:
+            # already committed and folded here: only the commit point may be news
+            return [Send(COORD_ACK, term, {"ok": False, "match": last_v}, to=sender)]
+        if prev_v > last_v or self._term_at(prev_v) != prev_t:
+            # our log does not match there yet: tell where it ends, the leader backs up
+            hint = min(last_v, prev_v - 1)
+            effects: list[Any] = [StorePersist(self.state())] if changed else []
+            return effects + [Send(COORD_ACK, term, {"ok": False, "match": max(hint, self._commit)}, to=sender)]
+        match = prev_v
+        if body["has"]:
+            op = str(body["op"])
+            value = body["value"]
+            # the entry keeps the term it was written in (an older leader's, when catching up)
+            e = Entry(prev_v + 1, int(body["t"]), op, str(body["key"]), value if isinstance(value, str) else None,
+                      str(body["req"]))
+            old = self._entry(e.version)
+            if old is None or old.term != e.term:
+                if old is not None:
+                    # a conflicting tail: never committed (every later leader holds committed entries)
+                    del self._log[e.version - self._base_version - 1:]
+                self._log.append(e)
+                changed = True
+            match = e.version
+        commit = min(int(body["commit"]), match)
+        if commit > self._commit:
+            self._commit = commit
+            self._compact()
+            changed = True
+        effects = [StorePersist(self.state())] if changed else []
+        return effects + [Send(COORD_ACK, term, {"ok": True, "match": match}, to=sender)]
+
+    def _on_ack(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
+        lead = self._lead
+        if lead is None or term != lead.term or sender not in lead.match:
+            return []
+        m = int(body["match"])
+        _, last_v = self.last
+        if body["ok"]:
+            if m > lead.match[sender]:
+                lead.match[sender] = m
+            lead.next_v[sender] = max(lead.next_v[sender], m + 1)
+            effects = self._maybe_commit()
+            if lead.next_v[sender] <= last_v:
+                effects += self._send_append(sender)  # stream the rest, one entry per round trip
+            return effects
+        # back up to just after where the follower's log may still match ours
+        lead.next_v[sender] = max(lead.match[sender] + 1, min(lead.next_v[sender] - 1, m + 1))
+        return self._send_append(sender)
