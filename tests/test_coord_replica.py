@@ -137,11 +137,11 @@ def test_delete_then_cas_from_zero_recreates_the_key():
 
 def test_a_follower_refuses_an_older_term_and_a_log_that_does_not_match():
     b = rep("n2", StoreState(term=3, commit=0, log=(Entry(1, 3, OP_NOOP, "", None, ""),)))
-    stale = Send(COORD_APPEND, 2, {"prev_v": 1, "prev_t": 3, "commit": 0, "has": True, "t": 2, "op": OP_SET,
+    stale = Send(COORD_APPEND, 2, {"prev_v": 1, "prev_t": 3, "commit": 0, "has": True, "t": 2, "ttl_ms": 0, "op": OP_SET,
                                    "key": "k", "value": "x", "req": "r"})
     fx = deliver(b, follow_view(2), "n1", stale, 0.0)
     assert sends(fx)[0].body["ok"] is False and b.last == (3, 1)
-    gap = Send(COORD_APPEND, 4, {"prev_v": 5, "prev_t": 4, "commit": 0, "has": True, "t": 4, "op": OP_SET,
+    gap = Send(COORD_APPEND, 4, {"prev_v": 5, "prev_t": 4, "commit": 0, "has": True, "t": 4, "ttl_ms": 0, "op": OP_SET,
                                  "key": "k", "value": "x", "req": "r"})
     fx = deliver(b, follow_view(4), "n1", gap, 0.1)
     assert sends(fx, COORD_ACK)[0].body == {"ok": False, "match": 1} and b.last == (3, 1)
@@ -150,7 +150,7 @@ def test_a_follower_refuses_an_older_term_and_a_log_that_does_not_match():
 def test_a_follower_cuts_a_conflicting_uncommitted_tail():
     log = (Entry(1, 1, OP_NOOP, "", None, ""), Entry(2, 1, OP_SET, "k", "old", "r0"))
     b = rep("n2", StoreState(term=1, commit=1, log=log))
-    app = Send(COORD_APPEND, 2, {"prev_v": 1, "prev_t": 1, "commit": 1, "has": True, "t": 2, "op": OP_NOOP,
+    app = Send(COORD_APPEND, 2, {"prev_v": 1, "prev_t": 1, "commit": 1, "has": True, "t": 2, "ttl_ms": 0, "op": OP_NOOP,
                                  "key": "", "value": None, "req": ""})
     fx = deliver(b, follow_view(2), "n3", app, 0.0)
     assert b.last == (2, 2) and type(fx[0]) is StorePersist
@@ -248,3 +248,72 @@ def test_a_candidate_carries_its_store_position_and_nothing_without_a_store():
     fx = q.on_tick(q.deadline())
     pv = [s for s in fx if type(s) is Send and s.kind == PREVOTE]
     assert pv[0].body["coord_term"] == 4 and pv[0].body["coord_version"] == 7
+
+
+# ---- locks ----------------------------------------------------------------------
+
+from electiond.coord.replica import ERR_LOCK_LOST, ERR_NOT_ACQUIRED, OP_LOCK, OP_RENEW, OP_UNLOCK  # noqa: E402
+
+
+def grant(a: ConfigReplica, b: ConfigReplica, req: str, owner: str, now: float, ttl_ms: int = 1000) -> list[Reply]:
+    fx = a.request(lead_view(1), req, OP_LOCK, "job", owner, 0, now, ttl_ms=ttl_ms)
+    out = replies(fx)
+    for s in sends(fx, COORD_APPEND):
+        if s.to == "n2":
+            ack = sends(deliver(b, follow_view(1), "n1", s, now), COORD_ACK)[0]
+            out += replies(deliver(a, lead_view(1), "n2", ack, now))
+    return out
+
+
+def test_a_grant_is_a_replicated_entry_whose_version_is_the_token_and_blocks_others_for_w():
+    a, b, c = elected()
+    fx = a.request(lead_view(1), "g1", OP_LOCK, "job", "alice", 0, 1.0, ttl_ms=1000)
+    assert not replies(fx)  # not before a majority holds the grant
+    ack = sends(deliver(b, follow_view(1), "n1", sends(fx, COORD_APPEND)[0], 1.0), COORD_ACK)[0]
+    r = replies(deliver(a, lead_view(1), "n2", ack, 1.01))
+    assert r == [Reply("g1", True, "", "job", "alice", 2)]
+    w = a.hold_s(1000)
+    assert w > 1.0 * (1 + a.rho) / (1 - a.rho)
+    # W counts from when the request arrived (1.0), not from the commit
+    assert grant(a, b, "g2", "bob", 1.0 + w - 0.002)[0].error == ERR_NOT_ACQUIRED
+    later = grant(a, b, "g3", "bob", 1.0 + w + 0.001)
+    assert later[0].ok and later[0].version > 2
+
+
+def test_renew_extends_from_its_arrival_wrong_tokens_are_lost_and_release_frees():
+    a, b, c = elected()
+    tok = grant(a, b, "g1", "alice", 1.0)[0].version
+    w = a.hold_s(1000)
+    assert replies(a.request(lead_view(1), "r1", OP_RENEW, "job", None, tok, 1.5, ttl_ms=1000))[0].ok
+    assert grant(a, b, "g2", "bob", 1.0 + w + 0.1)[0].error == ERR_NOT_ACQUIRED  # renewed at 1.5
+    assert replies(a.request(lead_view(1), "r2", OP_RENEW, "job", None, tok + 1, 1.6, ttl_ms=1000))[0].error == \
+        ERR_LOCK_LOST
+    assert replies(a.request(lead_view(1), "u1", OP_UNLOCK, "job", None, tok, 1.7))[0].ok
+    assert grant(a, b, "g3", "bob", 1.71)[0].ok
+    # a renewal after the hold ran out is refused: the holder has stopped by then
+    a2, b2, _ = elected()
+    t2 = grant(a2, b2, "g1", "alice", 1.0)[0].version
+    late = a2.request(lead_view(1), "r3", OP_RENEW, "job", None, t2, 1.0 + a2.hold_s(1000) + 0.01, ttl_ms=1000)
+    assert replies(late)[0].error == ERR_LOCK_LOST
+
+
+def test_a_new_leader_keeps_every_grant_in_its_log_held_for_w_from_when_it_started_leading():
+    log = (Entry(1, 1, OP_NOOP, "", None, ""), Entry(2, 1, OP_LOCK, "job", "alice", "g1", 500))
+    a = rep("n1", StoreState(term=1, commit=2, log=log))
+    fx = a.sync(lead_view(2), 10.0)
+    b = rep("n2", StoreState(term=1, commit=2, log=log))
+    ack = sends(deliver(b, follow_view(2), "n1", sends(fx, COORD_APPEND)[0], 10.0), COORD_ACK)[0]
+    deliver(a, lead_view(2), "n2", ack, 10.0)
+    assert a.ready(lead_view(2))
+    assert a.lock_holder("job", 10.0 + a.hold_s(500) - 0.001) == (2, "alice")
+    assert a.lock_holder("job", 10.0 + a.hold_s(500)) is None
+    # the next token is above the old leader's, whatever the clocks say
+    r = replies(a.request(lead_view(2), "g2", OP_LOCK, "job", "bob", 0, 10.1, ttl_ms=500))
+    assert r and r[0].error == ERR_NOT_ACQUIRED and r[0].version == 2
+
+
+def test_a_retried_acquire_gets_its_first_grant_not_a_second_token():
+    a, b, c = elected()
+    first = grant(a, b, "g1", "alice", 1.0)[0]
+    again = replies(a.request(lead_view(1), "g1", OP_LOCK, "job", "alice", 0, 1.2, ttl_ms=1000))
+    assert again == [first]

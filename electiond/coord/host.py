@@ -24,7 +24,8 @@ class CoordHost:
         self.node = node
         self.lease: QuorumLease = node.protocol
         s = node.settings
-        self.replica = ConfigReplica(s.node_name, tuple(m.name for m in s.members), s.heartbeat_interval_s, store)
+        self.replica = ConfigReplica(s.node_name, tuple(m.name for m in s.members), s.heartbeat_interval_s, store,
+                                      s.clock_drift_ppm)
         self.lease.coord_last = self.replica.last
 
     @staticmethod
@@ -53,5 +54,6 @@ class CoordHost:
     def deadline(self) -> float:
         return self.replica.deadline()
 
-    def request(self, req: str, op: str, key: str, value: str | None, version: int, now: float) -> list[Any]:
-        return self._done(self.replica.request(self.view(now), req, op, key, value, version, now))
+    def request(self, req: str, op: str, key: str, value: str | None, version: int, now: float,
+                ttl_ms: int = 0) -> list[Any]:
+        return self._done(self.replica.request(self.view(now), req, op, key, value, version, now, ttl_ms=ttl_ms))

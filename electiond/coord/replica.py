@@ -54,12 +54,18 @@ OP_DELETE: Final = "delete"
 OP_CAS: Final = "cas"
 OP_GET: Final = "get"
 OP_NOOP: Final = "noop"
+OP_LOCK: Final = "lock"  # a grant: the entry's version is the fencing token
+OP_RENEW: Final = "renew"  # answered by the leader alone (see the lock rule)
+OP_UNLOCK: Final = "unlock"
 
 # error codes: those of electiond.coord.backend's errors
 ERR_UNAVAILABLE: Final = "unavailable"
 ERR_VERSION: Final = "version_mismatch"
 ERR_COMPACTED: Final = "compacted"
 ERR_TOO_BIG: Final = "too_big"
+ERR_NOT_ACQUIRED: Final = "not_acquired"
+ERR_LOCK_LOST: Final = "lock_lost"
+MAX_TTL_MS: Final = 3_600_000
 
 LOG_KEEP: Final = 512  # committed entries kept for watches and catch-up
 MAX_KEY_BYTES: Final = 128
@@ -67,10 +73,10 @@ MAX_VALUE_BYTES: Final = 700  # an entry must fit one datagram (wire.MAX_DATAGRA
 MAX_REQ_ID_BYTES: Final = 64
 
 MESSAGE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
-    COORD_APPEND: {"prev_v": int, "prev_t": int, "commit": int, "has": bool, "t": int, "op": str, "key": str,
+    COORD_APPEND: {"prev_v": int, "prev_t": int, "commit": int, "has": bool, "t": int, "ttl_ms": int, "op": str, "key": str,
                    "value": (str, type(None)), "req": str},
     COORD_ACK: {"ok": bool, "match": int},
-    COORD_REQUEST: {"req": str, "op": str, "key": str, "value": (str, type(None)), "version": int},
+    COORD_REQUEST: {"req": str, "op": str, "key": str, "value": (str, type(None)), "version": int, "ttl_ms": int},
     COORD_REPLY: {"req": str, "ok": bool, "error": str, "key": str, "value": (str, type(None)), "version": int},
 }
 
@@ -83,6 +89,7 @@ class Entry:
     key: str
     value: str | None
     req: str  # the client's request id ("" for a no-op)
+    ttl_ms: int = 0  # OP_LOCK: the lease asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +104,8 @@ class StoreState:
     base_term: int = 0
     base: tuple[tuple[str, str, int], ...] = ()  # (key, value, version) of live keys
     log: tuple[Entry, ...] = ()
+    # the last grant of each lock folded into the base: (name, owner, token, ttl_ms)
+    locks: tuple[tuple[str, str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,8 @@ class _Pending:
     value: str | None = None
     version: int = 0
     op: str = ""
+    received_at: float = 0.0
+    ttl_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -145,17 +156,19 @@ class _Lead:
     match: dict[str, int] = field(default_factory=dict)
     told_commit: dict[str, int] = field(default_factory=dict)
     pending: dict[int, _Pending] = field(default_factory=dict)  # version -> request
+    # lock name -> (token, owner, held until on our clock; inf while the grant is pending)
+    locks: dict[str, tuple[int, str, float]] = field(default_factory=dict)
 
 
 def request_ok(op: str, key: str, value: str | None, req: str) -> str:
     """'' if a request is well-formed and within the bounds, else the error."""
-    if op not in (OP_SET, OP_DELETE, OP_CAS, OP_GET):
+    if op not in (OP_SET, OP_DELETE, OP_CAS, OP_GET, OP_LOCK, OP_RENEW, OP_UNLOCK):
         return "bad_request"
     if not key or len(key.encode()) > MAX_KEY_BYTES or len(req.encode()) > MAX_REQ_ID_BYTES or not req:
         return ERR_TOO_BIG if key else "bad_request"
     if value is not None and len(value.encode()) > MAX_VALUE_BYTES:
         return ERR_TOO_BIG
-    if op in (OP_SET, OP_CAS) and value is None:
+    if op in (OP_SET, OP_CAS, OP_LOCK) and value is None:
         return "bad_request"
     return ""
 
@@ -166,8 +179,9 @@ class ConfigReplica:
         return len(self.members) // 2 + 1
 
     def __init__(self, node_name: str, members: tuple[str, ...], heartbeat_interval_s: float,
-                 persisted: StoreState | None = None) -> None:
+                 persisted: StoreState | None = None, clock_drift_ppm: float = 1000.0) -> None:
         self.name = node_name
+        self.rho = clock_drift_ppm / 1e6
         self.members = members
         self.peers = tuple(m for m in members if m != node_name)
         self.retry_s = heartbeat_interval_s
@@ -178,6 +192,7 @@ class ConfigReplica:
         self._base_term = st.base_term
         self._base: dict[str, tuple[str, int]] = {k: (v, ver) for k, v, ver in st.base}
         self._log: list[Entry] = list(st.log)
+        self._base_locks: dict[str, tuple[str, int, int]] = {n: (o, tok, ttl) for n, o, tok, ttl in st.locks}
         self._lead: _Lead | None = None
         self._next_send = float("inf")
 
@@ -202,7 +217,8 @@ class ConfigReplica:
 
     def state(self) -> StoreState:
         return StoreState(self._term, self._commit, self._base_version, self._base_term,
-                          tuple((k, v, ver) for k, (v, ver) in sorted(self._base.items())), tuple(self._log))
+                          tuple((k, v, ver) for k, (v, ver) in sorted(self._base.items())), tuple(self._log),
+                          tuple((n, o, tok, ttl) for n, (o, tok, ttl) in sorted(self._base_locks.items())))
 
     def status(self) -> dict[str, Any]:
         term, version = self.last
@@ -216,7 +232,7 @@ class ConfigReplica:
         """(value, version) of ``key`` in the committed state ((None, 0): absent;
         a deleted key answers (None, version of the delete))."""
         for e in reversed(self._log):
-            if e.version <= self._commit and e.key == key and e.op != OP_NOOP:
+            if e.version <= self._commit and e.key == key and (e.op == OP_SET or e.op == OP_DELETE):
                 return (e.value, e.version)
         v = self._base.get(key)
         return (v[0], v[1]) if v is not None else (None, 0)
@@ -230,7 +246,7 @@ class ConfigReplica:
         for e in self._log:
             if e.version > self._commit or len(out) >= limit:
                 break
-            if e.version > from_version and (e.op == OP_NOOP or e.key.startswith(prefix)):
+            if e.version > from_version and (e.op == OP_NOOP or e.op == OP_LOCK or e.key.startswith(prefix)):
                 out.append(e)
         return out
 
@@ -255,7 +271,7 @@ class ConfigReplica:
     def _current(self, key: str) -> tuple[str | None, int]:
         """(value, version) including uncommitted entries: what a new write follows."""
         for e in reversed(self._log):
-            if e.key == key and e.op != OP_NOOP:
+            if e.key == key and (e.op == OP_SET or e.op == OP_DELETE):
                 return (e.value, e.version)
         v = self._base.get(key)
         return (v[0], v[1]) if v is not None else (None, 0)
@@ -268,6 +284,8 @@ class ConfigReplica:
                 self._base[e.key] = (e.value, e.version)
             elif e.op == OP_DELETE:
                 self._base.pop(e.key, None)
+            elif e.op == OP_LOCK and e.value is not None:
+                self._base_locks[e.key] = (e.value, e.version, e.ttl_ms)
             self._base_version = e.version
             self._base_term = e.term
 
@@ -294,6 +312,15 @@ class ConfigReplica:
             lead.match[p] = 0
             lead.told_commit[p] = -1
         self._lead = lead
+        # Every grant in our log may still be held (an old leader's renewals
+        # and releases are not replicated): held until now + W(ttl). Each was
+        # received by its leader before that leader's lease ended, which was
+        # before ours began, so this outlasts the holder's own deadline.
+        for name, (owner, token, ttl_ms) in self._base_locks.items():
+            lead.locks[name] = (token, owner, now + self.hold_s(ttl_ms))
+        for e in self._log:
+            if e.op == OP_LOCK and e.value is not None:
+                lead.locks[e.key] = (e.version, e.value, now + self.hold_s(e.ttl_ms))
         self._log.append(noop)
         effects: list[Any] = [StorePersist(self.state())]
         effects += self._maybe_commit()  # a cluster of one
@@ -324,7 +351,7 @@ class ConfigReplica:
             return []  # behind our log: needs a snapshot (not done)
         e = self._entry(nv)
         body: dict[str, Any] = {"prev_v": prev_v, "prev_t": prev_t, "commit": self._commit, "has": e is not None,
-                                "t": e.term if e else 0, "op": e.op if e else "", "key": e.key if e else "",
+                                "t": e.term if e else 0, "ttl_ms": e.ttl_ms if e else 0, "op": e.op if e else "", "key": e.key if e else "",
                                 "value": e.value if e else None, "req": e.req if e else ""}
         lead.told_commit[peer] = self._commit
         return [Send(COORD_APPEND, lead.term, body, to=peer)]
@@ -354,6 +381,9 @@ class ConfigReplica:
         effects: list[Any] = []
         for v in sorted(v for v in lead.pending if v <= n):
             p = lead.pending.pop(v)
+            if p.op == OP_LOCK:
+                # counted from when the request reached us, not from the commit
+                lead.locks[p.key] = (v, p.value or "", p.received_at + self.hold_s(p.ttl_ms))
             effects += self._answer(p, Reply(p.req, True, "", p.key, p.value, v))
         self._compact()
         return effects
@@ -361,23 +391,28 @@ class ConfigReplica:
     # ---- client requests -----------------------------------------------------------
 
     def request(self, view: View, req: str, op: str, key: str, value: str | None, version: int,
-                now: float, origin: str | None = None) -> list[Any]:
+                now: float, origin: str | None = None, ttl_ms: int = 0) -> list[Any]:
         """A client's request: served here if we lead, else forwarded to the leader."""
         effects = self.sync(view, now)
         bad = request_ok(op, key, value, req)
-        pend = _Pending(req, origin, key)
+        pend = _Pending(req, origin, key, op=op, received_at=now, ttl_ms=ttl_ms)
+        if op in (OP_LOCK, OP_RENEW) and not 0 < ttl_ms <= MAX_TTL_MS:
+            bad = bad or "bad_request"
         if bad:
             return effects + self._answer(pend, Reply(req, False, bad, key, None, 0))
         if self._lead is None:
             if origin is None and view.leader is not None and view.leader != self.name:
                 return effects + [Send(COORD_REQUEST, view.term, {"req": req, "op": op, "key": key, "value": value,
-                                                                    "version": version}, to=view.leader)]
+                                                                    "version": version, "ttl_ms": ttl_ms},
+                                       to=view.leader)]
             return effects + self._answer(pend, Reply(req, False, ERR_UNAVAILABLE, key, None, 0))
         if not self.ready(view):
             return effects + self._answer(pend, Reply(req, False, ERR_UNAVAILABLE, key, None, 0))
         if op == OP_GET:
             val, ver = self.committed_get(key)
             return effects + self._answer(pend, Reply(req, True, "", key, val, ver))
+        if op in (OP_LOCK, OP_RENEW, OP_UNLOCK):
+            return effects + self._lock_op(view, pend, op, key, value, version, now)
         return effects + self._write(view, pend, op, key, value, version, now)
 
     def _write(self, view: View, pend: _Pending, op: str, key: str, value: str | None, version: int,
@@ -401,7 +436,8 @@ class ConfigReplica:
                 return self._answer(pend, Reply(pend.req, False, ERR_VERSION, key, None, cur_version))
             op = OP_SET
         _, last_v = self.last
-        e = Entry(last_v + 1, lead.term, op, key, value if op == OP_SET else None, pend.req)
+        e = Entry(last_v + 1, lead.term, op, key, value if op in (OP_SET, OP_LOCK) else None, pend.req,
+                  pend.ttl_ms if op == OP_LOCK else 0)
         self._log.append(e)
         pend.value = e.value
         lead.pending[e.version] = pend
@@ -411,6 +447,48 @@ class ConfigReplica:
             if lead.next_v[p] == e.version:
                 effects += self._send_append(p)
         return effects
+
+    # ---- locks ----------------------------------------------------------------------
+
+    def hold_s(self, ttl_ms: int) -> float:
+        """W: how long, on this server's clock, a grant or renewal received now
+        keeps the lock from anyone else. The holder stops at its own send
+        time + ttl on its clock, at most ttl/(1-rho) of real time after the
+        send; W/(1+rho) of real time passes here at least, so W =
+        ttl*(1+rho)/(1-rho) plus a millisecond for rounding."""
+        return ttl_ms / 1000.0 * (1 + self.rho) / (1 - self.rho) + 0.001
+
+    def lock_holder(self, name: str, now: float) -> tuple[int, str] | None:
+        lead = self._lead
+        if lead is None:
+            return None
+        held = lead.locks.get(name)
+        if held is None or now >= held[2]:
+            return None
+        return (held[0], held[1])
+
+    def _lock_op(self, view: View, pend: _Pending, op: str, name: str, owner: str | None, token: int,
+                 now: float) -> list[Any]:
+        lead = self._lead
+        assert lead is not None
+        held = lead.locks.get(name)
+        live = held is not None and now < held[2]
+        if op == OP_LOCK:
+            for e in reversed(self._log):  # a retried acquire: its own outcome
+                if e.req == pend.req:
+                    return self._write(view, pend, op, name, owner, 0, now)
+            if live:
+                assert held is not None
+                return self._answer(pend, Reply(pend.req, False, ERR_NOT_ACQUIRED, name, None, held[0]))
+            lead.locks[name] = (0, owner or "", float("inf"))  # pending: refuse others until committed
+            return self._write(view, pend, op, name, owner, 0, now)
+        if not live or held is None or held[0] != token:
+            return self._answer(pend, Reply(pend.req, False, ERR_LOCK_LOST, name, None, token))
+        if op == OP_RENEW:
+            lead.locks[name] = (token, held[1], now + self.hold_s(pend.ttl_ms))
+            return self._answer(pend, Reply(pend.req, True, "", name, held[1], token))
+        del lead.locks[name]  # released: free at once here; a later leader waits W
+        return self._answer(pend, Reply(pend.req, True, "", name, None, token))
 
     def _answer(self, pend: _Pending, reply: Reply) -> list[Any]:
         if pend.origin is None:
@@ -432,7 +510,8 @@ class ConfigReplica:
             return effects + self._on_ack(sender, term, body)
         if kind == COORD_REQUEST:
             return effects + self.request(view, str(body["req"]), str(body["op"]), str(body["key"]),
-                                          body["value"], int(body["version"]), now, origin=sender)
+                                          body["value"], int(body["version"]), now, origin=sender,
+                                          ttl_ms=int(body["ttl_ms"]))
         if kind == COORD_REPLY:
             return effects + [Reply(str(body["req"]), bool(body["ok"]), str(body["error"]), str(body["key"]),
                                     body["value"], int(body["version"]))]
@@ -461,7 +540,7 @@ class ConfigReplica:
             value = body["value"]
             # the entry keeps the term it was written in (an older leader's, when catching up)
             e = Entry(prev_v + 1, int(body["t"]), op, str(body["key"]), value if isinstance(value, str) else None,
-                      str(body["req"]))
+                      str(body["req"]), int(body["ttl_ms"]))
             old = self._entry(e.version)
             if old is None or old.term != e.term:
                 if old is not None:

@@ -12,7 +12,13 @@ its local committed log. The checker (``CoordChecker``) judges:
 - ``lost-write``: a get invoked after a write to that key was acknowledged
   returned an older version (so an acknowledged write was lost or a read
   was stale: either breaks linearizability of the register);
-- ``watch-gap``: a watch stream skipped or repeated a version.
+- ``watch-gap``: a watch stream skipped or repeated a version;
+- ``lock-overlap`` / ``lock-token``: two holders' intervals of one lock
+  overlap, or a later grant has a token not above an earlier one. A
+  holder's interval runs from the grant's arrival to the first of its
+  release, its crash, or its own deadline: the first send of the acquire
+  (or of the last renewal answered) + ttl on its own clock, as electionctl
+  computes it.
 
 Separate from ``electiond.sim.cluster`` (the election simulator, compiled
 with mypyc for campaigns): this one runs interpreted and is smaller; its
@@ -33,7 +39,10 @@ from electiond.coord.replica import (
     OP_CAS,
     OP_DELETE,
     OP_GET,
+    OP_LOCK,
     OP_NOOP,
+    OP_RENEW,
+    OP_UNLOCK,
     OP_SET,
     ConfigReplica,
     Entry,
@@ -46,6 +55,8 @@ from electiond.protocols.base import Demote, ElectionProtocol, Member, Message, 
 from electiond.sim.clock import SimClock
 
 KEYS = ("a", "b", "c")
+LOCK = "job"
+LOCK_TTL_MS = 300
 REQUEST_TIMEOUT_S = 0.4
 RETRY_PAUSE_S = 0.05
 MAX_ATTEMPTS = 12
@@ -69,6 +80,7 @@ class CoordChecker:
         self.acks = 0
         self.reads = 0
         self.watch_events = 0
+        self.lock_intervals: list[tuple[float, float, int, int]] = []  # (start, end, token, client)
 
     def violate(self, t: float, rule: str, detail: str) -> None:
         self.violations.append(Violation(t, rule, detail))
@@ -101,6 +113,31 @@ class CoordChecker:
             self.violate(t, "watch-gap", f"{host}: after version {last} the watch gave {e.version}")
         if e.op != OP_NOOP:
             self.saw(t, e.version, e.op, e.key, e.value, f"watch on {host}")
+
+
+    def check_locks(self, t: float) -> None:
+        last_end = -1.0
+        last_token = 0
+        last_client = -1
+        for start, end, token, client in sorted(self.lock_intervals):
+            if start < last_end:
+                self.violate(t, "lock-overlap", f"client {client} held token {token} from {start:.4f}, "
+                                                f"client {last_client} until {last_end:.4f}")
+            if token <= last_token:
+                self.violate(t, "lock-token", f"token {token} granted at {start:.4f} after token {last_token}")
+            last_end = max(last_end, end)
+            last_token = max(last_token, token)
+            last_client = client
+
+
+@dataclass
+class _Holder:
+    client: int
+    token: int
+    start_t: float
+    deadline_t: float  # true time of the holder's own deadline
+    release_t: float
+    req_seq: int = 0
 
 
 @dataclass
@@ -139,6 +176,7 @@ class CoordRun:
     reads: int
     watch_events: int
     unknown: int  # requests whose outcome stayed unknown after every retry
+    lock_grants: int
     events: int
     trace: list[str] = field(default_factory=list)
 
@@ -149,7 +187,13 @@ class CoordRun:
 
 class CoordSim:
     def __init__(self, seed: int, size: int = 3, replica_cls: type[ConfigReplica] = ConfigReplica,
-                 trace: bool = False, registry: Mapping[str, type[ElectionProtocol]] | None = None) -> None:
+                 trace: bool = False, registry: Mapping[str, type[ElectionProtocol]] | None = None,
+                 holder_ignores_deadline: bool = False) -> None:
+        # the mutant holder: keeps its CMD running until its planned release
+        self.holder_ignores_deadline = holder_ignores_deadline
+        self.holders: dict[int, _Holder] = {}
+        # lock request id -> (client, first send on the client's clock, kind, attempt)
+        self.lock_calls: dict[str, list[Any]] = {}
         self.registry = registry  # a QuorumLease variant swapped in (mutants)
         self.seed = seed
         self.rng = random.Random(seed)
@@ -211,7 +255,7 @@ class CoordSim:
         if self.replica_cls is not ConfigReplica:
             s = h.settings
             h.host.replica = self.replica_cls(s.node_name, tuple(m.name for m in s.members),
-                                              s.heartbeat_interval_s, h.store)
+                                              s.heartbeat_interval_s, h.store, s.clock_drift_ppm)
             h.host.lease.coord_last = h.host.replica.last
         h.incarnation += 1
         h.watch_from = 0
@@ -225,6 +269,9 @@ class CoordSim:
             return
         h.host = None
         self.note(f"n{i} crash")
+        holder = self.holders.get(i)
+        if holder is not None:
+            self._end_hold(holder, "crash")  # its CMD dies with the host
 
     def _arm(self, h: _Host) -> None:
         ch = h.host
@@ -356,6 +403,9 @@ class CoordSim:
             self._attempt(call)
 
     def _reply(self, h: _Host, r: Reply) -> None:
+        if r.req in self.lock_calls:
+            self._lock_reply(h, r)
+            return
         call = self.calls.get(r.req)
         if call is None or call.done or call.client != h.index:
             return
@@ -376,6 +426,103 @@ class CoordSim:
     def _next_call_later(self, client: int) -> None:
         if self.now < self.clients_until:
             self.at(self.now + self.rng.uniform(0.0, 0.05), lambda: self._new_call(client))
+
+    # ---- lock clients: acquire, renew every ttl/3, release or lose it -------------------
+
+    def _lock_start(self, client: int) -> None:
+        if self.now >= self.clients_until or client in self.holders:
+            return
+        self._next_req += 1
+        req = f"L{client}-{self._next_req}"
+        h = self.hosts[client]
+        self.lock_calls[req] = [client, self.local(h), OP_LOCK, 0, 0]
+        self._lock_send(req)
+
+    def _lock_send(self, req: str) -> None:
+        client, first_local, op, token, attempt = self.lock_calls[req]
+        if attempt >= 6 or (op == OP_LOCK and client in self.holders):
+            del self.lock_calls[req]
+            if op == OP_LOCK:
+                self.at(self.now + self.rng.uniform(0.01, 0.2), lambda: self._lock_start(client))
+            return
+        self.lock_calls[req][4] = attempt + 1
+        h = self.hosts[client]
+        if h.host is not None:
+            ch = h.host
+            self._carry_out(h, ch.request(req, op, LOCK, f"c{client}" if op == OP_LOCK else None, token,
+                                          self.local(h), ttl_ms=LOCK_TTL_MS if op != OP_UNLOCK else 0))
+            if h.host is ch:
+                self._arm(h)
+        self.at(self.now + 0.1, lambda: self._lock_retry(req, attempt + 1))
+
+    def _lock_retry(self, req: str, attempt: int) -> None:
+        call = self.lock_calls.get(req)
+        if call is not None and call[4] == attempt:
+            self._lock_send(req)
+
+    def _lock_reply(self, h: _Host, r: Reply) -> None:
+        client, first_local, op, token, attempt = self.lock_calls[r.req]
+        if client != h.index:
+            return
+        if not r.ok and r.error == ERR_UNAVAILABLE and op != OP_UNLOCK:
+            self.lock_calls[r.req][4] = attempt  # retried by the timer
+            return
+        del self.lock_calls[r.req]
+        # the deadline counts from the FIRST send of this request id, on our clock:
+        # a retry may be answered from the first one's grant
+        deadline_t = h.clock.true_time_of(first_local + LOCK_TTL_MS / 1000.0)
+        if op == OP_LOCK:
+            if not r.ok or self.now >= deadline_t or h.index in self.holders:
+                self.at(self.now + self.rng.uniform(0.01, 0.2), lambda: self._lock_start(client))
+                return
+            holder = _Holder(client, r.version, self.now, deadline_t, self.now + self.rng.uniform(0.05, 1.5))
+            self.holders[client] = holder
+            self.note(f"c{client} holds {LOCK} token {r.version} until {deadline_t:.4f}")
+            self.at(holder.release_t, lambda: self._release(holder))
+            self.at(deadline_t, lambda: self._deadline(holder))
+            self._schedule_renew(holder)
+        elif op == OP_RENEW and r.ok:
+            holder2 = self.holders.get(client)
+            if holder2 is not None and holder2.token == token and deadline_t > holder2.deadline_t:
+                holder2.deadline_t = deadline_t
+                self.at(deadline_t, lambda: self._deadline(holder2))
+
+    def _schedule_renew(self, holder: _Holder) -> None:
+        def renew() -> None:
+            if self.holders.get(holder.client) is not holder:
+                return
+            self._next_req += 1
+            req = f"R{holder.client}-{self._next_req}"
+            self.lock_calls[req] = [holder.client, self.local(self.hosts[holder.client]), OP_RENEW, holder.token, 0]
+            self._lock_send(req)
+            self._schedule_renew(holder)
+        self.at(self.now + LOCK_TTL_MS / 3000.0, renew)
+
+    def _deadline(self, holder: _Holder) -> None:
+        if self.holders.get(holder.client) is holder and self.now >= holder.deadline_t:
+            if not self.holder_ignores_deadline:
+                self._end_hold(holder, "deadline")
+
+    def _release(self, holder: _Holder) -> None:
+        if self.holders.get(holder.client) is not holder:
+            return
+        self._end_hold(holder, "release")
+        self._next_req += 1
+        req = f"U{holder.client}-{self._next_req}"
+        self.lock_calls[req] = [holder.client, self.local(self.hosts[holder.client]), OP_UNLOCK, holder.token, 0]
+        self._lock_send(req)
+
+    def _end_hold(self, holder: _Holder, why: str) -> None:
+        del self.holders[holder.client]
+        self.checker.lock_intervals.append((holder.start_t, self.now, holder.token, holder.client))
+        self.note(f"c{holder.client} stops holding token {holder.token} ({why})")
+        if why != "crash":
+            self.at(self.now + self.rng.uniform(0.01, 0.2), lambda: self._lock_start(holder.client))
+
+    def finish(self) -> None:
+        for holder in list(self.holders.values()):
+            self._end_hold(holder, "crash")
+        self.checker.check_locks(self.now)
 
     # ---- watchers ------------------------------------------------------------------
 
@@ -404,6 +551,7 @@ class CoordSim:
         self.clients_until = duration_s - 1.0
         for c in range(self.size):
             self.at(0.5 + rng.uniform(0.0, 0.1), lambda c=c: self._new_call(c))
+            self.at(0.5 + rng.uniform(0.0, 0.1), lambda c=c: self._lock_start(c))
         t = 0.8
         faults_until = duration_s - 2.0
         while t < faults_until:
@@ -462,13 +610,16 @@ class CoordSim:
 
 def run_coord_seed(seed: int, size: int | None = None, duration_s: float = 5.0,
                    replica_cls: type[ConfigReplica] = ConfigReplica, trace: bool = False,
-                   registry: Mapping[str, type[ElectionProtocol]] | None = None) -> CoordRun:
+                   registry: Mapping[str, type[ElectionProtocol]] | None = None,
+                   holder_ignores_deadline: bool = False) -> CoordRun:
     rng = random.Random(seed ^ 0xC0DE)
     n = size if size is not None else rng.choice([3, 3, 5])
-    sim = CoordSim(seed, n, replica_cls, trace, registry)
+    sim = CoordSim(seed, n, replica_cls, trace, registry, holder_ignores_deadline)
     sim.plan(duration_s)
     sim.run_until(sim._final_reads_at)
     sim.final_reads()
     sim.run_until(duration_s + 3.0)
+    sim.finish()
     c = sim.checker
-    return CoordRun(seed, n, c.violations, c.acks, c.reads, c.watch_events, sim.unknown, sim.events, sim.trace)
+    return CoordRun(seed, n, c.violations, c.acks, c.reads, c.watch_events, sim.unknown,
+                    len(c.lock_intervals), sim.events, sim.trace)
