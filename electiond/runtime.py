@@ -29,6 +29,9 @@ from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
 from electiond.control import BadRequest
+from electiond.coord.embedded import EmbeddedBackend
+from electiond.coord.host import CoordHost
+from electiond.coord.replica import Reply, StorePersist
 from electiond.node import DUPLICATE_NAME, Node
 from electiond.protocols.base import (
     CommandError,
@@ -136,6 +139,7 @@ class Runtime:
         self._flapping = False  # one warning per crossing of [monitor] max_changes_per_hour
         self._promote_failed_terms: set[int] = set()  # a promote of this term had a failing hook
         self.etcd: EtcdDriver | None = None  # protocol = etcd: carries out its requests
+        self.coord: EmbeddedBackend | None = None  # protocol = quorum-lease: the embedded coordination store
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -158,6 +162,8 @@ class Runtime:
         self.node = Node(self.settings, self.config.protocol, rng, now, persisted,
                          max_promote_failures=self.config.hooks.max_promote_failures,
                          max_changes_per_hour=self.config.max_changes_per_hour)
+        if self.config.protocol == "quorum-lease":
+            self.coord = EmbeddedBackend(self.node, self.config.state_directory, self._process)
         if self.config.etcd is not None and self.config.protocol == "etcd":
             self.etcd = EtcdDriver.for_config(
                 self.config.etcd, lambda event: self._process(lambda now: self.node.on_service(event, now)))
@@ -175,7 +181,7 @@ class Runtime:
             node_name=self.settings.node_name,
             members={m.name for m in self.settings.members},
             keys=self.config.keys,
-            schemas=self.node.message_schemas(),
+            schemas={**self.node.message_schemas(), **(CoordHost.message_schemas() if self.coord else {})},
             incarnation=incarnation,
             unicast_port=unicast_sock.getsockname()[1],
             previous_incarnation=previous_incarnation,
@@ -313,6 +319,10 @@ class Runtime:
             return
         self._peer_addresses[msg.sender] = (addr[0], received.unicast_port)
         self.counters.received[msg.kind] = self.counters.received.get(msg.kind, 0) + 1
+        if self.coord is not None and CoordHost.handles(msg.kind):
+            coord = self.coord
+            self._process(lambda now: coord.host.on_message(msg, now))
+            return
         self._process(lambda now: self.node.on_message(msg, now))
 
     def _on_duplicate(self, received: Received, addr: tuple[str, int]) -> None:
@@ -367,6 +377,8 @@ class Runtime:
         self._execute(effects, now)
         more = handler(now)
         self._execute(more, now)
+        if self.coord is not None:
+            self._execute(self.coord.host.after_node_event(now), now)  # the store follows leadership
         if self._duplicate_fault and DUPLICATE_NAME not in self.node.blockers:
             self._duplicate_fault = False
             log.warning("duplicate name cleared: no other process has used our name for a while; standing again")
@@ -392,7 +404,10 @@ class Runtime:
         assert self.node is not None
         if self._timer:
             self._timer.cancel()
-        delay_s = max(0.0, self.node.deadline() - time.monotonic())
+        deadline = self.node.deadline()
+        if self.coord is not None:
+            deadline = min(deadline, self.coord.host.deadline())
+        delay_s = max(0.0, deadline - time.monotonic())
         self._timer = asyncio.get_running_loop().call_later(min(delay_s, 1.0), self._on_timer)
 
     def _save(self, persist: Persist) -> str | None:
@@ -456,6 +471,11 @@ class Runtime:
                 if effect.leader is not None and effect.leader != self.settings.node_name:
                     self._last_leader = effect.leader
                 self._check_flapping(now)
+            elif isinstance(effect, StorePersist):
+                self._save_store(effect)
+            elif isinstance(effect, Reply):
+                if self.coord is not None:
+                    self.coord.reply(effect)
             elif isinstance(effect, EtcdRequest):
                 if self.etcd is not None:
                     self.etcd.carry_out(effect)
@@ -550,6 +570,20 @@ class Runtime:
         if not healthy:
             self.hooks.submit(Transition("fault", node.protocol.term, node.protocol.leader, self._leader_seen, "fault"))
 
+    def _save_store(self, effect: StorePersist) -> None:
+        assert self.coord is not None
+        try:
+            self.fd_reserve.call(lambda: self.coord.save(effect.state), "coordination store write")
+        except OSError as exc:
+            # fail-stop: acks after a lost write would claim durability we lack
+            log.critical("cannot write the coordination store in %s (%s): stopping", self.config.state_directory, exc)
+            logging.shutdown()
+            os._exit(75)
+
+    def coord_backend(self) -> EmbeddedBackend | None:
+        """The coordination backend the control handler maps lock.*/config.* onto (None: none here)."""
+        return self.coord
+
     # ---- control requests ------------------------------------------------------
 
     def command(self, name: str, args: dict[str, Any]) -> Any:
@@ -588,6 +622,8 @@ class Runtime:
             return self._wait_served(target, term, wait_s, handed)
         if name == "pause":
             return self._pause(_wait_arg(args) or 10.0)
+        if name.startswith(("config.", "lock.")) and self.coord is not None:
+            return self.coord.command(name, args)  # a coroutine: the control server awaits it
         if name == "resume":
             was_paused = node.paused
             self._process(lambda now: node.resume(now))
