@@ -85,3 +85,37 @@ def test_lock_tokens_grow_across_a_leader_kill_and_a_held_lock_is_refused(tmp_pa
         _until(c, rest, "lock.release", {"name": "job", "token": g2["token"]}, 10.0)
         g3 = _until(c, rest, "lock.acquire", {"name": "job", "owner": "c", "ttl_s": 1.0}, 10.0)
         assert g3["token"] > g2["token"]
+
+
+def test_the_member_view_has_one_version_per_view_and_drops_a_killed_node(tmp_path):
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        leader = c.wait_leader(timeout_s=15.0)
+        deadline = time.monotonic() + 15.0
+        full = None
+        while time.monotonic() < deadline:
+            full = _until(c, c.names, "members", {}, 10.0)
+            if full["members"] == sorted(c.names):
+                break
+            time.sleep(0.2)
+        assert full is not None and full["members"] == sorted(c.names), full
+        victim = next(n for n in c.names if n != leader)
+        c.kill(victim)
+        rest = [n for n in c.names if n != victim]
+        deadline = time.monotonic() + 20.0
+        views = {}
+        while time.monotonic() < deadline:
+            for name in rest:
+                r = _until(c, [name], "members", {}, 10.0)
+                views.setdefault(r["version"], r["members"])
+                assert views[r["version"]] == r["members"], (r, views)  # one version, one view
+            if views.get(max(views)) == sorted(rest):
+                break
+            time.sleep(0.2)
+        assert views[max(views)] == sorted(rest) and max(views) > full["version"], views
+        # the store refuses writes to the daemon's own keys
+        try:
+            _ask(c, leader, "config.set", {"key": "_coord/members", "value": "forged"})
+            raise AssertionError("a reserved key was written")
+        except Refused:
+            pass

@@ -10,8 +10,10 @@ fsync, rename) before any effect after it. A failed write stops the daemon
 (fail-stop, exit status 75): its acknowledgements would otherwise claim a
 durability the disk does not have.
 
-Not served here yet: barriers and membership (``barrier_*``, ``members*``
-raise ``CoordError``).
+The live member view is the replicated key ``_coord/members`` (written by
+the serving leader when its view of live members changes), so its versions
+are agreed cluster-wide. Not served here yet: barriers (``barrier_*`` raise
+``CoordError``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from electiond.coord.backend import (
     Unavailable,
     VersionMismatch,
 )
-from electiond.coord.host import CoordHost
+from electiond.coord.host import MEMBERS_KEY, RESERVED_PREFIX, CoordHost
 from electiond.coord.replica import (
     ERR_COMPACTED,
     ERR_LOCK_LOST,
@@ -161,6 +163,8 @@ class EmbeddedBackend(CoordBackend):
 
     async def _ok(self, op: str, key: str, value: str | None = None, version: int = 0,
                   ttl_ms: int = 0) -> Reply:
+        if key.startswith(RESERVED_PREFIX) and op != OP_GET:
+            raise CoordError(f"keys under {RESERVED_PREFIX!r} are the daemon's own")
         r = await self._call(op, key, value, version, ttl_ms)
         if not r.ok:
             _raise_for(r)
@@ -234,11 +238,24 @@ class EmbeddedBackend(CoordBackend):
         raise CoordError("barriers are not served by the embedded backend yet")
 
     async def members(self) -> MemberEvent:
-        raise CoordError("the agreed member view is not served by the embedded backend yet")
+        r = await self._ok(OP_GET, MEMBERS_KEY)
+        return MemberEvent(r.version, "", "view", _split(r.value))
 
     async def members_watch(self, from_version: int) -> AsyncIterator[MemberEvent]:
-        raise CoordError("the agreed member view is not served by the embedded backend yet")
-        yield  # an async generator, as the interface says
+        """One event per node that joined or left, each carrying the view's
+        version (several events of one change share it). "suspected" is not
+        told apart from "left" here."""
+        replica = self.host.replica
+        start = int(replica.status()["oldest_watchable"])
+        before: tuple[str, ...] | None = _split(replica.base_value(MEMBERS_KEY)) if start else None
+        async for e in self.config_watch(MEMBERS_KEY, start):
+            view = _split(e.value)
+            if e.version > from_version:
+                for name in sorted(set(view) - set(before or ())):
+                    yield MemberEvent(e.version, name, "joined", view)
+                for name in sorted(set(before or ()) - set(view)):
+                    yield MemberEvent(e.version, name, "left", view)
+            before = view
 
     # ---- runtime.command() names ---------------------------------------------------------------
 
@@ -257,6 +274,9 @@ class EmbeddedBackend(CoordBackend):
             else:
                 raise CoordError(f"unknown command {name!r}")
             return {"key": e.key, "value": e.value, "version": e.version}
+        if name == "members":
+            m = await self.members()
+            return {"version": m.version, "members": list(m.members)}
         if name == "lock.acquire":
             g = await self.lock_acquire(str(args["name"]), str(args.get("owner", "")) or "?",
                                         float(args.get("ttl_s", 10.0)), float(args.get("wait_s", 0.0)))
@@ -268,3 +288,7 @@ class EmbeddedBackend(CoordBackend):
             await self.lock_release(str(args["name"]), int(args["token"]))
             return {"name": str(args["name"]), "released": True}
         raise CoordError(f"unknown command {name!r}")
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(n for n in (value or "").split(",") if n)

@@ -268,6 +268,15 @@ class ConfigReplica:
         i = version - self._base_version - 1
         return self._log[i] if 0 <= i < len(self._log) else None
 
+    def base_value(self, key: str) -> str | None:
+        """``key``'s value folded into the base (where a watch from the oldest watchable version starts)."""
+        v = self._base.get(key)
+        return v[0] if v is not None else None
+
+    def current(self, key: str) -> tuple[str | None, int]:
+        """(value, version) with uncommitted entries (the leader's next write follows it)."""
+        return self._current(key)
+
     def _current(self, key: str) -> tuple[str | None, int]:
         """(value, version) including uncommitted entries: what a new write follows."""
         for e in reversed(self._log):
