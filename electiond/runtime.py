@@ -622,7 +622,7 @@ class Runtime:
             return self._wait_served(target, term, wait_s, handed)
         if name == "pause":
             return self._pause(_wait_arg(args) or 10.0)
-        if (name.startswith(("config.", "lock.")) or name == "members") and self.coord is not None:
+        if (name.startswith(("config.", "lock.", "barrier.")) or name == "members") and self.coord is not None:
             return self.coord.command(name, args)  # a coroutine: the control server awaits it
         if name == "resume":
             was_paused = node.paused

@@ -317,3 +317,49 @@ def test_a_retried_acquire_gets_its_first_grant_not_a_second_token():
     first = grant(a, b, "g1", "alice", 1.0)[0]
     again = replies(a.request(lead_view(1), "g1", OP_LOCK, "job", "alice", 0, 1.2, ttl_ms=1000))
     assert again == [first]
+
+
+# ---- barriers ----------------------------------------------------------------------------
+
+from electiond.coord.replica import BARRIER_LEASE_S, OP_BARRIER  # noqa: E402
+
+
+def poll(a: ConfigReplica, b: ConfigReplica, who: str, count: int, now: float, view: View | None = None) -> Reply:
+    view = view or lead_view(1)
+    fx = a.request(view, f"p-{who}-{now}", OP_BARRIER, "start", who, count, now)
+    out = replies(fx)
+    for s in sends(fx, COORD_APPEND):
+        if s.to == "n2":
+            ack = sends(deliver(b, follow_view(view.term), "n1", s, now), COORD_ACK)[0]
+            out += replies(deliver(a, view, "n2", ack, now))
+    return [r for r in out if r.req.startswith("p-")][0]
+
+
+def test_a_barrier_passes_once_count_live_participants_polled_and_a_dead_one_is_not_counted():
+    a, b, c = elected()
+    assert poll(a, b, "x", 3, 1.0).value == "waiting"
+    # y polls, then dies: by the time z arrives its poll has lapsed
+    assert poll(a, b, "y", 3, 1.1).version == 2
+    assert poll(a, b, "x", 3, 1.0 + BARRIER_LEASE_S * 0.9).version == 2
+    r = poll(a, b, "z", 3, 1.1 + BARRIER_LEASE_S + 0.01)
+    assert r.value == "waiting" and r.version == 2  # x and z: y is no longer counted
+    # a participant polling twice is one participant
+    assert poll(a, b, "z", 3, 1.1 + BARRIER_LEASE_S + 0.02).version == 2
+    assert poll(a, b, "w", 3, 1.1 + BARRIER_LEASE_S + 0.03).value == "waiting"  # trips: the record is written
+    assert poll(a, b, "x", 3, 2.2).value == "done" and poll(a, b, "w", 3, 2.2).version == 3
+    assert poll(a, b, "y", 3, 2.3).value == "waiting"  # y was not among those that passed
+
+
+def test_a_new_leader_knows_a_tripped_barrier_from_the_replicated_record():
+    a, b, c = elected()
+    for who in ("x", "y"):
+        poll(a, b, who, 2, 1.0)
+    # n2 takes over in term 2 with the committed record in its log
+    b.sync(View("n2", 2, True), 5.0)
+    r = replies(b.request(View("n2", 2, True), "late", OP_BARRIER, "start", "y", 2, 5.1))
+    assert r[0].error == ERR_UNAVAILABLE  # not before its no-op committed
+    noop = [s for s in sends(b.on_tick(View("n2", 2, True), 6.0), COORD_APPEND) if s.to == "n1"]
+    ack = sends(deliver(a, View("n2", 2, False), "n2", noop[0], 6.0), COORD_ACK)
+    deliver(b, View("n2", 2, True), "n1", ack[0], 6.0)
+    r = replies(b.request(View("n2", 2, True), "late2", OP_BARRIER, "start", "y", 2, 6.1))
+    assert r[0].value == "done"

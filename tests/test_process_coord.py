@@ -119,3 +119,34 @@ def test_the_member_view_has_one_version_per_view_and_drops_a_killed_node(tmp_pa
             raise AssertionError("a reserved key was written")
         except Refused:
             pass
+
+
+def test_a_barrier_returns_on_every_host_once_all_three_entered(tmp_path):
+    import threading
+
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        c.wait_leader(timeout_s=15.0)
+        # fewer than the count: not passed within the timeout
+        try:
+            _ask(c, "n1", "barrier.enter", {"name": "early", "participant": "p1", "count": 2, "timeout_s": 1.0})
+            raise AssertionError("a barrier passed with one participant of two")
+        except Refused:
+            pass
+        results: dict[str, object] = {}
+
+        def enter(name: str) -> None:
+            try:
+                results[name] = _ask(c, name, "barrier.enter",
+                                     {"name": "go", "participant": f"p-{name}", "count": 3, "timeout_s": 15.0},
+                                     timeout_s=20.0)
+            except Exception as exc:  # reported by the assert below
+                results[name] = exc
+
+        threads = [threading.Thread(target=enter, args=(n,)) for n in c.names]
+        for i, t in enumerate(threads):
+            t.start()
+            time.sleep(0.3 * i)  # they arrive at different times
+        for t in threads:
+            t.join(25.0)
+        assert all(isinstance(r, dict) and r["count"] == 3 for r in results.values()) and len(results) == 3, results

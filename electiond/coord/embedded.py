@@ -12,8 +12,9 @@ durability the disk does not have.
 
 The live member view is the replicated key ``_coord/members`` (written by
 the serving leader when its view of live members changes), so its versions
-are agreed cluster-wide. Not served here yet: barriers (``barrier_*`` raise
-``CoordError``).
+are agreed cluster-wide. Barriers: participants poll (see
+``ConfigReplica._barrier_poll``). Not served here yet: the double barrier's
+leave (``barrier_leave`` raises ``CoordError``).
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ from electiond.coord.backend import (
 )
 from electiond.coord.host import MEMBERS_KEY, RESERVED_PREFIX, CoordHost
 from electiond.coord.replica import (
+    BARRIER_DONE,
     ERR_COMPACTED,
     ERR_LOCK_LOST,
     ERR_NOT_ACQUIRED,
     ERR_UNAVAILABLE,
     ERR_VERSION,
+    OP_BARRIER,
     OP_CAS,
     OP_DELETE,
     OP_GET,
@@ -66,6 +69,7 @@ RESEND_S = 0.5  # no answer (a datagram lost, a leader gone): ask again with the
 RETRY_PAUSE_S = 0.05
 REQUEST_TIMEOUT_S = 5.0  # then Unavailable: the caller decides
 WATCH_POLL_S = 0.05
+BARRIER_POLL_S = 0.2  # well inside replica.BARRIER_LEASE_S
 
 
 def load_store(directory: str | Path) -> StoreState | None:
@@ -232,10 +236,26 @@ class EmbeddedBackend(CoordBackend):
     # ---- not in the embedded backend yet ----------------------------------------------------
 
     async def barrier_enter(self, name: str, participant: str, count: int, timeout_s: float) -> int:
-        raise CoordError("barriers are not served by the embedded backend yet")
+        """Poll every BARRIER_POLL_S (each poll keeps us counted, also by a
+        new leader) until the trip record names us."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout_s
+        while True:
+            left = give_up - loop.time()
+            if left <= 0:
+                raise NotAcquired(f"barrier {name!r}: fewer than {count} participants within {timeout_s:g}s")
+            try:
+                r = await self._call(OP_BARRIER, name, participant, count, timeout_s=left)
+            except Unavailable:
+                continue  # loops to the NotAcquired above once the time is up
+            if not r.ok:
+                _raise_for(r)
+            if r.value == BARRIER_DONE:
+                return r.version
+            await asyncio.sleep(min(BARRIER_POLL_S, max(0.0, give_up - loop.time())))
 
     async def barrier_leave(self, name: str, participant: str, timeout_s: float) -> int:
-        raise CoordError("barriers are not served by the embedded backend yet")
+        raise CoordError("the double barrier's leave is not served by the embedded backend yet")
 
     async def members(self) -> MemberEvent:
         r = await self._ok(OP_GET, MEMBERS_KEY)
@@ -274,6 +294,13 @@ class EmbeddedBackend(CoordBackend):
             else:
                 raise CoordError(f"unknown command {name!r}")
             return {"key": e.key, "value": e.value, "version": e.version}
+        if name == "barrier.enter":
+            n = await self.barrier_enter(str(args["name"]), str(args["participant"]), int(args["count"]),
+                                         float(args.get("timeout_s", 30.0)))
+            return {"name": str(args["name"]), "count": n}
+        if name == "barrier.leave":
+            return {"name": str(args["name"]), "count": await self.barrier_leave(
+                str(args["name"]), str(args["participant"]), float(args.get("timeout_s", 30.0)))}
         if name == "members":
             m = await self.members()
             return {"version": m.version, "members": list(m.members)}

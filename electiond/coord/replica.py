@@ -57,6 +57,11 @@ OP_NOOP: Final = "noop"
 OP_LOCK: Final = "lock"  # a grant: the entry's version is the fencing token
 OP_RENEW: Final = "renew"  # answered by the leader alone (see the lock rule)
 OP_UNLOCK: Final = "unlock"
+OP_BARRIER: Final = "barrier"  # a participant's poll: key = name, value = participant, version = count
+BARRIER_PREFIX: Final = "_coord/barrier/"  # the trip record: a replicated key listing who passed
+BARRIER_LEASE_S: Final = 1.0  # a participant not polling for this long is not counted
+BARRIER_DONE: Final = "done"
+BARRIER_WAITING: Final = "waiting"
 
 # error codes: those of electiond.coord.backend's errors
 ERR_UNAVAILABLE: Final = "unavailable"
@@ -158,17 +163,19 @@ class _Lead:
     pending: dict[int, _Pending] = field(default_factory=dict)  # version -> request
     # lock name -> (token, owner, held until on our clock; inf while the grant is pending)
     locks: dict[str, tuple[int, str, float]] = field(default_factory=dict)
+    # barrier name -> participant -> until when its last poll counts it (our clock)
+    barriers: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def request_ok(op: str, key: str, value: str | None, req: str) -> str:
     """'' if a request is well-formed and within the bounds, else the error."""
-    if op not in (OP_SET, OP_DELETE, OP_CAS, OP_GET, OP_LOCK, OP_RENEW, OP_UNLOCK):
+    if op not in (OP_SET, OP_DELETE, OP_CAS, OP_GET, OP_LOCK, OP_RENEW, OP_UNLOCK, OP_BARRIER):
         return "bad_request"
     if not key or len(key.encode()) > MAX_KEY_BYTES or len(req.encode()) > MAX_REQ_ID_BYTES or not req:
         return ERR_TOO_BIG if key else "bad_request"
     if value is not None and len(value.encode()) > MAX_VALUE_BYTES:
         return ERR_TOO_BIG
-    if op in (OP_SET, OP_CAS, OP_LOCK) and value is None:
+    if op in (OP_SET, OP_CAS, OP_LOCK, OP_BARRIER) and value is None:
         return "bad_request"
     return ""
 
@@ -422,6 +429,8 @@ class ConfigReplica:
             return effects + self._answer(pend, Reply(req, True, "", key, val, ver))
         if op in (OP_LOCK, OP_RENEW, OP_UNLOCK):
             return effects + self._lock_op(view, pend, op, key, value, version, now)
+        if op == OP_BARRIER:
+            return effects + self._barrier_poll(view, pend, key, value or "", version, now)
         return effects + self._write(view, pend, op, key, value, version, now)
 
     def _write(self, view: View, pend: _Pending, op: str, key: str, value: str | None, version: int,
@@ -498,6 +507,39 @@ class ConfigReplica:
             return self._answer(pend, Reply(pend.req, True, "", name, held[1], token))
         del lead.locks[name]  # released: free at once here; a later leader waits W
         return self._answer(pend, Reply(pend.req, True, "", name, None, token))
+
+    # ---- barriers ---------------------------------------------------------------------
+
+    def _barrier_poll(self, view: View, pend: _Pending, name: str, participant: str, count: int,
+                      now: float) -> list[Any]:
+        """Participants poll; the leader counts those whose last poll is recent
+        (a dead one drops out), one entry per participant (never twice). When
+        ``count`` are live it writes the trip record, a replicated key; a
+        participant is told "done" only once that record is committed and
+        names it, so a new leader (whose polls re-register the rest) knows
+        the barrier already tripped for them."""
+        lead = self._lead
+        assert lead is not None
+        if count <= 0:
+            return self._answer(pend, Reply(pend.req, False, "bad_request", name, None, 0))
+        trip_key = BARRIER_PREFIX + name
+        done, _ = self.committed_get(trip_key)
+        passed = done.split(",") if done else []
+        if participant in passed:
+            return self._answer(pend, Reply(pend.req, True, "", name, BARRIER_DONE, len(passed)))
+        parts = lead.barriers.setdefault(name, {})
+        parts[participant] = now + BARRIER_LEASE_S
+        for p in [p for p, until in parts.items() if until <= now]:
+            del parts[p]
+        effects: list[Any] = []
+        pending_trip, _ = self.current(trip_key)
+        if len(parts) >= count and (pending_trip is None or pending_trip == done):
+            _, last_v = self.last
+            trip = _Pending(f"trip-{last_v + 1}", None, trip_key, op=OP_SET)
+            effects = self._write(view, trip, OP_SET, trip_key, ",".join(sorted(parts)), 0, now)
+            effects = [e for e in effects if type(e) is not Reply]  # nobody waits on the record itself
+            del lead.barriers[name]
+        return effects + self._answer(pend, Reply(pend.req, True, "", name, BARRIER_WAITING, len(parts)))
 
     def _answer(self, pend: _Pending, reply: Reply) -> list[Any]:
         if pend.origin is None:
