@@ -20,3 +20,10 @@ class VoteIgnoresStore(QuorumLease):
 
     def _coord_behind(self, body: dict[str, Any]) -> bool:
         return False
+
+
+class BarrierOffByOne(ConfigReplica):
+    """Lets participants through one short of the count."""
+
+    def barrier_need(self, count: int) -> int:
+        return count - 1

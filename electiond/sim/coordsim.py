@@ -13,6 +13,8 @@ its local committed log. The checker (``CoordChecker``) judges:
   returned an older version (so an acknowledged write was lost or a read
   was stale: either breaks linearizability of the register);
 - ``watch-gap``: a watch stream skipped or repeated a version;
+- ``barrier-early``: a participant was let through a barrier before
+  ``count`` distinct participants had entered it;
 - ``lock-overlap`` / ``lock-token``: two holders' intervals of one lock
   overlap, or a later grant has a token not above an earlier one. A
   holder's interval runs from the grant's arrival to the first of its
@@ -36,6 +38,8 @@ from electiond.coord.host import CoordHost
 from electiond.coord.replica import (
     ERR_COMPACTED,
     ERR_UNAVAILABLE,
+    BARRIER_DONE,
+    OP_BARRIER,
     OP_CAS,
     OP_DELETE,
     OP_GET,
@@ -81,6 +85,18 @@ class CoordChecker:
         self.reads = 0
         self.watch_events = 0
         self.lock_intervals: list[tuple[float, float, int, int]] = []  # (start, end, token, client)
+        self.barrier_entered: dict[str, dict[str, float]] = {}  # barrier -> participant -> first poll
+        self.barrier_passes = 0
+
+    def barrier_polled(self, t: float, name: str, participant: str) -> None:
+        self.barrier_entered.setdefault(name, {}).setdefault(participant, t)
+
+    def barrier_passed(self, t: float, name: str, participant: str, count: int) -> None:
+        self.barrier_passes += 1
+        entered = [p for p, at in self.barrier_entered.get(name, {}).items() if at <= t]
+        if len(entered) < count or participant not in entered:
+            self.violate(t, "barrier-early", f"{participant} passed {name!r} with {sorted(entered)} entered, "
+                                             f"count {count}")
 
     def violate(self, t: float, rule: str, detail: str) -> None:
         self.violations.append(Violation(t, rule, detail))
@@ -177,6 +193,7 @@ class CoordRun:
     watch_events: int
     unknown: int  # requests whose outcome stayed unknown after every retry
     lock_grants: int
+    barrier_passes: int
     events: int
     trace: list[str] = field(default_factory=list)
 
@@ -192,6 +209,9 @@ class CoordSim:
         # the mutant holder: keeps its CMD running until its planned release
         self.holder_ignores_deadline = holder_ignores_deadline
         self.holders: dict[int, _Holder] = {}
+        self._barrier_round: dict[int, int] = {}
+        self._barrier_give_up: dict[int, float] = {}
+        self.barrier_count = 0  # set by plan()
         # lock request id -> (client, first send on the client's clock, kind, attempt)
         self.lock_calls: dict[str, list[Any]] = {}
         self.registry = registry  # a QuorumLease variant swapped in (mutants)
@@ -406,6 +426,9 @@ class CoordSim:
         if r.req in self.lock_calls:
             self._lock_reply(h, r)
             return
+        if r.req.startswith("B"):
+            self._barrier_reply(h, r)
+            return
         call = self.calls.get(r.req)
         if call is None or call.done or call.client != h.index:
             return
@@ -524,6 +547,42 @@ class CoordSim:
             self._end_hold(holder, "crash")
         self.checker.check_locks(self.now)
 
+    # ---- barrier clients: each host's works through barriers b0, b1, ... ----------------
+
+    def _barrier_start(self, client: int, round_: int) -> None:
+        if self.now >= self.clients_until:
+            return
+        self._barrier_round[client] = round_
+        self._barrier_give_up[client] = self.now + 2.0
+        self._barrier_poll(client, round_)
+
+    def _barrier_poll(self, client: int, round_: int) -> None:
+        if self._barrier_round.get(client) != round_:
+            return
+        if self.now >= self._barrier_give_up[client]:
+            self.at(self.now + 0.01, lambda: self._barrier_start(client, round_ + 1))
+            return
+        h = self.hosts[client]
+        name = f"b{round_}"
+        if h.host is not None:
+            self._next_req += 1
+            ch = h.host
+            self.checker.barrier_polled(self.now, name, f"p{client}")
+            self._carry_out(h, ch.request(f"B{client}-{round_}-{self._next_req}", OP_BARRIER, name, f"p{client}",
+                                          self.barrier_count, self.local(h)))
+            if h.host is ch:
+                self._arm(h)
+        self.at(self.now + 0.2, lambda: self._barrier_poll(client, round_))
+
+    def _barrier_reply(self, h: _Host, r: Reply) -> None:
+        client = h.index
+        round_ = self._barrier_round.get(client)
+        if round_ is None or r.key != f"b{round_}" or not r.ok or r.value != BARRIER_DONE:
+            return
+        self.checker.barrier_passed(self.now, r.key, f"p{client}", self.barrier_count)
+        self._barrier_round[client] = round_ + 1  # stops the polls of this round
+        self.at(self.now + self.rng.uniform(0.0, 0.1), lambda: self._barrier_start(client, round_ + 1))
+
     # ---- watchers ------------------------------------------------------------------
 
     def _schedule_watch(self, h: _Host) -> None:
@@ -552,6 +611,8 @@ class CoordSim:
         for c in range(self.size):
             self.at(0.5 + rng.uniform(0.0, 0.1), lambda c=c: self._new_call(c))
             self.at(0.5 + rng.uniform(0.0, 0.1), lambda c=c: self._lock_start(c))
+            self.at(0.5 + rng.uniform(0.0, 0.3), lambda c=c: self._barrier_start(c, 0))
+        self.barrier_count = rng.choice([self.size // 2 + 1, self.size])
         t = 0.8
         faults_until = duration_s - 2.0
         while t < faults_until:
@@ -622,4 +683,4 @@ def run_coord_seed(seed: int, size: int | None = None, duration_s: float = 5.0,
     sim.finish()
     c = sim.checker
     return CoordRun(seed, n, c.violations, c.acks, c.reads, c.watch_events, sim.unknown,
-                    len(c.lock_intervals), sim.events, sim.trace)
+                    len(c.lock_intervals), c.barrier_passes, sim.events, sim.trace)
