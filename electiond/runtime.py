@@ -31,6 +31,9 @@ from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
 from electiond.refresh import REASON_INTERVAL, REASON_SPLIT_BRAIN, RefreshSchedule
 from electiond.control import BadRequest
+from electiond.coord.embedded import EmbeddedBackend
+from electiond.coord.host import CoordHost
+from electiond.coord.replica import Reply, StorePersist
 from electiond.node import DUPLICATE_NAME, Node
 from electiond.protocols.base import (
     CommandError,
@@ -142,8 +145,9 @@ class Runtime:
         self._flapping = False  # one warning per crossing of [monitor] max_changes_per_hour
         self._promote_failed_terms: set[int] = set()  # a promote of this term had a failing hook
         self.etcd: EtcdDriver | None = None  # protocol = etcd: carries out its requests
-        self._coord: CoordBackend | None = None  # made on first use (coord_backend)
+        self._coord: CoordBackend | None = None  # etcd's, made on first use (coord_backend)
         self.refresh = RefreshSchedule(config.hooks.refresh_interval_s)  # [hooks] refresh while leader
+        self.coord: EmbeddedBackend | None = None  # protocol = quorum-lease: the embedded coordination store
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -166,6 +170,8 @@ class Runtime:
         self.node = Node(self.settings, self.config.protocol, rng, now, persisted,
                          max_promote_failures=self.config.hooks.max_promote_failures,
                          max_changes_per_hour=self.config.max_changes_per_hour)
+        if self.config.protocol == "quorum-lease":
+            self.coord = EmbeddedBackend(self.node, self.config.state_directory, self._process)
         if self.config.etcd is not None and self.config.protocol == "etcd":
             self.etcd = EtcdDriver.for_config(
                 self.config.etcd, lambda event: self._process(lambda now: self.node.on_service(event, now)))
@@ -183,7 +189,7 @@ class Runtime:
             node_name=self.settings.node_name,
             members={m.name for m in self.settings.members},
             keys=self.config.keys,
-            schemas=self.node.message_schemas(),
+            schemas={**self.node.message_schemas(), **(CoordHost.message_schemas() if self.coord else {})},
             incarnation=incarnation,
             unicast_port=unicast_sock.getsockname()[1],
             previous_incarnation=previous_incarnation,
@@ -338,6 +344,10 @@ class Runtime:
         if self._group_destination is not None:
             self._peer_addresses[msg.sender] = (addr[0], received.unicast_port)
         self.counters.received[msg.kind] = self.counters.received.get(msg.kind, 0) + 1
+        if self.coord is not None and CoordHost.handles(msg.kind):
+            coord = self.coord
+            self._process(lambda now: coord.host.on_message(msg, now))
+            return
         self._process(lambda now: self.node.on_message(msg, now))
 
     def _on_duplicate(self, received: Received, addr: tuple[str, int]) -> None:
@@ -390,6 +400,8 @@ class Runtime:
         self._execute(effects, now)
         more = handler(now)
         self._execute(more, now)
+        if self.coord is not None:
+            self._execute(self.coord.host.after_node_event(now), now)  # the store follows leadership
         if self._duplicate_fault and DUPLICATE_NAME not in self.node.blockers:
             self._duplicate_fault = False
             log.warning("duplicate name cleared: no other process has used our name for a while; standing again")
@@ -416,7 +428,10 @@ class Runtime:
         assert self.node is not None
         if self._timer:
             self._timer.cancel()
-        delay_s = max(0.0, min(self.node.deadline(), self.refresh.next_at) - time.monotonic())
+        deadline = min(self.node.deadline(), self.refresh.next_at)
+        if self.coord is not None:
+            deadline = min(deadline, self.coord.host.deadline())
+        delay_s = max(0.0, deadline - time.monotonic())
         self._timer = asyncio.get_running_loop().call_later(min(delay_s, 1.0), self._on_timer)
 
     def _save(self, persist: Persist) -> str | None:
@@ -485,6 +500,11 @@ class Runtime:
                 if effect.leader is not None and effect.leader != self.settings.node_name:
                     self._last_leader = effect.leader
                 self._check_flapping(now)
+            elif isinstance(effect, StorePersist):
+                self._save_store(effect)
+            elif isinstance(effect, Reply):
+                if self.coord is not None:
+                    self.coord.reply(effect)
             elif isinstance(effect, EtcdRequest):
                 if self.etcd is not None:
                     self.etcd.carry_out(effect)
@@ -596,6 +616,16 @@ class Runtime:
         if not healthy:
             self.hooks.submit(Transition("fault", node.protocol.term, node.protocol.leader, self._leader_seen, "fault"))
 
+    def _save_store(self, effect: StorePersist) -> None:
+        assert self.coord is not None
+        try:
+            self.fd_reserve.call(lambda: self.coord.save(effect.state), "coordination store write")
+        except OSError as exc:
+            # fail-stop: acks after a lost write would claim durability we lack
+            log.critical("cannot write the coordination store in %s (%s): stopping", self.config.state_directory, exc)
+            logging.shutdown()
+            os._exit(75)
+
     # ---- control requests ------------------------------------------------------
 
     def command(self, name: str, args: dict[str, Any]) -> Any:
@@ -661,7 +691,10 @@ class Runtime:
         return None if until is None else round(max(0.0, until - now) * 1000, 1)
 
     def coord_backend(self) -> CoordBackend | None:
-        """What serves locks, barriers, members and config; None for bully, ring."""
+        """What serves locks, barriers, members and config: the embedded store
+        (quorum-lease), etcd's KV (protocol = etcd), None for bully, ring."""
+        if self.coord is not None:
+            return self.coord
         if self._coord is None and self.etcd is not None and self.config.etcd is not None:
             from electiond.coord.etcdbackend import EtcdBackend
 

@@ -93,8 +93,6 @@ def dispatch(backend: CoordBackend | None, node_name: str, clock_drift_ppm: floa
              args: dict[str, Any], protocol: str = "") -> Any:
     """One coordination command; ``name`` is in COORD_COMMANDS."""
     if backend is None:
-        if protocol == "quorum-lease":
-            raise NoBackend(f"{NO_BACKEND}: this daemon has no embedded coordination backend yet")
         raise NoBackend(f"{NO_BACKEND} (this cluster runs {protocol})" if protocol else NO_BACKEND)
     b = backend
     if name == "lock.acquire":

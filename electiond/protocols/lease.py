@@ -196,6 +196,11 @@ class QuorumLease(ElectionProtocol):
         self._operator_pick_term = -1
         self._sticky = False  # we lead a term an operator chose us for
         self._leader_sticky = False  # the leader we follow says it is sticky
+        # the embedded coordination store's latest entry (term, version), kept
+        # up to date by electiond.coord.host; Raft's up-to-date rule for it: a
+        # voter refuses a candidate whose store is behind its own. (0, 0), no
+        # store in use, adds nothing to the messages
+        self.coord_last: tuple[int, int] = (0, 0)
 
     # ---- read-only view -------------------------------------------------
 
@@ -373,10 +378,11 @@ class QuorumLease(ElectionProtocol):
     # pre-vote: non-binding, changes no term, persists nothing
     def _on_prevote(self, msg: Message, now: float) -> list[Effect]:
         wait_s = self._vote_blocked_for(msg.sender, now)
-        granted = msg.term > self._term and wait_s == 0.0
+        behind = self._coord_behind(msg.body)
+        granted = msg.term > self._term and wait_s == 0.0 and not behind
         if granted:
             hint = 0
-        elif msg.term <= self._term:
+        elif msg.term <= self._term or behind:
             hint = NO_HINT_MS
         else:
             hint = _ceil_ms(wait_s)
@@ -427,6 +433,9 @@ class QuorumLease(ElectionProtocol):
     def _refuse_vote(self, msg: Message, now: float) -> list[Effect] | None:
         """A refusal that leaves our term alone (stale request, or we are bound)."""
         if msg.term < self._term:
+            return self._vote_reply(msg, False, NO_HINT_MS)
+        if self._coord_behind(msg.body):
+            # it misses a store entry we hold (maybe acknowledged): not this term
             return self._vote_reply(msg, False, NO_HINT_MS)
         wait_s = self._vote_blocked_for(msg.sender, now)
         if wait_s > 0.0:
@@ -594,7 +603,7 @@ class QuorumLease(ElectionProtocol):
         self._phase_deadline = now + self.settings.election_timeout_min_s
         if len(self._prevote_grants) >= self.settings.quorum:  # a cluster of one
             return self._start_candidacy(now)
-        return [Send(PREVOTE, self._term + 1, {"round": self._round, "priority": self.settings.priority})]
+        return [Send(PREVOTE, self._term + 1, self._with_coord({"round": self._round, "priority": self.settings.priority}))]
 
     def _prevote_failed(self, now: float) -> None:
         delay_s = self._backoff.next_delay_s(self.rng)
@@ -649,7 +658,23 @@ class QuorumLease(ElectionProtocol):
         self._record_grant(self.settings.node_name, now)
         self._promise(self.settings.node_name, now)
         self._next_send = now + self.settings.heartbeat_interval_s
-        return [Send(REQUEST_VOTE, self._term, {"round": self._round, "priority": self.settings.priority})]
+        return [Send(REQUEST_VOTE, self._term, self._with_coord({"round": self._round, "priority": self.settings.priority}))]
+
+    def _with_coord(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.coord_last != (0, 0):
+            body["coord_term"] = self.coord_last[0]
+            body["coord_version"] = self.coord_last[1]
+        return body
+
+    def _coord_behind(self, body: dict[str, Any]) -> bool:
+        """The candidate's store ends before ours (absent fields: an empty store)."""
+        if self.coord_last == (0, 0):
+            return False
+        t = body.get("coord_term", 0)
+        v = body.get("coord_version", 0)
+        if type(t) is not int or type(v) is not int:
+            return True
+        return (t, v) < self.coord_last
 
     def _retransmit_votes(self, now: float) -> list[Effect]:
         # ask everyone again: lost requests get another chance, a voter whose

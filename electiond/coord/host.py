@@ -1,0 +1,87 @@
+"""Glue between a quorum-lease Node and its coordination store (pure).
+
+Both shells (the runtime, the coordination simulator) hold one of these next
+to the Node: COORD_* messages go to the replica, everything else to the node;
+after every input the replica follows the protocol's view (leading or not,
+the term) and the protocol learns the store's last (term, version), which
+its votes carry (Raft's up-to-date rule, ``QuorumLease.coord_last``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from electiond.coord.replica import MESSAGE_SCHEMAS, OP_SET, ConfigReplica, StoreState, View
+from electiond.node import Node
+from electiond.protocols.base import Message
+from electiond.protocols.lease import QuorumLease
+
+
+# The live member view is a key of the replicated store: its versions are
+# log versions, so one version is one view on every node, and watching it is
+# gap-free like any key. Users cannot write under RESERVED_PREFIX.
+RESERVED_PREFIX = "_coord/"
+MEMBERS_KEY = RESERVED_PREFIX + "members"
+
+
+class CoordHost:
+    def __init__(self, node: Node, store: StoreState | None = None) -> None:
+        if not isinstance(node.protocol, QuorumLease):
+            raise ValueError("the embedded coordination store needs protocol = quorum-lease")
+        self.node = node
+        self.lease: QuorumLease = node.protocol
+        s = node.settings
+        self.replica = ConfigReplica(s.node_name, tuple(m.name for m in s.members), s.heartbeat_interval_s, store,
+                                      s.clock_drift_ppm)
+        self.lease.coord_last = self.replica.last
+        self._members_retry_at = -1.0
+
+    @staticmethod
+    def handles(kind: str) -> bool:
+        return kind in MESSAGE_SCHEMAS
+
+    @staticmethod
+    def message_schemas() -> dict[str, dict[str, Any]]:
+        return dict(MESSAGE_SCHEMAS)
+
+    def view(self, now: float) -> View:
+        return View(self.lease.leader, self.lease.term, self.node.is_leader(now))
+
+    def _done(self, effects: list[Any]) -> list[Any]:
+        self.lease.coord_last = self.replica.last
+        return effects
+
+    def on_message(self, msg: Message, now: float) -> list[Any]:
+        """A COORD_* message (``handles(msg.kind)``)."""
+        return self._done(self.replica.on_message(self.view(now), msg.kind, msg.sender, msg.term, msg.body, now))
+
+    def after_node_event(self, now: float) -> list[Any]:
+        """Call after every node input: the replica follows leadership changes,
+        and a serving leader records a changed live member view."""
+        view = self.view(now)
+        effects = self.replica.on_tick(view, now)
+        if self.replica.ready(view) and now >= self._members_retry_at:
+            effects += self._record_members(view, now)
+        return self._done(effects)
+
+    def live_members(self, now: float) -> str:
+        me = self.node.settings.node_name
+        alive = self.node.membership.alive
+        return ",".join(sorted(m.name for m in self.node.settings.members if m.name == me or alive(m.name, now)))
+
+    def _record_members(self, view: View, now: float) -> list[Any]:
+        value = self.live_members(now)
+        current, version = self.replica.current(MEMBERS_KEY)
+        if current == value:
+            return []
+        # one write at a time: retried (same id) until it commits or the view moves on
+        self._members_retry_at = now + 4 * self.node.settings.heartbeat_interval_s
+        req = f"m{view.term}-{version}-{value}"[:64]
+        return self.replica.request(view, req, OP_SET, MEMBERS_KEY, value, 0, now)
+
+    def deadline(self) -> float:
+        return self.replica.deadline()
+
+    def request(self, req: str, op: str, key: str, value: str | None, version: int, now: float,
+                ttl_ms: int = 0) -> list[Any]:
+        return self._done(self.replica.request(self.view(now), req, op, key, value, version, now, ttl_ms=ttl_ms))

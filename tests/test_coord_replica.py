@@ -1,0 +1,365 @@
+"""The embedded config register's rules, driven by hand with made-up times."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+import electiond.coord.replica as replica_mod
+from electiond.coord.replica import (
+    COORD_ACK,
+    COORD_APPEND,
+    COORD_REPLY,
+    COORD_REQUEST,
+    ERR_COMPACTED,
+    ERR_UNAVAILABLE,
+    ERR_VERSION,
+    OP_CAS,
+    OP_DELETE,
+    OP_GET,
+    OP_NOOP,
+    OP_SET,
+    ConfigReplica,
+    Entry,
+    Reply,
+    StorePersist,
+    StoreState,
+    View,
+)
+from electiond.protocols.base import Message, Send
+from electiond.protocols.lease import PREVOTE, PREVOTE_REPLY, REQUEST_VOTE, VOTE, QuorumLease
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lease_harness import settings_for  # noqa: E402
+
+NAMES = ("n1", "n2", "n3")
+HB = 0.05
+
+
+def rep(name: str, store: StoreState | None = None) -> ConfigReplica:
+    return ConfigReplica(name, NAMES, HB, store)
+
+
+def lead_view(term: int, name: str = "n1") -> View:
+    return View(name, term, True)
+
+
+def follow_view(term: int, leader: str | None = "n1") -> View:
+    return View(leader, term, False)
+
+
+def sends(effects, kind=None) -> list[Send]:
+    return [e for e in effects if type(e) is Send and (kind is None or e.kind == kind)]
+
+
+def replies(effects) -> list[Reply]:
+    return [e for e in effects if type(e) is Reply]
+
+
+def deliver(to: ConfigReplica, view: View, sender: str, s: Send, now: float) -> list:
+    return to.on_message(view, s.kind, sender, s.term, s.body, now)
+
+
+def elected(term: int = 1):
+    """n1 leads ``term``; n2 acked the no-op: committed, ready."""
+    a, b, c = rep("n1"), rep("n2"), rep("n3")
+    fx = a.sync(lead_view(term), 0.0)
+    app = [s for s in sends(fx, COORD_APPEND) if s.to == "n2"][0]
+    ack = sends(deliver(b, follow_view(term), "n1", app, 0.001), COORD_ACK)[0]
+    deliver(a, lead_view(term), "n2", ack, 0.002)
+    assert a.ready(lead_view(term))
+    return a, b, c
+
+
+def test_new_leader_appends_a_noop_persists_it_before_sending_and_serves_only_once_committed():
+    a = rep("n1")
+    fx = a.sync(lead_view(1), 0.0)
+    assert type(fx[0]) is StorePersist and fx[0].state.log[-1].op == OP_NOOP
+    assert [s.to for s in sends(fx, COORD_APPEND)] == ["n2", "n3"]
+    assert not a.ready(lead_view(1))
+    r = replies(a.request(lead_view(1), "r1", OP_GET, "k", None, 0, 0.01))
+    assert r[0].error == ERR_UNAVAILABLE
+    b = rep("n2")
+    ack = sends(deliver(b, follow_view(1), "n1", sends(fx)[0], 0.01), COORD_ACK)[0]
+    assert ack.body == {"ok": True, "match": 1}
+    deliver(a, lead_view(1), "n2", ack, 0.02)
+    assert a.ready(lead_view(1)) and a.commit == 1
+
+
+def test_a_write_is_acknowledged_only_after_a_majority_persisted_it():
+    a, b, c = elected()
+    fx = a.request(lead_view(1), "w1", OP_SET, "k", "x", 0, 1.0)
+    assert type(fx[0]) is StorePersist  # the leader's own copy first
+    assert not replies(fx)  # one of three persisted: not yet
+    app = [s for s in sends(fx, COORD_APPEND) if s.to == "n2"][0]
+    fol = deliver(b, follow_view(1), "n1", app, 1.001)
+    assert type(fol[0]) is StorePersist and fol[0].state.log[-1].value == "x"  # persist, then ack
+    assert sends(fol)[-1].kind == COORD_ACK
+    done = replies(deliver(a, lead_view(1), "n2", sends(fol)[-1], 1.002))
+    assert done == [Reply("w1", True, "", "k", "x", 2)]
+    assert a.committed_get("k") == ("x", 2)
+
+
+def test_a_leader_that_loses_its_lease_answers_pending_writes_unavailable_and_serves_no_reads():
+    a, b, c = elected()
+    a.request(lead_view(1), "w1", OP_SET, "k", "x", 0, 1.0)
+    fx = a.on_tick(View("n1", 1, False), 1.2)  # lease ran out before a majority acked
+    assert replies(fx) == [Reply("w1", False, ERR_UNAVAILABLE, "k", None, 0)]
+    r = replies(a.request(View("n1", 1, False), "r2", OP_GET, "k", None, 0, 1.3))
+    assert r[0].error == ERR_UNAVAILABLE
+
+
+def test_cas_compares_the_version_and_a_retried_request_id_is_not_applied_twice():
+    a, b, c = elected()
+    fx = a.request(lead_view(1), "w1", OP_SET, "k", "x", 0, 1.0)
+    ack = sends(deliver(b, follow_view(1), "n1", sends(fx)[0], 1.0), COORD_ACK)[0]
+    assert replies(deliver(a, lead_view(1), "n2", ack, 1.0))[0].version == 2
+    assert replies(a.request(lead_view(1), "w2", OP_CAS, "k", "y", 1, 1.1)) == [
+        Reply("w2", False, ERR_VERSION, "k", None, 2)]
+    again = a.request(lead_view(1), "w1", OP_SET, "k", "x", 0, 1.2)  # the client's retry
+    assert replies(again) == [Reply("w1", True, "", "k", "x", 2)] and a.last == (1, 2)
+    fx = a.request(lead_view(1), "w3", OP_CAS, "k", "y", 2, 1.3)
+    assert a.last == (1, 3) and not replies(fx)
+
+
+def test_delete_then_cas_from_zero_recreates_the_key():
+    a, b, c = elected()
+    for i, (op, val, ver) in enumerate([(OP_SET, "x", 0), (OP_DELETE, None, 0), (OP_CAS, "z", 0)]):
+        fx = a.request(lead_view(1), f"w{i}", op, "k", val, ver, 1.0 + i)
+        ack = sends(deliver(b, follow_view(1), "n1", sends(fx)[0], 1.0 + i), COORD_ACK)[0]
+        r = replies(deliver(a, lead_view(1), "n2", ack, 1.0 + i))
+        assert r and r[0].ok, r
+    assert a.committed_get("k") == ("z", 4)
+
+
+def test_a_follower_refuses_an_older_term_and_a_log_that_does_not_match():
+    b = rep("n2", StoreState(term=3, commit=0, log=(Entry(1, 3, OP_NOOP, "", None, ""),)))
+    stale = Send(COORD_APPEND, 2, {"prev_v": 1, "prev_t": 3, "commit": 0, "has": True, "t": 2, "ttl_ms": 0, "op": OP_SET,
+                                   "key": "k", "value": "x", "req": "r"})
+    fx = deliver(b, follow_view(2), "n1", stale, 0.0)
+    assert sends(fx)[0].body["ok"] is False and b.last == (3, 1)
+    gap = Send(COORD_APPEND, 4, {"prev_v": 5, "prev_t": 4, "commit": 0, "has": True, "t": 4, "ttl_ms": 0, "op": OP_SET,
+                                 "key": "k", "value": "x", "req": "r"})
+    fx = deliver(b, follow_view(4), "n1", gap, 0.1)
+    assert sends(fx, COORD_ACK)[0].body == {"ok": False, "match": 1} and b.last == (3, 1)
+
+
+def test_a_follower_cuts_a_conflicting_uncommitted_tail():
+    log = (Entry(1, 1, OP_NOOP, "", None, ""), Entry(2, 1, OP_SET, "k", "old", "r0"))
+    b = rep("n2", StoreState(term=1, commit=1, log=log))
+    app = Send(COORD_APPEND, 2, {"prev_v": 1, "prev_t": 1, "commit": 1, "has": True, "t": 2, "ttl_ms": 0, "op": OP_NOOP,
+                                 "key": "", "value": None, "req": ""})
+    fx = deliver(b, follow_view(2), "n3", app, 0.0)
+    assert b.last == (2, 2) and type(fx[0]) is StorePersist
+    assert all(e.value != "old" for e in fx[0].state.log)
+
+
+def test_an_older_terms_entry_is_committed_only_by_an_entry_of_the_leaders_own_term():
+    # n1 leads term 3 holding term 2's entry 2 that n2 also holds: a majority,
+    # but committing it by counting is Raft's figure-8 mistake
+    log = (Entry(1, 1, OP_NOOP, "", None, ""), Entry(2, 2, OP_SET, "k", "x", "r1"))
+    a = rep("n1", StoreState(term=2, commit=1, log=log))
+    a.sync(lead_view(3), 0.0)  # appends its no-op (3, 3)
+    lead = a._lead
+    assert lead is not None
+    deliver(a, lead_view(3), "n2", Send(COORD_ACK, 3, {"ok": True, "match": 2}), 0.1)
+    assert a.commit == 1
+    deliver(a, lead_view(3), "n2", Send(COORD_ACK, 3, {"ok": True, "match": 3}), 0.2)
+    assert a.commit == 3 and a.committed_get("k") == ("x", 2)
+
+
+def test_a_follower_forwards_its_clients_request_and_relays_the_answer():
+    a, b, c = elected()
+    fx = b.request(follow_view(1), "q1", OP_GET, "k", None, 0, 1.0)
+    fwd = sends(fx, COORD_REQUEST)[0]
+    assert fwd.to == "n1"
+    ans = sends(deliver(a, lead_view(1), "n2", fwd, 1.001), COORD_REPLY)[0]
+    assert ans.to == "n2"
+    assert replies(deliver(b, follow_view(1), "n1", ans, 1.002)) == [Reply("q1", True, "", "k", None, 0)]
+    # no leader known: an explicit unavailable, the client retries
+    assert replies(b.request(follow_view(1, None), "q2", OP_GET, "k", None, 0, 1.1))[0].error == ERR_UNAVAILABLE
+
+
+def test_unacked_entries_are_retransmitted_on_the_tick():
+    a, b, c = elected()
+    a.request(lead_view(1), "w1", OP_SET, "k", "x", 0, 1.0)
+    assert a.deadline() < float("inf")
+    fx = a.on_tick(lead_view(1), a.deadline())
+    assert {s.to for s in sends(fx, COORD_APPEND)} == {"n2", "n3"}
+
+
+def test_watch_is_gap_free_from_a_version_and_says_compacted_for_an_older_one(monkeypatch):
+    monkeypatch.setattr(replica_mod, "LOG_KEEP", 3)
+    a = ConfigReplica("n1", ("n1",), HB)
+    a.sync(lead_view(1), 0.0)  # a cluster of one commits alone
+    for i in range(6):
+        assert replies(a.request(lead_view(1), f"w{i}", OP_SET, "k", str(i), 0, 1.0 + i))[0].ok
+    got = a.changes_since(4)
+    assert [e.version for e in got] == [5, 6, 7]
+    assert a.changes_since(1) == ERR_COMPACTED
+    assert a.committed_get("k") == ("5", 7)
+    # what was folded into the base survives a restart from the persisted state
+    b = ConfigReplica("n1", ("n1",), HB, a.state())
+    assert b.committed_get("k") == ("5", 7) and b.last == a.last
+
+
+def test_requests_beyond_the_bounds_are_refused():
+    a, b, c = elected()
+    assert replies(a.request(lead_view(1), "w", OP_SET, "k" * 200, "x", 0, 1.0))[0].error == "too_big"
+    assert replies(a.request(lead_view(1), "w", OP_SET, "k", "x" * 2000, 0, 1.0))[0].error == "too_big"
+
+
+# ---- the one rule in quorum-lease: votes carry the store's last (term, version) ----
+
+
+def lease(name: str) -> QuorumLease:
+    return QuorumLease(settings_for(3, name), random.Random(1), 0.0)
+
+
+@pytest.mark.parametrize("kind,reply", [(REQUEST_VOTE, VOTE), (PREVOTE, PREVOTE_REPLY)])
+def test_a_voter_refuses_a_candidate_whose_store_is_behind_its_own(kind, reply):
+    p = lease("n2")
+    p.coord_last = (2, 10)
+    now = 10.0  # past the start-up quarantine
+    behind = Message(kind, "n1", 3, {"round": 1, "priority": 0, "coord_term": 2, "coord_version": 9})
+    out = [s for s in p.on_message(behind, now) if type(s) is Send and s.kind == reply]
+    assert out[0].body["granted"] is False
+    older_term = Message(kind, "n3", 3, {"round": 1, "priority": 0, "coord_term": 1, "coord_version": 50})
+    out = [s for s in p.on_message(older_term, now) if type(s) is Send and s.kind == reply]
+    assert out[0].body["granted"] is False
+    absent = Message(kind, "n3", 3, {"round": 1, "priority": 0})
+    out = [s for s in p.on_message(absent, now) if type(s) is Send and s.kind == reply]
+    assert out[0].body["granted"] is False
+    same = Message(kind, "n1", 3, {"round": 2, "priority": 0, "coord_term": 2, "coord_version": 10})
+    out = [s for s in p.on_message(same, now) if type(s) is Send and s.kind == reply]
+    assert out[0].body["granted"] is True
+
+
+def test_a_candidate_carries_its_store_position_and_nothing_without_a_store():
+    p = lease("n1")
+    fx = p.on_tick(p.deadline())
+    pv = [s for s in fx if type(s) is Send and s.kind == PREVOTE]
+    assert pv and "coord_term" not in pv[0].body
+    q = lease("n1")
+    q.coord_last = (4, 7)
+    fx = q.on_tick(q.deadline())
+    pv = [s for s in fx if type(s) is Send and s.kind == PREVOTE]
+    assert pv[0].body["coord_term"] == 4 and pv[0].body["coord_version"] == 7
+
+
+# ---- locks ----------------------------------------------------------------------
+
+from electiond.coord.replica import ERR_LOCK_LOST, ERR_NOT_ACQUIRED, OP_LOCK, OP_RENEW, OP_UNLOCK  # noqa: E402
+
+
+def grant(a: ConfigReplica, b: ConfigReplica, req: str, owner: str, now: float, ttl_ms: int = 1000) -> list[Reply]:
+    fx = a.request(lead_view(1), req, OP_LOCK, "job", owner, 0, now, ttl_ms=ttl_ms)
+    out = replies(fx)
+    for s in sends(fx, COORD_APPEND):
+        if s.to == "n2":
+            ack = sends(deliver(b, follow_view(1), "n1", s, now), COORD_ACK)[0]
+            out += replies(deliver(a, lead_view(1), "n2", ack, now))
+    return out
+
+
+def test_a_grant_is_a_replicated_entry_whose_version_is_the_token_and_blocks_others_for_w():
+    a, b, c = elected()
+    fx = a.request(lead_view(1), "g1", OP_LOCK, "job", "alice", 0, 1.0, ttl_ms=1000)
+    assert not replies(fx)  # not before a majority holds the grant
+    ack = sends(deliver(b, follow_view(1), "n1", sends(fx, COORD_APPEND)[0], 1.0), COORD_ACK)[0]
+    r = replies(deliver(a, lead_view(1), "n2", ack, 1.01))
+    assert r == [Reply("g1", True, "", "job", "alice", 2)]
+    w = a.hold_s(1000)
+    assert w > 1.0 * (1 + a.rho) / (1 - a.rho)
+    # W counts from when the request arrived (1.0), not from the commit
+    assert grant(a, b, "g2", "bob", 1.0 + w - 0.002)[0].error == ERR_NOT_ACQUIRED
+    later = grant(a, b, "g3", "bob", 1.0 + w + 0.001)
+    assert later[0].ok and later[0].version > 2
+
+
+def test_renew_extends_from_its_arrival_wrong_tokens_are_lost_and_release_frees():
+    a, b, c = elected()
+    tok = grant(a, b, "g1", "alice", 1.0)[0].version
+    w = a.hold_s(1000)
+    assert replies(a.request(lead_view(1), "r1", OP_RENEW, "job", None, tok, 1.5, ttl_ms=1000))[0].ok
+    assert grant(a, b, "g2", "bob", 1.0 + w + 0.1)[0].error == ERR_NOT_ACQUIRED  # renewed at 1.5
+    assert replies(a.request(lead_view(1), "r2", OP_RENEW, "job", None, tok + 1, 1.6, ttl_ms=1000))[0].error == \
+        ERR_LOCK_LOST
+    assert replies(a.request(lead_view(1), "u1", OP_UNLOCK, "job", None, tok, 1.7))[0].ok
+    assert grant(a, b, "g3", "bob", 1.71)[0].ok
+    # a renewal after the hold ran out is refused: the holder has stopped by then
+    a2, b2, _ = elected()
+    t2 = grant(a2, b2, "g1", "alice", 1.0)[0].version
+    late = a2.request(lead_view(1), "r3", OP_RENEW, "job", None, t2, 1.0 + a2.hold_s(1000) + 0.01, ttl_ms=1000)
+    assert replies(late)[0].error == ERR_LOCK_LOST
+
+
+def test_a_new_leader_keeps_every_grant_in_its_log_held_for_w_from_when_it_started_leading():
+    log = (Entry(1, 1, OP_NOOP, "", None, ""), Entry(2, 1, OP_LOCK, "job", "alice", "g1", 500))
+    a = rep("n1", StoreState(term=1, commit=2, log=log))
+    fx = a.sync(lead_view(2), 10.0)
+    b = rep("n2", StoreState(term=1, commit=2, log=log))
+    ack = sends(deliver(b, follow_view(2), "n1", sends(fx, COORD_APPEND)[0], 10.0), COORD_ACK)[0]
+    deliver(a, lead_view(2), "n2", ack, 10.0)
+    assert a.ready(lead_view(2))
+    assert a.lock_holder("job", 10.0 + a.hold_s(500) - 0.001) == (2, "alice")
+    assert a.lock_holder("job", 10.0 + a.hold_s(500)) is None
+    # the next token is above the old leader's, whatever the clocks say
+    r = replies(a.request(lead_view(2), "g2", OP_LOCK, "job", "bob", 0, 10.1, ttl_ms=500))
+    assert r and r[0].error == ERR_NOT_ACQUIRED and r[0].version == 2
+
+
+def test_a_retried_acquire_gets_its_first_grant_not_a_second_token():
+    a, b, c = elected()
+    first = grant(a, b, "g1", "alice", 1.0)[0]
+    again = replies(a.request(lead_view(1), "g1", OP_LOCK, "job", "alice", 0, 1.2, ttl_ms=1000))
+    assert again == [first]
+
+
+# ---- barriers ----------------------------------------------------------------------------
+
+from electiond.coord.replica import BARRIER_LEASE_S, OP_BARRIER  # noqa: E402
+
+
+def poll(a: ConfigReplica, b: ConfigReplica, who: str, count: int, now: float, view: View | None = None) -> Reply:
+    view = view or lead_view(1)
+    fx = a.request(view, f"p-{who}-{now}", OP_BARRIER, "start", who, count, now)
+    out = replies(fx)
+    for s in sends(fx, COORD_APPEND):
+        if s.to == "n2":
+            ack = sends(deliver(b, follow_view(view.term), "n1", s, now), COORD_ACK)[0]
+            out += replies(deliver(a, view, "n2", ack, now))
+    return [r for r in out if r.req.startswith("p-")][0]
+
+
+def test_a_barrier_passes_once_count_live_participants_polled_and_a_dead_one_is_not_counted():
+    a, b, c = elected()
+    assert poll(a, b, "x", 3, 1.0).value == "waiting"
+    # y polls, then dies: by the time z arrives its poll has lapsed
+    assert poll(a, b, "y", 3, 1.1).version == 2
+    assert poll(a, b, "x", 3, 1.0 + BARRIER_LEASE_S * 0.9).version == 2
+    r = poll(a, b, "z", 3, 1.1 + BARRIER_LEASE_S + 0.01)
+    assert r.value == "waiting" and r.version == 2  # x and z: y is no longer counted
+    # a participant polling twice is one participant
+    assert poll(a, b, "z", 3, 1.1 + BARRIER_LEASE_S + 0.02).version == 2
+    assert poll(a, b, "w", 3, 1.1 + BARRIER_LEASE_S + 0.03).value == "waiting"  # trips: the record is written
+    assert poll(a, b, "x", 3, 2.2).value == "done" and poll(a, b, "w", 3, 2.2).version == 3
+    assert poll(a, b, "y", 3, 2.3).value == "waiting"  # y was not among those that passed
+
+
+def test_a_new_leader_knows_a_tripped_barrier_from_the_replicated_record():
+    a, b, c = elected()
+    for who in ("x", "y"):
+        poll(a, b, who, 2, 1.0)
+    # n2 takes over in term 2 with the committed record in its log
+    b.sync(View("n2", 2, True), 5.0)
+    r = replies(b.request(View("n2", 2, True), "late", OP_BARRIER, "start", "y", 2, 5.1))
+    assert r[0].error == ERR_UNAVAILABLE  # not before its no-op committed
+    noop = [s for s in sends(b.on_tick(View("n2", 2, True), 6.0), COORD_APPEND) if s.to == "n1"]
+    ack = sends(deliver(a, View("n2", 2, False), "n2", noop[0], 6.0), COORD_ACK)
+    deliver(b, View("n2", 2, True), "n1", ack[0], 6.0)
+    r = replies(b.request(View("n2", 2, True), "late2", OP_BARRIER, "start", "y", 2, 6.1))
+    assert r[0].value == "done"

@@ -1,0 +1,152 @@
+"""The embedded coordination store in real daemons on loopback (quorum-lease).
+
+Driven through the control socket's config.* and lock.* commands (the thin
+runtime.command() entry into EmbeddedBackend)."""
+
+from __future__ import annotations
+
+import time
+
+from cluster import Cluster
+
+from electiond.cli import Refused, Unreachable, request
+
+
+def _ask(c: Cluster, name: str, cmd: str, args: dict, timeout_s: float = 8.0):
+    return request(c.socket(name), cmd, args, timeout_s=timeout_s)
+
+
+def _until(c: Cluster, names, cmd: str, args: dict, limit_s: float):
+    """The first answer from any of ``names`` within ``limit_s`` (a leader may be changing)."""
+    deadline = time.monotonic() + limit_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        for name in names:
+            try:
+                return _ask(c, name, cmd, args)
+            except (Refused, Unreachable) as exc:
+                last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"{cmd} {args} not answered within {limit_s}s: {last}")
+
+
+def test_config_writes_acknowledged_before_a_leader_kill_are_all_read_back(tmp_path):
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        leader = c.wait_leader(timeout_s=15.0)
+        acked: dict[str, tuple[str, int]] = {}
+        versions = []
+        for i in range(12):
+            via = c.names[i % 3]  # followers forward to the leader
+            r = _until(c, [via], "config.set", {"key": f"k{i % 4}", "value": f"v{i}"}, 10.0)
+            acked[r["key"]] = (r["value"], r["version"])
+            versions.append(r["version"])
+        assert versions == sorted(versions) and len(set(versions)) == len(versions)
+        cas = _until(c, [leader], "config.cas", {"key": "k0", "value": "after-cas", "version": acked["k0"][1]}, 10.0)
+        acked["k0"] = (cas["value"], cas["version"])
+        try:
+            _ask(c, leader, "config.cas", {"key": "k0", "value": "stale", "version": 1})
+            raise AssertionError("a cas against an old version succeeded")
+        except Refused as exc:
+            assert "version" in str(exc)
+        c.kill(leader)
+        rest = [n for n in c.names if n != leader]
+        new = c.wait_leader(timeout_s=15.0, among=rest)
+        assert new != leader
+        for key, (value, version) in acked.items():
+            r = _until(c, rest, "config.get", {"key": key}, 10.0)
+            assert (r["value"], r["version"]) == (value, version), (key, r)
+        # the killed leader comes back and agrees
+        c.start(leader)
+        for key, (value, version) in acked.items():
+            r = _until(c, [leader], "config.get", {"key": key}, 15.0)
+            assert (r["value"], r["version"]) == (value, version), (key, r)
+
+
+def test_lock_tokens_grow_across_a_leader_kill_and_a_held_lock_is_refused(tmp_path):
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        leader = c.wait_leader(timeout_s=15.0)
+        follower = next(n for n in c.names if n != leader)
+        g = _until(c, [follower], "lock.acquire", {"name": "job", "owner": "a", "ttl_s": 1.0}, 10.0)
+        try:
+            _ask(c, leader, "lock.acquire", {"name": "job", "owner": "b", "ttl_s": 1.0, "wait_s": 0.0})
+            raise AssertionError("a held lock was granted twice")
+        except Refused as exc:
+            assert "held" in str(exc)
+        _until(c, [follower], "lock.renew", {"name": "job", "token": g["token"], "ttl_s": 1.0}, 10.0)
+        c.kill(leader)
+        rest = [n for n in c.names if n != leader]
+        c.wait_leader(timeout_s=15.0, among=rest)
+        t0 = time.monotonic()
+        g2 = _until(c, rest, "lock.acquire", {"name": "job", "owner": "b", "ttl_s": 1.0, "wait_s": 10.0}, 20.0)
+        assert g2["token"] > g["token"]
+        assert time.monotonic() - t0 < 15.0
+        _until(c, rest, "lock.release", {"name": "job", "token": g2["token"]}, 10.0)
+        g3 = _until(c, rest, "lock.acquire", {"name": "job", "owner": "c", "ttl_s": 1.0}, 10.0)
+        assert g3["token"] > g2["token"]
+
+
+def test_the_member_view_has_one_version_per_view_and_drops_a_killed_node(tmp_path):
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        leader = c.wait_leader(timeout_s=15.0)
+        deadline = time.monotonic() + 15.0
+        full = None
+        while time.monotonic() < deadline:
+            full = _until(c, c.names, "members", {}, 10.0)
+            if full["members"] == sorted(c.names):
+                break
+            time.sleep(0.2)
+        assert full is not None and full["members"] == sorted(c.names), full
+        victim = next(n for n in c.names if n != leader)
+        c.kill(victim)
+        rest = [n for n in c.names if n != victim]
+        deadline = time.monotonic() + 20.0
+        views = {}
+        while time.monotonic() < deadline:
+            for name in rest:
+                r = _until(c, [name], "members", {}, 10.0)
+                views.setdefault(r["version"], r["members"])
+                assert views[r["version"]] == r["members"], (r, views)  # one version, one view
+            if views.get(max(views)) == sorted(rest):
+                break
+            time.sleep(0.2)
+        assert views[max(views)] == sorted(rest) and max(views) > full["version"], views
+        # the store refuses writes to the daemon's own keys
+        try:
+            _ask(c, leader, "config.set", {"key": "_coord/members", "value": "forged"})
+            raise AssertionError("a reserved key was written")
+        except Refused:
+            pass
+
+
+def test_a_barrier_returns_on_every_host_once_all_three_entered(tmp_path):
+    import threading
+
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        c.wait_leader(timeout_s=15.0)
+        # fewer than the count: not passed within the timeout
+        try:
+            _ask(c, "n1", "barrier.enter", {"name": "early", "participant": "p1", "count": 2, "timeout_s": 1.0})
+            raise AssertionError("a barrier passed with one participant of two")
+        except Refused:
+            pass
+        results: dict[str, object] = {}
+
+        def enter(name: str) -> None:
+            try:
+                results[name] = _ask(c, name, "barrier.enter",
+                                     {"name": "go", "participant": f"p-{name}", "count": 3, "timeout_s": 15.0},
+                                     timeout_s=20.0)
+            except Exception as exc:  # reported by the assert below
+                results[name] = exc
+
+        threads = [threading.Thread(target=enter, args=(n,)) for n in c.names]
+        for i, t in enumerate(threads):
+            t.start()
+            time.sleep(0.3 * i)  # they arrive at different times
+        for t in threads:
+            t.join(25.0)
+        assert all(isinstance(r, dict) and r["count"] == 3 for r in results.values()) and len(results) == 3, results
