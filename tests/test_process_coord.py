@@ -1,13 +1,14 @@
 """The embedded coordination store in real daemons on loopback (quorum-lease).
 
-Driven through the control socket's config.* and lock.* commands (the thin
-runtime.command() entry into EmbeddedBackend)."""
+Driven through the control socket's config.* and lock.* commands, and through
+`electionctl lock` as a shell script would use it."""
 
 from __future__ import annotations
 
 import time
 
 from cluster import Cluster
+from test_process_coord_etcd import run_lock_loops
 
 from electiond.cli import Refused, Unreachable, request
 
@@ -150,3 +151,11 @@ def test_a_barrier_returns_on_every_host_once_all_three_entered(tmp_path):
         for t in threads:
             t.join(25.0)
         assert all(isinstance(r, dict) and r["count"] == 3 for r in results.values()) and len(results) == 3, results
+
+
+def test_electionctl_lock_loops_on_three_hosts_while_the_leader_is_killed_and_restarted(tmp_path):
+    # the same loops as with protocol = etcd; here the killed daemon is also
+    # the store's leader, so its successor holds the logged grant for W first
+    with Cluster(tmp_path, 3, protocol="quorum-lease",
+                 timing={"heartbeat_interval": "100ms", "election_timeout": "300ms-500ms", "lease": "400ms"}) as c:
+        run_lock_loops(tmp_path, c)

@@ -66,49 +66,56 @@ def lock_spans(stamp_log, returned: dict[str, float]):
 
 
 def test_lock_loops_on_three_hosts_while_the_leader_is_killed_and_restarted(tmp_path):
-    stamps = tmp_path / "stamps.log"
-    returned: dict[str, float] = {}
-    outcomes: list[tuple[str, int, str]] = []
     with EtcdCluster(tmp_path) as etcd:
         etcd.start_all()
         with etcd_daemons(tmp_path, etcd) as c:
-            c.start_all()
-            leader = c.wait_leader(15)
+            run_lock_loops(tmp_path, c)
 
-            def loop(name: str) -> None:
-                for k in range(LOOPS):
-                    run = f"{name}-{k}"
-                    # long enough to be renewed (every ttl/3) and to be running when the leader is killed
-                    # (5 s on the host whose daemon the test kills: it must be stopped, not finish)
-                    slow = tmp_path / f"slow-{name}"
-                    script = (f'echo start {run} $(date +%s.%N) $ELECTIOND_LOCK_TOKEN >> {stamps}; '
-                              f'if [ -e {slow} ]; then sleep 5; else sleep 1.2; fi; '
-                              f'echo stop {run} $(date +%s.%N) $ELECTIOND_LOCK_TOKEN >> {stamps}')
-                    r = ctl(c, name, "lock", "shared", "--ttl", f"{TTL_S}s", "--wait", "30s", "--", "sh", "-c",
-                            script, timeout_s=60)
-                    returned[run] = time.time()
-                    outcomes.append((run, r.returncode, r.stderr.strip()[-200:]))
-                    if r.returncode == 2:
-                        time.sleep(0.3)  # this host's daemon is down: a script would retry later
 
-            threads = [threading.Thread(target=loop, args=(n,)) for n in c.names]
-            for t in threads:
-                t.start()
-            retry(lambda: stamps.exists() and len(stamps.read_text().splitlines()) >= 5, 60, "a few lock runs")
-            (tmp_path / f"slow-{leader}").touch()
+def run_lock_loops(tmp_path, c: Cluster) -> None:
+    """3 hosts x LOOPS `electionctl lock` runs on one lock while the daemon of
+    the cluster leader is killed as its host holds the lock, then restarted:
+    no two CMDs overlap, tokens grow, the cut-off holder is stopped (76)."""
+    stamps = tmp_path / "stamps.log"
+    returned: dict[str, float] = {}
+    outcomes: list[tuple[str, int, str]] = []
+    c.start_all()
+    leader = c.wait_leader(15)
 
-            def leader_holds():
-                last = stamps.read_text().splitlines()[-1].split()
-                return last[0] == "start" and last[1].startswith(f"{leader}-") and last[1]
-            victim = retry(leader_holds, 60, f"{leader} to hold the lock")
-            c.kill(leader)  # the holder's daemon: its renewals fail from now on
-            killed_at = time.time()
-            time.sleep(TTL_S + 1.0)  # past the holder's deadline
-            c.start(leader)
-            (tmp_path / f"slow-{leader}").unlink()
-            for t in threads:
-                t.join(240)
-            assert not any(t.is_alive() for t in threads)
+    def loop(name: str) -> None:
+        for k in range(LOOPS):
+            run = f"{name}-{k}"
+            # long enough to be renewed (every ttl/3) and to be running when the leader is killed
+            # (5 s on the host whose daemon the test kills: it must be stopped, not finish)
+            slow = tmp_path / f"slow-{name}"
+            script = (f'echo start {run} $(date +%s.%N) $ELECTIOND_LOCK_TOKEN >> {stamps}; '
+                      f'if [ -e {slow} ]; then sleep 5; else sleep 1.2; fi; '
+                      f'echo stop {run} $(date +%s.%N) $ELECTIOND_LOCK_TOKEN >> {stamps}')
+            r = ctl(c, name, "lock", "shared", "--ttl", f"{TTL_S}s", "--wait", "30s", "--", "sh", "-c",
+                    script, timeout_s=60)
+            returned[run] = time.time()
+            outcomes.append((run, r.returncode, r.stderr.strip()[-200:]))
+            if r.returncode == 2:
+                time.sleep(0.3)  # this host's daemon is down: a script would retry later
+
+    threads = [threading.Thread(target=loop, args=(n,)) for n in c.names]
+    for t in threads:
+        t.start()
+    retry(lambda: stamps.exists() and len(stamps.read_text().splitlines()) >= 5, 60, "a few lock runs")
+    (tmp_path / f"slow-{leader}").touch()
+
+    def leader_holds():
+        last = stamps.read_text().splitlines()[-1].split()
+        return last[0] == "start" and last[1].startswith(f"{leader}-") and last[1]
+    victim = retry(leader_holds, 60, f"{leader} to hold the lock")
+    c.kill(leader)  # the holder's daemon: its renewals fail from now on
+    killed_at = time.time()
+    time.sleep(TTL_S + 1.0)  # past the holder's deadline
+    c.start(leader)
+    (tmp_path / f"slow-{leader}").unlink()
+    for t in threads:
+        t.join(240)
+    assert not any(t.is_alive() for t in threads)
     codes = [code for _, code, _ in outcomes]
     print(f"exit codes: {sorted(codes)}; leader {leader} killed at {killed_at:.3f}")
     assert set(codes) <= {0, 2, 75, 76}, outcomes
