@@ -22,13 +22,25 @@ from electiond.devcluster import Cluster
 HEARTBEAT_MS = 50
 
 
-def measure(protocol: str, nodes: int, kills: int, rng: random.Random) -> tuple[list[float], list[float]]:
+def settled_leader(cluster: Cluster, timeout_s: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        first = cluster.wait_for(cluster.agreed_leader, 15.0, "an agreed leader")
+        time.sleep(1.0)
+        if cluster.agreed_leader() == first:
+            return first
+    raise AssertionError("no stable leader after the restart")
+
+
+def measure(protocol: str, nodes: int, kills: int, rng: random.Random,
+            preempt: str = "no") -> tuple[list[float], list[float]]:
     workdir = Path(tempfile.mkdtemp(prefix=f"electiond-bench-{protocol}-"))
     to_hook_ms: list[float] = []
     to_agree_ms: list[float] = []
     try:
-        # preempt off everywhere: a restarted node must not cause a second change
-        with Cluster(workdir, nodes, protocol=protocol, node_options={"preempt": "no"},
+        # preempt off by default: a restarted node must not cause a second change;
+        # with --preempt yes it takes leadership back, and the next kill hits it
+        with Cluster(workdir, nodes, protocol=protocol, node_options={"preempt": preempt},
                      timing={"heartbeat_interval": f"{HEARTBEAT_MS}ms"}) as cluster:
             cluster.start_all()
             leader = cluster.wait_leader(15.0)
@@ -46,8 +58,15 @@ def measure(protocol: str, nodes: int, kills: int, rng: random.Random) -> tuple[
                 print(f"  {protocol} kill {i + 1}/{kills}: {leader} -> {new_leader} "
                       f"hook {to_hook_ms[-1]:.0f} ms, agreed {to_agree_ms[-1]:.0f} ms", file=sys.stderr)
                 cluster.start(leader)
-                cluster.wait_for(lambda: cluster.agreed_leader() == new_leader, 15.0, "the restarted node to follow")
-                leader = new_leader
+                if preempt == "no":
+                    cluster.wait_for(lambda: cluster.agreed_leader() == new_leader, 15.0,
+                                     "the restarted node to follow")
+                    leader = new_leader
+                else:
+                    # the restarted node preempts (or not, below its successor)
+                    # once it is up and has listened: wait for an agreement
+                    # that holds for a second
+                    leader = settled_leader(cluster)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return to_hook_ms, to_agree_ms
@@ -59,14 +78,16 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--protocols", default="quorum-lease,bully")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--preempt", choices=("no", "yes"), default="no",
+                        help="the nodes' preempt setting (yes: the restarted top node takes back)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     rows = []
     for protocol in args.protocols.split(","):
-        hook_ms, agree_ms = measure(protocol, args.nodes, args.kills, rng)
+        hook_ms, agree_ms = measure(protocol, args.nodes, args.kills, rng, args.preempt)
         rows.append((protocol, hook_ms, agree_ms))
     print(f"\nfailover after kill -9 of the leader: {args.nodes} nodes on loopback, heartbeat {HEARTBEAT_MS} ms, "
-          f"{args.kills} kills each\n")
+          f"preempt = {args.preempt}, {args.kills} kills each\n")
     print("| protocol | median to promote hook | p90 | median until all agree | in heartbeat intervals (median) |")
     print("|---|---|---|---|---|")
     for protocol, hook_ms, agree_ms in rows:
