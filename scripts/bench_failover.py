@@ -43,7 +43,8 @@ def measure(protocol: str, nodes: int, kills: int, rng: random.Random,
         with Cluster(workdir, nodes, protocol=protocol, node_options={"preempt": preempt},
                      timing={"heartbeat_interval": f"{HEARTBEAT_MS}ms"}) as cluster:
             cluster.start_all()
-            leader = cluster.wait_leader(15.0)
+            cluster.wait_leader(15.0)
+            leader = settled_leader(cluster)  # not one about to be preempted
             for i in range(kills):
                 time.sleep(rng.uniform(0.3, 0.8))  # kill at a random heartbeat phase
                 killed_at = time.time()
