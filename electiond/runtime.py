@@ -29,6 +29,7 @@ from electiond.etcddriver import EtcdDriver
 from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
+from electiond.looplag import LoopLag
 from electiond.refresh import REASON_INTERVAL, REASON_SPLIT_BRAIN, RefreshSchedule
 from electiond.control import BadRequest
 from electiond.coord.embedded import EmbeddedBackend
@@ -123,6 +124,8 @@ class Runtime:
         self._peer_addresses: dict[str, tuple[str, int]] = {}
         self._group_destination: tuple | None = None  # None: transport = unicast
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0  # the monotonic instant the armed timer asked for
+        self.loop_lag = LoopLag(late_after_s=self.settings.heartbeat_interval_s)
         self._transports: list[asyncio.DatagramTransport] = []
         self._unicast: asyncio.DatagramTransport | None = None
         self._leader_seen: str | None = None
@@ -389,6 +392,7 @@ class Runtime:
 
     def _on_timer(self) -> None:
         self._timer = None
+        self.loop_lag.fired(self._timer_due, time.monotonic())
         self._process(lambda now: [])
 
     def _process(self, handler: Callable[[float], list[Effect]]) -> float:
@@ -428,11 +432,13 @@ class Runtime:
         assert self.node is not None
         if self._timer:
             self._timer.cancel()
+        now = time.monotonic()
         deadline = min(self.node.deadline(), self.refresh.next_at)
         if self.coord is not None:
             deadline = min(deadline, self.coord.host.deadline())
-        delay_s = max(0.0, deadline - time.monotonic())
-        self._timer = asyncio.get_running_loop().call_later(min(delay_s, 1.0), self._on_timer)
+        delay_s = min(max(0.0, deadline - now), 1.0)
+        self._timer_due = now + delay_s
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer)
 
     def _save(self, persist: Persist) -> str | None:
         """Store a Persist; None on success, else why not (logged once per episode)."""
@@ -769,6 +775,7 @@ class Runtime:
             "persist_errors": dict(self._persist_errors),
             "leadership_changes_total": self.counters.leadership_changes,
             "transport": self.config.transport,
+            "loop_lag": self.loop_lag.snapshot(now),
         })
         if self.etcd is not None:
             status["etcd_endpoints"] = self.etcd.status()
