@@ -241,8 +241,11 @@ class Ring(EpochProtocol):
             return effects
         if self._leader is not None:
             if self._watch.suspects(now):
-                # our detector already judged it: one unacked hop to it is enough to skip it
+                # our detector already judged it: the election skips it at once
+                # (ring repair without a hop timeout); it is spliced back in
+                # when it speaks again
                 self._lost_leader = self._leader
+                self._suspects[self._leader] = now + self._suspect_ttl_s()
                 self._leader = None
                 effects.append(LeaderChanged(None, self._epoch))
                 effects += self._start_election(now)
