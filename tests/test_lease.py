@@ -835,3 +835,38 @@ def test_a_rescue_heartbeat_goes_out_half_an_interval_before_the_step_down():
     assert rescue == pytest.approx(max(t1 + L - GUARD - hb / 2, t3 + hb / 4))
     assert rescue < t3 + hb and rescue < t1 + L - GUARD
     assert sends(p.on_tick(rescue), HEARTBEAT)
+
+
+# ---- issue 17: campaign when the promise ends ---------------------------------------
+
+
+def test_a_follower_campaigns_when_its_promise_ends_not_when_its_slower_detector_fires():
+    # a detector floor far above the promise (as a widened window would be)
+    p = make("n2", min_suspicion_timeout_s=1.0)
+    for i in range(20):
+        follow(p, "n1", 3, 1.0 + 0.05 * i, rnd=i + 1)
+    last = 1.0 + 0.05 * 19
+    lf = p.settings.follower_promise_s()
+    assert p.extra_status(last)["leader_timeout_ms"] >= 1000.0
+    # woken when the promise ends: the leader is dropped, no later than that
+    assert p.deadline() == pytest.approx(last + lf)
+    effects = p.on_tick(p.deadline())
+    assert of_type(effects, LeaderChanged) == [LeaderChanged(None, 3)]
+    now, effects = tick_until(p, PREVOTE)
+    # the rank stagger is a small fraction of the interval
+    assert last + lf <= now <= last + lf + p.settings.heartbeat_interval_s
+    assert sends(effects, PREVOTE)[0].term == 4
+
+
+def test_a_renewed_promise_keeps_the_follower_with_its_leader():
+    p = make("n2", min_suspicion_timeout_s=1.0)
+    lf = p.settings.follower_promise_s()
+    t = 1.0
+    for i in range(40):
+        follow(p, "n1", 3, t, rnd=i + 1)
+        assert p.deadline() > t
+        assert not sends(p.on_tick(t + 0.9 * 0.05), PREVOTE)
+        t += 0.05
+    assert p.leader == "n1"
+    # each ack renewed the promise: it ends L_f after the last heartbeat
+    assert p.deadline() == pytest.approx(t - 0.05 + lf)

@@ -299,7 +299,7 @@ class QuorumLease(ElectionProtocol):
         if self._phase_deadline < INF:
             return self._phase_deadline
         if self._leader is not None:
-            return min(self._watch.deadline(), self._preempt_due())
+            return min(self._watch.deadline(), self._preempt_due(), self._promise_lapse_at())
         if not self._eligible:
             return INF
         return self._candidacy_at
@@ -324,7 +324,14 @@ class QuorumLease(ElectionProtocol):
                 self._prevote_failed(now)
             return effects
         if self._leader is not None:
-            if self._watch.suspects(now):
+            pauses = self._watch.local_pauses
+            suspected = self._watch.suspects(now)
+            # our promise to it ran out with no heartbeat to renew it: it can
+            # no longer hold a lease we back, so there is nothing to wait for,
+            # whatever our detector (maybe widened by past gaps) still thinks.
+            # Not right after our own freeze: its heartbeats may be queued
+            lapsed = self._watch.local_pauses == pauses and now >= self._promise_lapse_at()
+            if suspected or lapsed:
                 self._leader = None
                 self._leader_priority = None
                 effects.append(LeaderChanged(None, self._term))
@@ -787,6 +794,13 @@ class QuorumLease(ElectionProtocol):
     def _abandon_round(self, now: float, delay_s: float) -> None:
         self._to_follower()
         self._candidacy_at = now + delay_s + self._rank_delay_s()
+
+    def _promise_lapse_at(self) -> float:
+        """When our promise to the leader we follow ends unrenewed (INF: we
+        made it none, e.g. grants withheld: then only the detector judges)."""
+        if self._leader is None or self._promised_to != self._leader:
+            return INF
+        return self._promise_until
 
     def _promise(self, name: str, now: float) -> None:
         self._promised_to = name
