@@ -103,10 +103,14 @@ def run_lock_loops(tmp_path, c: Cluster) -> None:
         t.start()
     retry(lambda: stamps.exists() and len(stamps.read_text().splitlines()) >= 5, 60, "a few lock runs")
     (tmp_path / f"slow-{leader}").touch()
+    # a run whose start stamp comes after these lines checked the flag after it existed
+    seen_before_flag = len(stamps.read_text().splitlines())
 
     def leader_holds():
-        last = stamps.read_text().splitlines()[-1].split()
-        return last[0] == "start" and last[1].startswith(f"{leader}-") and last[1]
+        lines = stamps.read_text().splitlines()
+        last = lines[-1].split()
+        return (len(lines) > seen_before_flag and last[0] == "start" and last[1].startswith(f"{leader}-")
+                and last[1])
     victim = retry(leader_holds, 60, f"{leader} to hold the lock")
     c.kill(leader)  # the holder's daemon: its renewals fail from now on
     killed_at = time.time()

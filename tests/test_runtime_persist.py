@@ -31,7 +31,8 @@ class FakeHooks:
 
 def _runtime(tmp_path, name="n3"):
     settings = Settings(cluster="c", node_name=name, members=MEMBERS)
-    config = SimpleNamespace(settings=settings, state_directory=str(tmp_path), protocol="bully")
+    config = SimpleNamespace(settings=settings, state_directory=str(tmp_path), protocol="bully",
+                             hooks=SimpleNamespace(refresh_interval_s=60.0, max_promote_failures=3))
     rt = Runtime(config)  # type: ignore[arg-type]
     rt.node = Node(settings, "bully", random.Random(1), 0.0)
     rt.hooks = FakeHooks()  # type: ignore[assignment]
