@@ -24,7 +24,8 @@ import pytest
 
 from electiond.cli import request
 from electiond.devcluster import wait_for
-from test_netns_vip import VIP, VIP_HOOK, VIP_CIDR, Lan, NetnsCluster, sh, vip_holders
+from lab import VIP, VIP_CIDR, VIP_HOOK, NetnsCluster, sh, vip_holders
+from lab import VipLan as Lan
 
 HOSTS = ["n1", "n2", "n3"]
 VOTERS = ["n1", "n2"]
