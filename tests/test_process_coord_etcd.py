@@ -268,7 +268,9 @@ def test_run_as_leader_only_on_the_leader_and_dead_before_the_next_one_starts(tm
             c.start_all()
             leader = c.wait_leader(15)
             script = (f"trap '' TERM; echo start $NODE $(date +%s.%N) >> {stamps}; "
-                      f"while :; do date +%s.%N > {tmp_path}/alive-$NODE; sleep 0.02; done")
+                      # written then renamed: a reader must never see the truncated file
+                      f"while :; do date +%s.%N > {tmp_path}/alive-$NODE.new; "
+                      f"mv -f {tmp_path}/alive-$NODE.new {tmp_path}/alive-$NODE; sleep 0.02; done")
             procs = {n: subprocess.Popen(ctl_argv(c, n, "run-as-leader", "--kill-grace", "1s", "--", "sh", "-c",
                                                   script), env={**env, "NODE": n}, cwd=str(REPO),
                                          stderr=subprocess.PIPE, text=True) for n in c.names}
