@@ -107,7 +107,10 @@ def test_a_daemon_at_half_speed_blames_its_clock_and_never_leads(tmp_path):
             assert 0.4 < rate < 0.6  # seconds n3 counts per second of a peer's
         log3 = (c.workdir / "n3.log").read_text(errors="replace")
         errors = [l for l in log3.splitlines() if " ERROR " in l and "clock:" in l]
-        assert len(errors) == 1 and "n1" in errors[0] and "n2" in errors[0] and "x0.5" in errors[0], log3[-2000:]
+        assert len(errors) == 1 and "n1" in errors[0] and "n2" in errors[0], log3[-2000:]
+        # the logged rate is measured, so x0.4999 as well as x0.5001
+        logged_rates = [float(r) for r in re.findall(r"x(\d+\.\d+) of n[12]'s", errors[0])]
+        assert len(logged_rates) == 2 and all(0.45 < r < 0.55 for r in logged_rates), errors[0]
         assert "clock_check" not in st["blocked_by"]
         checks = [l for l in log3.splitlines() if "clock: clock check" in l]
         assert checks and "not standing or granting" in checks[0] and "ended" in checks[-1], log3[-2000:]
