@@ -163,6 +163,7 @@ class LeaderWatch:
         self._rng = rng
         self._window = _Window(window)
         self._peer: str | None = None
+        self._incarnation = -1  # the watched peer's term of office
         self._last_arrival: float | None = None  # last heartbeat from the peer
         # where the next inter-arrival gap is measured from; None after a local
         # pause, since a gap that spans our own freeze is not the peer's
@@ -181,19 +182,25 @@ class LeaderWatch:
 
     # ---- inputs -------------------------------------------------------------
 
-    def reset(self, now: float, peer: str | None = None) -> None:
+    def reset(self, now: float, peer: str | None = None, incarnation: int = -1) -> None:
         """A new leader (or none): wait a fresh timeout from ``now``.
 
-        The window describes one peer's heartbeats over one path. If ``peer``
-        is given and is the one already watched (the same leader re-won after
-        a false alarm), its history is kept, so the gap that caused the alarm
-        is learned when its next heartbeat comes. Otherwise it is forgotten.
+        The window describes one peer's heartbeats over one path during one
+        term of office (``incarnation``: the term the peer leads in). If the
+        same peer comes back in the same term (it kept leading through our
+        false alarm), its history is kept, so the gap that caused the alarm is
+        learned when its next heartbeat comes. Any other return (it crashed
+        and restarted, it was deposed and re-won, we led meanwhile) starts a
+        new term: the silence in between was its absence, not a gap it
+        survived, and learning it would inflate the timeout for the next
+        WINDOW_SIZE heartbeats. So the window is forgotten then.
         """
-        if peer is None or peer != self._peer:
+        if peer is None or peer != self._peer or incarnation != self._incarnation:
             self._window.clear()
             self._last_arrival = None
             self._gap_from = None
         self._peer = peer
+        self._incarnation = incarnation
         self._anchor = now
         self._last_local = now
         self._fallback_s = self._random_election_timeout()

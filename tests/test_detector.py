@@ -351,6 +351,58 @@ def test_bully_keeps_the_window_when_it_re_follows_the_same_leader():
     assert watch["mode"] == "adaptive" and watch["max_interval_ms"] == pytest.approx(300.0)
 
 
+def test_same_peer_in_a_new_term_starts_from_the_fallback():
+    # killed, restarted, re-won: the outage is its absence, not a gap it survived
+    w = make_watch()
+    w.reset(0.0, "L", 3)
+    Shell(w).feed(steady(0.0, 100))
+    assert w.adaptive()
+    w.reset(5.5, "L", 4)
+    assert not w.adaptive()
+    w.heartbeat(5.5)
+    Shell(w).feed(steady(5.5, 100))
+    assert w.adaptive() and w.suspicion_snapshot(10.5)["max_interval_ms"] < 1.2 * IV * 1000
+    assert w.timeout_s() <= det.FLOOR_INTERVALS * IV * (1 + det.SPREAD_FRACTION) + 1e-9
+
+
+def test_same_peer_in_the_same_term_keeps_its_window():
+    w = make_watch()
+    w.reset(0.0, "L", 3)
+    Shell(w).feed(steady(0.0, 100))
+    w.reset(5.3, "L", 3)  # a false alarm: it kept leading in term 3
+    w.heartbeat(5.3)
+    assert w.adaptive() and w.suspicion_snapshot(5.3)["max_interval_ms"] == pytest.approx(300.0)
+
+
+def test_bully_forgets_the_window_when_the_same_leader_returns_in_a_new_term():
+    s = make_settings()
+    b = Bully(s, random.Random(5), 0.0)
+    t = 0.0
+    for _ in range(100):
+        t += IV
+        b.on_message(Message(HEARTBEAT, "L", 1), t)
+    b.on_tick(b.deadline())  # the leader was killed: we suspect it
+    t += 0.47  # it restarted and preempts with a new epoch
+    b.on_message(Message("COORDINATOR", "L", 3), t)
+    assert b.leader == "L"
+    for _ in range(100):
+        t += IV
+        b.on_message(Message(HEARTBEAT, "L", 3), t)
+    watch = b.extra_status(t)["leader_watch"]
+    assert watch["mode"] == "adaptive" and watch["max_interval_ms"] < 60.0
+    # killed again: detected at the floor, not at 1.5 x the outage
+    assert b.deadline() - t <= det.FLOOR_INTERVALS * IV * (1 + det.SPREAD_FRACTION) + 1e-9
+
+
+def test_restart_case_of_the_detector_bench_no_longer_learns_the_outage():
+    from electiond.sim.detection import PROFILES, restart_probe
+
+    before = [restart_probe(PROFILES["quiet"], "adaptive", s, term_aware=False)[1] for s in range(1, 6)]
+    after = [restart_probe(PROFILES["quiet"], "adaptive", s, term_aware=True)[1] for s in range(1, 6)]
+    assert min(before) > 0.6  # 1.5 x the 470 ms outage learnt as a gap
+    assert max(after) < 3 * IV
+
+
 # ---- backoff ---------------------------------------------------------------------------------
 
 

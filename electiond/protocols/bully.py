@@ -236,9 +236,10 @@ class Bully(EpochProtocol):
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
         self._leader = leader
-        # same leader again (after a false alarm): the watch keeps its history
-        # and learns the gap that caused the alarm from this heartbeat
-        self._watch.reset(now, leader)
+        # same leader in the same term (it led on through our false alarm): the
+        # watch keeps its history and learns the gap that caused the alarm from
+        # this heartbeat; a new term (it restarted, or re-won) starts afresh
+        self._watch.reset(now, leader, self._epoch)
         self._watch.heartbeat(now)
         self._backoff.reset()
         return [LeaderChanged(leader, self._epoch), *self._maybe_preempt(now)]

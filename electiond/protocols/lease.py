@@ -500,7 +500,7 @@ class QuorumLease(ElectionProtocol):
         self._skip_prevote = False
         if self._leader != msg.sender:
             self._leader = msg.sender
-            self._watch.reset(now, msg.sender)
+            self._watch.reset(now, msg.sender, msg.term)
             self._following_since = now
             self._backoff.reset()
             effects.append(LeaderChanged(msg.sender, self._term))
