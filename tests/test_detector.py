@@ -337,13 +337,17 @@ def test_bully_follower_detects_a_dead_leader_within_the_adaptive_timeout():
 
 
 def test_bully_keeps_the_window_when_it_re_follows_the_same_leader():
-    s = make_settings()
+    # a third member that answers our ELECTION, so that we do not lead
+    # meanwhile (a gap spanning our own leadership is never learned)
+    s = Settings(cluster="t", node_name="f", members=(Member("f", 1), Member("M", 2), Member("L", 3)))
     b = Bully(s, random.Random(5), 0.0)
     t = 0.0
     for _ in range(100):
         t += IV
         b.on_message(Message(HEARTBEAT, "L", 1), t)
     b.on_tick(b.deadline())  # a false alarm: the leader stalled
+    b.on_message(Message("ANSWER", "M", 1), b.deadline() - 0.01)
+    assert b.role == "candidate"
     t += 0.3
     b.on_message(Message(HEARTBEAT, "L", 1), t)
     assert b.leader == "L"

@@ -70,6 +70,18 @@ class Bully(EpochProtocol):
         # below answer_timeout_s: a missed ANSWER makes a false coordinator
         self._answer_rtt = RttEstimator.for_settings(settings)
         self._election_sent_at = now
+        # members this node found dead (its leader timed out, or an ELECTION
+        # went unanswered), until they speak again or the entry ages out: an
+        # election does not wait for their ANSWER
+        self._suspects: dict[str, float] = {}
+        self._preempt_pending = False  # a preemption put off by the listen period
+        # start-up listen period: a node that just started learns the cluster
+        # (a sitting leader's heartbeat, others' elections) for one election
+        # timeout before it first campaigns or preempts, so that daemons
+        # started together do not each crown themselves in turn
+        self._listen_until = now + settings.election_timeout_max_s
+        # the randomized first timeout still spreads the first campaigns apart
+        self._retry_at = self._listen_until + (self._retry_at - now)
 
     # ---- read-only view -------------------------------------------------
 
@@ -96,7 +108,10 @@ class Bully(EpochProtocol):
         if self._role == ROLE_CANDIDATE:
             return self._phase_deadline
         if self._leader is not None:
-            return self._watch.deadline()
+            d = self._watch.deadline()
+            if self._preempt_pending:
+                return d if d < self._listen_until else self._listen_until
+            return d
         return self._retry_at
 
     def _on_tick(self, now: float) -> list[Effect]:
@@ -109,14 +124,21 @@ class Bully(EpochProtocol):
             if now < self._phase_deadline:
                 return []
             if self._phase == _ELECTING:
+                # nobody above answered: they are dead to us for a while
+                for m in self.settings.members:
+                    if m.id > self.settings.self_id:
+                        self._suspect(m.name, now)
                 return self._become_leader(now, "elected")
             # answered but no COORDINATOR came: the higher node died meanwhile
             self._to_follower_without_leader(now, self._backoff.next_delay_s(self.rng))
             return []
         if self._leader is not None:
             if self._watch.suspects(now):
+                self._suspect(self._leader, now)
                 self._leader = None
                 return [LeaderChanged(None, self._epoch), *self._start_election(now)]
+            if self._preempt_pending and now >= self._listen_until:
+                return self._maybe_preempt(now)
             return []
         if now >= self._retry_at:
             return self._start_election(now)
@@ -127,6 +149,8 @@ class Bully(EpochProtocol):
     def on_message(self, msg: Message, now: float) -> list[Effect]:
         if msg.sender == self.settings.node_name:
             return []
+        if self._suspects:
+            self._suspects.pop(msg.sender, None)  # it spoke: alive
         effects: list[Effect] = []
         if msg.term > self._epoch:
             self._epoch = msg.term
@@ -157,9 +181,21 @@ class Bully(EpochProtocol):
         if self._role == ROLE_LEADER:
             # the sender lost our heartbeats: remind everyone who leads
             effects.append(Send(COORDINATOR, self._epoch))
-        elif self._role == ROLE_FOLLOWER and not self._has_live_leader(now):
+        elif self._role == ROLE_FOLLOWER and self._takes_election_over(now):
+            # Garcia-Molina's step: the one answered takes the election over at
+            # once, instead of waiting for its own (maybe slower) detector
             effects += self._start_election(now)
         return effects
+
+    def _takes_election_over(self, now: float) -> bool:
+        """A lower id's ELECTION says it lost the leader. Take it over unless
+        we follow a live leader below us (preempt off kept it there: our
+        election would depose it); a leader above us answers our ELECTION
+        and reminds everyone of itself if it lives."""
+        if not self._has_live_leader(now):
+            return True
+        assert self._leader is not None
+        return self.settings.id_of(self._leader) > self.settings.self_id
 
     def _on_leader_claim(self, msg: Message, now: float) -> list[Effect]:
         if self._role == ROLE_FOLLOWER and msg.sender == self._leader:
@@ -246,14 +282,32 @@ class Bully(EpochProtocol):
 
     def _maybe_preempt(self, now: float) -> list[Effect]:
         assert self._leader is not None
+        self._preempt_pending = False
         if (
             self.settings.preempt
             and self.settings.id_of(self._leader) < self.settings.self_id
             and not self._preempt_suppressed(self._leader)
             and self._can_stand(now)
         ):
+            if now < self._listen_until:
+                # still listening: a higher node may be about to show itself
+                self._preempt_pending = True
+                return []
             return self._start_election(now)
         return []
+
+    def _suspect(self, name: str, now: float) -> None:
+        self._suspects[name] = now + self.settings.max_suspicion_timeout_s
+
+    def suspected(self, name: str, now: float) -> bool:
+        """Found dead by this node and not heard from since (for a while)."""
+        until = self._suspects.get(name)
+        if until is None:
+            return False
+        if now >= until:
+            del self._suspects[name]
+            return False
+        return True
 
     # ---- transitions ----------------------------------------------------------
 
@@ -261,7 +315,11 @@ class Bully(EpochProtocol):
         if not self._can_stand(now):
             self._to_follower_without_leader(now, max(self._hold_until - now, 0.0) + self.settings.election_timeout_min_s)
             return []
-        higher = [m for m in self.settings.members if m.id > self.settings.self_id]
+        # members we found dead are not waited for: if every higher one is,
+        # nobody can answer, and we win at once
+        higher = [
+            m for m in self.settings.members if m.id > self.settings.self_id and not self.suspected(m.name, now)
+        ]
         if not higher:
             return self._become_leader(now, "elected")
         self._role = ROLE_CANDIDATE
