@@ -252,6 +252,10 @@ class LeaderWatch:
         """How long after the last heartbeat suspicion starts."""
         return self._timeout_s
 
+    def silence_s(self, now: float) -> float:
+        """Seconds since the peer's last heartbeat (or since reset, before one)."""
+        return now - self._anchor if self._last_arrival is None else now - self._last_arrival
+
     def deadline(self) -> float:
         """Local time at which phi reaches the threshold if no heartbeat comes."""
         return self._anchor + self._timeout_s

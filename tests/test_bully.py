@@ -223,14 +223,25 @@ def following(name, leader, term=1, n=60, preempt=True):
 
 
 def test_election_from_below_is_answered_and_taken_over_at_once():
-    # n4 still trusts n5 (its detector has not fired), n3 already lost it
+    # n4 still trusts n5 (its detector has not fired), but n5's heartbeat is
+    # overdue by more than half an interval, and n3 already lost it
     b, t = following("n4", "n5")
-    effects = b.on_message(msg(ELECTION, "n3", term=1), t + 0.01)
+    assert b.deadline() > t + 0.08
+    effects = b.on_message(msg(ELECTION, "n3", term=1), t + 0.08)
     assert [(e.kind, e.to) for e in sends(effects)] == [(ANSWER, "n3"), (ELECTION, "n5")]
     assert b.role == "candidate"
     # n5 is really dead: after the answer wait n4 wins
     effects = b.on_tick(b.deadline())
     assert of(effects, Promote) and b.role == "leader"
+
+
+def test_election_from_below_is_only_answered_while_the_leader_heartbeats_on_time():
+    # n3 may simply not hear n5 (a one-way cut): its retries must not set off
+    # elections all the way up while n5's heartbeats reach us on time
+    b, t = following("n4", "n5")
+    effects = b.on_message(msg(ELECTION, "n3", term=1), t + 0.03)
+    assert [(e.kind, e.to) for e in sends(effects)] == [(ANSWER, "n3")]
+    assert b.role == "follower" and b.leader == "n5"
 
 
 def test_election_from_below_does_not_depose_a_live_lower_leader_without_preempt():

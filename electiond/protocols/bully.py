@@ -42,6 +42,11 @@ ANSWER: Final = "ANSWER"
 COORDINATOR: Final = "COORDINATOR"
 HEARTBEAT: Final = "HEARTBEAT"
 
+# a lower id's ELECTION is taken over while our detector still trusts the
+# leader above us once its heartbeat is this many intervals overdue: one
+# missed, by half an interval
+TAKEOVER_SILENCE_INTERVALS: Final = 1.5
+
 _ELECTING: Final = "electing"  # waiting for ANSWER from a higher id
 _ANSWERED: Final = "answered"  # a higher id answered: waiting for its COORDINATOR
 
@@ -188,14 +193,19 @@ class Bully(EpochProtocol):
         return effects
 
     def _takes_election_over(self, now: float) -> bool:
-        """A lower id's ELECTION says it lost the leader. Take it over unless
-        we follow a live leader below us (preempt off kept it there: our
-        election would depose it); a leader above us answers our ELECTION
-        and reminds everyone of itself if it lives."""
+        """A lower id's ELECTION says it lost the leader. With no live leader
+        we take it over. A leader above us that our detector still trusts
+        is taken over only if we too have missed a heartbeat from it (the
+        ELECTION corroborates that): one that heartbeats on time is alive
+        for us, and a node that merely cannot hear it (a one-way cut) must
+        not set off elections all the way up each time it retries. Never a
+        live leader below us (preempt off kept it: we would depose it)."""
         if not self._has_live_leader(now):
             return True
         assert self._leader is not None
-        return self.settings.id_of(self._leader) > self.settings.self_id
+        if self.settings.id_of(self._leader) < self.settings.self_id:
+            return False
+        return self._watch.silence_s(now) >= TAKEOVER_SILENCE_INTERVALS * self.settings.heartbeat_interval_s
 
     def _on_leader_claim(self, msg: Message, now: float) -> list[Effect]:
         if self._role == ROLE_FOLLOWER and msg.sender == self._leader:
