@@ -75,9 +75,9 @@ class Bully(EpochProtocol):
         # below answer_timeout_s: a missed ANSWER makes a false coordinator
         self._answer_rtt = RttEstimator.for_settings(settings)
         self._election_sent_at = now
-        # members this node found dead (its leader timed out, or an ELECTION
-        # went unanswered), until they speak again or the entry ages out: an
-        # election does not wait for their ANSWER
+        # members this node's detector found dead (the leader it timed out),
+        # until they speak again or the entry ages out: an election does not
+        # wait for their ANSWER
         self._suspects: dict[str, float] = {}
         self._preempt_pending = False  # a preemption put off by the listen period
         # start-up listen period: a node that just started learns the cluster
@@ -129,10 +129,10 @@ class Bully(EpochProtocol):
             if now < self._phase_deadline:
                 return []
             if self._phase == _ELECTING:
-                # nobody above answered: they are dead to us for a while
-                for m in self.settings.members:
-                    if m.id > self.settings.self_id:
-                        self._suspect(m.name, now)
+                # nobody above answered. They are not marked dead for that: on
+                # a loaded host an ANSWER can be late, and a member marked dead
+                # turns our next false alarm into a promotion instead of a
+                # question (65 daemons on loopback: hundreds of promote hooks)
                 return self._become_leader(now, "elected")
             # answered but no COORDINATOR came: the higher node died meanwhile
             self._to_follower_without_leader(now, self._backoff.next_delay_s(self.rng))
