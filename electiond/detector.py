@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from statistics import NormalDist
 from typing import Any, ClassVar, Final
 
 from electiond.protocols.base import Settings
@@ -57,9 +56,6 @@ LOCAL_PAUSE_TIMEOUTS: Final = 1.0
 # phi for elapsed times so far in the tail that the float survival is 0
 _PHI_MAX: Final = 1e6
 
-_STD_NORMAL = NormalDist()
-
-
 def _normal_phi(z: float) -> float:
     """-log10(P(X > z)) for a standard normal X, accurate far into the tail."""
     survival = 0.5 * math.erfc(z / math.sqrt(2.0))
@@ -71,8 +67,22 @@ def _normal_phi(z: float) -> float:
 
 
 def _z_for_phi(phi: float) -> float:
-    """The z at which _normal_phi(z) == phi (the inverse of the survival)."""
-    return -_STD_NORMAL.inv_cdf(10.0 ** (-phi))
+    """The z at which _normal_phi(z) == phi (the inverse of the survival).
+
+    Bisection on the survival rather than statistics.NormalDist: computed
+    once per watch, and importing statistics (fractions, decimal) costs the
+    daemon about 1 MiB of RSS it needs for nothing else."""
+    target = 10.0 ** (-phi)
+    lo, hi = -40.0, 40.0  # survival(-40) = 1, survival(40) underflows to 0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * math.erfc(mid / math.sqrt(2.0)) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)
 
 
 class _Window:

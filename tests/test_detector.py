@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from statistics import NormalDist
 
 import pytest
 from hypothesis import given, settings as hsettings
@@ -101,7 +102,7 @@ def test_phi_crosses_threshold_exactly_at_deadline_and_is_monotone():
         t += 0.02 if i % 2 else 0.08
         w.heartbeat(t)
     std = 0.03
-    z = -det._STD_NORMAL.inv_cdf(1e-8)
+    z = -NormalDist().inv_cdf(1e-8)
     phi_timeout = 0.05 + z * std
     assert phi_timeout > det.SURVIVED_GAP_MARGIN * 0.08 and phi_timeout > w.floor_s()
     assert phi_timeout <= w.timeout_s() <= phi_timeout * (1 + det.SPREAD_FRACTION) + 1e-9
@@ -558,3 +559,8 @@ def test_peer_watches_batch_beacons_until_asked():
         direct.heartbeat(k * IV)
     now = (2 * det.WINDOW_SIZE + 10) * IV
     assert lazy.snapshot(now)["a"] == direct.suspicion_snapshot(now)
+
+
+@pytest.mark.parametrize("phi", [0.5, 1.0, 3.0, 8.0, 12.0, 16.0])
+def test_z_for_phi_inverts_the_normal_survival_like_normaldist(phi):
+    assert det._z_for_phi(phi) == pytest.approx(-NormalDist().inv_cdf(10.0 ** -phi), abs=1e-7)
