@@ -244,6 +244,27 @@ def test_election_from_below_is_only_answered_while_the_leader_heartbeats_on_tim
     assert b.role == "follower" and b.leader == "n5"
 
 
+def test_on_a_loaded_host_a_late_heartbeat_alone_does_not_set_off_a_take_over():
+    # the leader's heartbeats came with growing gaps, up to 0.6 s (a saturated
+    # host; each gap short of the timeout of the moment, so it is learnt): the
+    # detector widened, and a heartbeat 80 ms late is routine there
+    b = bully5("n4")
+    t = 0.5
+    b.on_message(msg(COORDINATOR, "n5", term=1), t)
+    for k in range(80):
+        timeout_s = b.extra_status(t)["leader_timeout_ms"] / 1000
+        t += min(0.6, 0.9 * timeout_s) if k % 8 == 7 else 0.05
+        b.on_message(msg(HEARTBEAT, "n5", term=1), t)
+    timeout_s = b.extra_status(t)["leader_timeout_ms"] / 1000
+    assert timeout_s > 0.5
+    effects = b.on_message(msg(ELECTION, "n3", term=1), t + 0.08)
+    assert [(e.kind, e.to) for e in sends(effects)] == [(ANSWER, "n3")]
+    assert b.role == "follower"
+    # silent for half its timeout: that is corroborated, it takes over
+    effects = b.on_message(msg(ELECTION, "n3", term=1), t + timeout_s / 2 + 0.001)
+    assert [(e.kind, e.to) for e in sends(effects)] == [(ANSWER, "n3"), (ELECTION, "n5")]
+
+
 def test_election_from_below_does_not_depose_a_live_lower_leader_without_preempt():
     b, t = following("n4", "n2", preempt=False)
     effects = b.on_message(msg(ELECTION, "n1", term=1), t + 0.01)

@@ -46,6 +46,12 @@ HEARTBEAT: Final = "HEARTBEAT"
 # leader above us once its heartbeat is this many intervals overdue: one
 # missed, by half an interval
 TAKEOVER_SILENCE_INTERVALS: Final = 1.5
+# ... and at least this fraction of our detector's current timeout. On a quiet
+# LAN (timeout near its 2.2-interval floor) the interval rule decides; on an
+# overloaded host the detector has widened, and a heartbeat 75 ms late is
+# routine: 65 daemons on 2 cores, taking over on that alone, set off a cascade
+# of elections up to the top on every false alarm (695 promote hooks in 6 min)
+TAKEOVER_TIMEOUT_FRACTION: Final = 0.5
 
 _ELECTING: Final = "electing"  # waiting for ANSWER from a higher id
 _ANSWERED: Final = "answered"  # a higher id answered: waiting for its COORDINATOR
@@ -205,7 +211,9 @@ class Bully(EpochProtocol):
         assert self._leader is not None
         if self.settings.id_of(self._leader) < self.settings.self_id:
             return False
-        return self._watch.silence_s(now) >= TAKEOVER_SILENCE_INTERVALS * self.settings.heartbeat_interval_s
+        overdue_s = TAKEOVER_SILENCE_INTERVALS * self.settings.heartbeat_interval_s
+        widened_s = TAKEOVER_TIMEOUT_FRACTION * self._watch.timeout_s()
+        return self._watch.silence_s(now) >= (overdue_s if overdue_s > widened_s else widened_s)
 
     def _on_leader_claim(self, msg: Message, now: float) -> list[Effect]:
         if self._role == ROLE_FOLLOWER and msg.sender == self._leader:
