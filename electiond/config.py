@@ -126,7 +126,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "cluster": ("name", "protocol", "members", "group", "port", "interface", "key_file", "transport", "witnesses"),
     "node": ("name", "preempt", "preempt_delay", "priority", "log_level", "role"),
     "timing": (
-        "heartbeat_interval", "election_timeout", "lease", "lease_guard", "clock_drift", "clock_check",
+        "heartbeat_interval", "election_timeout", "lease", "lease_max", "lease_guard", "clock_drift", "clock_check",
         "suspicion_threshold", "min_suspicion_timeout", "max_suspicion_timeout",
         "backoff_base", "backoff_max", "backoff_jitter", "answer_timeout",
     ),
@@ -678,6 +678,11 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
             f"{heartbeat_s * 1000:g}ms after the {lease_guard_s * 1000:g}ms guard; "
             "lengthen the lease or shorten the heartbeat",
         )
+    # adaptive lease ceiling: 10 heartbeats (500 ms at the defaults), never below the lease
+    lease_max_s = timing.duration_s("lease_max", max(lease_s, 10 * heartbeat_s))
+    if lease_max_s < lease_s:
+        raise timing.error("lease_max", f"must not be below lease ({lease_s * 1000:g}ms); "
+                           "set it equal to turn the adaptive lease off")
     min_suspicion_s = timing.duration_s("min_suspicion_timeout", max(2 * heartbeat_s, 0.02))
     max_suspicion_s = timing.duration_s("max_suspicion_timeout", max(1.0, 2 * election_max_s))
     if max_suspicion_s < min_suspicion_s:
@@ -708,6 +713,7 @@ def _validate(path: str, parser: configparser.ConfigParser, node_override: str |
         preempt_delay_s=node.duration_s("preempt_delay", 5.0, minimum_s=0.0),
         priority=node.integer("priority", 100, 0, 255),
         lease_s=lease_s,
+        lease_max_s=lease_max_s,
         clock_drift_ppm=drift_ppm,
         etcd_lease_ttl_s=etcd.lease_ttl_s if etcd else 5,
         clock_check_s=timing.duration_s("clock_check", 2.0, minimum_s=0.0),

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from statistics import NormalDist
 from typing import Any, ClassVar, Final
 
 from electiond.protocols.base import Settings
@@ -57,9 +56,6 @@ LOCAL_PAUSE_TIMEOUTS: Final = 1.0
 # phi for elapsed times so far in the tail that the float survival is 0
 _PHI_MAX: Final = 1e6
 
-_STD_NORMAL = NormalDist()
-
-
 def _normal_phi(z: float) -> float:
     """-log10(P(X > z)) for a standard normal X, accurate far into the tail."""
     survival = 0.5 * math.erfc(z / math.sqrt(2.0))
@@ -71,8 +67,22 @@ def _normal_phi(z: float) -> float:
 
 
 def _z_for_phi(phi: float) -> float:
-    """The z at which _normal_phi(z) == phi (the inverse of the survival)."""
-    return -_STD_NORMAL.inv_cdf(10.0 ** (-phi))
+    """The z at which _normal_phi(z) == phi (the inverse of the survival).
+
+    Bisection on the survival rather than statistics.NormalDist: computed
+    once per watch, and importing statistics (fractions, decimal) costs the
+    daemon about 1 MiB of RSS it needs for nothing else."""
+    target = 10.0 ** (-phi)
+    lo, hi = -40.0, 40.0  # survival(-40) = 1, survival(40) underflows to 0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * math.erfc(mid / math.sqrt(2.0)) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)
 
 
 class _Window:
@@ -163,6 +173,7 @@ class LeaderWatch:
         self._rng = rng
         self._window = _Window(window)
         self._peer: str | None = None
+        self._incarnation = -1  # the watched peer's term of office
         self._last_arrival: float | None = None  # last heartbeat from the peer
         # where the next inter-arrival gap is measured from; None after a local
         # pause, since a gap that spans our own freeze is not the peer's
@@ -181,19 +192,25 @@ class LeaderWatch:
 
     # ---- inputs -------------------------------------------------------------
 
-    def reset(self, now: float, peer: str | None = None) -> None:
+    def reset(self, now: float, peer: str | None = None, incarnation: int = -1) -> None:
         """A new leader (or none): wait a fresh timeout from ``now``.
 
-        The window describes one peer's heartbeats over one path. If ``peer``
-        is given and is the one already watched (the same leader re-won after
-        a false alarm), its history is kept, so the gap that caused the alarm
-        is learned when its next heartbeat comes. Otherwise it is forgotten.
+        The window describes one peer's heartbeats over one path during one
+        term of office (``incarnation``: the term the peer leads in). If the
+        same peer comes back in the same term (it kept leading through our
+        false alarm), its history is kept, so the gap that caused the alarm is
+        learned when its next heartbeat comes. Any other return (it crashed
+        and restarted, it was deposed and re-won, we led meanwhile) starts a
+        new term: the silence in between was its absence, not a gap it
+        survived, and learning it would inflate the timeout for the next
+        WINDOW_SIZE heartbeats. So the window is forgotten then.
         """
-        if peer is None or peer != self._peer:
+        if peer is None or peer != self._peer or incarnation != self._incarnation:
             self._window.clear()
             self._last_arrival = None
             self._gap_from = None
         self._peer = peer
+        self._incarnation = incarnation
         self._anchor = now
         self._last_local = now
         self._fallback_s = self._random_election_timeout()
@@ -244,6 +261,10 @@ class LeaderWatch:
     def timeout_s(self) -> float:
         """How long after the last heartbeat suspicion starts."""
         return self._timeout_s
+
+    def silence_s(self, now: float) -> float:
+        """Seconds since the peer's last heartbeat (or since reset, before one)."""
+        return now - self._anchor if self._last_arrival is None else now - self._last_arrival
 
     def deadline(self) -> float:
         """Local time at which phi reaches the threshold if no heartbeat comes."""

@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from typing import Any
 
 from electiond import metrics
@@ -25,7 +26,6 @@ from electiond.budget import SourceBudget, rates_for
 from electiond.config import Config
 from electiond.coord import commands as coordcmds
 from electiond.coord.backend import CoordBackend
-from electiond.etcddriver import EtcdDriver
 from electiond.fdreserve import DescriptorReserve
 from electiond.health import HealthMonitor
 from electiond.hooks import HookResult, HookRunner, Transition
@@ -51,6 +51,9 @@ from electiond.protocols.base import (
 from electiond.protocols.etcd import EtcdRequest
 from electiond.state import RECOVERING_MEANS, StateError, StateStore
 from electiond.wire import Codec, Received
+
+if TYPE_CHECKING:
+    from electiond import etcddriver
 
 log = logging.getLogger("electiond")
 
@@ -147,7 +150,7 @@ class Runtime:
         self._last_leader: str | None = None  # the last leader known (never None once one was): PREVIOUS_LEADER
         self._flapping = False  # one warning per crossing of [monitor] max_changes_per_hour
         self._promote_failed_terms: set[int] = set()  # a promote of this term had a failing hook
-        self.etcd: EtcdDriver | None = None  # protocol = etcd: carries out its requests
+        self.etcd: etcddriver.EtcdDriver | None = None  # protocol = etcd: carries out its requests
         self._coord: CoordBackend | None = None  # etcd's, made on first use (coord_backend)
         self.refresh = RefreshSchedule(config.hooks.refresh_interval_s)  # [hooks] refresh while leader
         self.coord: EmbeddedBackend | None = None  # protocol = quorum-lease: the embedded coordination store
@@ -176,6 +179,10 @@ class Runtime:
         if self.config.protocol == "quorum-lease":
             self.coord = EmbeddedBackend(self.node, self.config.state_directory, self._process)
         if self.config.etcd is not None and self.config.protocol == "etcd":
+            # imported only here: the etcd client (json, ssl, urllib) is RSS
+            # every other protocol's daemon would carry for nothing
+            from electiond.etcddriver import EtcdDriver
+
             self.etcd = EtcdDriver.for_config(
                 self.config.etcd, lambda event: self._process(lambda now: self.node.on_service(event, now)))
         if pausefile.load(self.config.state_directory):  # PauseFileError (a StateError) refuses the start

@@ -33,7 +33,7 @@ def settled_leader(cluster: Cluster, timeout_s: float = 20.0) -> str:
 
 
 def measure(protocol: str, nodes: int, kills: int, rng: random.Random,
-            preempt: str = "no") -> tuple[list[float], list[float]]:
+            preempt: str = "no", timing: dict[str, str] | None = None) -> tuple[list[float], list[float]]:
     workdir = Path(tempfile.mkdtemp(prefix=f"electiond-bench-{protocol}-"))
     to_hook_ms: list[float] = []
     to_agree_ms: list[float] = []
@@ -41,7 +41,7 @@ def measure(protocol: str, nodes: int, kills: int, rng: random.Random,
         # preempt off by default: a restarted node must not cause a second change;
         # with --preempt yes it takes leadership back, and the next kill hits it
         with Cluster(workdir, nodes, protocol=protocol, node_options={"preempt": preempt},
-                     timing={"heartbeat_interval": f"{HEARTBEAT_MS}ms"}) as cluster:
+                     timing={"heartbeat_interval": f"{HEARTBEAT_MS}ms", **(timing or {})}) as cluster:
             cluster.start_all()
             cluster.wait_leader(15.0)
             leader = settled_leader(cluster)  # not one about to be preempted
@@ -81,14 +81,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--preempt", choices=("no", "yes"), default="no",
                         help="the nodes' preempt setting (yes: the restarted top node takes back)")
+    parser.add_argument("--timing", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra [timing] config for every protocol, e.g. lease_max=150ms (repeatable)")
     args = parser.parse_args()
+    timing = dict(kv.split("=", 1) for kv in args.timing)
     rng = random.Random(args.seed)
     rows = []
     for protocol in args.protocols.split(","):
-        hook_ms, agree_ms = measure(protocol, args.nodes, args.kills, rng, args.preempt)
+        hook_ms, agree_ms = measure(protocol, args.nodes, args.kills, rng, args.preempt, timing)
         rows.append((protocol, hook_ms, agree_ms))
     print(f"\nfailover after kill -9 of the leader: {args.nodes} nodes on loopback, heartbeat {HEARTBEAT_MS} ms, "
-          f"preempt = {args.preempt}, {args.kills} kills each\n")
+          f"preempt = {args.preempt}, {args.kills} kills each"
+          + (f", timing {' '.join(args.timing)}" if args.timing else "") + "\n")
     print("| protocol | median to promote hook | p90 | median until all agree | in heartbeat intervals (median) |")
     print("|---|---|---|---|---|")
     for protocol, hook_ms, agree_ms in rows:

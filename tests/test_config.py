@@ -221,3 +221,16 @@ def test_clock_check_defaults_to_2s_and_0s_turns_it_off(tmp_path):
     with pytest.raises(config.ConfigError, match="clock_check"):
         config.load(write(tmp_path, BASE.replace("election_timeout = 150ms-300ms",
                                                  "election_timeout = 150ms-300ms\nclock_check = -1s")))
+
+
+def test_lease_max_defaults_to_ten_heartbeats_and_never_below_the_lease(tmp_path):
+    ql = BASE.replace("protocol = bully", "protocol = quorum-lease")
+    s = config.load(write(tmp_path, ql)).settings
+    assert s.lease_max_s == pytest.approx(0.5) and s.lease_ceiling_s() == pytest.approx(0.5)
+    longer = ql.replace("election_timeout = 150ms-300ms", "election_timeout = 150ms-300ms\nlease = 800ms")
+    assert config.load(write(tmp_path, longer)).settings.lease_ceiling_s() == pytest.approx(0.8)
+    off = ql.replace("election_timeout = 150ms-300ms", "election_timeout = 150ms-300ms\nlease_max = 150ms")
+    assert config.load(write(tmp_path, off)).settings.lease_ceiling_s() == pytest.approx(0.15)
+    below = ql.replace("election_timeout = 150ms-300ms", "election_timeout = 150ms-300ms\nlease_max = 100ms")
+    with pytest.raises(config.ConfigError, match=r"\[timing\] lease_max"):
+        config.load(write(tmp_path, below))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from statistics import NormalDist
 
 import pytest
 from hypothesis import given, settings as hsettings
@@ -101,7 +102,7 @@ def test_phi_crosses_threshold_exactly_at_deadline_and_is_monotone():
         t += 0.02 if i % 2 else 0.08
         w.heartbeat(t)
     std = 0.03
-    z = -det._STD_NORMAL.inv_cdf(1e-8)
+    z = -NormalDist().inv_cdf(1e-8)
     phi_timeout = 0.05 + z * std
     assert phi_timeout > det.SURVIVED_GAP_MARGIN * 0.08 and phi_timeout > w.floor_s()
     assert phi_timeout <= w.timeout_s() <= phi_timeout * (1 + det.SPREAD_FRACTION) + 1e-9
@@ -337,18 +338,74 @@ def test_bully_follower_detects_a_dead_leader_within_the_adaptive_timeout():
 
 
 def test_bully_keeps_the_window_when_it_re_follows_the_same_leader():
-    s = make_settings()
+    # a third member that answers our ELECTION, so that we do not lead
+    # meanwhile (a gap spanning our own leadership is never learned)
+    s = Settings(cluster="t", node_name="f", members=(Member("f", 1), Member("M", 2), Member("L", 3)))
     b = Bully(s, random.Random(5), 0.0)
     t = 0.0
     for _ in range(100):
         t += IV
         b.on_message(Message(HEARTBEAT, "L", 1), t)
     b.on_tick(b.deadline())  # a false alarm: the leader stalled
+    b.on_message(Message("ANSWER", "M", 1), b.deadline() - 0.01)
+    assert b.role == "candidate"
     t += 0.3
     b.on_message(Message(HEARTBEAT, "L", 1), t)
     assert b.leader == "L"
     watch = b.extra_status(t)["leader_watch"]
     assert watch["mode"] == "adaptive" and watch["max_interval_ms"] == pytest.approx(300.0)
+
+
+def test_same_peer_in_a_new_term_starts_from_the_fallback():
+    # killed, restarted, re-won: the outage is its absence, not a gap it survived
+    w = make_watch()
+    w.reset(0.0, "L", 3)
+    Shell(w).feed(steady(0.0, 100))
+    assert w.adaptive()
+    w.reset(5.5, "L", 4)
+    assert not w.adaptive()
+    w.heartbeat(5.5)
+    Shell(w).feed(steady(5.5, 100))
+    assert w.adaptive() and w.suspicion_snapshot(10.5)["max_interval_ms"] < 1.2 * IV * 1000
+    assert w.timeout_s() <= det.FLOOR_INTERVALS * IV * (1 + det.SPREAD_FRACTION) + 1e-9
+
+
+def test_same_peer_in_the_same_term_keeps_its_window():
+    w = make_watch()
+    w.reset(0.0, "L", 3)
+    Shell(w).feed(steady(0.0, 100))
+    w.reset(5.3, "L", 3)  # a false alarm: it kept leading in term 3
+    w.heartbeat(5.3)
+    assert w.adaptive() and w.suspicion_snapshot(5.3)["max_interval_ms"] == pytest.approx(300.0)
+
+
+def test_bully_forgets_the_window_when_the_same_leader_returns_in_a_new_term():
+    s = make_settings()
+    b = Bully(s, random.Random(5), 0.0)
+    t = 0.0
+    for _ in range(100):
+        t += IV
+        b.on_message(Message(HEARTBEAT, "L", 1), t)
+    b.on_tick(b.deadline())  # the leader was killed: we suspect it
+    t += 0.47  # it restarted and preempts with a new epoch
+    b.on_message(Message("COORDINATOR", "L", 3), t)
+    assert b.leader == "L"
+    for _ in range(100):
+        t += IV
+        b.on_message(Message(HEARTBEAT, "L", 3), t)
+    watch = b.extra_status(t)["leader_watch"]
+    assert watch["mode"] == "adaptive" and watch["max_interval_ms"] < 60.0
+    # killed again: detected at the floor, not at 1.5 x the outage
+    assert b.deadline() - t <= det.FLOOR_INTERVALS * IV * (1 + det.SPREAD_FRACTION) + 1e-9
+
+
+def test_restart_case_of_the_detector_bench_no_longer_learns_the_outage():
+    from electiond.sim.detection import PROFILES, restart_probe
+
+    before = [restart_probe(PROFILES["quiet"], "adaptive", s, term_aware=False)[1] for s in range(1, 6)]
+    after = [restart_probe(PROFILES["quiet"], "adaptive", s, term_aware=True)[1] for s in range(1, 6)]
+    assert min(before) > 0.6  # 1.5 x the 470 ms outage learnt as a gap
+    assert max(after) < 3 * IV
 
 
 # ---- backoff ---------------------------------------------------------------------------------
@@ -502,3 +559,8 @@ def test_peer_watches_batch_beacons_until_asked():
         direct.heartbeat(k * IV)
     now = (2 * det.WINDOW_SIZE + 10) * IV
     assert lazy.snapshot(now)["a"] == direct.suspicion_snapshot(now)
+
+
+@pytest.mark.parametrize("phi", [0.5, 1.0, 3.0, 8.0, 12.0, 16.0])
+def test_z_for_phi_inverts_the_normal_survival_like_normaldist(phi):
+    assert det._z_for_phi(phi) == pytest.approx(-NormalDist().inv_cdf(10.0 ** -phi), abs=1e-7)

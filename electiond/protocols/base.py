@@ -49,6 +49,9 @@ class Settings:
     priority: int = 0
     # quorum-lease
     lease_s: float = 0.15
+    # the longest lease a leader may announce when it sees its heartbeats or
+    # acks delayed (adaptive lease, lease.py); 0.0 or below lease_s: lease_s (off)
+    lease_max_s: float = 0.0
     clock_drift_ppm: float = 1000.0
     lease_guard_s: float = 0.02
     # etcd: the TTL (whole seconds) of each candidate's etcd lease
@@ -75,6 +78,7 @@ class Settings:
     self_id: int = field(init=False, repr=False, compare=False)
     quorum: int = field(init=False, repr=False, compare=False)  # a strict majority of the members
     _follower_promise_s: float = field(init=False, repr=False, compare=False)
+    _lease_ceiling_s: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.members]
@@ -89,9 +93,9 @@ class Settings:
         object.__setattr__(self, "_by_name", by_name)
         object.__setattr__(self, "self_id", by_name[self.node_name].id)
         object.__setattr__(self, "quorum", len(self.members) // 2 + 1)
-        rho = self.clock_drift_ppm / 1e6
-        epsilon_s = max(0.001, 0.05 * self.lease_s)
-        object.__setattr__(self, "_follower_promise_s", self.lease_s * (1 + rho) / (1 - rho) + epsilon_s)
+        ceiling_s = self.lease_max_s if self.lease_max_s > self.lease_s else self.lease_s
+        object.__setattr__(self, "_lease_ceiling_s", ceiling_s)
+        object.__setattr__(self, "_follower_promise_s", self.follower_promise_for_s(ceiling_s))
 
     def member(self, name: str) -> Member:
         return self._by_name[name]  # KeyError for a stranger
@@ -109,13 +113,25 @@ class Settings:
         return tuple(m for m in self.members if m.name != self.node_name)
 
     def follower_promise_s(self) -> float:
-        """L_f: how long a vote or heartbeat ack binds a follower.
+        """L_f for the longest lease any leader may announce (lease_max_s):
+        what a restarted node must sit out, since it may have made such a
+        promise before it crashed, and what bounds every promise.
 
         L_f >= L*(1+rho)/(1-rho) + eps, so that even if the follower's clock
         runs fast and the leader's slow by rho, the promise outlasts the lease.
-        (Computed once in __post_init__: every heartbeat ack renews a promise.)
+        (Computed once in __post_init__.)
         """
         return self._follower_promise_s
+
+    def follower_promise_for_s(self, lease_s: float) -> float:
+        """L_f for a grant that backs a lease of ``lease_s``."""
+        rho = self.clock_drift_ppm / 1e6
+        epsilon_s = max(0.001, 0.05 * lease_s)
+        return lease_s * (1 + rho) / (1 - rho) + epsilon_s
+
+    def lease_ceiling_s(self) -> float:
+        """The longest lease a leader announces and a follower promises for."""
+        return self._lease_ceiling_s
 
 
 # Message and Send are built on every delivery. Their __init__ is written out

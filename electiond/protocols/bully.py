@@ -42,6 +42,17 @@ ANSWER: Final = "ANSWER"
 COORDINATOR: Final = "COORDINATOR"
 HEARTBEAT: Final = "HEARTBEAT"
 
+# a lower id's ELECTION is taken over while our detector still trusts the
+# leader above us once its heartbeat is this many intervals overdue: one
+# missed, by half an interval
+TAKEOVER_SILENCE_INTERVALS: Final = 1.5
+# ... and at least this fraction of our detector's current timeout. On a quiet
+# LAN (timeout near its 2.2-interval floor) the interval rule decides; on an
+# overloaded host the detector has widened, and a heartbeat 75 ms late is
+# routine: 65 daemons on 2 cores, taking over on that alone, set off a cascade
+# of elections up to the top on every false alarm (695 promote hooks in 6 min)
+TAKEOVER_TIMEOUT_FRACTION: Final = 0.5
+
 _ELECTING: Final = "electing"  # waiting for ANSWER from a higher id
 _ANSWERED: Final = "answered"  # a higher id answered: waiting for its COORDINATOR
 
@@ -70,6 +81,18 @@ class Bully(EpochProtocol):
         # below answer_timeout_s: a missed ANSWER makes a false coordinator
         self._answer_rtt = RttEstimator.for_settings(settings)
         self._election_sent_at = now
+        # members this node's detector found dead (the leader it timed out),
+        # until they speak again or the entry ages out: an election does not
+        # wait for their ANSWER
+        self._suspects: dict[str, float] = {}
+        self._preempt_pending = False  # a preemption put off by the listen period
+        # start-up listen period: a node that just started learns the cluster
+        # (a sitting leader's heartbeat, others' elections) for one election
+        # timeout before it first campaigns or preempts, so that daemons
+        # started together do not each crown themselves in turn
+        self._listen_until = now + settings.election_timeout_max_s
+        # the randomized first timeout still spreads the first campaigns apart
+        self._retry_at = self._listen_until + (self._retry_at - now)
 
     # ---- read-only view -------------------------------------------------
 
@@ -96,7 +119,10 @@ class Bully(EpochProtocol):
         if self._role == ROLE_CANDIDATE:
             return self._phase_deadline
         if self._leader is not None:
-            return self._watch.deadline()
+            d = self._watch.deadline()
+            if self._preempt_pending:
+                return d if d < self._listen_until else self._listen_until
+            return d
         return self._retry_at
 
     def _on_tick(self, now: float) -> list[Effect]:
@@ -109,14 +135,21 @@ class Bully(EpochProtocol):
             if now < self._phase_deadline:
                 return []
             if self._phase == _ELECTING:
+                # nobody above answered. They are not marked dead for that: on
+                # a loaded host an ANSWER can be late, and a member marked dead
+                # turns our next false alarm into a promotion instead of a
+                # question (65 daemons on loopback: hundreds of promote hooks)
                 return self._become_leader(now, "elected")
             # answered but no COORDINATOR came: the higher node died meanwhile
             self._to_follower_without_leader(now, self._backoff.next_delay_s(self.rng))
             return []
         if self._leader is not None:
             if self._watch.suspects(now):
+                self._suspect(self._leader, now)
                 self._leader = None
                 return [LeaderChanged(None, self._epoch), *self._start_election(now)]
+            if self._preempt_pending and now >= self._listen_until:
+                return self._maybe_preempt(now)
             return []
         if now >= self._retry_at:
             return self._start_election(now)
@@ -127,6 +160,8 @@ class Bully(EpochProtocol):
     def on_message(self, msg: Message, now: float) -> list[Effect]:
         if msg.sender == self.settings.node_name:
             return []
+        if self._suspects:
+            self._suspects.pop(msg.sender, None)  # it spoke: alive
         effects: list[Effect] = []
         if msg.term > self._epoch:
             self._epoch = msg.term
@@ -157,9 +192,28 @@ class Bully(EpochProtocol):
         if self._role == ROLE_LEADER:
             # the sender lost our heartbeats: remind everyone who leads
             effects.append(Send(COORDINATOR, self._epoch))
-        elif self._role == ROLE_FOLLOWER and not self._has_live_leader(now):
+        elif self._role == ROLE_FOLLOWER and self._takes_election_over(now):
+            # Garcia-Molina's step: the one answered takes the election over at
+            # once, instead of waiting for its own (maybe slower) detector
             effects += self._start_election(now)
         return effects
+
+    def _takes_election_over(self, now: float) -> bool:
+        """A lower id's ELECTION says it lost the leader. With no live leader
+        we take it over. A leader above us that our detector still trusts
+        is taken over only if we too have missed a heartbeat from it (the
+        ELECTION corroborates that): one that heartbeats on time is alive
+        for us, and a node that merely cannot hear it (a one-way cut) must
+        not set off elections all the way up each time it retries. Never a
+        live leader below us (preempt off kept it: we would depose it)."""
+        if not self._has_live_leader(now):
+            return True
+        assert self._leader is not None
+        if self.settings.id_of(self._leader) < self.settings.self_id:
+            return False
+        overdue_s = TAKEOVER_SILENCE_INTERVALS * self.settings.heartbeat_interval_s
+        widened_s = TAKEOVER_TIMEOUT_FRACTION * self._watch.timeout_s()
+        return self._watch.silence_s(now) >= (overdue_s if overdue_s > widened_s else widened_s)
 
     def _on_leader_claim(self, msg: Message, now: float) -> list[Effect]:
         if self._role == ROLE_FOLLOWER and msg.sender == self._leader:
@@ -236,23 +290,42 @@ class Bully(EpochProtocol):
 
     def _follow(self, leader: str, now: float) -> list[Effect]:
         self._leader = leader
-        # same leader again (after a false alarm): the watch keeps its history
-        # and learns the gap that caused the alarm from this heartbeat
-        self._watch.reset(now, leader)
+        # same leader in the same term (it led on through our false alarm): the
+        # watch keeps its history and learns the gap that caused the alarm from
+        # this heartbeat; a new term (it restarted, or re-won) starts afresh
+        self._watch.reset(now, leader, self._epoch)
         self._watch.heartbeat(now)
         self._backoff.reset()
         return [LeaderChanged(leader, self._epoch), *self._maybe_preempt(now)]
 
     def _maybe_preempt(self, now: float) -> list[Effect]:
         assert self._leader is not None
+        self._preempt_pending = False
         if (
             self.settings.preempt
             and self.settings.id_of(self._leader) < self.settings.self_id
             and not self._preempt_suppressed(self._leader)
             and self._can_stand(now)
         ):
+            if now < self._listen_until:
+                # still listening: a higher node may be about to show itself
+                self._preempt_pending = True
+                return []
             return self._start_election(now)
         return []
+
+    def _suspect(self, name: str, now: float) -> None:
+        self._suspects[name] = now + self.settings.max_suspicion_timeout_s
+
+    def suspected(self, name: str, now: float) -> bool:
+        """Found dead by this node and not heard from since (for a while)."""
+        until = self._suspects.get(name)
+        if until is None:
+            return False
+        if now >= until:
+            del self._suspects[name]
+            return False
+        return True
 
     # ---- transitions ----------------------------------------------------------
 
@@ -260,7 +333,11 @@ class Bully(EpochProtocol):
         if not self._can_stand(now):
             self._to_follower_without_leader(now, max(self._hold_until - now, 0.0) + self.settings.election_timeout_min_s)
             return []
-        higher = [m for m in self.settings.members if m.id > self.settings.self_id]
+        # members we found dead are not waited for: if every higher one is,
+        # nobody can answer, and we win at once
+        higher = [
+            m for m in self.settings.members if m.id > self.settings.self_id and not self.suspected(m.name, now)
+        ]
         if not higher:
             return self._become_leader(now, "elected")
         self._role = ROLE_CANDIDATE

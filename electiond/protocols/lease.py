@@ -117,6 +117,44 @@ PHASE_WITNESS: Final = "witness"
 
 INF: Final = float("inf")
 
+# adaptive lease: a leader asks for room for STRAIN_FACTOR x the worst lateness
+# seen in the last STRAIN_WINDOW_S (its heartbeats' timer lateness, its quorum
+# acks' round trip, and how far past its lease it was when it lost one).
+# Not a follower's heartbeat gaps: one lost datagram would lengthen every
+# lease, and with it failover, on a lossy but otherwise healthy LAN
+STRAIN_FACTOR: Final = 2.0
+STRAIN_WINDOW_S: Final = 60.0
+
+
+class _Strain:
+    """A sliding maximum over about STRAIN_WINDOW_S, kept in two half-window
+    buckets (O(1), no per-sample memory): the worst lateness seen lately."""
+
+    def __init__(self) -> None:
+        self._bucket_start = -INF
+        self._current_s = 0.0
+        self._previous_s = 0.0
+
+    def _roll(self, now: float) -> None:
+        half_s = STRAIN_WINDOW_S / 2
+        if now - self._bucket_start < half_s:
+            return
+        if now - self._bucket_start < 2 * half_s:
+            self._previous_s = self._current_s
+        else:
+            self._previous_s = 0.0
+        self._current_s = 0.0
+        self._bucket_start = now
+
+    def note(self, now: float, late_s: float) -> None:
+        self._roll(now)
+        if late_s > self._current_s:
+            self._current_s = late_s
+
+    def worst_s(self, now: float) -> float:
+        self._roll(now)
+        return self._current_s if self._current_s > self._previous_s else self._previous_s
+
 
 # mutants (tests/*_mutants.py, --variant) subclass it, also under scripts/sim
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -174,7 +212,13 @@ class QuorumLease(ElectionProtocol):
         self._prevote_grants: set[str] = set()
         self._prevote_refusals: dict[str, int] = {}  # name -> retry hint ms
         self._sent_at: dict[int, float] = {}  # round -> local send time
-        self._granted_at: dict[str, float] = {}  # voter -> latest send time it granted
+        # heartbeat round -> the lease it announced (absent: settings.lease_s)
+        self._round_lease: dict[int, float] = {}
+        self._round_acks: dict[int, int] = {}  # heartbeat round -> acks so far
+        # voter -> the latest end (our clock) of a lease its grants back
+        self._granted_until: dict[str, float] = {}
+        # adaptive lease: how late heartbeats and acks have been lately
+        self._strain = _Strain()
         self._lost_votes: set[str] = set()  # voters that chose another candidate this term
         self._next_send = INF  # leader: next heartbeat; candidate: next retransmit
         self._last_heartbeat_at = -INF
@@ -274,6 +318,9 @@ class QuorumLease(ElectionProtocol):
             # an operator chose this leadership: no preemption this term
             "operator_chosen": self._sticky if self._role == ROLE_LEADER else self._leader_sticky,
             "recovering": self._recovering,
+            # adaptive lease: what a leader asks for now, and the lateness behind it
+            "lease_announced_ms": round(self.announced_lease_s(now) * 1000, 1) if self._role == ROLE_LEADER else None,
+            "lease_strain_ms": round(self._strain.worst_s(now) * 1000, 1),
         }
 
     # ---- time -------------------------------------------------------------
@@ -310,7 +357,9 @@ class QuorumLease(ElectionProtocol):
             # the retried write goes first: what follows may need it
             effects += self._retry_write(now)
         if self._role == ROLE_LEADER:
-            if now >= self._heartbeat_due():
+            due = self._heartbeat_due()
+            if now >= due:
+                self._strain.note(now, now - due)
                 effects += self._send_heartbeat(now)
             return effects
         if self._role == ROLE_CANDIDATE:
@@ -430,7 +479,7 @@ class QuorumLease(ElectionProtocol):
         if self._voted_for not in (None, msg.sender):
             return effects + self._vote_reply(msg, False, NO_HINT_MS)
         self._voted_for = msg.sender
-        self._promise(msg.sender, now)
+        self._promise(msg.sender, now, self.settings.lease_s)
         # an election is under way: drop our own pre-vote (standing now would
         # break the promise just made) and do not stand before it could finish
         self._cancel_prevote()
@@ -479,7 +528,7 @@ class QuorumLease(ElectionProtocol):
                     # promises and retry later rather than at the round's end
                     self._abandon_round(now, self._backoff.next_delay_s(self.rng))
             return []
-        self._record_grant(msg.sender, self._lease_start(sent_at, now))
+        self._record_grant(msg.sender, self._lease_start(sent_at, now) + self.settings.lease_s)
         return self._maybe_win(now)
 
     def _on_heartbeat(self, msg: Message, now: float) -> list[Effect]:
@@ -500,7 +549,7 @@ class QuorumLease(ElectionProtocol):
         self._skip_prevote = False
         if self._leader != msg.sender:
             self._leader = msg.sender
-            self._watch.reset(now, msg.sender)
+            self._watch.reset(now, msg.sender, msg.term)
             self._following_since = now
             self._backoff.reset()
             effects.append(LeaderChanged(msg.sender, self._term))
@@ -512,10 +561,12 @@ class QuorumLease(ElectionProtocol):
             # may not remember after a restart. Follow, but grant nothing
             return effects
         # the ack is a lease grant: promise before it leaves
-        self._promise(msg.sender, now)
-        effects.append(
-            Send(HEARTBEAT_ACK, self._term, {"round": msg.body["round"], "ok": True, "priority": self.settings.priority}, to=msg.sender)
-        )
+        lease_s = self._granted_lease_s(msg.body)
+        self._promise(msg.sender, now, lease_s)
+        ack: dict[str, Any] = {"round": msg.body["round"], "ok": True, "priority": self.settings.priority}
+        if "lease_s" in msg.body:
+            ack["lease_s"] = lease_s  # what we promised for: the leader counts no more
+        effects.append(Send(HEARTBEAT_ACK, self._term, ack, to=msg.sender))
         return effects + self._maybe_preempt(now)
 
     def _on_heartbeat_ack(self, msg: Message, now: float) -> list[Effect]:
@@ -523,11 +574,19 @@ class QuorumLease(ElectionProtocol):
             return self._adopt_term(msg.term, now)
         if self._role != ROLE_LEADER or msg.term != self._term or not msg.body["ok"]:
             return []
-        sent_at = self._sent_at.get(msg.body["round"])
+        round_ = msg.body["round"]
+        sent_at = self._sent_at.get(round_)
         if sent_at is None:
             return []
-        self._record_grant(msg.sender, self._lease_start(sent_at, now))
+        asked_s = self._round_lease.get(round_, self.settings.lease_s)
+        promised_s = self._granted_lease_s(msg.body)
+        self._record_grant(msg.sender, self._lease_start(sent_at, now) + min(asked_s, promised_s))
         self._lease_until = max(self._lease_until, self._quorum_lease_until())
+        acks = self._round_acks.get(round_)
+        if acks is not None:
+            self._round_acks[round_] = acks + 1
+            if acks + 2 == self.settings.quorum:  # with our own grant, this ack makes the majority
+                self._strain.note(now, now - sent_at)
         return []
 
     def _on_release(self, msg: Message, now: float) -> list[Effect]:
@@ -652,7 +711,7 @@ class QuorumLease(ElectionProtocol):
         self._role = ROLE_CANDIDATE
         self._leader = None
         self._sent_at = {}
-        self._granted_at = {}
+        self._granted_until = {}
         self._lost_votes = set()
         self._phase_deadline = now + self._election_round_s()
         effects: list[Effect] = self._persist()  # before the request leaves
@@ -661,9 +720,10 @@ class QuorumLease(ElectionProtocol):
     def _send_vote_requests(self, now: float) -> list[Effect]:
         self._round += 1
         self._sent_at[self._round] = now
-        # our own vote is a grant made when the request leaves
-        self._record_grant(self.settings.node_name, now)
-        self._promise(self.settings.node_name, now)
+        # our own vote is a grant made when the request leaves; votes back
+        # the configured lease (only heartbeats announce a longer one)
+        self._record_grant(self.settings.node_name, now + self.settings.lease_s)
+        self._promise(self.settings.node_name, now, self.settings.lease_s)
         self._next_send = now + self.settings.heartbeat_interval_s
         return [Send(REQUEST_VOTE, self._term, self._with_coord({"round": self._round, "priority": self.settings.priority}))]
 
@@ -706,44 +766,92 @@ class QuorumLease(ElectionProtocol):
         self._sticky = self._operator_pick_term == self._term
         self._backoff.reset()
         self._sent_at = {r: t for r, t in self._sent_at.items() if t + self.settings.lease_s > now}
+        self._round_lease = {}
+        self._round_acks = {}
         effects: list[Effect] = [Promote(self._term, "elected"), LeaderChanged(self._leader, self._term)]
         return effects + self._send_heartbeat(now)
 
     def _send_heartbeat(self, now: float) -> list[Effect]:
         self._round += 1
         self._sent_at[self._round] = now
-        self._record_grant(self.settings.node_name, now)
-        self._promise(self.settings.node_name, now)
+        lease_s = self.announced_lease_s(now)
+        self._round_lease[self._round] = lease_s
+        self._round_acks[self._round] = 0
+        self._record_grant(self.settings.node_name, now + lease_s)
+        self._promise(self.settings.node_name, now, lease_s)
         # our own grant alone is a majority in a cluster of one
         self._lease_until = max(self._lease_until, self._quorum_lease_until())
         self._next_send = now + self.settings.heartbeat_interval_s
         self._last_heartbeat_at = now
-        horizon = now - self.settings.lease_s
+        horizon = now - self.settings.lease_ceiling_s()
         self._sent_at = {r: t for r, t in self._sent_at.items() if t > horizon}
-        return [Send(HEARTBEAT, self._term, {"round": self._round, "priority": self.settings.priority,
-                                             "sticky": self._sticky})]
+        if len(self._round_lease) > len(self._sent_at):
+            self._round_lease = {r: x for r, x in self._round_lease.items() if r in self._sent_at}
+            self._round_acks = {r: x for r, x in self._round_acks.items() if r in self._sent_at}
+        body: dict[str, Any] = {"round": self._round, "priority": self.settings.priority, "sticky": self._sticky}
+        if self.settings.lease_ceiling_s() > self.settings.lease_s:
+            # adaptive: followers promise for this lease (absent: lease_s), and
+            # say in their ack which one they promised for
+            body["lease_s"] = lease_s
+        return [Send(HEARTBEAT, self._term, body)]
+
+    def announced_lease_s(self, now: float) -> float:
+        """The lease this leader asks its followers to back: the configured
+        one on a quiet host, longer (up to lease_max) when the worst lateness
+        of its heartbeats or quorum acks in the last minute needs it, so a
+        stall like one already seen costs no lease. Safety does not depend on
+        the choice: each grant is counted for what the granter promised."""
+        s = self.settings
+        ceiling_s = s.lease_ceiling_s()
+        if ceiling_s <= s.lease_s:
+            return s.lease_s
+        # a renewal must land before the guard: one interval, plus a send
+        # that many seconds late, plus acks that slow (STRAIN_FACTOR x the
+        # worst of either covers both at once). The configured lease already
+        # covers a quiet host: on one, nothing changes
+        wanted_s = s.lease_guard_s + s.heartbeat_interval_s + STRAIN_FACTOR * self._strain.worst_s(now)
+        if wanted_s <= s.lease_s:
+            return s.lease_s
+        return wanted_s if wanted_s < ceiling_s else ceiling_s
+
+    def _granted_lease_s(self, body: dict[str, Any]) -> float:
+        """The lease a heartbeat (or, at the leader, an ack) asks to back,
+        within our own bounds: absent (an older peer, adaptivity off) or
+        malformed, the configured lease."""
+        s = self.settings
+        value = body.get("lease_s")
+        if type(value) is not float:
+            return s.lease_s
+        if not value > s.lease_s:  # also NaN
+            return s.lease_s
+        ceiling_s = s.lease_ceiling_s()
+        return value if value < ceiling_s else ceiling_s
 
     def _lease_start(self, sent_at: float, now: float) -> float:
         """A grant counts from when we sent the request it answers, never from
         when the reply arrived: the granter's promise started in between."""
         return sent_at
 
-    def _record_grant(self, name: str, sent_at: float) -> None:
-        self._granted_at[name] = max(self._granted_at.get(name, -INF), sent_at)
+    def _record_grant(self, name: str, until: float) -> None:
+        """``name`` backs a lease of ours until ``until`` (s + the L it promised for)."""
+        self._granted_until[name] = max(self._granted_until.get(name, -INF), until)
 
     def _quorum_lease_until(self) -> float:
-        """s + L for the latest s such that a majority granted requests sent at or after s."""
-        times = sorted(self._granted_at.values())  # no reverse=: compiled, keywords cost a slow call
+        """The latest T such that a majority backs a lease of ours until T or later."""
+        times = sorted(self._granted_until.values())  # no reverse=: compiled, keywords cost a slow call
         k = len(times) - self.settings.quorum
         if k < 0:
             return -INF
-        return times[k] + self.settings.lease_s
+        return times[k]
 
     def _step_down_at(self) -> float:
         return self._lease_until - self.settings.lease_guard_s
 
     def _check_lease(self, now: float) -> list[Effect]:
         if self._role == ROLE_LEADER and now >= self._step_down_at():
+            # the lease was too short for what this host or network just did:
+            # the next one we lead asks for more
+            self._strain.note(now, now - self._lease_until + self.settings.lease_s - self.settings.heartbeat_interval_s)
             effects = self._demote(now, "lease_lost")
             self._candidacy_at = now + self._rank_delay_s() + self._jitter_s()
             return effects
@@ -784,7 +892,9 @@ class QuorumLease(ElectionProtocol):
         self._phase_deadline = INF
         self._next_send = INF
         self._sent_at = {}
-        self._granted_at = {}
+        self._granted_until = {}
+        self._round_lease = {}
+        self._round_acks = {}
         # this term can never be ours again, so the lease our own grant
         # protected will never exist: we may vote for others at once
         if self._promised_to == self.settings.node_name:
@@ -802,9 +912,15 @@ class QuorumLease(ElectionProtocol):
             return INF
         return self._promise_until
 
-    def _promise(self, name: str, now: float) -> None:
+    def _promise(self, name: str, now: float, lease_s: float) -> None:
+        """Bind ourselves to ``name`` for a lease of ``lease_s`` from now. A
+        promise to the same node never shrinks: an earlier grant for a
+        longer lease still stands."""
+        until = now + self.settings.follower_promise_for_s(lease_s)
+        if self._promised_to == name and self._promise_until > until:
+            return
         self._promised_to = name
-        self._promise_until = now + self.settings.follower_promise_s()
+        self._promise_until = until
 
     def _vote_blocked_for(self, candidate: str, now: float) -> float:
         """Seconds before we may grant ``candidate`` a vote (0.0: we may now).

@@ -603,8 +603,9 @@ class Ring(EpochProtocol):
     def _follow(self, leader: str, now: float) -> list[Effect]:
         self._leader = leader
         self._followed_epoch = max(self._followed_epoch, self._epoch)
-        # the same leader re-won after a false alarm: the watch keeps its history
-        self._watch.reset(now, leader)
+        # the same leader in the same term (a false alarm): the watch keeps its
+        # history; a new term (it restarted, or re-won) starts afresh
+        self._watch.reset(now, leader, self._epoch)
         self._watch.heartbeat(now)
         self._backoff.reset()
         return [LeaderChanged(leader, self._epoch), *self._maybe_preempt(now)]

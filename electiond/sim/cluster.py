@@ -64,7 +64,7 @@ class Host:
 
     __slots__ = ("index", "name", "settings", "clock", "node", "disk", "paused", "inbox", "timer_local",
                  "timer_version", "timer_true", "spin_t", "spin_count", "pending_done", "disk_failing",
-                 "crash_in_write")
+                 "crash_in_write", "write_failed")
 
     def __init__(self, index: int, settings: Settings, clock: SimClock) -> None:
         self.index = index
@@ -83,6 +83,7 @@ class Host:
         self.pending_done = False  # demote hooks finished while frozen
         self.disk_failing = False  # writes do not land (the disk keeps its state)
         self.crash_in_write = -1.0  # >= 0: the next write crashes the host, down this long (-1: off)
+        self.write_failed = False  # its last write failed: it stands again only once one lands
 
 
 class Cluster:
@@ -343,6 +344,13 @@ class Cluster:
                     return
                 wrote = True
                 h.disk = e.state
+                if h.write_failed:
+                    # the node recovers from its disk fault only now, at the retry that
+                    # lands (up to DISK_RETRY_MAX_S after the disk healed): from here it may
+                    # stand again, and a bully preemption's hand-over (the new leader
+                    # announces, the old one yields when that arrives) is the fault's aftermath
+                    h.write_failed = False
+                    self.checker.fault(self.now)
                 self.checker.persisted(self.now, h.index, e.state)
                 if self.tracing:
                     self.note(f"{h.name} persist term={e.state.term} voted_for={e.state.voted_for}"
@@ -380,6 +388,7 @@ class Cluster:
     def _write_failed(self, h: Host, state: PersistedState, rest: list) -> None:
         """The runtime's rule: keep the local facts, drop what may depend on the write."""
         self.disk_failures += 1
+        h.write_failed = True
         self.checker.fault(self.now)
         if self.tracing:
             self.note(f"{h.name} persist term={state.term} voted_for={state.voted_for} FAILED (disk)")

@@ -141,7 +141,7 @@ def heartbeat_stream(profile: Profile, rng: random.Random, interval_s: float, du
 
 
 class Detector(Protocol):
-    def reset(self, now: float, peer: str | None = None) -> None: ...
+    def reset(self, now: float, peer: str | None = None, incarnation: int = -1) -> None: ...
     def heartbeat(self, now: float) -> None: ...
     def deadline(self) -> float: ...
     def suspects(self, now: float) -> bool: ...
@@ -154,7 +154,7 @@ class FixedTimeout:
         self._timeout_s = timeout_s
         self._anchor = 0.0
 
-    def reset(self, now: float, peer: str | None = None) -> None:
+    def reset(self, now: float, peer: str | None = None, incarnation: int = -1) -> None:
         self._anchor = now
 
     def heartbeat(self, now: float) -> None:
@@ -206,7 +206,8 @@ class _Follower:
         self.detector = detector
         self.suspecting = False
         self.suspicions: list[float] = []
-        detector.reset(0.0, LEADER)
+        self.incarnation = 0  # the leader's term of office, as its messages show it
+        detector.reset(0.0, LEADER, self.incarnation)
 
     def run_until(self, arrivals: Sequence[float], start: int, end_s: float) -> int:
         """Process arrivals from index ``start`` up to ``end_s``; returns the next index."""
@@ -225,7 +226,7 @@ class _Follower:
                 return i
             if self.suspecting:
                 # bully re-follows the same leader on its next heartbeat
-                self.detector.reset(arrival_s, LEADER)
+                self.detector.reset(arrival_s, LEADER, self.incarnation)
                 self.suspecting = False
             self.detector.heartbeat(arrival_s)
             i += 1
@@ -291,6 +292,63 @@ def run_one(
         false_suspicions=len(follower.suspicions) - warm_alarms,
         latencies_s=tuple(latencies),
     )
+
+
+def restart_probe(
+    profile: Profile,
+    detector: str,
+    seed: int,
+    *,
+    term_aware: bool = True,
+    interval_s: float = 0.05,
+    warmup_s: float = 60.0,
+    outage_s: float = 0.47,
+    second_life_s: float = 5.0,
+) -> tuple[float, float]:
+    """Killed, restarted, preempted, killed again (issue 17): latencies of the
+    first and the second kill.
+
+    The leader is killed after ``warmup_s``; the follower detects it (and, in
+    a cluster, leads meanwhile); the leader comes back ``outage_s`` after the
+    crash and preempts, so the follower follows the same peer again, in a new
+    term of office (``incarnation`` + 1). It is killed again ``second_life_s``
+    later (at a random phase). ``term_aware=False`` re-follows it under the
+    same incarnation: what the watch did before it knew terms, keeping the
+    old window so that the outage was learnt as a survived gap.
+    """
+    rng = random.Random(seed)
+    first = heartbeat_stream(profile, random.Random(seed), interval_s, warmup_s + 2.0)
+    follower = _Follower(DETECTORS[detector](interval_s, seed + 1))
+    crash1_s = warmup_s + rng.uniform(0.0, interval_s)
+    i = follower.run_until(first.arrivals, 0, crash1_s)
+    latency1_s = follower.detect_after_crash(first, i, crash1_s, limit_s=60.0)
+    follower.suspecting = True
+    restart_s = crash1_s + outage_s
+    life = heartbeat_stream(profile, random.Random(seed + 3), interval_s, second_life_s + 1.0)
+    second = Stream([restart_s + a for a in life.arrivals], [restart_s + x for x in life.sent])
+    if term_aware:
+        follower.incarnation += 1
+    crash2_s = restart_s + second_life_s - rng.uniform(0.0, interval_s)
+    i = follower.run_until(second.arrivals, 0, crash2_s)
+    latency2_s = follower.detect_after_crash(second, i, crash2_s, limit_s=60.0)
+    return latency1_s, latency2_s
+
+
+def restart_table(profiles: Sequence[str], seeds: Sequence[int], *, interval_s: float = 0.05) -> str:
+    """Median second-kill latency, before (window kept) and after (window reset per term)."""
+    iv = interval_s * 1000
+    lines = [
+        "| profile | watch on return | first kill median ms | second kill median ms (intervals) | second kill max ms |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name in profiles:
+        for aware, label in ((False, "kept (before)"), (True, "reset per term (after)")):
+            pairs = [restart_probe(PROFILES[name], "adaptive", s, term_aware=aware, interval_s=interval_s) for s in seeds]
+            first_ms = statistics.median(p[0] for p in pairs) * 1000
+            second = [p[1] * 1000 for p in pairs]
+            med = statistics.median(second)
+            lines.append(f"| {name} | {label} | {first_ms:.0f} | {med:.0f} ({med / iv:.2f}) | {max(second):.0f} |")
+    return "\n".join(lines)
 
 
 # ---- aggregation ------------------------------------------------------------------
@@ -384,10 +442,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--detector", action="append", choices=list(DETECTORS), help="repeatable; default: all"
     )
+    parser.add_argument(
+        "--restart-case",
+        action="store_true",
+        help="only the killed, restarted, preempted, killed again case (seeds x 10 probes)",
+    )
     args = parser.parse_args(argv)
     interval_s = args.interval_ms / 1000
     profiles = args.profile or list(PROFILES)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if args.restart_case:
+        probes = range(args.first_seed, args.first_seed + 10 * args.seeds)
+        print(f"heartbeat interval {args.interval_ms:g} ms; killed, restarted 470 ms later, preempted, "
+              f"killed again 5 s later; {len(probes)} probes per profile\n")
+        print(restart_table(profiles, probes, interval_s=interval_s))
+        return 0
     if args.window is not None or args.margin is not None:
         window = args.window or WINDOW_SIZE
         margin = SURVIVED_GAP_MARGIN if args.margin is None else args.margin

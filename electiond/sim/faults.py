@@ -70,6 +70,11 @@ def _settings(rng: random.Random, size: int, cluster: str = "sim") -> tuple[list
         backoff_max_s=et_max * rng.uniform(3.0, 6.0),
         answer_timeout_s=et_min * rng.uniform(0.5, 0.8),
     )
+    # adaptive leases (quorum-lease) in about half the runs, up to 4 x the
+    # lease; from a stream of its own, so that every other draw stays as it was
+    lease_rng = random.Random(ids[0] * 1_000_003 + round(hb * 1e9))
+    if lease_rng.random() < 0.5:
+        knobs["lease_max_s"] = knobs["lease_s"] * lease_rng.uniform(1.5, 4.0)
     settings = [
         Settings(cluster=cluster, node_name=m.name, members=members, priority=rng.randint(0, 2), **knobs)
         for m in members

@@ -219,7 +219,8 @@ def _describe(plan: RunPlan, protocol: str) -> str:
     return (
         f"seed={plan.seed} protocol={protocol} nodes={plan.size} [{members}] "
         f"heartbeat={s.heartbeat_interval_s * 1000:.1f}ms election={s.election_timeout_min_s * 1000:.1f}-"
-        f"{s.election_timeout_max_s * 1000:.1f}ms lease={s.lease_s * 1000:.1f}ms drift={s.clock_drift_ppm:.0f}ppm "
+        f"{s.election_timeout_max_s * 1000:.1f}ms lease={s.lease_s * 1000:.1f}ms"
+        f"{'' if s.lease_ceiling_s() <= s.lease_s else f'..{s.lease_ceiling_s() * 1000:.1f}ms'} drift={s.clock_drift_ppm:.0f}ppm "
         f"preempt={s.preempt} delay={net.base_delay_s * 1000:.2f}ms+exp({net.jitter_mean_s * 1000:.2f}ms)"
         f"<={net.max_delay_s * 1000:.2f}ms loss={net.loss} dup={net.duplicate} "
         f"stragglers={net.straggler:.3f}<={net.straggler_max_s * 1000:.1f}ms "
