@@ -91,21 +91,6 @@ def _leaders(cluster: NetnsCluster) -> list[str]:
     return [n for n in cluster.running() if (cluster.status(n) or {}).get("role") == "leader"]
 
 
-def _uvloop_older_than(version: tuple[int, int]) -> bool:
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    return tuple(int(p) for p in uvloop.__version__.split(".")[:2]) < version
-
-
-# Known defect, not yet fixed: under Debian 12's uvloop 0.17 the isolated
-# leader's sends fail while its link is down, its UDP transport is lost
-# ("socket.send() raised exception" from then on) and the node stays mute
-# after the heal, so no single leader is agreed. Newer uvloop reports the
-# error and keeps the transport.
-@pytest.mark.xfail(_uvloop_older_than((0, 18)), strict=False,
-                   reason="uvloop 0.17 loses the UDP transport after a send error on a down link")
 def test_multicast_filtered_lan_needs_unicast_which_elects_fails_over_and_partitions_safely(tmp_path: Path) -> None:
     lan = Lan(HOSTS)
     drop: MulticastDrop | None = None
