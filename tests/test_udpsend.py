@@ -13,6 +13,7 @@ import time
 import pytest
 
 from cluster import Cluster
+from test_control import loop_factories
 from electiond import config as configmod
 from electiond.runtime import Runtime
 from electiond.udpsend import RELOG_INTERVAL_S, DatagramSender
@@ -67,17 +68,6 @@ def test_a_long_run_of_failures_is_logged_again_once_a_minute(caplog):
     assert sender.errors == {"ENETDOWN": 200}
 
 
-def _loop_factories():
-    factories = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        factories.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip(reason="uvloop not installed")))
-    else:
-        factories.append(pytest.param(uvloop.new_event_loop, id=f"uvloop-{uvloop.__version__}"))
-    return factories
-
-
 def _config(tmp_path, monkeypatch):
     c = Cluster(tmp_path, 1, protocol="bully")
     monkeypatch.setenv("HOOK_LOG", str(c.hook_log))
@@ -91,7 +81,7 @@ async def _until(check, what: str, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize("loop_factory", _loop_factories())
+@pytest.mark.parametrize("loop_factory", loop_factories())
 def test_a_daemon_whose_sends_fail_keeps_its_socket_and_hears_and_sends_afterwards(tmp_path, monkeypatch, loop_factory):
     """A real Runtime on a real loop: its group sends fail (the broadcast
     address without SO_BROADCAST: EACCES, on any host, no root needed), then
@@ -135,7 +125,7 @@ def test_a_daemon_whose_sends_fail_keeps_its_socket_and_hears_and_sends_afterwar
     receiver.close()
 
 
-@pytest.mark.parametrize("loop_factory", _loop_factories())
+@pytest.mark.parametrize("loop_factory", loop_factories())
 def test_a_handler_exception_costs_the_datagram_not_the_transport(tmp_path, monkeypatch, loop_factory, caplog):
     """uvloop closes a datagram transport whose datagram_received raises."""
     cfg = _config(tmp_path, monkeypatch)
@@ -174,7 +164,7 @@ def test_a_handler_exception_costs_the_datagram_not_the_transport(tmp_path, monk
     assert any("error handling a datagram" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("loop_factory", _loop_factories())
+@pytest.mark.parametrize("loop_factory", loop_factories())
 def test_a_transport_closed_by_anything_but_stop_is_counted_and_logged(tmp_path, monkeypatch, loop_factory, caplog):
     cfg = _config(tmp_path, monkeypatch)
 
