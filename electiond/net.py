@@ -109,19 +109,20 @@ def _udp_socket(family: int, bind_to: tuple, what: str, before: Sequence[_Option
     return sock
 
 
-def unicast_socket(link: Link) -> socket.socket:
-    """Sends to the group (TTL 1: never routed off the LAN) and receives directed replies."""
+def unicast_socket(link: Link, port: int = 0) -> socket.socket:
+    """Sends to the group (TTL 1: never routed off the LAN) and receives
+    directed replies; on any free port unless given one."""
     what = f"cannot bind a unicast socket on {link.local_address}"
     if link.family == socket.AF_INET:
         address = link.local_address
-        return _udp_socket(socket.AF_INET, (address, 0), what, after=[
+        return _udp_socket(socket.AF_INET, (address, port), what, after=[
             (socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address)),
             (socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1),
             (socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1),
         ])
     address, _, scope = link.local_address.partition("%")
     # a link-local source needs its link; a global one ignores the index
-    return _udp_socket(socket.AF_INET6, (address, 0, 0, link.index if scope else 0), what, after=[
+    return _udp_socket(socket.AF_INET6, (address, port, 0, link.index if scope else 0), what, after=[
         (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, link.index),
         (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1),
         (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1),
@@ -148,6 +149,16 @@ def peer_socket(address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if is_ipv6(address) else socket.AF_INET
     return _udp_socket(family, (address, port), f"cannot bind {address} port {port}",
                        not_local=f"address {address} is not configured on this host")
+
+
+def reopen_socket(role: str, interface: str, group: str, port: int, own: tuple[str, int] | None,
+                  unicast_port: int) -> socket.socket:
+    """The socket of one role ("unicast" or "group") again, on the address
+    and port it had: peers know them (configured, or learned from envelopes)."""
+    if own is not None:
+        return peer_socket(*own)
+    link = resolve_link(interface, socket.AF_INET6 if is_ipv6(group) else socket.AF_INET)
+    return unicast_socket(link, unicast_port) if role == "unicast" else group_socket(group, port, link)
 
 
 async def wait_for_sockets(

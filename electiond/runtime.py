@@ -224,15 +224,11 @@ class Runtime:
         # A daemon always starts as non-leader: give up whatever a crashed
         # predecessor may have held (a VIP) before standing for election.
         self.hooks.submit(Transition("demote", self.node.protocol.term, None, None, "startup"))
-        self._unicast, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._on_datagram, self._on_transport_lost), sock=unicast_sock
-        )
+        self._unicast, _ = await loop.create_datagram_endpoint(lambda: self._reader("unicast"), sock=unicast_sock)
         self._transports, self._sockets = [self._unicast], [unicast_sock]
         self._send_sock = unicast_sock
         if group_sock is not None:
-            group_transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self._on_datagram, self._on_transport_lost), sock=group_sock
-            )
+            group_transport, _ = await loop.create_datagram_endpoint(lambda: self._reader("group"), sock=group_sock)
             self._transports.append(group_transport)
             self._sockets.append(group_sock)
         # unicast: the configured addresses are the only ones; none is learned
@@ -591,14 +587,53 @@ class Runtime:
             for where in self._peer_addresses.values():
                 self.sender.send(self._send_sock, datagram, where, now_s)
 
-    def _on_transport_lost(self, exc: Exception | None) -> None:
+    # ---- the sockets' readers ---------------------------------------------
+
+    def _reader(self, role: str) -> _Datagrams:
+        """role: "unicast" (index 0 of _transports and _sockets) or "group" (1)."""
+        return _Datagrams(self._on_datagram, lambda exc: self._on_transport_lost(role, exc))
+
+    def _on_transport_lost(self, role: str, exc: Exception | None) -> None:
         if self._transports_closed:
             return  # our own close in stop()
         # sends no longer go through the transports, so nothing known closes
-        # them; if something does, this node hears nobody: say so loudly
+        # them; if something does, this node hears nothing on that socket
         self.transports_lost += 1
-        log.error("a UDP transport was lost (%s): this node no longer receives on it; restart the daemon",
-                  exc or "closed")
+        log.error("the %s UDP transport was lost (%s); reopening it", role, exc or "closed")
+        task = asyncio.get_running_loop().create_task(self._reopen(role))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reopen(self, role: str) -> None:
+        """Bind the lost socket's address and port again and read on; retried
+        every second (the interface may be down right now) until stop()."""
+        index = 0 if role == "unicast" else 1
+        self._sockets[index].close()  # the transport closed it; if not, its port must be free
+        own = self.config.own_address if self.config.transport == "unicast" else None
+        assert self.codec is not None
+        port = self.codec.unicast_port  # in every envelope we sent: peers reply there
+        failing = False
+        while not self._transports_closed:
+            try:
+                sock = net.reopen_socket(role, self.config.interface, self.config.group, self.config.port, own, port)
+            except net.NetError as exc:
+                if not failing:
+                    log.error("cannot reopen the %s socket yet: %s; retrying every %g s", role, exc,
+                              net.RETRY_INTERVAL_S)
+                    failing = True
+                await asyncio.sleep(net.RETRY_INTERVAL_S)
+                continue
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: self._reader(role), sock=sock)
+            if self._transports_closed:  # stop() ran meanwhile
+                transport.close()
+                return
+            self._transports[index], self._sockets[index] = transport, sock
+            if role == "unicast":
+                self._unicast, self._send_sock = transport, sock
+            log.warning("the %s socket is open again on %s", role, self._own_address if role == "unicast" else
+                        f"{self.config.group} port {self.config.port}")
+            return
 
     # ---- hooks ------------------------------------------------------------
 

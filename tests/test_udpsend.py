@@ -68,8 +68,8 @@ def test_a_long_run_of_failures_is_logged_again_once_a_minute(caplog):
     assert sender.errors == {"ENETDOWN": 200}
 
 
-def _config(tmp_path, monkeypatch):
-    c = Cluster(tmp_path, 1, protocol="bully")
+def _config(tmp_path, monkeypatch, transport="multicast"):
+    c = Cluster(tmp_path, 1, protocol="bully", transport=transport)
     monkeypatch.setenv("HOOK_LOG", str(c.hook_log))
     return configmod.load(str(c.config_path("n1")), "n1")
 
@@ -164,23 +164,77 @@ def test_a_handler_exception_costs_the_datagram_not_the_transport(tmp_path, monk
     assert any("error handling a datagram" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("transport, role", [("multicast", "unicast"), ("multicast", "group"),
+                                             ("unicast", "unicast")])
 @pytest.mark.parametrize("loop_factory", loop_factories())
-def test_a_transport_closed_by_anything_but_stop_is_counted_and_logged(tmp_path, monkeypatch, loop_factory, caplog):
-    cfg = _config(tmp_path, monkeypatch)
+def test_a_transport_closed_by_anything_but_stop_is_reopened_on_its_port(tmp_path, monkeypatch, loop_factory,
+                                                                          transport, role, caplog):
+    cfg = _config(tmp_path, monkeypatch, transport)
+    index = 0 if role == "unicast" else 1
+    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    junk.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))  # the group is on lo
 
     async def scenario():
         runtime = Runtime(cfg)
         assert await runtime.start()
         try:
-            runtime._transports[-1].close()
-            await _until(lambda: runtime.transports_lost == 1, "connection_lost")
+            lost = runtime._transports[index]
+            where = runtime._sockets[index].getsockname()
+            lost.close()
+            await _until(lambda: runtime.transports_lost == 1 and runtime._transports[index] is not lost,
+                         "the socket reopened")
+            assert runtime._sockets[index].getsockname() == where
+            # it reads again: junk to the reopened socket is counted
+            before = runtime.status()["dropped"]["bad_encoding"]
+            junk.sendto(b"\xc1 junk", where if role == "unicast" else (cfg.group, cfg.port))
+            await _until(lambda: runtime.status()["dropped"]["bad_encoding"] > before, "the junk counted")
+            if transport == "multicast" and role == "unicast":  # and sends on it
+                assert runtime._send_sock is runtime._sockets[0]
+                sent = sum(runtime.counters.sent.values())
+                await _until(lambda: sum(runtime.counters.sent.values()) > sent, "a send")
+                assert not runtime.sender.errors.get("EBADF")
             assert runtime.status()["transports_lost"] == 1
         finally:
             await runtime.stop()
-        await asyncio.sleep(0.05)  # stop()'s own closes are not losses
-        return runtime.transports_lost
+        await asyncio.sleep(0.05)  # stop()'s own closes are neither losses nor reopened
+        return runtime.transports_lost, all(t.is_closing() for t in runtime._transports)
 
-    caplog.set_level(logging.ERROR, logger="electiond")
+    caplog.set_level(logging.INFO, logger="electiond")
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        assert runner.run(scenario()) == 1
-    assert sum("a UDP transport was lost" in r.getMessage() for r in caplog.records) == 1
+        assert runner.run(scenario()) == (1, True)
+    junk.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(f"the {role} UDP transport was lost" in m for m in messages) == 1
+    assert sum(f"the {role} socket is open again" in m for m in messages) == 1
+
+
+def test_a_reopen_that_fails_is_retried_and_logged_once(tmp_path, monkeypatch, caplog):
+    from electiond import net
+
+    cfg = _config(tmp_path, monkeypatch)
+    monkeypatch.setattr(net, "RETRY_INTERVAL_S", 0.02)
+    real = net.reopen_socket
+    attempts = []
+
+    def down_twice(*args):
+        attempts.append(args)
+        if len(attempts) <= 2:
+            raise net.NetError("interface 'lo' has no IPv4 address", transient=True)
+        return real(*args)
+
+    monkeypatch.setattr(net, "reopen_socket", down_twice)
+
+    async def scenario():
+        runtime = Runtime(cfg)
+        assert await runtime.start()
+        try:
+            lost = runtime._transports[1]
+            lost.close()
+            await _until(lambda: runtime._transports[1] is not lost, "the socket reopened")
+        finally:
+            await runtime.stop()
+
+    caplog.set_level(logging.INFO, logger="electiond")
+    asyncio.run(scenario())
+    assert len(attempts) == 3
+    assert sum("cannot reopen the group socket yet" in r.getMessage() for r in caplog.records) == 1
