@@ -1,7 +1,7 @@
-"""A multicast leader whose sends fail for a few seconds rejoins afterwards.
+"""A leader whose sends fail for a few seconds rejoins afterwards.
 
 On the lab's namespace LAN (tests/lab), three quorum-lease daemons on an
-IPv4 or a link-scope IPv6 multicast group. The leader is cut off for a few seconds in one of two ways
+IPv4 or a link-scope IPv6 multicast group (or IPv6 unicast peers). The leader is cut off for a few seconds in one of two ways
 that make its sends fail (not merely vanish): its link goes down (ENETUNREACH
 and friends), or nftables drops its output (EPERM from sendto). Then it is
 healed. Afterwards there is one leader again and every member hears every
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab import Lan, NetnsCluster, sh
-from test_netns_unicast import Lan6, use_ipv6_group
+from test_netns_unicast import Lan6, to_unicast, use_ipv6_group
 from electiond.devcluster import wait_for
 
 missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
@@ -70,15 +70,22 @@ def _received(cluster: NetnsCluster, name: str, status: dict | None = None) -> i
     return int(status.get("received") or 0)
 
 
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-@pytest.mark.parametrize("cut", ["link_down", "output_dropped"])
-def test_a_multicast_leader_whose_sends_fail_rejoins_after_the_heal(tmp_path: Path, cut: str, family: str) -> None:
+@pytest.mark.parametrize("family, transport, cut", [
+    ("ipv4", "multicast", "link_down"), ("ipv4", "multicast", "output_dropped"),
+    ("ipv6", "multicast", "link_down"), ("ipv6", "multicast", "output_dropped"),
+    # IPv4 unicast with its link down: test_netns_unicast
+    ("ipv6", "unicast", "link_down"),
+])
+def test_a_leader_whose_sends_fail_rejoins_after_the_heal(tmp_path: Path, family: str, transport: str,
+                                                          cut: str) -> None:
     lan = Lan(HOSTS) if family == "ipv4" else Lan6(HOSTS)
     cluster: NetnsCluster | None = None
     drop: OutputDrop | None = None
     try:
         cluster = NetnsCluster(tmp_path, lan, vip=False, timing=TIMING)
-        if family == "ipv6":
+        if transport == "unicast":
+            to_unicast(cluster, {h: lan.address6[h] for h in HOSTS})
+        elif family == "ipv6":
             group = use_ipv6_group(cluster)
         diag = cluster.logs
         cluster.start_all()
@@ -86,7 +93,8 @@ def test_a_multicast_leader_whose_sends_fail_rejoins_after_the_heal(tmp_path: Pa
         wait_for(lambda: _everyone_hears_everyone(cluster), 20, "every member alive to every other", diag)
         if family == "ipv6":
             log = (tmp_path / f"{old}.log").read_text()
-            assert f"group={group}:" in log and f"unicast={lan.address6[old]}:" in log, log
+            assert f"unicast={lan.address6[old]}:" in log, log
+            assert ("transport=unicast" if transport == "unicast" else f"group={group}:") in log, log
 
         if cut == "link_down":
             if family == "ipv6":
