@@ -133,6 +133,8 @@ def render(status: dict[str, Any], counters: Counters) -> str:
              [({"kind": k}, v) for k, v in sorted(counters.received.items())])
     w.family("electiond_dropped", "counter", "Datagrams dropped, by reason.",
              [({"reason": k}, v) for k, v in sorted((status.get("dropped") or {}).items())])
+    w.family("electiond_send_errors", "counter", "Datagrams the kernel refused to send (each dropped), by errno.",
+             [({"errno": k}, v) for k, v in sorted((status.get("send_errors") or {}).items())])
     w.family("electiond_hook_runs", "counter", "Hook commands run, by event and result.",
              [({"event": e, "result": r}, v) for (e, r), v in sorted(counters.hook_runs.items())])
     w.lines.append("# HELP electiond_hook_duration_seconds How long hook commands ran.")

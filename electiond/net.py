@@ -14,7 +14,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -47,16 +47,14 @@ def open_sockets(interface: str, group: str, port: int, own: tuple[str, int] | N
     ``own`` (transport = unicast) one socket bound to that address and port."""
     if own is not None:
         return Sockets(own[0], peer_socket(*own), None)
-    if is_ipv6(group):
-        return _open_ipv6(interface, group, port)
-    local_address = interface_address(interface)
-    unicast = unicast_socket(local_address)
+    link = resolve_link(interface, socket.AF_INET6 if is_ipv6(group) else socket.AF_INET)
+    unicast = unicast_socket(link)
     try:
-        group_sock = group_socket(group, port, local_address)
+        group_sock = group_socket(group, port, link)
     except NetError:
         unicast.close()
         raise
-    return Sockets(local_address, unicast, group_sock)
+    return Sockets(link.local_address, unicast, group_sock)
 
 
 def group_destination(group: str, port: int, interface: str) -> tuple:
@@ -66,74 +64,101 @@ def group_destination(group: str, port: int, interface: str) -> tuple:
     return (group, port)
 
 
-def _open_ipv6(interface: str, group: str, port: int) -> Sockets:
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What one family's sockets need of the interface."""
+
+    family: int
+    local_address: str  # IPv4, or IPv6 with its %interface scope if link-local
+    index: int  # IPv6: the interface's index (multicast and scope); 0 with IPv4
+
+
+def resolve_link(interface: str, family: int) -> Link:
+    if family == socket.AF_INET:
+        return Link(family, interface_address(interface), 0)
     try:
         index = socket.if_nametoindex(interface)
     except OSError:
         raise NetError(f"interface {interface!r} does not exist", transient=True) from None
-    local_address = interface_address(interface, socket.AF_INET6)
-    unicast = _ipv6_unicast_socket(local_address, index)
-    try:
-        group_sock = _ipv6_group_socket(group, port, index)
-    except NetError:
-        unicast.close()
-        raise
-    return Sockets(local_address, unicast, group_sock)
+    return Link(family, interface_address(interface, family), index)
 
 
-def _ipv6_unicast_socket(local_address: str, index: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+_Option = tuple[int, int, int | bytes]  # setsockopt(level, name, value)
+
+
+def _udp_socket(family: int, bind_to: tuple, what: str, before: Sequence[_Option] = (), after: Sequence[_Option] = (),
+                not_local: str = "") -> socket.socket:
+    """A bound non-blocking UDP socket: ``before`` set before the bind
+    (sharing the port), ``after`` once bound (multicast); an error is a
+    NetError saying ``what`` failed (``not_local`` instead for EADDRNOTAVAIL)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     try:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        address, _, _scope = local_address.partition("%")
-        # a link-local source needs its link; a global one ignores the index
-        sock.bind((address, 0, 0, index if _scope else 0))
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for option in before:
+            sock.setsockopt(*option)
+        sock.bind(bind_to)
+        for option in after:
+            sock.setsockopt(*option)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise NetError(f"cannot bind a unicast socket on {local_address}: {exc.strerror}",
-                       transient=exc.errno in _TRANSIENT_ERRNOS) from None
+        if not_local and exc.errno == errno.EADDRNOTAVAIL:
+            raise NetError(not_local, transient=True) from None
+        raise NetError(f"{what}: {exc.strerror}", transient=exc.errno in _TRANSIENT_ERRNOS) from None
     return sock
 
 
-def _ipv6_group_socket(group: str, port: int, index: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        # bound to the group on its link: only the group's datagrams arrive here
-        sock.bind((group, port, 0, index))
-        membership = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", index)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, membership)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise NetError(f"cannot join {group} port {port} on interface index {index}: {exc.strerror}",
-                       transient=exc.errno in _TRANSIENT_ERRNOS) from None
-    return sock
+def unicast_socket(link: Link, port: int = 0) -> socket.socket:
+    """Sends to the group (TTL 1: never routed off the LAN) and receives
+    directed replies; on any free port unless given one."""
+    what = f"cannot bind a unicast socket on {link.local_address}"
+    if link.family == socket.AF_INET:
+        address = link.local_address
+        return _udp_socket(socket.AF_INET, (address, port), what, after=[
+            (socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address)),
+            (socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1),
+            (socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1),
+        ])
+    address, _, scope = link.local_address.partition("%")
+    # a link-local source needs its link; a global one ignores the index
+    return _udp_socket(socket.AF_INET6, (address, port, 0, link.index if scope else 0), what, after=[
+        (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, link.index),
+        (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1),
+        (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1),
+    ])
+
+
+def group_socket(group: str, port: int, link: Link) -> socket.socket:
+    """Receives the group's datagrams (bound to the group: nothing else
+    arrives here); several daemons on one host may share the port."""
+    share = [(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1), (socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)]
+    if link.family == socket.AF_INET:
+        membership = socket.inet_aton(group) + socket.inet_aton(link.local_address)
+        return _udp_socket(socket.AF_INET, (group, port), f"cannot join {group}:{port} on {link.local_address}",
+                           before=share, after=[(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)])
+    membership = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", link.index)
+    return _udp_socket(socket.AF_INET6, (group, port, 0, link.index),
+                       f"cannot join {group} port {port} on interface index {link.index}",
+                       before=share, after=[(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, membership)])
 
 
 def peer_socket(address: str, port: int) -> socket.socket:
     """transport = unicast: sends to every peer and receives from them on
     the configured address and port (peers check that the source is it)."""
     family = socket.AF_INET6 if is_ipv6(address) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((address, port))
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise NetError(f"address {address} is not configured on this host", transient=True) from None
-        raise NetError(f"cannot bind {address} port {port}: {exc.strerror}",
-                       transient=exc.errno in _TRANSIENT_ERRNOS) from None
-    return sock
+    return _udp_socket(family, (address, port), f"cannot bind {address} port {port}",
+                       not_local=f"address {address} is not configured on this host")
+
+
+def reopen_socket(role: str, interface: str, group: str, port: int, own: tuple[str, int] | None,
+                  unicast_port: int) -> socket.socket:
+    """The socket of one role ("unicast" or "group") again, on the address
+    and port it had: peers know them (configured, or learned from envelopes)."""
+    if own is not None:
+        return peer_socket(*own)
+    link = resolve_link(interface, socket.AF_INET6 if is_ipv6(group) else socket.AF_INET)
+    return unicast_socket(link, unicast_port) if role == "unicast" else group_socket(group, port, link)
 
 
 async def wait_for_sockets(
@@ -176,13 +201,9 @@ def check_interface(interface: str, group: str = "", own: tuple[str, int] | None
             # port 0: the daemon may be running on the real one right now
             peer_socket(own[0], 0).close()
         elif is_ipv6(group):
-            socket.if_nametoindex(interface)
-            interface_address(interface, socket.AF_INET6)
+            resolve_link(interface, socket.AF_INET6)
         else:
-            address = interface_address(interface)
-            unicast_socket(address).close()
-    except OSError:
-        return NetError(f"interface {interface!r} does not exist", transient=True)
+            unicast_socket(resolve_link(interface, socket.AF_INET)).close()
     except NetError as exc:
         return exc
     return None
@@ -211,36 +232,3 @@ def interface_address(interface: str, family: int = socket.AF_INET) -> str:
         return found[0]
     kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
     raise NetError(f"interface {interface!r} has no {kind} address", transient=True)
-
-
-def group_socket(group: str, port: int, local_address: str) -> socket.socket:
-    """Receives the group's datagrams; several daemons on one host may share the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((group, port))
-        membership = socket.inet_aton(group) + socket.inet_aton(local_address)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise NetError(f"cannot join {group}:{port} on {local_address}: {exc.strerror}",
-                       transient=exc.errno in _TRANSIENT_ERRNOS) from None
-    return sock
-
-
-def unicast_socket(local_address: str) -> socket.socket:
-    """Sends to the group (TTL 1: never routed off the LAN) and receives directed replies."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        sock.bind((local_address, 0))
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(local_address))
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise NetError(f"cannot bind a unicast socket on {local_address}: {exc.strerror}",
-                       transient=exc.errno in _TRANSIENT_ERRNOS) from None
-    return sock

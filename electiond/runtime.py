@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -50,6 +51,7 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.etcd import EtcdRequest
 from electiond.state import RECOVERING_MEANS, StateError, StateStore
+from electiond.udpsend import DatagramSender
 from electiond.wire import Codec, Received
 
 if TYPE_CHECKING:
@@ -101,14 +103,26 @@ def _wait_arg(args: dict[str, Any]) -> float | None:
 
 
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, handler: Callable[[bytes, tuple[str, int]], None]) -> None:
+    """Reads only (udpsend sends on the socket itself)."""
+
+    def __init__(self, handler: Callable[[bytes, tuple[str, int]], None],
+                 on_lost: Callable[[Exception | None], None]) -> None:
         self._handler = handler
+        self._on_lost = on_lost
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._handler(data, addr)
+        try:
+            self._handler(data, addr)
+        except Exception:
+            # uvloop closes the transport (and its socket) on an exception
+            # from this callback: a bug must cost that datagram, not the socket
+            log.exception("error handling a datagram from %s", addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("socket error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost(exc)
 
 
 class Runtime:
@@ -131,6 +145,9 @@ class Runtime:
         self.loop_lag = LoopLag(late_after_s=self.settings.heartbeat_interval_s)
         self._transports: list[asyncio.DatagramTransport] = []
         self._unicast: asyncio.DatagramTransport | None = None
+        self._send_sock: socket.socket | None = None  # sends go on it directly (udpsend)
+        self.sender = DatagramSender(logging.getLogger("electiond.net"))
+        self.transports_lost = 0  # closed by something other than stop()
         self._leader_seen: str | None = None
         self._last_status_line = ""
         self._transports_closed = False
@@ -214,14 +231,11 @@ class Runtime:
         # A daemon always starts as non-leader: give up whatever a crashed
         # predecessor may have held (a VIP) before standing for election.
         self.hooks.submit(Transition("demote", self.node.protocol.term, None, None, "startup"))
-        self._unicast, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._on_datagram), sock=unicast_sock
-        )
+        self._unicast, _ = await loop.create_datagram_endpoint(lambda: self._reader("unicast"), sock=unicast_sock)
         self._transports, self._sockets = [self._unicast], [unicast_sock]
+        self._send_sock = unicast_sock
         if group_sock is not None:
-            group_transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self._on_datagram), sock=group_sock
-            )
+            group_transport, _ = await loop.create_datagram_endpoint(lambda: self._reader("group"), sock=group_sock)
             self._transports.append(group_transport)
             self._sockets.append(group_sock)
         # unicast: the configured addresses are the only ones; none is learned
@@ -564,19 +578,69 @@ class Runtime:
             self._process(lambda now: self.node.demote_hooks_done(now))
 
     def _send(self, send: Send) -> None:
-        assert self.codec is not None and self._unicast is not None
+        assert self.codec is not None and self._send_sock is not None
         datagram = self.codec.encode(send)
         self.counters.sent[send.kind] = self.counters.sent.get(send.kind, 0) + 1
         address = self._peer_addresses.get(send.to) if send.to else None
+        now_s = time.monotonic()
+        # on the socket, not the transport: see udpsend (uvloop < 0.21 loses the transport)
         if address is not None:
-            self._unicast.sendto(datagram, address)
+            self.sender.send(self._send_sock, datagram, address, now_s)
         elif self._group_destination is not None:
             # the group reaches every member; receivers ignore what is not addressed to them
-            self._unicast.sendto(datagram, self._group_destination)
+            self.sender.send(self._send_sock, datagram, self._group_destination, now_s)
         else:
             # transport = unicast: what would go to the group goes to each peer
             for where in self._peer_addresses.values():
-                self._unicast.sendto(datagram, where)
+                self.sender.send(self._send_sock, datagram, where, now_s)
+
+    # ---- the sockets' readers ---------------------------------------------
+
+    def _reader(self, role: str) -> _Datagrams:
+        """role: "unicast" (index 0 of _transports and _sockets) or "group" (1)."""
+        return _Datagrams(self._on_datagram, lambda exc: self._on_transport_lost(role, exc))
+
+    def _on_transport_lost(self, role: str, exc: Exception | None) -> None:
+        if self._transports_closed:
+            return  # our own close in stop()
+        # sends no longer go through the transports, so nothing known closes
+        # them; if something does, this node hears nothing on that socket
+        self.transports_lost += 1
+        log.error("the %s UDP transport was lost (%s); reopening it", role, exc or "closed")
+        task = asyncio.get_running_loop().create_task(self._reopen(role))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reopen(self, role: str) -> None:
+        """Bind the lost socket's address and port again and read on; retried
+        every second (the interface may be down right now) until stop()."""
+        index = 0 if role == "unicast" else 1
+        self._sockets[index].close()  # the transport closed it; if not, its port must be free
+        own = self.config.own_address if self.config.transport == "unicast" else None
+        assert self.codec is not None
+        port = self.codec.unicast_port  # in every envelope we sent: peers reply there
+        failing = False
+        while not self._transports_closed:
+            try:
+                sock = net.reopen_socket(role, self.config.interface, self.config.group, self.config.port, own, port)
+            except net.NetError as exc:
+                if not failing:
+                    log.error("cannot reopen the %s socket yet: %s; retrying every %g s", role, exc,
+                              net.RETRY_INTERVAL_S)
+                    failing = True
+                await asyncio.sleep(net.RETRY_INTERVAL_S)
+                continue
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: self._reader(role), sock=sock)
+            if self._transports_closed:  # stop() ran meanwhile
+                transport.close()
+                return
+            self._transports[index], self._sockets[index] = transport, sock
+            if role == "unicast":
+                self._unicast, self._send_sock = transport, sock
+            log.warning("the %s socket is open again on %s", role, self._own_address if role == "unicast" else
+                        f"{self.config.group} port {self.config.port}")
+            return
 
     # ---- hooks ------------------------------------------------------------
 
@@ -780,6 +844,8 @@ class Runtime:
             "healthy": self.health.healthy if self.health else True,
             "health": self.health.snapshot() if self.health else [],
             "persist_errors": dict(self._persist_errors),
+            "send_errors": dict(self.sender.errors),
+            "transports_lost": self.transports_lost,
             "leadership_changes_total": self.counters.leadership_changes,
             "transport": self.config.transport,
             "loop_lag": self.loop_lag.snapshot(now),

@@ -91,21 +91,6 @@ def _leaders(cluster: NetnsCluster) -> list[str]:
     return [n for n in cluster.running() if (cluster.status(n) or {}).get("role") == "leader"]
 
 
-def _uvloop_older_than(version: tuple[int, int]) -> bool:
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    return tuple(int(p) for p in uvloop.__version__.split(".")[:2]) < version
-
-
-# Known defect, not yet fixed: under Debian 12's uvloop 0.17 the isolated
-# leader's sends fail while its link is down, its UDP transport is lost
-# ("socket.send() raised exception" from then on) and the node stays mute
-# after the heal, so no single leader is agreed. Newer uvloop reports the
-# error and keeps the transport.
-@pytest.mark.xfail(_uvloop_older_than((0, 18)), strict=False,
-                   reason="uvloop 0.17 loses the UDP transport after a send error on a down link")
 def test_multicast_filtered_lan_needs_unicast_which_elects_fails_over_and_partitions_safely(tmp_path: Path) -> None:
     lan = Lan(HOSTS)
     drop: MulticastDrop | None = None
@@ -190,6 +175,23 @@ class Lan6(Lan):
         return match.group(1) if match else None
 
 
+def use_ipv6_group(cluster: NetnsCluster) -> str:
+    """Rewrite the harness's IPv4 group into a link-scope IPv6 one (unique
+    to this test process) joined on lan0; returns the group."""
+    group = f"ff02::e1:{os.getpid() % 0xFFFF + 1:x}"
+    cluster.config_text = cluster.config_text.replace(f"group = {cluster.group}", f"group = {group}")
+    # the IPv6 group is joined on the link by interface name
+    original = cluster.config_path
+
+    def config_path(name: str) -> Path:
+        path = original(name)
+        path.write_text(re.sub(r"interface = \S+", "interface = lan0", path.read_text()))
+        return path
+
+    cluster.config_path = config_path  # type: ignore[method-assign]
+    return group
+
+
 @pytest.mark.parametrize("transport", ["multicast", "unicast"])
 def test_ipv6_lan_client_neighbour_entry_moves_to_the_new_leader(tmp_path: Path, transport: str) -> None:
     lan = Lan6(HOSTS)
@@ -201,19 +203,7 @@ def test_ipv6_lan_client_neighbour_entry_moves_to_the_new_leader(tmp_path: Path,
         if transport == "unicast":
             to_unicast(cluster, {h: lan.address6[h] for h in HOSTS})
         else:
-            unique = os.getpid() % 0xFFFF + 1
-            group = f"ff02::e1:{unique:x}"
-            cluster.config_text = cluster.config_text.replace(f"group = {cluster.group}", f"group = {group}")
-            # the IPv6 group is joined on the link by interface name
-            cluster.lan = lan
-            original = cluster.config_path
-
-            def config_path(name: str, _original=original) -> Path:
-                path = _original(name)
-                path.write_text(re.sub(r"interface = \S+", "interface = lan0", path.read_text()))
-                return path
-
-            cluster.config_path = config_path  # type: ignore[method-assign]
+            group = use_ipv6_group(cluster)
         diag = cluster.logs
         cluster.start_all()
         first = cluster.wait_leader(30.0)

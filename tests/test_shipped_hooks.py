@@ -124,24 +124,34 @@ def arping_flavor(path: str) -> str:
 
 
 class Pair:
-    """Two namespaces joined by a veth pair: 'host' (runs vip) and 'peer'."""
+    """Two namespaces joined by a veth pair: 'host' (runs vip) and 'peer',
+    with IPv4 addresses or (``family=6``) IPv6 ULA ones."""
 
-    def __init__(self, tag: str) -> None:
+    ADDRESSES = {4: ("10.213.77.1/24", "10.213.77.2/24"), 6: ("fd00:213:77::1/64", "fd00:213:77::2/64")}
+
+    def __init__(self, tag: str, family: int = 4) -> None:
         suffix = f"{os.getpid()}{tag}"
-        self.host, self.peer = f"evh{suffix}", f"evp{suffix}"
+        kind = "v" if family == 4 else "6"  # apart from the other family's pair with the same tag
+        self.family = family
+        self.host, self.peer = f"e{kind}h{suffix}", f"e{kind}p{suffix}"
         self.created: list[str] = []
         try:
             for ns in (self.host, self.peer):
                 sh(["ip", "netns", "add", ns])
                 self.created.append(ns)
-            sh(["ip", "link", "add", f"eva{suffix}"[:15], "netns", self.host, "type", "veth",
-                "peer", "name", f"evb{suffix}"[:15], "netns", self.peer])
-            sh(["ip", "-n", self.host, "link", "set", f"eva{suffix}"[:15], "name", "lan0"])
-            sh(["ip", "-n", self.peer, "link", "set", f"evb{suffix}"[:15], "name", "lan0"])
-            for ns, addr in ((self.host, "10.213.77.1/24"), (self.peer, "10.213.77.2/24")):
-                sh(["ip", "-n", ns, "addr", "add", addr, "dev", "lan0"])
+            host_end, peer_end = f"e{kind}a{suffix}"[:15], f"e{kind}b{suffix}"[:15]
+            sh(["ip", "link", "add", host_end, "netns", self.host, "type", "veth",
+                "peer", "name", peer_end, "netns", self.peer])
+            sh(["ip", "-n", self.host, "link", "set", host_end, "name", "lan0"])
+            sh(["ip", "-n", self.peer, "link", "set", peer_end, "name", "lan0"])
+            for ns, addr in zip((self.host, self.peer), self.ADDRESSES[family]):
+                # up first: IPv6 takes a nodad address (usable at once) on a link that is up
                 sh(["ip", "-n", ns, "link", "set", "lan0", "up"])
                 sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+                if family == 4:
+                    sh(["ip", "-n", ns, "addr", "add", addr, "dev", "lan0"])
+                else:
+                    sh(["ip", "-n", ns, "-6", "addr", "add", addr, "dev", "lan0", "nodad"])
         except BaseException:
             self.close()
             raise
@@ -154,16 +164,21 @@ class Pair:
     def vip(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return run(["ip", "netns", "exec", self.host, VIP, *args], env)
 
+    def _address_lines(self) -> str:
+        return sh(["ip", "-n", self.host, "-o", f"-{self.family}", "addr", "show", "dev", "lan0"])
+
     def addresses(self) -> list[str]:
-        out = sh(["ip", "-n", self.host, "-o", "-4", "addr", "show", "dev", "lan0"])
-        return re.findall(r"inet (\S+)", out)
+        return re.findall(r"inet6? (\S+)", self._address_lines())
+
+    def flags(self, cidr: str) -> str:
+        return next(line for line in self._address_lines().splitlines() if f" {cidr} " in line)
 
     def host_mac(self) -> str:
         out = sh(["ip", "-n", self.host, "-o", "link", "show", "lan0"])
         return re.search(r"link/ether (\S+)", out).group(1)
 
     def peer_neighbour(self, addr: str) -> str:
-        return sh(["ip", "-n", self.peer, "neigh", "show", addr])
+        return sh(["ip", "-n", self.peer, f"-{self.family}", "neigh", "show", addr])
 
 
 def sh(argv: list[str]) -> str:

@@ -5,69 +5,20 @@ with the pid) and always deleted; the ULA prefix exists only inside them."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
-from test_shipped_hooks import IP, IS_ROOT, REPO, VIP, run, sh
+from test_shipped_hooks import IP, IS_ROOT, REPO, Pair, run, sh
 
 SEND_NA = REPO / "scripts" / "hooks" / "send-na"
 PREFIX = "fd00:213:77"
 needs_root = pytest.mark.skipif(not IS_ROOT or IP is None, reason="needs root and iproute2 to create network namespaces")
 
 
-class Pair6:
-    def __init__(self, tag: str) -> None:
-        import os
-
-        suffix = f"{os.getpid()}{tag}"
-        self.host, self.peer = f"e6h{suffix}", f"e6p{suffix}"
-        self.created: list[str] = []
-        try:
-            for ns in (self.host, self.peer):
-                sh(["ip", "netns", "add", ns])
-                self.created.append(ns)
-            sh(["ip", "link", "add", f"e6a{suffix}"[:15], "netns", self.host, "type", "veth",
-                "peer", "name", f"e6b{suffix}"[:15], "netns", self.peer])
-            sh(["ip", "-n", self.host, "link", "set", f"e6a{suffix}"[:15], "name", "lan0"])
-            sh(["ip", "-n", self.peer, "link", "set", f"e6b{suffix}"[:15], "name", "lan0"])
-            for ns, addr in ((self.host, f"{PREFIX}::1/64"), (self.peer, f"{PREFIX}::2/64")):
-                sh(["ip", "-n", ns, "link", "set", "lan0", "up"])
-                sh(["ip", "-n", ns, "-6", "addr", "add", addr, "dev", "lan0", "nodad"])
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        import subprocess
-
-        for ns in self.created:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-        self.created = []
-
-    def vip(self, *args: str, env: dict[str, str] | None = None):
-        return run(["ip", "netns", "exec", self.host, VIP, *args], env)
-
-    def addresses(self) -> list[str]:
-        out = sh(["ip", "-n", self.host, "-o", "-6", "addr", "show", "dev", "lan0"])
-        return re.findall(r"inet6 (\S+)", out)
-
-    def flags(self, cidr: str) -> str:
-        out = sh(["ip", "-n", self.host, "-o", "-6", "addr", "show", "dev", "lan0"])
-        return next(line for line in out.splitlines() if f" {cidr} " in line)
-
-    def host_mac(self) -> str:
-        out = sh(["ip", "-n", self.host, "-o", "link", "show", "lan0"])
-        return re.search(r"link/ether (\S+)", out).group(1)
-
-    def peer_neighbour(self, addr: str) -> str:
-        return sh(["ip", "-n", self.peer, "-6", "neigh", "show", addr])
-
-
 @needs_root
 def test_vip_ipv6_up_announces_with_a_neighbour_advertisement_and_down_removes() -> None:
-    pair = Pair6("u")
+    pair = Pair("u", family=6)
     try:
         vip, cidr = f"{PREFIX}::50", f"{PREFIX}::50/64"
         # the peer believes the VIP lives at another MAC (a previous leader)
@@ -99,7 +50,7 @@ def test_vip_ipv6_failed_advertisement_exits_6_and_missing_sender_exits_3(tmp_pa
     fake = tmp_path / "send-na"
     fake.write_text("#!/bin/sh\necho 'no route' >&2\nexit 1\n")
     fake.chmod(0o755)
-    pair = Pair6("f")
+    pair = Pair("f", family=6)
     try:
         r = pair.vip("up", f"{PREFIX}::52/64", "lan0", env={"VIP_NA": str(fake)})
         assert r.returncode == 6, r.stderr
