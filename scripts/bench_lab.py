@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shlex
 import statistics
@@ -34,28 +33,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from lab.hooklog import read_log  # noqa: E402
 from lab.lan import Lan, install_signal_teardown  # noqa: E402
+from lab.machine import keepalived_version, machine  # noqa: E402
 from lab.systems import SYSTEMS, LabSystem, make_system  # noqa: E402
 from electiond.devcluster import wait_for  # noqa: E402
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}, {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
-
-
-def keepalived_version() -> str:
-    try:
-        out = subprocess.run(["keepalived", "--version"], capture_output=True, text=True, timeout=10)
-        return (out.stdout + out.stderr).splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "keepalived (version unknown)"
 
 
 def stats(values: list[float]) -> dict[str, float]:
