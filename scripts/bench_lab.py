@@ -34,6 +34,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from lab.hooklog import read_log  # noqa: E402
 from lab.lan import Lan, install_signal_teardown  # noqa: E402
 from lab.machine import keepalived_version, machine  # noqa: E402
+from lab.plots import pyplot  # noqa: E402
+from lab.report import write_section  # noqa: E402
 from lab.systems import SYSTEMS, LabSystem, make_system  # noqa: E402
 from electiond.devcluster import wait_for  # noqa: E402
 
@@ -130,24 +132,22 @@ def failover(args) -> int:
     elapsed_s = time.time() - began
     load_after = os.getloadavg()
     text = report(args, rows, load_before, load_after, elapsed_s)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    if plot(rows, args.out.parent / "bench-failover.png"):
+        text += "\n![failover distribution per system](bench-failover.png)\n"
+    write_section(args.out, "failover", text)
     print(text)
-    plot(rows, args.out.parent / "bench-failover.png")
     return 0 if all(samples for _hb, _s, samples, _m in rows) else 1
 
 
 def report(args, rows, load_before, load_after, elapsed_s: float) -> str:
     command = "scripts/bench " + " ".join(shlex.quote(a) for a in args.argv)
     lines = [
-        "# Benchmarks: electiond and keepalived side by side",
+        "## Failover after SIGKILL of the leader",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {elapsed_s:.0f} s with `{command}`",
         f"on {machine()}; {keepalived_version()}. Load average (1, 5, 15 min) before "
         f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after "
         f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}.",
-        "",
-        "## Failover after SIGKILL of the leader",
         "",
         f"{args.hosts} hosts per system, each system on its own namespace LAN (bridge, veths), all systems",
         "running at once and measured trial by trial in turn. Time from the SIGKILL to the successor's promote",
@@ -168,29 +168,27 @@ def report(args, rows, load_before, load_after, elapsed_s: float) -> str:
                      f"{st['min']:.0f} | {st['max']:.0f} | {st['median'] / hb:.1f} | {st['p90'] / hb:.1f} |")
     if args.quick:
         lines += ["", "(`--quick`: a smoke run with tiny counts; these figures say nothing.)"]
-    lines += ["", "Not measured yet by scripts/bench: graceful transfer and scale;",
-              "`scripts/bench footprint` and `scripts/bench load` append their tables below.", ""]
     return "\n".join(lines)
 
 
-def plot(rows, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not importable: no plot (pip install matplotlib for one)", file=sys.stderr)
-        return
+def plot(rows, path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
+        return False
     intervals = sorted({hb for hb, *_ in rows})
     fig, axes = plt.subplots(1, len(intervals), figsize=(5 * len(intervals), 4), squeeze=False)
     for ax, hb in zip(axes[0], intervals):
         mine = [(s, samples) for h, s, samples, _m in rows if h == hb and samples]
-        ax.boxplot([samples for _s, samples in mine], labels=[s for s, _ in mine])
+        # tick labels set apart: boxplot's own keyword was renamed across matplotlib versions
+        ax.boxplot([samples for _s, samples in mine])
+        ax.set_xticks(range(1, len(mine) + 1), [s for s, _ in mine])
         ax.set_title(f"failover, interval {hb} ms")
         ax.set_ylabel("ms from SIGKILL to successor's promote")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
     print(f"plot: {path}", file=sys.stderr)
+    return True
 
 
 def daemon_processes(bed: Bed, host: str):
@@ -261,9 +259,7 @@ def footprint(args) -> int:
     if args.quick:
         lines += ["", "(`--quick`: a smoke run; these figures say nothing.)"]
     text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as out:
-        out.write("\n" + text)
+    write_section(args.out, "footprint", text)
     print(text)
     return 0
 
@@ -324,9 +320,7 @@ def under_load(args) -> int:
     if args.quick:
         lines += ["", "(`--quick`: a smoke run; these figures say nothing.)"]
     text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as out:
-        out.write("\n" + text)
+    write_section(args.out, "load", text)
     print(text)
     return 0
 
@@ -359,6 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--hosts", type=int, default=5)
     ld.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     ld.add_argument("--quick", action="store_true", help="smoke run: 3 s")
+    import bench_scale
+    import bench_transfer
+
+    bench_transfer.add_parser(sub, ",".join(SYSTEMS), REPO / "docs" / "benchmarks.md")
+    bench_scale.add_parser(sub, ",".join(SYSTEMS), REPO / "docs" / "benchmarks.md")
+    for p in sub.choices.values():
+        p.add_argument("--plots", action="store_true",
+                       help="(scripts/bench installs matplotlib into .venv first; plots are drawn whenever it imports)")
     args = parser.parse_args(argv)
     args.argv = argv
     args.log = lambda m: print(m, file=sys.stderr, flush=True)
@@ -370,6 +372,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             args.seconds = 3.0
         return under_load(args)
+    if args.command == "transfer":
+        if args.quick:
+            args.transfers = 2
+        return bench_transfer.transfer(args)
+    if args.command == "scale":
+        if args.quick:
+            args.sizes, args.kills, args.steady_s = args.sizes or "3,5", 1, 5.0
+        args.sizes = args.sizes or bench_scale.SIZES
+        return bench_scale.scale(args)
     if args.command == "footprint":
         if args.quick:
             args.seconds = 2.0

@@ -20,6 +20,7 @@ from .campaign import queue, report, run_campaign
 from .chaos import run_schedule, summary
 from .lan import install_signal_teardown
 from .machine import keepalived_version, machine
+from .plots import split_brain_plot
 from .systems import SYSTEMS
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -91,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps([dataclasses.asdict(r) for r in campaign.results], indent=1))
     if not args.no_report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
+        per_system: dict[str, list[float]] = {}
+        for r in sorted(campaign.results, key=lambda r: list(SYSTEMS).index(r.system)):
+            per_system.setdefault(r.system, []).append(r.split_brain_s)
+        png = args.report.with_name(args.report.stem + "-split-brain.png")
+        if split_brain_plot(per_system, png, f"split-brain seconds per schedule ({len(campaign.results)} schedules)"):
+            text += f"\n![split-brain seconds per schedule, per system]({png.name})\n"
         args.report.write_text(text)
         print(f"summary: {args.report}")
     failed = [r for r in campaign.results if not r.ok]
