@@ -66,11 +66,14 @@ class Bed:
     def start(self) -> None:
         self.system.start_all()
 
+    def settle_bound_s(self) -> float:
+        return 30.0 + 70 * self.heartbeat_ms / 1000
+
     def settle(self) -> str:
         """One agreed leader, and (quorum-lease) every running daemon past its start-up
         clock check: a kill is measured on a healthy cluster, not on one whose restarted
         voters may not grant yet (the check spans 4 beacon periods, 40 s at a 1 s heartbeat)."""
-        bound_s = 30.0 + 70 * self.heartbeat_ms / 1000
+        bound_s = self.settle_bound_s()
         leader = self.system.wait_leader(bound_s)
         if self.name == "quorum-lease":
             for host in self.system.running():
