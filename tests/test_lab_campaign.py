@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -61,10 +60,9 @@ def lab(*argv: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(os.geteuid() != 0, reason="scripts/lab needs root")
 def test_a_deadline_too_close_for_one_schedule_starts_none(tmp_path: Path) -> None:
     report = tmp_path / "chaos.md"
-    began = time.monotonic()
     result = lab("chaos", "--schedules", "3", "--jobs", "2", "--deadline", "+5", "--report", str(report))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert time.monotonic() - began < 60
+    assert "[quorum-lease seed" not in result.stdout  # no schedule began
     assert "Ran 0 of 3 planned schedules; not started before the deadline: 3" in report.read_text()
 
 
