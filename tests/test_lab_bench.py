@@ -56,3 +56,28 @@ def test_bench_failover_quick_reports_every_system(tmp_path: Path) -> None:
         assert 1.0 < float(row.group(3)) < 500.0, row.group(0)  # RSS MiB of a live daemon
         row = re.search(rf"^\| {system} \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
         assert row, f"no load row for {system}:\n{text}"
+
+
+def test_bench_transfer_and_scale_quick_write_their_sections(tmp_path: Path) -> None:
+    """transfer --quick: 2 hand-overs on quorum-lease, and bully's refusal reported as such;
+    scale --quick at 3 daemons for quorum-lease and keepalived (CI time)."""
+    out = tmp_path / "benchmarks.md"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_lab.py"), "transfer", "--quick",
+                             "--systems", "quorum-lease,bully", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_lab.py"), "scale", "--quick",
+                             "--sizes", "3", "--systems", "quorum-lease,keepalived", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    text = out.read_text()
+    row = re.search(r"^\| quorum-lease \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (-?\d+) \|", text, re.M)
+    assert row, f"no transfer figures for quorum-lease:\n{text}"
+    assert int(row.group(1)) + int(row.group(2)) + int(row.group(3)) == 2 and int(row.group(1)) >= 1, row.group(0)
+    assert "| bully | not supported:" in text
+    for system in ("quorum-lease", "keepalived"):
+        row = re.search(rf"^\| 3 \| {system} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", text, re.M)
+        assert row, f"no scale row for {system}:\n{text}"
+        assert 0 < float(row.group(2)) < 120 and float(row.group(3)) > 0, row.group(0)
+    assert "Steady window: 5 s" in text and "## Graceful transfer" in text and "## Scale" in text
