@@ -363,3 +363,79 @@ def test_a_new_leader_knows_a_tripped_barrier_from_the_replicated_record():
     deliver(b, View("n2", 2, True), "n1", ack[0], 6.0)
     r = replies(b.request(View("n2", 2, True), "late2", OP_BARRIER, "start", "y", 2, 6.1))
     assert r[0].value == "done"
+
+
+# ---- the double barrier's leave ------------------------------------------------------------
+
+from electiond.coord.replica import OP_BARRIER_LEAVE  # noqa: E402
+
+
+def leave(a: ConfigReplica, b: ConfigReplica, who: str, now: float, view: View | None = None,
+          ack: bool = True) -> Reply:
+    """One leave poll at the leader ``a``; ``ack``: ``b`` persists and acks what it was sent."""
+    view = view or lead_view(1)
+    fx = a.request(view, f"l-{who}-{now}", OP_BARRIER_LEAVE, "start", who, 0, now)
+    out = replies(fx)
+    for s in sends(fx, COORD_APPEND):
+        if s.to == "n2" and ack:
+            got = sends(deliver(b, follow_view(view.term), "n1", s, now), COORD_ACK)[0]
+            out += replies(deliver(a, view, "n2", got, now))
+    return [r for r in out if r.req.startswith("l-")][0]
+
+
+def test_leave_is_done_only_once_every_participant_that_passed_has_left():
+    a, b, c = elected()
+    for who in ("x", "y", "z"):
+        poll(a, b, who, 3, 1.0)
+    assert poll(a, b, "x", 3, 1.1).value == "done"
+    r = leave(a, b, "x", 2.0)
+    assert r.value == "waiting" and r.version == 3  # the answer is judged before x's removal committed
+    assert leave(a, b, "x", 2.1).version == 2  # removed once, polled again: still two inside
+    assert leave(a, b, "y", 2.2).version == 2 and leave(a, b, "y", 2.3).version == 1
+    assert leave(a, b, "x", 2.4).value == "waiting"
+    assert leave(a, b, "z", 2.5).version == 1
+    # the record is gone once z's removal committed: everyone's next poll is let out
+    assert [leave(a, b, w, 2.6).value for w in ("x", "y", "z")] == ["done"] * 3
+    assert a.committed_get("_coord/barrier/start")[0] is None
+    # one who never passed (or a repeat) does not remove anyone
+    assert leave(a, b, "q", 2.7).value == "done"
+
+
+def test_a_second_poll_before_the_removal_committed_does_not_write_it_again():
+    a, b, c = elected()
+    for who in ("x", "y"):
+        poll(a, b, who, 2, 1.0)
+    before = a.last[1]
+    leave(a, b, "x", 2.0, ack=False)  # n2 does not ack: the removal stays uncommitted
+    leave(a, b, "x", 2.1, ack=False)
+    assert a.last[1] == before + 1
+    assert a.current("_coord/barrier/start")[0] == "y"
+
+
+def test_a_new_leader_keeps_committed_leaves_and_a_lost_one_is_written_again():
+    a, b, c = elected()
+    for who in ("x", "y", "z"):
+        poll(a, b, who, 3, 1.0)
+    leave(a, b, "x", 2.0)  # committed (n1 and n2)
+    leave(a, b, "y", 2.1, ack=False)  # only on n1: lost when n1 dies
+    new = View("n2", 2, True)
+    fx = b.sync(new, 5.0)
+    noop = [s for s in sends(fx, COORD_APPEND) if s.to == "n3"][0]
+    # n3 was behind: it catches up through acks (one entry per round trip)
+    for _ in range(20):
+        got = sends(deliver(c, View("n2", 2, False), "n2", noop, 5.1), COORD_ACK)
+        nxt = sends(deliver(b, new, "n3", got[0], 5.1), COORD_APPEND)
+        if not nxt:
+            break
+        noop = nxt[0]
+    assert b.ready(new)
+    assert b.committed_get("_coord/barrier/start")[0] == "y,z"  # x's leave kept, y's lost
+    for who, when in (("y", 6.0), ("z", 6.1)):
+        fx = b.request(new, f"l-{who}", OP_BARRIER_LEAVE, "start", who, 0, when)
+        for s in sends(fx, COORD_APPEND):
+            if s.to == "n3":
+                got = sends(deliver(c, View("n2", 2, False), "n2", s, when), COORD_ACK)
+                deliver(b, new, "n3", got[0], when)
+    assert b.committed_get("_coord/barrier/start")[0] is None
+    r = replies(b.request(new, "l-x-again", OP_BARRIER_LEAVE, "start", "x", 0, 6.2))
+    assert r[0].value == "done"

@@ -20,7 +20,7 @@ SEEDS = int(os.environ.get("COORD_SIM_SEEDS", "60"))
 
 def test_random_schedules_keep_every_config_rule():
     failed = []
-    totals = [0, 0, 0, 0, 0]
+    totals = [0, 0, 0, 0, 0, 0]
     for seed in range(SEEDS):
         r = run_coord_seed(seed)
         totals[0] += r.acks
@@ -28,11 +28,12 @@ def test_random_schedules_keep_every_config_rule():
         totals[2] += r.watch_events
         totals[3] += r.lock_grants
         totals[4] += r.barrier_passes
+        totals[5] += r.barrier_leaves
         if not r.ok:
             failed.append((seed, [str(v) for v in r.violations[:3]]))
     assert not failed, failed
     # the schedules did exercise the store: acknowledged writes, reads, watch events
-    assert totals[0] > 20 * SEEDS and totals[1] > 10 * SEEDS and totals[2] > 50 * SEEDS and totals[3] > 2 * SEEDS and totals[4] > 5 * SEEDS, totals
+    assert totals[0] > 20 * SEEDS and totals[1] > 10 * SEEDS and totals[2] > 50 * SEEDS and totals[3] > 2 * SEEDS and totals[4] > 5 * SEEDS and totals[5] > 2 * SEEDS, totals
 
 
 def _first_caught(seeds: int, **kw) -> tuple[int, list[str]] | None:
@@ -63,3 +64,10 @@ def test_a_barrier_that_passes_one_short_is_caught():
 
     caught = _first_caught(20, replica_cls=BarrierOffByOne)
     assert caught is not None and "barrier-early" in caught[1], caught
+
+
+def test_a_leave_that_waits_only_for_its_own_removal_is_caught():
+    from coord_mutants import LeaveWhenSelfRemoved
+
+    caught = _first_caught(20, replica_cls=LeaveWhenSelfRemoved)
+    assert caught is not None and "leave-early" in caught[1], caught

@@ -5,10 +5,12 @@ Driven through the control socket's config.* and lock.* commands, and through
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
 from cluster import Cluster
-from test_process_coord_etcd import run_lock_loops
+from test_process_coord_etcd import REPO, ctl_argv, run_lock_loops
 
 from electiond.cli import Refused, Unreachable, request
 
@@ -159,3 +161,31 @@ def test_electionctl_lock_loops_on_three_hosts_while_the_leader_is_killed_and_re
     with Cluster(tmp_path, 3, protocol="quorum-lease",
                  timing={"heartbeat_interval": "100ms", "election_timeout": "300ms-500ms", "lease": "400ms"}) as c:
         run_lock_loops(tmp_path, c)
+
+
+def test_electionctl_double_barrier_enter_and_leave_survive_a_leader_kill(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def ctl_bg(name: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(ctl_argv(c, name, "barrier", "db", *args, "--participant", "w"), env=env,
+                                cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        leader = c.wait_leader(timeout_s=15.0)
+        entering = [ctl_bg(n, "--count", "3", "--timeout", "30s") for n in c.names]
+        for p in entering:
+            _, err = p.communicate(timeout=40)
+            assert p.returncode == 0, err
+        c.kill(leader)
+        rest = [n for n in c.names if n != leader]
+        leaving = [ctl_bg(n, "--leave", "--timeout", "40s") for n in rest]
+        c.wait_leader(timeout_s=15.0, among=rest)
+        time.sleep(2.0)
+        # the killed host's participant passed and has not left: nobody is let out
+        assert all(p.poll() is None for p in leaving), [p.communicate() for p in leaving if p.poll() is not None]
+        c.start(leader)
+        _until(c, [leader], "members", {}, 20.0)  # its daemon is up and hears the store's leader
+        last = ctl_bg(leader, "--leave", "--timeout", "30s")
+        got = [(p.communicate(timeout=50), p.returncode) for p in leaving + [last]]
+        assert all(rc == 0 and "all left" in out for (out, _), rc in got), got

@@ -13,8 +13,8 @@ durability the disk does not have.
 The live member view is the replicated key ``_coord/members`` (written by
 the serving leader when its view of live members changes), so its versions
 are agreed cluster-wide. Barriers: participants poll (see
-``ConfigReplica._barrier_poll``). Not served here yet: the double barrier's
-leave (``barrier_leave`` raises ``CoordError``).
+``ConfigReplica._barrier_poll``); the double barrier's leave polls too
+(``ConfigReplica._barrier_leave``).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from electiond.coord.replica import (
     ERR_UNAVAILABLE,
     ERR_VERSION,
     OP_BARRIER,
+    OP_BARRIER_LEAVE,
     OP_CAS,
     OP_DELETE,
     OP_GET,
@@ -255,7 +256,25 @@ class EmbeddedBackend(CoordBackend):
             await asyncio.sleep(min(BARRIER_POLL_S, max(0.0, give_up - loop.time())))
 
     async def barrier_leave(self, name: str, participant: str, timeout_s: float) -> int:
-        raise CoordError("the double barrier's leave is not served by the embedded backend yet")
+        """Poll until the committed trip record is empty: every participant
+        that passed the barrier has left (our first poll removes us)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout_s
+        left_in = -1
+        while True:
+            left = give_up - loop.time()
+            if left <= 0:
+                raise NotAcquired(f"barrier {name!r}: {max(left_in, 0)} participants still in after {timeout_s:g}s")
+            try:
+                r = await self._call(OP_BARRIER_LEAVE, name, participant, timeout_s=left)
+            except Unavailable:
+                continue
+            if not r.ok:
+                _raise_for(r)
+            if r.value == BARRIER_DONE:
+                return 0
+            left_in = r.version
+            await asyncio.sleep(min(BARRIER_POLL_S, max(0.0, give_up - loop.time())))
 
     async def members(self) -> MemberEvent:
         r = await self._ok(OP_GET, MEMBERS_KEY)

@@ -58,6 +58,7 @@ OP_LOCK: Final = "lock"  # a grant: the entry's version is the fencing token
 OP_RENEW: Final = "renew"  # answered by the leader alone (see the lock rule)
 OP_UNLOCK: Final = "unlock"
 OP_BARRIER: Final = "barrier"  # a participant's poll: key = name, value = participant, version = count
+OP_BARRIER_LEAVE: Final = "barrier_leave"  # the double barrier's leave poll: key = name, value = participant
 BARRIER_PREFIX: Final = "_coord/barrier/"  # the trip record: a replicated key listing who passed
 BARRIER_LEASE_S: Final = 1.0  # a participant not polling for this long is not counted
 BARRIER_DONE: Final = "done"
@@ -169,13 +170,13 @@ class _Lead:
 
 def request_ok(op: str, key: str, value: str | None, req: str) -> str:
     """'' if a request is well-formed and within the bounds, else the error."""
-    if op not in (OP_SET, OP_DELETE, OP_CAS, OP_GET, OP_LOCK, OP_RENEW, OP_UNLOCK, OP_BARRIER):
+    if op not in (OP_SET, OP_DELETE, OP_CAS, OP_GET, OP_LOCK, OP_RENEW, OP_UNLOCK, OP_BARRIER, OP_BARRIER_LEAVE):
         return "bad_request"
     if not key or len(key.encode()) > MAX_KEY_BYTES or len(req.encode()) > MAX_REQ_ID_BYTES or not req:
         return ERR_TOO_BIG if key else "bad_request"
     if value is not None and len(value.encode()) > MAX_VALUE_BYTES:
         return ERR_TOO_BIG
-    if op in (OP_SET, OP_CAS, OP_LOCK, OP_BARRIER) and value is None:
+    if op in (OP_SET, OP_CAS, OP_LOCK, OP_BARRIER, OP_BARRIER_LEAVE) and value is None:
         return "bad_request"
     return ""
 
@@ -431,6 +432,8 @@ class ConfigReplica:
             return effects + self._lock_op(view, pend, op, key, value, version, now)
         if op == OP_BARRIER:
             return effects + self._barrier_poll(view, pend, key, value or "", version, now)
+        if op == OP_BARRIER_LEAVE:
+            return effects + self._barrier_leave(view, pend, key, value or "", now)
         return effects + self._write(view, pend, op, key, value, version, now)
 
     def _write(self, view: View, pend: _Pending, op: str, key: str, value: str | None, version: int,
@@ -543,6 +546,32 @@ class ConfigReplica:
             effects = [e for e in effects if type(e) is not Reply]  # nobody waits on the record itself
             del lead.barriers[name]
         return effects + self._answer(pend, Reply(pend.req, True, "", name, BARRIER_WAITING, len(parts)))
+
+    def leave_done(self, remaining: list[str], participant: str) -> bool:
+        return not remaining  # the mutant in tests/coord_mutants.py only waits for its own removal
+
+    def _barrier_leave(self, view: View, pend: _Pending, name: str, participant: str, now: float) -> list[Any]:
+        """The double barrier's leave, polled like enter. The trip record lists
+        who passed; a leave poll removes its participant from it (a replicated
+        write, judged against the log's newest record so a second poll or a
+        retry never removes twice) and is answered "done" only once the
+        committed record is empty: every participant that passed has left.
+        A new leader holds every committed removal, and a lost one is written
+        again by the participant's next poll: nobody is lost or counted twice."""
+        trip_key = BARRIER_PREFIX + name
+        newest, _ = self.current(trip_key)
+        inside = newest.split(",") if newest else []
+        effects: list[Any] = []
+        if participant in inside:
+            rest = [p for p in inside if p != participant]
+            _, last_v = self.last
+            out = _Pending(f"leave-{last_v + 1}", None, trip_key, op=OP_SET if rest else OP_DELETE)
+            effects = self._write(view, out, out.op, trip_key, ",".join(rest) if rest else None, 0, now)
+            effects = [e for e in effects if type(e) is not Reply]  # nobody waits on the record itself
+        done, _ = self.committed_get(trip_key)
+        remaining = done.split(",") if done else []
+        state = BARRIER_DONE if self.leave_done(remaining, participant) else BARRIER_WAITING
+        return effects + self._answer(pend, Reply(pend.req, True, "", name, state, len(remaining)))
 
     def _answer(self, pend: _Pending, reply: Reply) -> list[Any]:
         if pend.origin is None:

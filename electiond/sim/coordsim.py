@@ -15,6 +15,8 @@ its local committed log. The checker (``CoordChecker``) judges:
 - ``watch-gap``: a watch stream skipped or repeated a version;
 - ``barrier-early``: a participant was let through a barrier before
   ``count`` distinct participants had entered it;
+- ``leave-early``: a participant was let out of a double barrier (its
+  leave) before every participant that passed it had started leaving;
 - ``lock-overlap`` / ``lock-token``: two holders' intervals of one lock
   overlap, or a later grant has a token not above an earlier one. A
   holder's interval runs from the grant's arrival to the first of its
@@ -40,6 +42,7 @@ from electiond.coord.replica import (
     ERR_UNAVAILABLE,
     BARRIER_DONE,
     OP_BARRIER,
+    OP_BARRIER_LEAVE,
     OP_CAS,
     OP_DELETE,
     OP_GET,
@@ -87,12 +90,30 @@ class CoordChecker:
         self.lock_intervals: list[tuple[float, float, int, int]] = []  # (start, end, token, client)
         self.barrier_entered: dict[str, dict[str, float]] = {}  # barrier -> participant -> first poll
         self.barrier_passes = 0
+        self.barrier_passed_by: dict[str, set[str]] = {}
+        self.leave_started: dict[str, dict[str, float]] = {}  # barrier -> participant -> first leave poll
+        self.leaves: list[tuple[float, str, str]] = []  # (time let out, barrier, participant)
+
+    def leave_polled(self, t: float, name: str, participant: str) -> None:
+        self.leave_started.setdefault(name, {}).setdefault(participant, t)
+
+    def left(self, t: float, name: str, participant: str) -> None:
+        self.leaves.append((t, name, participant))
+
+    def check_leaves(self, t: float) -> None:
+        # judged at the end: a participant may be told it passed after another was let out
+        for at, name, who in self.leaves:
+            started = self.leave_started.get(name, {})
+            late = sorted(p for p in self.barrier_passed_by.get(name, ()) if started.get(p, float("inf")) > at)
+            if late:
+                self.violate(at, "leave-early", f"{who} left {name!r} before {late} started leaving")
 
     def barrier_polled(self, t: float, name: str, participant: str) -> None:
         self.barrier_entered.setdefault(name, {}).setdefault(participant, t)
 
     def barrier_passed(self, t: float, name: str, participant: str, count: int) -> None:
         self.barrier_passes += 1
+        self.barrier_passed_by.setdefault(name, set()).add(participant)
         entered = [p for p, at in self.barrier_entered.get(name, {}).items() if at <= t]
         if len(entered) < count or participant not in entered:
             self.violate(t, "barrier-early", f"{participant} passed {name!r} with {sorted(entered)} entered, "
@@ -194,6 +215,7 @@ class CoordRun:
     unknown: int  # requests whose outcome stayed unknown after every retry
     lock_grants: int
     barrier_passes: int
+    barrier_leaves: int
     events: int
     trace: list[str] = field(default_factory=list)
 
@@ -211,6 +233,7 @@ class CoordSim:
         self.holders: dict[int, _Holder] = {}
         self._barrier_round: dict[int, int] = {}
         self._barrier_give_up: dict[int, float] = {}
+        self._barrier_leaving: dict[int, bool] = {}
         self.barrier_count = 0  # set by plan()
         # lock request id -> (client, first send on the client's clock, kind, attempt)
         self.lock_calls: dict[str, list[Any]] = {}
@@ -546,6 +569,7 @@ class CoordSim:
         for holder in list(self.holders.values()):
             self._end_hold(holder, "crash")
         self.checker.check_locks(self.now)
+        self.checker.check_leaves(self.now)
 
     # ---- barrier clients: each host's works through barriers b0, b1, ... ----------------
 
@@ -553,11 +577,12 @@ class CoordSim:
         if self.now >= self.clients_until:
             return
         self._barrier_round[client] = round_
+        self._barrier_leaving[client] = False
         self._barrier_give_up[client] = self.now + 2.0
         self._barrier_poll(client, round_)
 
-    def _barrier_poll(self, client: int, round_: int) -> None:
-        if self._barrier_round.get(client) != round_:
+    def _barrier_poll(self, client: int, round_: int, leaving: bool = False) -> None:
+        if self._barrier_round.get(client) != round_ or self._barrier_leaving.get(client, False) != leaving:
             return
         if self.now >= self._barrier_give_up[client]:
             self.at(self.now + 0.01, lambda: self._barrier_start(client, round_ + 1))
@@ -567,21 +592,41 @@ class CoordSim:
         if h.host is not None:
             self._next_req += 1
             ch = h.host
-            self.checker.barrier_polled(self.now, name, f"p{client}")
-            self._carry_out(h, ch.request(f"B{client}-{round_}-{self._next_req}", OP_BARRIER, name, f"p{client}",
-                                          self.barrier_count, self.local(h)))
+            if leaving:
+                self.checker.leave_polled(self.now, name, f"p{client}")
+                fx = ch.request(f"BL{client}-{round_}-{self._next_req}", OP_BARRIER_LEAVE, name, f"p{client}", 0,
+                                self.local(h))
+            else:
+                self.checker.barrier_polled(self.now, name, f"p{client}")
+                fx = ch.request(f"B{client}-{round_}-{self._next_req}", OP_BARRIER, name, f"p{client}",
+                                self.barrier_count, self.local(h))
+            self._carry_out(h, fx)
             if h.host is ch:
                 self._arm(h)
-        self.at(self.now + 0.2, lambda: self._barrier_poll(client, round_))
+        self.at(self.now + 0.2, lambda: self._barrier_poll(client, round_, leaving))
 
     def _barrier_reply(self, h: _Host, r: Reply) -> None:
         client = h.index
         round_ = self._barrier_round.get(client)
-        if round_ is None or r.key != f"b{round_}" or not r.ok or r.value != BARRIER_DONE:
+        leaving = r.req.startswith("BL")
+        if (round_ is None or r.key != f"b{round_}" or not r.ok or r.value != BARRIER_DONE
+                or leaving != self._barrier_leaving.get(client, False)):
+            return
+        if leaving:
+            self.checker.left(self.now, r.key, f"p{client}")
+            self._barrier_leaving[client] = False
+            self._barrier_round[client] = round_ + 1  # stops the polls of this round
+            self.at(self.now + self.rng.uniform(0.0, 0.1), lambda: self._barrier_start(client, round_ + 1))
             return
         self.checker.barrier_passed(self.now, r.key, f"p{client}", self.barrier_count)
-        self._barrier_round[client] = round_ + 1  # stops the polls of this round
-        self.at(self.now + self.rng.uniform(0.0, 0.1), lambda: self._barrier_start(client, round_ + 1))
+        if round_ % 2 == 0:
+            self._barrier_round[client] = round_ + 1  # even rounds: a single barrier, on to the next
+            self.at(self.now + self.rng.uniform(0.0, 0.1), lambda: self._barrier_start(client, round_ + 1))
+            return
+        # odd rounds, a double barrier: work a little, then leave (and wait for the others to)
+        self._barrier_leaving[client] = True
+        self._barrier_give_up[client] = self.now + 2.0
+        self.at(self.now + self.rng.uniform(0.0, 0.3), lambda: self._barrier_poll(client, round_, True))
 
     # ---- watchers ------------------------------------------------------------------
 
@@ -683,4 +728,4 @@ def run_coord_seed(seed: int, size: int | None = None, duration_s: float = 5.0,
     sim.finish()
     c = sim.checker
     return CoordRun(seed, n, c.violations, c.acks, c.reads, c.watch_events, sim.unknown,
-                    len(c.lock_intervals), c.barrier_passes, sim.events, sim.trace)
+                    len(c.lock_intervals), c.barrier_passes, len(c.leaves), sim.events, sim.trace)
