@@ -779,6 +779,8 @@ class Runtime:
         })
         if self.etcd is not None:
             status["etcd_endpoints"] = self.etcd.status()
+        if self.coord is not None:
+            status["coord_store"] = self.coord.host.replica.status()  # this node's copy of the embedded store
         # what the state file says; the protocol may report its own view
         status.setdefault("recovering", self.store.state.recovering)
         return status

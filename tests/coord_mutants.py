@@ -34,3 +34,10 @@ class LeaveWhenSelfRemoved(ConfigReplica):
 
     def leave_done(self, remaining: list[str], participant: str) -> bool:
         return participant not in remaining
+
+
+class NoSnapshot(ConfigReplica):
+    """Never sends a snapshot: a follower behind the kept log stays behind."""
+
+    def _send_snap(self, peer: str) -> list[Any]:
+        return []

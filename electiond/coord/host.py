@@ -25,14 +25,14 @@ MEMBERS_KEY = RESERVED_PREFIX + "members"
 
 
 class CoordHost:
-    def __init__(self, node: Node, store: StoreState | None = None) -> None:
+    def __init__(self, node: Node, store: StoreState | None = None, log_keep: int | None = None) -> None:
         if not isinstance(node.protocol, QuorumLease):
             raise ValueError("the embedded coordination store needs protocol = quorum-lease")
         self.node = node
         self.lease: QuorumLease = node.protocol
         s = node.settings
         self.replica = ConfigReplica(s.node_name, tuple(m.name for m in s.members), s.heartbeat_interval_s, store,
-                                      s.clock_drift_ppm)
+                                      s.clock_drift_ppm, log_keep)
         self.lease.coord_last = self.replica.last
         self._members_retry_at = -1.0
 

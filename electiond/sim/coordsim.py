@@ -17,6 +17,9 @@ its local committed log. The checker (``CoordChecker``) judges:
   ``count`` distinct participants had entered it;
 - ``leave-early``: a participant was let out of a double barrier (its
   leave) before every participant that passed it had started leaving;
+- ``behind``: once the cluster has been whole and quiet for seconds, a
+  host's committed state is not the leader's (the log kept above the base
+  is drawn small per seed, so hosts that were down catch up by snapshot);
 - ``lock-overlap`` / ``lock-token``: two holders' intervals of one lock
   overlap, or a later grant has a token not above an earlier one. A
   holder's interval runs from the grant's arrival to the first of its
@@ -85,6 +88,7 @@ class CoordChecker:
         self.by_version: dict[int, tuple[str, str, str | None]] = {}  # version -> (op, key, value)
         self.acked: dict[str, list[tuple[float, int]]] = {k: [] for k in KEYS}  # key -> (ack time, version)
         self.acks = 0
+        self.deletes: dict[str, int] = {}  # key -> the highest version seen to be a delete of it
         self.reads = 0
         self.watch_events = 0
         self.lock_intervals: list[tuple[float, float, int, int]] = []  # (start, end, token, client)
@@ -126,6 +130,8 @@ class CoordChecker:
         if version <= 0:
             return
         seen = (op, key, value)
+        if op == OP_DELETE and version > self.deletes.get(key, 0):
+            self.deletes[key] = version
         old = self.by_version.setdefault(version, seen)
         if old != seen:
             self.violate(t, "two-values", f"version {version}: {old} and {seen} ({how})")
@@ -140,7 +146,9 @@ class CoordChecker:
         if version > 0:
             self.saw(t, version, OP_SET if value is not None else OP_DELETE, key, value, "read")
         newest = max((v for at, v in self.acked[key] if at < t_invoked), default=0)
-        if version < newest:
+        # a delete folded into the base is forgotten with its version: the key reads as absent, version 0
+        folded_delete = version == 0 and value is None and self.deletes.get(key, 0) >= newest
+        if version < newest and not folded_delete:
             self.violate(t, "lost-write", f"get {key!r} invoked at {t_invoked:.4f} returned version {version}, "
                                           f"but version {newest} was acknowledged before")
 
@@ -216,6 +224,7 @@ class CoordRun:
     lock_grants: int
     barrier_passes: int
     barrier_leaves: int
+    snapshots: int
     events: int
     trace: list[str] = field(default_factory=list)
 
@@ -227,7 +236,7 @@ class CoordRun:
 class CoordSim:
     def __init__(self, seed: int, size: int = 3, replica_cls: type[ConfigReplica] = ConfigReplica,
                  trace: bool = False, registry: Mapping[str, type[ElectionProtocol]] | None = None,
-                 holder_ignores_deadline: bool = False) -> None:
+                 holder_ignores_deadline: bool = False, log_keep: int | None = None) -> None:
         # the mutant holder: keeps its CMD running until its planned release
         self.holder_ignores_deadline = holder_ignores_deadline
         self.holders: dict[int, _Holder] = {}
@@ -242,6 +251,8 @@ class CoordSim:
         self.rng = random.Random(seed)
         self.size = size
         self.replica_cls = replica_cls
+        # small: a host down for a few hundred ms falls behind the kept log and needs a snapshot
+        self.log_keep = log_keep if log_keep is not None else self.rng.choice([4, 8, 16, 64])
         members = tuple(Member(f"n{i}", i + 1) for i in range(size))
         drift = 1000.0  # ppm: every clock stays within it
         self.hosts = [
@@ -261,6 +272,7 @@ class CoordSim:
         self.checker = CoordChecker()
         self.calls: dict[str, _Call] = {}
         self.unknown = 0
+        self.snapshots = 0  # installed on live followers by the end (a restart forgets its count)
         self._next_req = 0
         self.tracing = trace
         self.trace: list[str] = []
@@ -294,11 +306,11 @@ class CoordSim:
             return
         node = Node(h.settings, "quorum-lease", random.Random(self.rng.getrandbits(64)), self.local(h), h.disk,
                     self.registry)
-        h.host = CoordHost(node, h.store)
+        h.host = CoordHost(node, h.store, self.log_keep)
         if self.replica_cls is not ConfigReplica:
             s = h.settings
             h.host.replica = self.replica_cls(s.node_name, tuple(m.name for m in s.members),
-                                              s.heartbeat_interval_s, h.store, s.clock_drift_ppm)
+                                              s.heartbeat_interval_s, h.store, s.clock_drift_ppm, self.log_keep)
             h.host.lease.coord_last = h.host.replica.last
         h.incarnation += 1
         h.watch_from = 0
@@ -565,7 +577,25 @@ class CoordSim:
         if why != "crash":
             self.at(self.now + self.rng.uniform(0.01, 0.2), lambda: self._lock_start(holder.client))
 
+    def check_caught_up(self) -> None:
+        leader = self._leader()
+        if leader is None:
+            return
+        lead = self.hosts[leader].host
+        assert lead is not None
+        for h in self.hosts:
+            ch = h.host
+            if ch is None or h.index == leader:
+                continue
+            self.snapshots += ch.replica.snapshots_installed
+            mine = [ch.replica.committed_get(k) for k in KEYS]
+            theirs = [lead.replica.committed_get(k) for k in KEYS]
+            if ch.replica.commit != lead.replica.commit or mine != theirs:
+                self.checker.violate(self.now, "behind", f"n{h.index} committed {ch.replica.commit} {mine}, "
+                                                         f"leader n{leader} {lead.replica.commit} {theirs}")
+
     def finish(self) -> None:
+        self.check_caught_up()
         for holder in list(self.holders.values()):
             self._end_hold(holder, "crash")
         self.checker.check_locks(self.now)
@@ -717,10 +747,10 @@ class CoordSim:
 def run_coord_seed(seed: int, size: int | None = None, duration_s: float = 5.0,
                    replica_cls: type[ConfigReplica] = ConfigReplica, trace: bool = False,
                    registry: Mapping[str, type[ElectionProtocol]] | None = None,
-                   holder_ignores_deadline: bool = False) -> CoordRun:
+                   holder_ignores_deadline: bool = False, log_keep: int | None = None) -> CoordRun:
     rng = random.Random(seed ^ 0xC0DE)
     n = size if size is not None else rng.choice([3, 3, 5])
-    sim = CoordSim(seed, n, replica_cls, trace, registry, holder_ignores_deadline)
+    sim = CoordSim(seed, n, replica_cls, trace, registry, holder_ignores_deadline, log_keep)
     sim.plan(duration_s)
     sim.run_until(sim._final_reads_at)
     sim.final_reads()
@@ -728,4 +758,4 @@ def run_coord_seed(seed: int, size: int | None = None, duration_s: float = 5.0,
     sim.finish()
     c = sim.checker
     return CoordRun(seed, n, c.violations, c.acks, c.reads, c.watch_events, sim.unknown,
-                    len(c.lock_intervals), c.barrier_passes, len(c.leaves), sim.events, sim.trace)
+                    len(c.lock_intervals), c.barrier_passes, len(c.leaves), sim.snapshots, sim.events, sim.trace)
