@@ -542,3 +542,52 @@ def test_a_stale_snapshot_does_not_roll_a_follower_back():
                                "ttl_ms": 0}, to="n2")
     fx = deliver(b, follow_view(1), "n1", old, 2.0)
     assert b.state() == before and sends(fx)[0].kind == COORD_ACK and not sends(fx)[0].body["ok"]
+
+
+# ---- the member view: joined, suspected, left ------------------------------------------------
+
+from electiond.coord.host import MEMBERS_KEY, CoordHost, decode_view, encode_view, member_changes, suspect_after_s  # noqa: E402
+from electiond.node import Node  # noqa: E402
+from electiond.protocols.base import Member, Settings  # noqa: E402
+
+
+def test_member_changes_tell_joined_suspected_and_left_apart():
+    assert decode_view(encode_view(("n1", "n2"), ("n3",))) == (("n1", "n2"), ("n3",))
+    assert decode_view("n1,n2") == (("n1", "n2"), ())  # the format without suspects is the old one
+    assert member_changes(None, "n1") == [("n1", "joined")]
+    assert member_changes("n1,n2,n3", "n1,n2;n3") == [("n3", "suspected")]
+    assert member_changes("n1,n2;n3", "n1,n2,n3") == [("n3", "joined")]  # heard again
+    assert member_changes("n1,n2;n3", "n1,n2") == [("n3", "left")]
+    assert member_changes("n1,n2,n3", "n1;n2") == [("n2", "suspected"), ("n3", "left")]
+    assert member_changes("n1;n2", "n1;n2") == []
+
+
+def test_the_leader_records_a_silent_peer_as_suspected_then_left_under_new_versions():
+    members = tuple(Member(f"n{i}", i) for i in (1, 2, 3))
+    s = Settings(cluster="t", node_name="n1", members=members, clock_check_s=0.0)
+    node = Node(s, "quorum-lease", random.Random(1), 0.0)
+    host = CoordHost(node)
+    # everyone heard at t=1.0; then n3 falls silent while n2 keeps answering
+    for name in ("n2", "n3"):
+        node.membership.saw(name, 1.0)
+    assert host.live_members(1.0) == "n1,n2,n3"
+    quiet = suspect_after_s(s)
+    for name in ("n2",):
+        node.membership.saw(name, 1.0 + quiet + 0.05)
+    assert host.live_members(1.0 + quiet + 0.1) == "n1,n2;n3"
+    gone = 1.0 + node.membership.liveness_window_s() + 0.01
+    node.membership.saw("n2", gone)
+    assert host.live_members(gone) == "n1,n2"
+    assert quiet < node.membership.liveness_window_s()
+    # a serving leader of one writes each view as one committed version (a cluster of one commits alone)
+    solo = Node(Settings(cluster="t", node_name="n1", members=members[:1], clock_check_s=0.0), "quorum-lease",
+                random.Random(1), 0.0)
+    h1 = CoordHost(solo)
+    t = 0.0
+    for _ in range(200):
+        t += 0.05
+        solo.on_tick(t)
+        h1.after_node_event(t)
+        if h1.replica.committed_get(MEMBERS_KEY)[0]:
+            break
+    assert h1.replica.committed_get(MEMBERS_KEY)[0] == "n1"

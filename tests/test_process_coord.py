@@ -246,3 +246,64 @@ def test_a_node_down_for_more_writes_than_the_kept_log_catches_up_by_snapshot(tm
         t.start()
         t.join(20.0)
         assert seen and seen[-1] == last["version"] and seen == sorted(set(seen)), seen[-5:]
+
+
+def test_members_watch_tells_suspected_from_left_with_one_version_per_view_on_every_host(tmp_path):
+    import json
+    import signal
+    import threading
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        leader = c.wait_leader(timeout_s=15.0)
+        victim, other = [n for n in c.names if n != leader]
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline and _until(c, [leader], "members", {}, 10.0)["members"] != sorted(c.names):
+            time.sleep(0.2)
+        lines: dict[str, list[dict]] = {leader: [], other: []}
+        watchers = {n: subprocess.Popen(ctl_argv(c, n, "members", "--watch"), stdout=subprocess.PIPE, text=True,
+                                        env=env, cwd=str(REPO)) for n in lines}
+        for n, w in watchers.items():
+            threading.Thread(target=lambda n=n, w=w: [lines[n].append(json.loads(x)) for x in w.stdout],
+                             daemon=True).start()
+
+        def wait_change(change: str, limit_s: float, after: int = 0) -> dict:
+            deadline = time.monotonic() + limit_s
+            while time.monotonic() < deadline:
+                got = [e for e in lines[leader] if e["node"] == victim and e["change"] == change
+                       and e["version"] > after]
+                if got:
+                    return got[-1]
+                time.sleep(0.05)
+            raise AssertionError(f"no {change!r} for {victim}: {lines[leader]}")
+
+        try:
+            c.signal(victim, signal.SIGSTOP)  # frozen: silent, not gone
+            try:
+                suspected = wait_change("suspected", 10.0)
+                assert victim in suspected["suspected"] and victim not in suspected["members"], suspected
+                left = wait_change("left", 10.0)
+                assert left["version"] > suspected["version"]
+                assert victim not in left["members"] and victim not in left["suspected"], left
+            finally:
+                c.signal(victim, signal.SIGCONT)
+            back = wait_change("joined", 15.0, after=left["version"])
+            assert back["version"] > left["version"] and victim in back["members"], back
+            # the other host's watch reaches the same versions, and each version is one view
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and max((e["version"] for e in lines[other]), default=0) < back["version"]:
+                time.sleep(0.1)
+            views: dict[int, tuple] = {}
+            for n in lines:
+                for e in lines[n]:
+                    if e["change"] == "view":
+                        continue
+                    view = (tuple(e["members"]), tuple(e["suspected"]))
+                    assert views.setdefault(e["version"], view) == view, (n, e, views)
+            assert {suspected["version"], left["version"], back["version"]} <= {
+                e["version"] for e in lines[other]}, lines[other]
+        finally:
+            for w in watchers.values():
+                w.terminate()
+                w.wait(10)

@@ -39,7 +39,7 @@ from electiond.coord.backend import (
     Unavailable,
     VersionMismatch,
 )
-from electiond.coord.host import MEMBERS_KEY, RESERVED_PREFIX, CoordHost
+from electiond.coord.host import MEMBERS_KEY, RESERVED_PREFIX, CoordHost, decode_view, member_changes
 from electiond.coord.replica import (
     BARRIER_DONE,
     ERR_COMPACTED,
@@ -278,24 +278,20 @@ class EmbeddedBackend(CoordBackend):
 
     async def members(self) -> MemberEvent:
         r = await self._ok(OP_GET, MEMBERS_KEY)
-        return MemberEvent(r.version, "", "view", _split(r.value))
+        live, suspected = decode_view(r.value)
+        return MemberEvent(r.version, "", "view", live, suspected)
 
     async def members_watch(self, from_version: int) -> AsyncIterator[MemberEvent]:
-        """One event per node that joined or left, each carrying the view's
-        version (several events of one change share it). "suspected" is not
-        told apart from "left" here."""
+        """One event per node that joined, became suspected or left, each
+        carrying the view's version (several events of one change share it;
+        see ``host.member_changes``)."""
         replica = self.host.replica
         start = int(replica.status()["oldest_watchable"])
-        before: tuple[str, ...] | None = _split(replica.base_value(MEMBERS_KEY)) if start else None
+        before: str | None = replica.base_value(MEMBERS_KEY) if start else None
         async for e in self.config_watch(MEMBERS_KEY, start):
-            view = _split(e.value)
             if e.version > from_version:
-                for name in sorted(set(view) - set(before or ())):
-                    yield MemberEvent(e.version, name, "joined", view)
-                for name in sorted(set(before or ()) - set(view)):
-                    yield MemberEvent(e.version, name, "left", view)
-            before = view
+                live, suspected = decode_view(e.value)
+                for name, change in member_changes(before, e.value):
+                    yield MemberEvent(e.version, name, change, live, suspected)
+            before = e.value
 
-
-def _split(value: str | None) -> tuple[str, ...]:
-    return tuple(n for n in (value or "").split(",") if n)
