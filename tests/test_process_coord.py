@@ -307,3 +307,56 @@ def test_members_watch_tells_suspected_from_left_with_one_version_per_view_on_ev
             for w in watchers.values():
                 w.terminate()
                 w.wait(10)
+
+
+def test_run_as_leader_cmd_is_dead_before_the_next_leaders_starts_on_stepdown_and_transfer(tmp_path):
+    """CMD ignores SIGTERM (so it dies only by the SIGKILL after ENDED_KILL_S);
+    every voluntary hand-over must wait for the registered supervisor."""
+    stamps = tmp_path / "leader-stamps.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    script = (f"trap '' TERM; echo start $NODE $(date +%s.%N) >> {stamps}; "
+              f"while :; do date +%s.%N > {tmp_path}/alive-$NODE.new; "
+              f"mv -f {tmp_path}/alive-$NODE.new {tmp_path}/alive-$NODE; sleep 0.01; done")
+
+    def supervise(n: str) -> subprocess.Popen:
+        return subprocess.Popen(ctl_argv(c, n, "run-as-leader", "--", "sh", "-c", script), env={**env, "NODE": n},
+                                cwd=str(REPO), stderr=subprocess.PIPE, text=True)
+
+    def starts() -> list[tuple[str, float]]:
+        text = stamps.read_text() if stamps.exists() else ""
+        return [(line.split()[1], float(line.split()[2])) for line in text.splitlines() if line.strip()]
+
+    def wait_starts(k: int) -> list[tuple[str, float]]:
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            got = starts()
+            if len(got) >= k:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"fewer than {k} CMD starts: {starts()}")
+
+    with Cluster(tmp_path, 3, protocol="quorum-lease") as c:
+        c.start_all()
+        c.wait_leader(timeout_s=15.0)
+        procs = {n: supervise(n) for n in c.names}
+        try:
+            for k, how in enumerate(("stepdown", "transfer", "stepdown", "transfer"), start=1):
+                got = wait_starts(k)
+                holder = got[-1][0]
+                time.sleep(0.5)  # a settled leader: its CMD ran a while
+                args = {"target": next(n for n in c.names if n != holder)} if how == "transfer" else {}
+                request(c.socket(holder), how, args, timeout_s=5.0)
+                _, err = procs[holder].communicate(timeout=20)
+                assert procs[holder].returncode == 76, err
+                assert "not registered" not in err, err
+                nxt = wait_starts(k + 1)[k]
+                last_alive = float((tmp_path / f"alive-{holder}").read_text())
+                assert nxt[0] != holder and last_alive < nxt[1], (how, holder, last_alive, nxt)
+                procs[holder] = supervise(holder)  # it stands by for its next turn
+            status = c.status(got[-1][0]) or {}
+            assert status["run_as_leader"]["registered"] == 0 or status["role"] == "leader", status
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.terminate()
+                    p.wait(10)
