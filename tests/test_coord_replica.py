@@ -591,3 +591,21 @@ def test_the_leader_records_a_silent_peer_as_suspected_then_left_under_new_versi
         if h1.replica.committed_get(MEMBERS_KEY)[0]:
             break
     assert h1.replica.committed_get(MEMBERS_KEY)[0] == "n1"
+
+
+def test_a_late_poll_while_the_trip_record_commits_is_not_counted_in_the_names_next_round():
+    a, b, c = elected()
+    view = lead_view(1)
+    a.request(view, "e-x", OP_BARRIER, "start", "x", 2, 1.0)
+    fx = a.request(view, "e-y", OP_BARRIER, "start", "y", 2, 1.01)  # trips: the record is written, not committed
+    trip = [s for s in sends(fx, COORD_APPEND) if s.to == "n2"]
+    late = replies(a.request(view, "e-x-dup", OP_BARRIER, "start", "x", 2, 1.02))[0]  # a duplicated poll of x
+    assert late.value == "waiting" and late.version == 2
+    ack = sends(deliver(b, follow_view(1), "n1", trip[0], 1.03), COORD_ACK)[0]
+    deliver(a, view, "n2", ack, 1.03)
+    for who in ("x", "y"):
+        leave(a, b, who, 1.1)
+    assert a.committed_get("_coord/barrier/start")[0] is None
+    # the name's next round, within x's old poll lease: z is alone
+    r = poll(a, b, "z", 2, 1.2)
+    assert r.value == "waiting" and r.version == 1

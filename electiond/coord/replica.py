@@ -51,7 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from electiond.protocols.base import Send
+from electiond.protocols.base import Send, mypyc_attr
 
 COORD_APPEND: Final = "COORD_APPEND"  # leader -> follower: one entry (or none) + commit
 COORD_ACK: Final = "COORD_ACK"  # follower -> leader: how far its log matches
@@ -201,6 +201,7 @@ def request_ok(op: str, key: str, value: str | None, req: str) -> str:
     return ""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the mutants in tests/coord_mutants.py derive from it
 class ConfigReplica:
     # the mutant in tests/coord_mutants.py lowers it to 1: acks before a majority persisted
     def commit_quorum(self) -> int:
@@ -638,12 +639,17 @@ class ConfigReplica:
         passed = done.split(",") if done else []
         if participant in passed:
             return self._answer(pend, Reply(pend.req, True, "", name, BARRIER_DONE, len(passed)))
+        pending_trip, _ = self.current(trip_key)
+        tripping = pending_trip.split(",") if pending_trip and pending_trip != done else []
+        if participant in tripping:
+            # named by the trip record being committed: a late or duplicated poll must not count
+            # it again in the name's next round (after everyone left and the record is gone)
+            return self._answer(pend, Reply(pend.req, True, "", name, BARRIER_WAITING, len(tripping)))
         parts = lead.barriers.setdefault(name, {})
         parts[participant] = now + BARRIER_LEASE_S
         for p in [p for p, until in parts.items() if until <= now]:
             del parts[p]
         effects: list[Any] = []
-        pending_trip, _ = self.current(trip_key)
         if len(parts) >= self.barrier_need(count) and (pending_trip is None or pending_trip == done):
             _, last_v = self.last
             trip = _Pending(f"trip-{last_v + 1}", None, trip_key, op=OP_SET)

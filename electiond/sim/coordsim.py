@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -94,7 +95,7 @@ class CoordChecker:
         self.lock_intervals: list[tuple[float, float, int, int]] = []  # (start, end, token, client)
         self.barrier_entered: dict[str, dict[str, float]] = {}  # barrier -> participant -> first poll
         self.barrier_passes = 0
-        self.barrier_passed_by: dict[str, set[str]] = {}
+        self.barrier_passed_by: dict[str, dict[str, float]] = {}  # barrier -> participant -> first told it passed
         self.leave_started: dict[str, dict[str, float]] = {}  # barrier -> participant -> first leave poll
         self.leaves: list[tuple[float, str, str]] = []  # (time let out, barrier, participant)
 
@@ -105,10 +106,12 @@ class CoordChecker:
         self.leaves.append((t, name, participant))
 
     def check_leaves(self, t: float) -> None:
-        # judged at the end: a participant may be told it passed after another was let out
+        # every participant told it passed before ``who`` was let out must have started
+        # leaving by then (one told later belongs to the name's next round: reuse after all left)
         for at, name, who in self.leaves:
             started = self.leave_started.get(name, {})
-            late = sorted(p for p in self.barrier_passed_by.get(name, ()) if started.get(p, float("inf")) > at)
+            passed = self.barrier_passed_by.get(name, {})
+            late = sorted(p for p, t_passed in passed.items() if t_passed <= at and started.get(p, float("inf")) > at)
             if late:
                 self.violate(at, "leave-early", f"{who} left {name!r} before {late} started leaving")
 
@@ -117,7 +120,7 @@ class CoordChecker:
 
     def barrier_passed(self, t: float, name: str, participant: str, count: int) -> None:
         self.barrier_passes += 1
-        self.barrier_passed_by.setdefault(name, set()).add(participant)
+        self.barrier_passed_by.setdefault(name, {}).setdefault(participant, t)
         entered = [p for p, at in self.barrier_entered.get(name, {}).items() if at <= t]
         if len(entered) < count or participant not in entered:
             self.violate(t, "barrier-early", f"{participant} passed {name!r} with {sorted(entered)} entered, "
@@ -194,6 +197,7 @@ class _Host:
     disk: PersistedState | None = None
     store: StoreState | None = None
     timer_version: int = 0
+    armed_t: float = -1.0  # when the pending (current-version) timer fires; -1: none pending
     watch_from: int = 0
     incarnation: int = 0
 
@@ -313,6 +317,7 @@ class CoordSim:
                                               s.heartbeat_interval_s, h.store, s.clock_drift_ppm, self.log_keep)
             h.host.lease.coord_last = h.host.replica.last
         h.incarnation += 1
+        h.armed_t = -1.0
         h.watch_from = 0
         self.note(f"n{i} boot")
         self._arm(h)
@@ -335,14 +340,18 @@ class CoordSim:
         d = min(ch.node.deadline(), ch.deadline())
         if d == float("inf"):
             return
-        h.timer_version += 1
-        version = h.timer_version
         t = max(self.now, h.clock.true_time_of(d))
+        if t == h.armed_t:
+            return  # the pending timer fires then already: no second heap entry (most arms change nothing)
+        h.timer_version += 1
+        h.armed_t = t
+        version = h.timer_version
         self.at(t, lambda: self._timer(h, version))
 
     def _timer(self, h: _Host, version: int) -> None:
         if h.host is None or version != h.timer_version:
             return
+        h.armed_t = -1.0
         now = self.local(h)
         ch = h.host
         self._carry_out(h, ch.node.on_tick(now))
@@ -408,7 +417,7 @@ class CoordSim:
             copies = 2 if self.rng.random() < self.dup else 1
             for _ in range(copies):
                 delay = self.rng.uniform(0.0005, 0.004) if self.rng.random() > 0.05 else self.rng.uniform(0.004, 0.03)
-                self.at(self.now + delay, lambda j=j, msg=msg: self._deliver(j, msg))
+                self.at(self.now + delay, partial(self._deliver, j, msg))
 
     # ---- clients --------------------------------------------------------------------
 
@@ -681,12 +690,12 @@ class CoordSim:
     def plan(self, duration_s: float) -> None:
         rng = self.rng
         for i in range(self.size):
-            self.at(rng.uniform(0.0, 0.2), lambda i=i: self.boot(i))
+            self.at(rng.uniform(0.0, 0.2), partial(self.boot, i))
         self.clients_until = duration_s - 1.0
         for c in range(self.size):
-            self.at(0.5 + rng.uniform(0.0, 0.1), lambda c=c: self._new_call(c))
-            self.at(0.5 + rng.uniform(0.0, 0.1), lambda c=c: self._lock_start(c))
-            self.at(0.5 + rng.uniform(0.0, 0.3), lambda c=c: self._barrier_start(c, 0))
+            self.at(0.5 + rng.uniform(0.0, 0.1), partial(self._new_call, c))
+            self.at(0.5 + rng.uniform(0.0, 0.1), partial(self._lock_start, c))
+            self.at(0.5 + rng.uniform(0.0, 0.3), partial(self._barrier_start, c, 0))
         self.barrier_count = rng.choice([self.size // 2 + 1, self.size])
         t = 0.8
         faults_until = duration_s - 2.0
@@ -694,15 +703,15 @@ class CoordSim:
             kind = rng.choice(["crash_leader", "crash_leader", "crash", "partition", "isolate_leader"])
             if kind in ("crash_leader", "crash"):
                 down_s = rng.uniform(0.05, 0.8)
-                self.at(t, lambda k=kind, d=down_s: self._crash_some(k == "crash_leader", d))
+                self.at(t, partial(self._crash_some, kind == "crash_leader", down_s))
             else:
                 heal_after = rng.uniform(0.2, 0.8)
-                self.at(t, lambda k=kind: self._partition(k == "isolate_leader"))
+                self.at(t, partial(self._partition, kind == "isolate_leader"))
                 self.at(t + heal_after, self._heal)
             t += rng.uniform(0.3, 1.0)
         self.at(faults_until, self._heal)
         for i in range(self.size):
-            self.at(faults_until, lambda i=i: self.boot(i))
+            self.at(faults_until, partial(self.boot, i))
         self._final_reads_at = duration_s - 0.5
 
     def _leader(self) -> int | None:
@@ -754,7 +763,7 @@ def run_coord_seed(seed: int, size: int | None = None, duration_s: float = 5.0,
     sim.plan(duration_s)
     sim.run_until(sim._final_reads_at)
     sim.final_reads()
-    sim.run_until(duration_s + 3.0)
+    sim.run_until(duration_s + 1.0)  # the quiet tail: every host catches up well within it
     sim.finish()
     c = sim.checker
     return CoordRun(seed, n, c.violations, c.acks, c.reads, c.watch_events, sim.unknown,
