@@ -86,7 +86,7 @@ ERR_NOT_ACQUIRED: Final = "not_acquired"
 ERR_LOCK_LOST: Final = "lock_lost"
 MAX_TTL_MS: Final = 3_600_000
 
-QUIET_TICKS: Final = 10  # an idle follower still hears the commit point this often (in retry ticks)
+QUIET_TICKS: Final = 4  # an idle follower still hears the commit point this often (in retry ticks)
 LOG_KEEP: Final = 512  # committed entries kept for watches and catch-up
 MAX_KEY_BYTES: Final = 128
 MAX_VALUE_BYTES: Final = 700  # an entry must fit one datagram (wire.MAX_DATAGRAM_BYTES)
