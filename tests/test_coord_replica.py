@@ -541,7 +541,26 @@ def test_a_stale_snapshot_does_not_roll_a_follower_back():
     old = Send(COORD_SNAP, 1, {"v": 2, "t": 1, "i": 0, "n": 0, "kind": "", "key": "", "value": None, "ver": 0,
                                "ttl_ms": 0}, to="n2")
     fx = deliver(b, follow_view(1), "n1", old, 2.0)
-    assert b.state() == before and sends(fx)[0].kind == COORD_ACK and not sends(fx)[0].body["ok"]
+    # unchanged, and it says its log matches up to that version (committed: the same everywhere),
+    # so a leader whose ack of the install was lost moves on instead of resending the snapshot
+    assert b.state() == before and sends(fx)[0].kind == COORD_ACK and sends(fx)[0].body == {"ok": True, "match": 2}
+
+
+def test_a_lost_ack_of_the_install_does_not_make_the_leader_resend_the_snapshot_for_ever():
+    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
+    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
+    c = ConfigReplica("n3", NAMES, HB, log_keep=2)
+    view = lead_view(1)
+    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
+    for i in range(8):
+        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, f"k{i}", f"v{i}", 0, 1.0), 1.0, view)
+    # n3 gets the whole snapshot, but its ack of the install is lost
+    pump(a, {"n2": b, "n3": c}, a.on_tick(view, 5.0), 5.0, view,
+         drop=lambda s: s.kind == COORD_ACK and s.to == "n1" and s.body.get("match") == a.status()["oldest_watchable"])
+    assert c.snapshots_installed == 1
+    for t in range(10):
+        pump(a, {"n2": b, "n3": c}, a.on_tick(view, 6.0 + t), 6.0 + t, view)
+    assert c.snapshots_installed == 1 and c.commit == a.commit and a.status()["match"]["n3"] == a.last[1]
 
 
 # ---- the member view: joined, suspected, left ------------------------------------------------

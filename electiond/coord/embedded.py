@@ -82,7 +82,8 @@ def load_store(directory: str | Path) -> StoreState | None:
     log_entries = tuple(Entry(int(e[0]), int(e[1]), str(e[2]), str(e[3]), e[4], str(e[5]), int(e[6]))
                         for e in data["log"])
     return StoreState(int(data["term"]), int(data["commit"]), int(data["base_version"]), int(data["base_term"]),
-                      tuple((str(k), str(v), int(ver)) for k, v, ver in data["base"]), log_entries,
+                      tuple((str(k), None if v is None else str(v), int(ver)) for k, v, ver in data["base"]),
+                      log_entries,
                       tuple((str(n), str(o), int(t), int(ttl)) for n, o, t, ttl in data.get("locks", [])))
 
 

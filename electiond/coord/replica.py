@@ -125,7 +125,9 @@ class StoreState:
     commit: int = 0
     base_version: int = 0
     base_term: int = 0
-    base: tuple[tuple[str, str, int], ...] = ()  # (key, value, version) of live keys
+    # (key, value, version) of every key written; value None: deleted at that version (a
+    # tombstone: a read after compaction still gives the delete's version, never an older one)
+    base: tuple[tuple[str, str | None, int], ...] = ()
     log: tuple[Entry, ...] = ()
     # the last grant of each lock folded into the base: (name, owner, token, ttl_ms)
     locks: tuple[tuple[str, str, int, int], ...] = ()
@@ -184,7 +186,8 @@ class _Lead:
     # barrier name -> participant -> until when its last poll counts it (our clock)
     barriers: dict[str, dict[str, float]] = field(default_factory=dict)
     # peer -> the snapshot being streamed to it: (version, term, items, next item)
-    snaps: dict[str, tuple[int, int, tuple[tuple[str, str, str, int, int], ...], int]] = field(default_factory=dict)
+    snaps: dict[str, tuple[int, int, tuple[tuple[str, str, str | None, int, int], ...], int]] = field(
+        default_factory=dict)
     quiet_ticks: dict[str, int] = field(default_factory=dict)  # peer -> ticks since we last sent it anything
 
 
@@ -223,7 +226,7 @@ class ConfigReplica:
         self._commit = st.commit
         self._base_version = st.base_version
         self._base_term = st.base_term
-        self._base: dict[str, tuple[str, int]] = {k: (v, ver) for k, v, ver in st.base}
+        self._base: dict[str, tuple[str | None, int]] = {k: (v, ver) for k, v, ver in st.base}
         self._log: list[Entry] = list(st.log)
         self._base_locks: dict[str, tuple[str, int, int]] = {n: (o, tok, ttl) for n, o, tok, ttl in st.locks}
         self._lead: _Lead | None = None
@@ -329,7 +332,7 @@ class ConfigReplica:
             if e.op == OP_SET and e.value is not None:
                 self._base[e.key] = (e.value, e.version)
             elif e.op == OP_DELETE:
-                self._base.pop(e.key, None)
+                self._base[e.key] = (None, e.version)
             elif e.op == OP_LOCK and e.value is not None:
                 self._base_locks[e.key] = (e.value, e.version, e.ttl_ms)
             self._base_version = e.version
@@ -405,7 +408,7 @@ class ConfigReplica:
 
     # ---- snapshots ----------------------------------------------------------------
 
-    def _snapshot_items(self) -> tuple[tuple[str, str, str, int, int], ...]:
+    def _snapshot_items(self) -> tuple[tuple[str, str, str | None, int, int], ...]:
         keys = tuple((SNAP_KEY, k, v, ver, 0) for k, (v, ver) in sorted(self._base.items()))
         locks = tuple((SNAP_LOCK, n, o, tok, ttl) for n, (o, tok, ttl) in sorted(self._base_locks.items()))
         return keys + locks
@@ -433,10 +436,10 @@ class ConfigReplica:
         self._term = term
         v, t, i, n = int(body["v"]), int(body["t"]), int(body["i"]), int(body["n"])
         persist: list[Any] = [StorePersist(self.state())] if changed else []
-        if v <= self._commit or v <= self._base_version:
-            # we hold that state already (a stale or duplicated snapshot): say how far we are
-            _, last_v = self.last
-            return persist + [Send(COORD_ACK, term, {"ok": False, "match": max(last_v, self._commit)}, to=sender)]
+        if v <= self._commit:
+            # we hold that state already (our ack of the install was lost, or a duplicate): our
+            # committed prefix is the leader's, so our log matches its up to v; it goes on from there
+            return persist + [Send(COORD_ACK, term, {"ok": True, "match": v}, to=sender)]
         if self._snap_in != (v, t):
             self._snap_in = (v, t)
             self._snap_items = []
@@ -451,7 +454,7 @@ class ConfigReplica:
 
     def _install(self, v: int, t: int) -> None:
         """Replace our state by the complete snapshot at (v, t)."""
-        self._base = {k: (val, ver) for kind, k, val, ver, _ in self._snap_items if kind == SNAP_KEY and val is not None}
+        self._base = {k: (val, ver) for kind, k, val, ver, _ in self._snap_items if kind == SNAP_KEY}
         self._base_locks = {k: (val or "", ver, ttl) for kind, k, val, ver, ttl in self._snap_items if kind == SNAP_LOCK}
         # keep what follows v only if our entry at v is the snapshot's (Raft's rule); else all of it goes
         keep = self._term_at(v) == t

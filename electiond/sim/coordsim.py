@@ -89,7 +89,6 @@ class CoordChecker:
         self.by_version: dict[int, tuple[str, str, str | None]] = {}  # version -> (op, key, value)
         self.acked: dict[str, list[tuple[float, int]]] = {k: [] for k in KEYS}  # key -> (ack time, version)
         self.acks = 0
-        self.deletes: dict[str, int] = {}  # key -> the highest version seen to be a delete of it
         self.reads = 0
         self.watch_events = 0
         self.lock_intervals: list[tuple[float, float, int, int]] = []  # (start, end, token, client)
@@ -133,8 +132,6 @@ class CoordChecker:
         if version <= 0:
             return
         seen = (op, key, value)
-        if op == OP_DELETE and version > self.deletes.get(key, 0):
-            self.deletes[key] = version
         old = self.by_version.setdefault(version, seen)
         if old != seen:
             self.violate(t, "two-values", f"version {version}: {old} and {seen} ({how})")
@@ -149,9 +146,7 @@ class CoordChecker:
         if version > 0:
             self.saw(t, version, OP_SET if value is not None else OP_DELETE, key, value, "read")
         newest = max((v for at, v in self.acked[key] if at < t_invoked), default=0)
-        # a delete folded into the base is forgotten with its version: the key reads as absent, version 0
-        folded_delete = version == 0 and value is None and self.deletes.get(key, 0) >= newest
-        if version < newest and not folded_delete:
+        if version < newest:
             self.violate(t, "lost-write", f"get {key!r} invoked at {t_invoked:.4f} returned version {version}, "
                                           f"but version {newest} was acknowledged before")
 
