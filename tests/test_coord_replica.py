@@ -628,3 +628,30 @@ def test_a_late_poll_while_the_trip_record_commits_is_not_counted_in_the_names_n
     # the name's next round, within x's old poll lease: z is alone
     r = poll(a, b, "z", 2, 1.2)
     assert r.value == "waiting" and r.version == 1
+
+
+def test_a_follower_that_lost_its_partial_snapshot_gets_it_again_from_where_it_is():
+    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
+    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
+    c = ConfigReplica("n3", NAMES, HB, log_keep=2)
+    view = lead_view(1)
+    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
+    for i in range(8):
+        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, f"k{i}", f"v{i}", 0, 1.0), 1.0, view)
+    s0 = [s for s in sends(a.on_tick(view, 5.0)) if s.to == "n3"][0]
+    acks = sends(deliver(c, follow_view(1), "n1", s0, 5.0))
+    s1 = sends(deliver(a, view, "n3", acks[0], 5.0))[0]
+    assert s1.body["i"] == 1
+    c2 = ConfigReplica("n3", NAMES, HB, c.state(), log_keep=2)  # n3 restarts: its partial snapshot is gone
+    acks = sends(deliver(c2, follow_view(1), "n1", s1, 5.1))
+    assert acks[0].kind == COORD_SNAP_ACK and acks[0].body["next"] == 0
+    again = sends(deliver(a, view, "n3", acks[0], 5.1))
+    assert again and again[0].body["i"] == 0  # the leader goes back to item 0
+    got = sends(deliver(c2, follow_view(1), "n1", again[0], 5.2))
+    assert got[0].body["next"] == 1
+    # a late item of an older snapshot does not throw away the one being received
+    stale = Send(COORD_SNAP, 1, {**s1.body, "v": s1.body["v"] - 1}, to="n3")
+    assert deliver(c2, follow_view(1), "n1", stale, 5.3) == []
+    assert sends(deliver(c2, follow_view(1), "n1", s1, 5.4))[0].body["next"] == 2
+    pump(a, {"n2": b, "n3": c2}, a.on_tick(view, 6.0), 6.0, view)
+    assert c2.snapshots_installed == 1 and c2.commit == a.commit

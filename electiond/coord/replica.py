@@ -440,6 +440,8 @@ class ConfigReplica:
             # we hold that state already (our ack of the install was lost, or a duplicate): our
             # committed prefix is the leader's, so our log matches its up to v; it goes on from there
             return persist + [Send(COORD_ACK, term, {"ok": True, "match": v}, to=sender)]
+        if v < self._snap_in[0]:
+            return persist  # a late item of an older snapshot than the one we are receiving
         if self._snap_in != (v, t):
             self._snap_in = (v, t)
             self._snap_items = []
@@ -474,8 +476,9 @@ class ConfigReplica:
         if snap is None or snap[0] != int(body["v"]) or snap[1] != int(body["t"]):
             return []
         nxt = int(body["next"])
-        if nxt <= snap[3] or nxt > len(snap[2]):
-            return []  # a duplicate or stale ack: the tick resends what is missing
+        if nxt == snap[3] or nxt > len(snap[2]):
+            return []  # a duplicate: the tick resends what is missing
+        # what the follower holds, even fewer than we thought (it lost a partial one): go on from there
         lead.snaps[sender] = (snap[0], snap[1], snap[2], nxt)
         return self._send_snap(sender)
 
