@@ -78,7 +78,8 @@ PERMISSION = "permission"
 BAD_REQUEST = "bad_request"
 # commands that change what the cluster does: root or [control] admin_group only
 # and the coordination commands a script could block other hosts with (coord/commands.py)
-MUTATING = frozenset({"transfer", "stepdown", "pause", "resume"}) | COORD_MUTATING
+# leader.supervise: a registered run-as-leader delays hand-overs (by a bounded time)
+MUTATING = frozenset({"transfer", "stepdown", "pause", "resume", "leader.supervise"}) | COORD_MUTATING
 
 
 class BadRequest(CommandError):

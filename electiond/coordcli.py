@@ -263,6 +263,34 @@ def _release_quietly(client: Client, name: str, token: int) -> None:
         pass  # its lease runs out by itself
 
 
+# what a voluntary hand-over waits for at most, announced when registering:
+# one poll to notice the demotion, ENDED_KILL_S to SIGKILL, and slack to reap and hang up
+SUPERVISE_STOP_WITHIN_S = POLL_S + ENDED_KILL_S + 0.4
+
+
+def _register(client: Client) -> socket.socket | None:
+    """Register with the daemon (``leader.supervise``) so that a voluntary
+    hand-over waits until we hang up, which we do once CMD is dead. None if
+    the daemon refuses (an older one, or no admin rights): run unregistered."""
+    try:
+        sock = client._connect(client.timeout_s)
+    except ClientError:
+        return None
+    try:
+        sock.sendall((json.dumps({"cmd": "leader.supervise",
+                                  "args": {"stop_within_s": SUPERVISE_STOP_WITHIN_S}}) + "\n").encode())
+        reply = json.loads(sock.makefile("rb").readline(65536) or b"{}")
+    except (OSError, ValueError):
+        reply = {}
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        sock.close()
+        error = reply.get("error") if isinstance(reply, dict) else None
+        print(f"electionctl run-as-leader: not registered with the daemon ({error or 'no answer'}): a voluntary "
+              "hand-over will not wait for CMD", file=sys.stderr)
+        return None
+    return sock
+
+
 def _leadership(client: Client) -> tuple[bool, float | None, float]:
     asked = time.monotonic()
     answer = client.call("is-leader", timeout_s=1.0)
@@ -275,6 +303,7 @@ def run_as_leader(client: Client, args: argparse.Namespace, fail: Any) -> int:
     give_up = time.monotonic() + args.wait if args.wait else math.inf
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     proc = None
+    registered: socket.socket | None = None
     try:
         deadline = -math.inf
         grace = args.kill_grace or DEFAULT_LEADER_GRACE_S
@@ -292,6 +321,8 @@ def run_as_leader(client: Client, args: argparse.Namespace, fail: Any) -> int:
                 deadline = -math.inf
             if proc is None:
                 if leading and time.monotonic() < deadline:
+                    if registered is None:
+                        registered = _register(client)
                     proc = _start(cmd, {"ELECTIOND_LEADER_SINCE": str(time.time())})
                 elif time.monotonic() >= give_up:
                     return fail(args.json, EXIT_NOT_ACQUIRED, f"electionctl: not leader within {args.wait:g}s",
@@ -300,8 +331,8 @@ def run_as_leader(client: Client, args: argparse.Namespace, fail: Any) -> int:
                 if proc.poll() is not None:
                     return _exit_status(proc.returncode)
                 if not leading or time.monotonic() >= deadline:
-                    # leadership already over (a hand-over: the daemon does not wait for CMD, only for
-                    # its demote hooks): no grace left to give; at the deadline: the usual grace
+                    # leadership already over (a hand-over: the daemon waits for our hang-up, for at
+                    # most SUPERVISE_STOP_WITHIN_S): kill soon; at the deadline: the usual grace
                     kill_at = time.monotonic() + ENDED_KILL_S if not leading else kill_at_s(deadline, grace)
                     stop(proc, kill_at)
                     return fail(args.json, EXIT_LOST, "electionctl run-as-leader: leadership ended; the command "
@@ -323,6 +354,8 @@ def run_as_leader(client: Client, args: argparse.Namespace, fail: Any) -> int:
     except CannotStart as exc:
         return fail(args.json, EXIT_CANNOT_START, f"electionctl run-as-leader: {exc}", "run-as-leader")
     finally:
+        if registered is not None:
+            registered.close()  # CMD is dead (every path above waited for it): the hand-over may go on
         for s, handler in old.items():
             signal.signal(s, handler)
 

@@ -34,6 +34,7 @@ from electiond.looplag import LoopLag
 from electiond.refresh import REASON_INTERVAL, REASON_SPLIT_BRAIN, RefreshSchedule
 from electiond.control import BadRequest
 from electiond.coord.embedded import EmbeddedBackend
+from electiond.coord.handover import SupervisorRegistry
 from electiond.coord.host import CoordHost
 from electiond.coord.replica import Reply, StorePersist
 from electiond.node import DUPLICATE_NAME, Node
@@ -171,6 +172,7 @@ class Runtime:
         self._coord: CoordBackend | None = None  # etcd's, made on first use (coord_backend)
         self.refresh = RefreshSchedule(config.hooks.refresh_interval_s)  # [hooks] refresh while leader
         self.coord: EmbeddedBackend | None = None  # protocol = quorum-lease: the embedded coordination store
+        self.supervisors = SupervisorRegistry()  # run-as-leader CMDs a hand-over waits for
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -286,6 +288,7 @@ class Runtime:
         if self._timer:
             self._timer.cancel()
         await self.hooks.close()
+        await self.supervisors.wait_stopped()  # run-as-leader CMDs dead (bounded) before the next leader starts
         # the demote hooks are done: hand over before the sockets close
         self._process(lambda now: self.node.demote_hooks_done(now))
         if self._coord is not None:
@@ -574,6 +577,8 @@ class Runtime:
         graceful hand-over releases the followers only then)."""
         assert self.hooks is not None and self.node is not None
         await self.hooks.wait_idle()
+        # and the local run-as-leader CMDs are dead (or their announced bound passed)
+        await self.supervisors.wait_stopped()
         if not self._transports_closed:
             self._process(lambda now: self.node.demote_hooks_done(now))
 
@@ -727,6 +732,11 @@ class Runtime:
         if name in coordcmds.COORD_COMMANDS:
             return coordcmds.dispatch(self.coord_backend(), self.settings.node_name, self.settings.clock_drift_ppm,
                                       name, args, self.config.protocol)
+        if name == "leader.supervise":
+            stop_within_s = args.get("stop_within_s", 1.0)
+            if isinstance(stop_within_s, bool) or not isinstance(stop_within_s, (int, float)) or stop_within_s < 0:
+                raise BadRequest("'stop_within_s' must be a non-negative number")
+            return self.supervisors.supervise(float(stop_within_s))
         if name in ("transfer", "stepdown"):
             wait_s = _wait_arg(args)
             target = args.get("target") if name == "transfer" else None
@@ -849,9 +859,12 @@ class Runtime:
             "leadership_changes_total": self.counters.leadership_changes,
             "transport": self.config.transport,
             "loop_lag": self.loop_lag.snapshot(now),
+            "run_as_leader": self.supervisors.status(),
         })
         if self.etcd is not None:
             status["etcd_endpoints"] = self.etcd.status()
+        if self.coord is not None:
+            status["coord_store"] = self.coord.host.replica.status()  # this node's copy of the embedded store
         # what the state file says; the protocol may report its own view
         status.setdefault("recovering", self.store.state.recovering)
         return status

@@ -27,3 +27,17 @@ class BarrierOffByOne(ConfigReplica):
 
     def barrier_need(self, count: int) -> int:
         return count - 1
+
+
+class LeaveWhenSelfRemoved(ConfigReplica):
+    """Lets a leaving participant out once its own removal committed, not waiting for the others."""
+
+    def leave_done(self, remaining: list[str], participant: str) -> bool:
+        return participant not in remaining
+
+
+class NoSnapshot(ConfigReplica):
+    """Never sends a snapshot: a follower behind the kept log stays behind."""
+
+    def _send_snap(self, peer: str) -> list[Any]:
+        return []

@@ -363,3 +363,295 @@ def test_a_new_leader_knows_a_tripped_barrier_from_the_replicated_record():
     deliver(b, View("n2", 2, True), "n1", ack[0], 6.0)
     r = replies(b.request(View("n2", 2, True), "late2", OP_BARRIER, "start", "y", 2, 6.1))
     assert r[0].value == "done"
+
+
+# ---- the double barrier's leave ------------------------------------------------------------
+
+from electiond.coord.replica import OP_BARRIER_LEAVE  # noqa: E402
+
+
+def leave(a: ConfigReplica, b: ConfigReplica, who: str, now: float, view: View | None = None,
+          ack: bool = True) -> Reply:
+    """One leave poll at the leader ``a``; ``ack``: ``b`` persists and acks what it was sent."""
+    view = view or lead_view(1)
+    fx = a.request(view, f"l-{who}-{now}", OP_BARRIER_LEAVE, "start", who, 0, now)
+    out = replies(fx)
+    for s in sends(fx, COORD_APPEND):
+        if s.to == "n2" and ack:
+            got = sends(deliver(b, follow_view(view.term), "n1", s, now), COORD_ACK)[0]
+            out += replies(deliver(a, view, "n2", got, now))
+    return [r for r in out if r.req.startswith("l-")][0]
+
+
+def test_leave_is_done_only_once_every_participant_that_passed_has_left():
+    a, b, c = elected()
+    for who in ("x", "y", "z"):
+        poll(a, b, who, 3, 1.0)
+    assert poll(a, b, "x", 3, 1.1).value == "done"
+    r = leave(a, b, "x", 2.0)
+    assert r.value == "waiting" and r.version == 3  # the answer is judged before x's removal committed
+    assert leave(a, b, "x", 2.1).version == 2  # removed once, polled again: still two inside
+    assert leave(a, b, "y", 2.2).version == 2 and leave(a, b, "y", 2.3).version == 1
+    assert leave(a, b, "x", 2.4).value == "waiting"
+    assert leave(a, b, "z", 2.5).version == 1
+    # the record is gone once z's removal committed: everyone's next poll is let out
+    assert [leave(a, b, w, 2.6).value for w in ("x", "y", "z")] == ["done"] * 3
+    assert a.committed_get("_coord/barrier/start")[0] is None
+    # one who never passed (or a repeat) does not remove anyone
+    assert leave(a, b, "q", 2.7).value == "done"
+
+
+def test_a_second_poll_before_the_removal_committed_does_not_write_it_again():
+    a, b, c = elected()
+    for who in ("x", "y"):
+        poll(a, b, who, 2, 1.0)
+    before = a.last[1]
+    leave(a, b, "x", 2.0, ack=False)  # n2 does not ack: the removal stays uncommitted
+    leave(a, b, "x", 2.1, ack=False)
+    assert a.last[1] == before + 1
+    assert a.current("_coord/barrier/start")[0] == "y"
+
+
+def test_a_new_leader_keeps_committed_leaves_and_a_lost_one_is_written_again():
+    a, b, c = elected()
+    for who in ("x", "y", "z"):
+        poll(a, b, who, 3, 1.0)
+    leave(a, b, "x", 2.0)  # committed (n1 and n2)
+    leave(a, b, "y", 2.1, ack=False)  # only on n1: lost when n1 dies
+    new = View("n2", 2, True)
+    fx = b.sync(new, 5.0)
+    noop = [s for s in sends(fx, COORD_APPEND) if s.to == "n3"][0]
+    # n3 was behind: it catches up through acks (one entry per round trip)
+    for _ in range(20):
+        got = sends(deliver(c, View("n2", 2, False), "n2", noop, 5.1), COORD_ACK)
+        nxt = sends(deliver(b, new, "n3", got[0], 5.1), COORD_APPEND)
+        if not nxt:
+            break
+        noop = nxt[0]
+    assert b.ready(new)
+    assert b.committed_get("_coord/barrier/start")[0] == "y,z"  # x's leave kept, y's lost
+    for who, when in (("y", 6.0), ("z", 6.1)):
+        fx = b.request(new, f"l-{who}", OP_BARRIER_LEAVE, "start", who, 0, when)
+        for s in sends(fx, COORD_APPEND):
+            if s.to == "n3":
+                got = sends(deliver(c, View("n2", 2, False), "n2", s, when), COORD_ACK)
+                deliver(b, new, "n3", got[0], when)
+    assert b.committed_get("_coord/barrier/start")[0] is None
+    r = replies(b.request(new, "l-x-again", OP_BARRIER_LEAVE, "start", "x", 0, 6.2))
+    assert r[0].value == "done"
+
+
+# ---- snapshot catch-up ------------------------------------------------------------------------
+
+from electiond.coord.replica import COORD_SNAP, COORD_SNAP_ACK, OP_LOCK  # noqa: E402
+
+
+def pump(a: ConfigReplica, others: dict[str, ConfigReplica], fx: list, now: float, view: View,
+         drop=lambda s: False, limit: int = 500) -> int:
+    """Deliver ``fx``'s sends (and everything they cause) between the leader
+    ``a`` and ``others``; returns how many messages went; ``drop`` loses some."""
+    queue = [(a.name, s) for s in sends(fx)]
+    went = 0
+    while queue and went < limit:
+        frm, s = queue.pop(0)
+        went += 1
+        if drop(s):
+            continue
+        if frm == a.name:
+            if s.to not in others:
+                continue
+            queue += [(s.to, x) for x in sends(deliver(others[s.to], follow_view(view.term), a.name, s, now))]
+        else:
+            queue += [(a.name, x) for x in sends(deliver(a, view, frm, s, now))]
+    assert went < limit
+    return went
+
+
+def test_a_follower_behind_the_kept_log_catches_up_from_a_snapshot_and_then_the_log():
+    a = ConfigReplica("n1", NAMES, HB, log_keep=4)
+    b = ConfigReplica("n2", NAMES, HB, log_keep=4)
+    c = ConfigReplica("n3", NAMES, HB, log_keep=4)
+    view = lead_view(1)
+    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)  # n3 is down from the start
+    for i in range(12):
+        fx = a.request(view, f"w{i}", OP_SET, f"k{i % 3}", f"v{i}", 0, 1.0 + i * 0.01)
+        pump(a, {"n2": b}, fx, 1.0, view)
+    fx = a.request(view, "g1", OP_LOCK, "job", "owner-x", 0, 1.5, ttl_ms=500)
+    pump(a, {"n2": b}, fx, 1.5, view)
+    for i in range(5):
+        pump(a, {"n2": b}, a.request(view, f"x{i}", OP_SET, "k9", f"x{i}", 0, 1.6), 1.6, view)
+    assert a.status()["oldest_watchable"] > 0 and c.commit == 0
+    kinds: list[str] = []
+    # n3 is back: its log is too far behind; a snapshot then the log's tail
+    went = pump(a, {"n2": b, "n3": c}, a.on_tick(view, 10.0), 10.0, view,
+                drop=lambda s: kinds.append(s.kind) or False)
+    assert COORD_SNAP in kinds and COORD_SNAP_ACK in kinds and went > 4
+    assert c.snapshots_installed == 1 and c.commit == a.commit and c.last == a.last
+    for key in ("k0", "k1", "k2", "k9"):
+        assert c.committed_get(key) == a.committed_get(key)
+    assert c.state().locks == a.state().locks  # the lock's grant came along (a new leader holds it for W)
+    # what it persisted is the snapshot: a restart keeps it
+    again = ConfigReplica("n3", NAMES, HB, c.state(), log_keep=4)
+    assert again.committed_get("k9") == a.committed_get("k9") and again.last == a.last
+    # a watch from before the snapshot gets the documented error, one from its base works
+    assert c.changes_since(0) == ERR_COMPACTED
+    assert [e.version for e in c.changes_since(c.status()["oldest_watchable"])][-1] == a.commit
+
+
+def test_a_snapshot_half_received_is_neither_installed_nor_persisted_and_lost_items_are_resent():
+    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
+    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
+    c = ConfigReplica("n3", NAMES, HB, log_keep=2)
+    view = lead_view(1)
+    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
+    for i in range(8):
+        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, f"k{i}", f"v{i}", 0, 1.0), 1.0, view)
+    first = [s for s in sends(a.on_tick(view, 5.0)) if s.to == "n3"][0]
+    assert first.kind == COORD_SNAP and first.body["i"] == 0 and first.body["n"] >= 6
+    fx = deliver(c, follow_view(1), "n1", first, 5.0)
+    assert not [e for e in fx if type(e) is StorePersist] or c.commit == 0
+    assert sends(fx)[0].kind == COORD_SNAP_ACK and sends(fx)[0].body["next"] == 1
+    # the ack is lost: the tick resends item 0 (the leader did not hear), a duplicate
+    again = [s for s in sends(a.on_tick(view, 6.0)) if s.to == "n3"][0]
+    assert again.body["i"] == 0
+    dup = sends(deliver(c, follow_view(1), "n1", again, 6.0))
+    assert dup[0].body["next"] == 1 and c.snapshots_installed == 0 and c.commit == 0
+    # from here on, a third of all messages are lost: the stream still completes
+    rng = random.Random(7)
+
+    def lossy(s: Send) -> bool:
+        return rng.random() < 0.33
+
+    for t in range(200):
+        pump(a, {"n2": b, "n3": c}, a.on_tick(view, 7.0 + t), 7.0 + t, view, drop=lossy)
+        if c.commit == a.commit:
+            break
+    assert c.snapshots_installed == 1 and c.commit == a.commit
+    assert all(c.committed_get(f"k{i}") == a.committed_get(f"k{i}") for i in range(8))
+
+
+def test_a_stale_snapshot_does_not_roll_a_follower_back():
+    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
+    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
+    view = lead_view(1)
+    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
+    for i in range(6):
+        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, "k", f"v{i}", 0, 1.0), 1.0, view)
+    before = b.state()
+    old = Send(COORD_SNAP, 1, {"v": 2, "t": 1, "i": 0, "n": 0, "kind": "", "key": "", "value": None, "ver": 0,
+                               "ttl_ms": 0}, to="n2")
+    fx = deliver(b, follow_view(1), "n1", old, 2.0)
+    # unchanged, and it says its log matches up to that version (committed: the same everywhere),
+    # so a leader whose ack of the install was lost moves on instead of resending the snapshot
+    assert b.state() == before and sends(fx)[0].kind == COORD_ACK and sends(fx)[0].body == {"ok": True, "match": 2}
+
+
+def test_a_lost_ack_of_the_install_does_not_make_the_leader_resend_the_snapshot_for_ever():
+    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
+    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
+    c = ConfigReplica("n3", NAMES, HB, log_keep=2)
+    view = lead_view(1)
+    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
+    for i in range(8):
+        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, f"k{i}", f"v{i}", 0, 1.0), 1.0, view)
+    # n3 gets the whole snapshot, but its ack of the install is lost
+    pump(a, {"n2": b, "n3": c}, a.on_tick(view, 5.0), 5.0, view,
+         drop=lambda s: s.kind == COORD_ACK and s.to == "n1" and s.body.get("match") == a.status()["oldest_watchable"])
+    assert c.snapshots_installed == 1
+    for t in range(10):
+        pump(a, {"n2": b, "n3": c}, a.on_tick(view, 6.0 + t), 6.0 + t, view)
+    assert c.snapshots_installed == 1 and c.commit == a.commit and a.status()["match"]["n3"] == a.last[1]
+
+
+# ---- the member view: joined, suspected, left ------------------------------------------------
+
+from electiond.coord.host import MEMBERS_KEY, CoordHost, decode_view, encode_view, member_changes, suspect_after_s  # noqa: E402
+from electiond.node import Node  # noqa: E402
+from electiond.protocols.base import Member, Settings  # noqa: E402
+
+
+def test_member_changes_tell_joined_suspected_and_left_apart():
+    assert decode_view(encode_view(("n1", "n2"), ("n3",))) == (("n1", "n2"), ("n3",))
+    assert decode_view("n1,n2") == (("n1", "n2"), ())  # the format without suspects is the old one
+    assert member_changes(None, "n1") == [("n1", "joined")]
+    assert member_changes("n1,n2,n3", "n1,n2;n3") == [("n3", "suspected")]
+    assert member_changes("n1,n2;n3", "n1,n2,n3") == [("n3", "joined")]  # heard again
+    assert member_changes("n1,n2;n3", "n1,n2") == [("n3", "left")]
+    assert member_changes("n1,n2,n3", "n1;n2") == [("n2", "suspected"), ("n3", "left")]
+    assert member_changes("n1;n2", "n1;n2") == []
+
+
+def test_the_leader_records_a_silent_peer_as_suspected_then_left_under_new_versions():
+    members = tuple(Member(f"n{i}", i) for i in (1, 2, 3))
+    s = Settings(cluster="t", node_name="n1", members=members, clock_check_s=0.0)
+    node = Node(s, "quorum-lease", random.Random(1), 0.0)
+    host = CoordHost(node)
+    # everyone heard at t=1.0; then n3 falls silent while n2 keeps answering
+    for name in ("n2", "n3"):
+        node.membership.saw(name, 1.0)
+    assert host.live_members(1.0) == "n1,n2,n3"
+    quiet = suspect_after_s(s)
+    for name in ("n2",):
+        node.membership.saw(name, 1.0 + quiet + 0.05)
+    assert host.live_members(1.0 + quiet + 0.1) == "n1,n2;n3"
+    gone = 1.0 + node.membership.liveness_window_s() + 0.01
+    node.membership.saw("n2", gone)
+    assert host.live_members(gone) == "n1,n2"
+    assert quiet < node.membership.liveness_window_s()
+    # a serving leader of one writes each view as one committed version (a cluster of one commits alone)
+    solo = Node(Settings(cluster="t", node_name="n1", members=members[:1], clock_check_s=0.0), "quorum-lease",
+                random.Random(1), 0.0)
+    h1 = CoordHost(solo)
+    t = 0.0
+    for _ in range(200):
+        t += 0.05
+        solo.on_tick(t)
+        h1.after_node_event(t)
+        if h1.replica.committed_get(MEMBERS_KEY)[0]:
+            break
+    assert h1.replica.committed_get(MEMBERS_KEY)[0] == "n1"
+
+
+def test_a_late_poll_while_the_trip_record_commits_is_not_counted_in_the_names_next_round():
+    a, b, c = elected()
+    view = lead_view(1)
+    a.request(view, "e-x", OP_BARRIER, "start", "x", 2, 1.0)
+    fx = a.request(view, "e-y", OP_BARRIER, "start", "y", 2, 1.01)  # trips: the record is written, not committed
+    trip = [s for s in sends(fx, COORD_APPEND) if s.to == "n2"]
+    late = replies(a.request(view, "e-x-dup", OP_BARRIER, "start", "x", 2, 1.02))[0]  # a duplicated poll of x
+    assert late.value == "waiting" and late.version == 2
+    ack = sends(deliver(b, follow_view(1), "n1", trip[0], 1.03), COORD_ACK)[0]
+    deliver(a, view, "n2", ack, 1.03)
+    for who in ("x", "y"):
+        leave(a, b, who, 1.1)
+    assert a.committed_get("_coord/barrier/start")[0] is None
+    # the name's next round, within x's old poll lease: z is alone
+    r = poll(a, b, "z", 2, 1.2)
+    assert r.value == "waiting" and r.version == 1
+
+
+def test_a_follower_that_lost_its_partial_snapshot_gets_it_again_from_where_it_is():
+    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
+    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
+    c = ConfigReplica("n3", NAMES, HB, log_keep=2)
+    view = lead_view(1)
+    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
+    for i in range(8):
+        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, f"k{i}", f"v{i}", 0, 1.0), 1.0, view)
+    s0 = [s for s in sends(a.on_tick(view, 5.0)) if s.to == "n3"][0]
+    acks = sends(deliver(c, follow_view(1), "n1", s0, 5.0))
+    s1 = sends(deliver(a, view, "n3", acks[0], 5.0))[0]
+    assert s1.body["i"] == 1
+    c2 = ConfigReplica("n3", NAMES, HB, c.state(), log_keep=2)  # n3 restarts: its partial snapshot is gone
+    acks = sends(deliver(c2, follow_view(1), "n1", s1, 5.1))
+    assert acks[0].kind == COORD_SNAP_ACK and acks[0].body["next"] == 0
+    again = sends(deliver(a, view, "n3", acks[0], 5.1))
+    assert again and again[0].body["i"] == 0  # the leader goes back to item 0
+    got = sends(deliver(c2, follow_view(1), "n1", again[0], 5.2))
+    assert got[0].body["next"] == 1
+    # a late item of an older snapshot does not throw away the one being received
+    stale = Send(COORD_SNAP, 1, {**s1.body, "v": s1.body["v"] - 1}, to="n3")
+    assert deliver(c2, follow_view(1), "n1", stale, 5.3) == []
+    assert sends(deliver(c2, follow_view(1), "n1", s1, 5.4))[0].body["next"] == 2
+    pump(a, {"n2": b, "n3": c2}, a.on_tick(view, 6.0), 6.0, view)
+    assert c2.snapshots_installed == 1 and c2.commit == a.commit

@@ -223,7 +223,7 @@ def test_members_watch_prints_one_json_line_per_change(served):
         served.backend.member_events.append(MemberEvent(3, "n1", "left", ("n2",)))
         assert json.loads(proc.stdout.readline())["version"] == 2
         assert json.loads(proc.stdout.readline()) == {"version": 3, "node": "n1", "change": "left",
-                                                      "members": ["n2"]}
+                                                      "members": ["n2"], "suspected": []}
     finally:
         proc.terminate()
         proc.wait(5)

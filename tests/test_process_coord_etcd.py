@@ -259,7 +259,8 @@ def _view(c: Cluster, name: str) -> list[str]:
 def test_run_as_leader_only_on_the_leader_and_dead_before_the_next_one_starts(tmp_path):
     """The leader's daemon is killed: its run-as-leader cannot renew the
     deadline and kills CMD (which ignores SIGTERM) before the etcd lease, and
-    so the next leader's CMD, can start. A stepdown then stops the next one."""
+    so the next leader's CMD, can start. A stepdown then stops the next one, and
+    the hand-over waits for it to be dead before the third leader's starts."""
     stamps = tmp_path / "leader-stamps.log"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with EtcdCluster(tmp_path) as etcd:
@@ -289,10 +290,18 @@ def test_run_as_leader_only_on_the_leader_and_dead_before_the_next_one_starts(tm
                 last_alive = float((tmp_path / f"alive-{leader}").read_text())
                 print(f"killed daemon: old CMD last alive {last_alive:.3f}, new started {started}")
                 assert last_alive < float(started), "the old leader's CMD still ran when the new one's started"
-                # a voluntary hand-over: the job is stopped at once (not waited for: see README)
+                # a voluntary hand-over waits (bounded) for the registered run-as-leader's CMD to die
                 assert ctl(c, successor, "stepdown").returncode == 0
                 _, err = procs[successor].communicate(timeout=20)
                 assert procs[successor].returncode == 76, err
+                third = next(n for n in c.names if n not in (leader, successor))
+                lines = retry(lambda: len(stamps.read_text().splitlines()) >= 3 and stamps.read_text().splitlines(),
+                              TTL_S + 20, "the third leader's CMD")
+                _, node3, started3 = lines[2].split()
+                assert node3 == third, lines
+                last_alive = float((tmp_path / f"alive-{successor}").read_text())
+                print(f"stepdown: old CMD last alive {last_alive:.3f}, new started {started3}")
+                assert last_alive < float(started3), "the stepped-down leader's CMD still ran when the next one's started"
             finally:
                 for p in procs.values():
                     if p.poll() is None:

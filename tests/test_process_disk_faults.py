@@ -71,6 +71,24 @@ def _disk(c: Cluster, name: str) -> dict | None:
     return None if s is None else s["disk"]
 
 
+def _store_settled(c: Cluster) -> None:
+    """Wait (bounded) until the embedded coordination store is quiet on every
+    running node: a store entry reaching the faulted node while its disk fails
+    stops that daemon by design (fail-stop, exit 75, tests/test_process_coord_disk.py),
+    which is not what this test is about. A new leader's no-op and member-view
+    writes come in its first second or so."""
+    deadline = time.monotonic() + 10.0
+    last = None
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        seen = tuple(((c.status(n) or {}).get("coord_store") or {}).get("last_version") for n in sorted(c.running()))
+        if seen != last or len(set(seen)) != 1:
+            last, stable_since = seen, time.monotonic()
+        elif time.monotonic() - stable_since >= 1.5:
+            return
+        time.sleep(0.1)
+
+
 def _leaders_per_term(c: Cluster) -> dict[int, set[str]]:
     terms: dict[int, set[str]] = {}
     for _stamp, event, node, term, _reason in c.hook_events():
@@ -135,6 +153,7 @@ def test_full_then_read_only_state_directory_never_votes_and_recovers(tmp_path):
             old = _leader_other_than_faulted(c)
             survivor = next(n for n in c.names if n not in (old, FAULTED))
             term = c.status(old)["term"]
+            _store_settled(c)
             assert _fill(state_dir) > 0
             c.kill(old)
             _no_leader_while_faulted(c, survivor, "ENOSPC", 1)
@@ -148,6 +167,7 @@ def test_full_then_read_only_state_directory_never_votes_and_recovers(tmp_path):
             old = _leader_other_than_faulted(c)
             survivor = next(n for n in c.names if n not in (old, FAULTED))
             term = c.status(old)["term"]
+            _store_settled(c)
             subprocess.run(["mount", "-o", "remount,ro", str(state_dir)], check=True, timeout=10)
             c.kill(old)
             _no_leader_while_faulted(c, survivor, "EROFS", 2)

@@ -39,6 +39,59 @@ for proto in ("bully", "ring", "quorum-lease"):
 print(json.dumps(out))
 """
 
+# the coordination store's simulator: the same seeds' traces both ways, and a compiled campaign
+COORD_DIGESTS = """
+import hashlib, json, sys
+from electiond.sim.native import build_kind
+from electiond.sim.coordsim import run_coord_seed
+out = {"build": build_kind()}
+for seed in range(int(sys.argv[1])):
+    r = run_coord_seed(seed, trace=True)
+    out[str(seed)] = [hashlib.sha256("\\n".join(r.trace).encode()).hexdigest(), len(r.violations), r.events]
+print(json.dumps(out))
+"""
+COORD_CAMPAIGN = """
+import json, sys
+from electiond.sim.native import build_kind
+from electiond.sim.coordsim import run_coord_seed
+first, n = int(sys.argv[1]), int(sys.argv[2])
+bad, acks, snaps, leaves = [], 0, 0, 0
+for seed in range(first, first + n):
+    r = run_coord_seed(seed)
+    acks, snaps, leaves = acks + r.acks, snaps + r.snapshots, leaves + r.barrier_leaves
+    if not r.ok:
+        bad.append([seed, [str(v) for v in r.violations[:3]]])
+print(json.dumps({"build": build_kind(), "runs": n, "bad": bad, "acks": acks, "snapshots": snaps, "leaves": leaves}))
+"""
+COORD_SEEDS = 6
+COORD_CAMPAIGN_SEEDS = int(os.environ.get("COORD_SIM_NATIVE_CAMPAIGN", "2000"))
+COORD_CAMPAIGN_FIRST = int(os.environ.get("COORD_SIM_SEEDS", "600"))  # after the interpreted run's seeds
+
+
+def _env(build: Path | None) -> dict[str, str]:
+    path = [str(build), str(ROOT)] if build else [str(ROOT)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def _coord_campaign(build: Path) -> None:
+    """COORD_CAMPAIGN_SEEDS compiled coordination seeds, in two processes (two cores)."""
+    half = COORD_CAMPAIGN_SEEDS // 2
+    parts = [(COORD_CAMPAIGN_FIRST, half), (COORD_CAMPAIGN_FIRST + half, COORD_CAMPAIGN_SEEDS - half)]
+    procs = [subprocess.Popen([sys.executable, "-P", "-c", COORD_CAMPAIGN, str(first), str(n)], env=_env(build),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for first, n in parts]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=1200)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out))
+    assert all(r["build"] == "mypyc" for r in results), results
+    assert sum(r["runs"] for r in results) == COORD_CAMPAIGN_SEEDS
+    assert not [b for r in results for b in r["bad"]], [b for r in results for b in r["bad"]][:5]
+    # the schedules did exercise the store (writes, snapshots, double-barrier leaves)
+    assert all(r["acks"] > 20 * r["runs"] and r["snapshots"] > r["runs"] // 2 and r["leaves"] > r["runs"]
+               for r in results), results
+
 
 def _run(build: Path | None, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     # -P: the working directory must not put the interpreted source ahead of the build
@@ -79,6 +132,14 @@ def test_compiled_simulator_traces_like_the_interpreted_one(tmp_path):
         assert campaign.returncode == 0, campaign.stdout[-3000:] + campaign.stderr[-3000:]
         assert f"runs={CAMPAIGN_SEEDS} violations=0" in campaign.stdout
         assert "build=mypyc" in campaign.stdout
+
+    coord_a = _run(None, "-c", COORD_DIGESTS, str(COORD_SEEDS))
+    coord_b = _run(build, "-c", COORD_DIGESTS, str(COORD_SEEDS))
+    assert coord_a.returncode == 0 and coord_b.returncode == 0, coord_a.stderr + coord_b.stderr
+    ca, cb = json.loads(coord_a.stdout), json.loads(coord_b.stdout)
+    assert (ca.pop("build"), cb.pop("build")) == ("interpreted", "mypyc")
+    assert len(ca) == COORD_SEEDS and ca == cb, [k for k in ca if ca[k] != cb.get(k)]
+    _coord_campaign(build)
 
     explore = _run(build, "-m", "electiond.sim", "explore", "--depth", "2")
     assert explore.returncode == 2

@@ -75,8 +75,9 @@ def _value(args: dict[str, Any]) -> str:
 
 def as_dict(item: Any) -> dict[str, Any]:
     out = dataclasses.asdict(item)
-    if "members" in out:
-        out["members"] = list(out["members"])
+    for key in ("members", "suspected"):
+        if key in out:
+            out[key] = list(out[key])
     return out
 
 

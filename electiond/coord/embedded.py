@@ -13,8 +13,8 @@ durability the disk does not have.
 The live member view is the replicated key ``_coord/members`` (written by
 the serving leader when its view of live members changes), so its versions
 are agreed cluster-wide. Barriers: participants poll (see
-``ConfigReplica._barrier_poll``). Not served here yet: the double barrier's
-leave (``barrier_leave`` raises ``CoordError``).
+``ConfigReplica._barrier_poll``); the double barrier's leave polls too
+(``ConfigReplica._barrier_leave``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from electiond.coord.backend import (
     Unavailable,
     VersionMismatch,
 )
-from electiond.coord.host import MEMBERS_KEY, RESERVED_PREFIX, CoordHost
+from electiond.coord.host import MEMBERS_KEY, RESERVED_PREFIX, CoordHost, decode_view, member_changes
 from electiond.coord.replica import (
     BARRIER_DONE,
     ERR_COMPACTED,
@@ -48,6 +48,7 @@ from electiond.coord.replica import (
     ERR_UNAVAILABLE,
     ERR_VERSION,
     OP_BARRIER,
+    OP_BARRIER_LEAVE,
     OP_CAS,
     OP_DELETE,
     OP_GET,
@@ -81,7 +82,8 @@ def load_store(directory: str | Path) -> StoreState | None:
     log_entries = tuple(Entry(int(e[0]), int(e[1]), str(e[2]), str(e[3]), e[4], str(e[5]), int(e[6]))
                         for e in data["log"])
     return StoreState(int(data["term"]), int(data["commit"]), int(data["base_version"]), int(data["base_term"]),
-                      tuple((str(k), str(v), int(ver)) for k, v, ver in data["base"]), log_entries,
+                      tuple((str(k), None if v is None else str(v), int(ver)) for k, v, ver in data["base"]),
+                      log_entries,
                       tuple((str(n), str(o), int(t), int(ttl)) for n, o, t, ttl in data.get("locks", [])))
 
 
@@ -255,28 +257,42 @@ class EmbeddedBackend(CoordBackend):
             await asyncio.sleep(min(BARRIER_POLL_S, max(0.0, give_up - loop.time())))
 
     async def barrier_leave(self, name: str, participant: str, timeout_s: float) -> int:
-        raise CoordError("the double barrier's leave is not served by the embedded backend yet")
+        """Poll until the committed trip record is empty: every participant
+        that passed the barrier has left (our first poll removes us)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout_s
+        left_in = -1
+        while True:
+            left = give_up - loop.time()
+            if left <= 0:
+                raise NotAcquired(f"barrier {name!r}: {max(left_in, 0)} participants still in after {timeout_s:g}s")
+            try:
+                r = await self._call(OP_BARRIER_LEAVE, name, participant, timeout_s=left)
+            except Unavailable:
+                continue
+            if not r.ok:
+                _raise_for(r)
+            if r.value == BARRIER_DONE:
+                return 0
+            left_in = r.version
+            await asyncio.sleep(min(BARRIER_POLL_S, max(0.0, give_up - loop.time())))
 
     async def members(self) -> MemberEvent:
         r = await self._ok(OP_GET, MEMBERS_KEY)
-        return MemberEvent(r.version, "", "view", _split(r.value))
+        live, suspected = decode_view(r.value)
+        return MemberEvent(r.version, "", "view", live, suspected)
 
     async def members_watch(self, from_version: int) -> AsyncIterator[MemberEvent]:
-        """One event per node that joined or left, each carrying the view's
-        version (several events of one change share it). "suspected" is not
-        told apart from "left" here."""
+        """One event per node that joined, became suspected or left, each
+        carrying the view's version (several events of one change share it;
+        see ``host.member_changes``)."""
         replica = self.host.replica
         start = int(replica.status()["oldest_watchable"])
-        before: tuple[str, ...] | None = _split(replica.base_value(MEMBERS_KEY)) if start else None
+        before: str | None = replica.base_value(MEMBERS_KEY) if start else None
         async for e in self.config_watch(MEMBERS_KEY, start):
-            view = _split(e.value)
             if e.version > from_version:
-                for name in sorted(set(view) - set(before or ())):
-                    yield MemberEvent(e.version, name, "joined", view)
-                for name in sorted(set(before or ()) - set(view)):
-                    yield MemberEvent(e.version, name, "left", view)
-            before = view
+                live, suspected = decode_view(e.value)
+                for name, change in member_changes(before, e.value):
+                    yield MemberEvent(e.version, name, change, live, suspected)
+            before = e.value
 
-
-def _split(value: str | None) -> tuple[str, ...]:
-    return tuple(n for n in (value or "").split(",") if n)

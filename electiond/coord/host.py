@@ -22,17 +22,49 @@ from electiond.protocols.lease import QuorumLease
 # gap-free like any key. Users cannot write under RESERVED_PREFIX.
 RESERVED_PREFIX = "_coord/"
 MEMBERS_KEY = RESERVED_PREFIX + "members"
+SUSPECTS_SEP = ";"  # the value: "live,live;suspected,suspected" (no ';' while nobody is suspected)
+
+
+def suspect_after_s(settings: Any) -> float:
+    """Silence after which the serving leader shows a peer as suspected: twice
+    the longest election timeout (a follower answers every heartbeat, so this
+    is many lost answers in a row), well inside the presence window after
+    which it has left (3 presence intervals, ``Membership.alive``)."""
+    return 2 * float(settings.election_timeout_max_s)
+
+
+def encode_view(live: tuple[str, ...], suspected: tuple[str, ...]) -> str:
+    return ",".join(live) + (SUSPECTS_SEP + ",".join(suspected) if suspected else "")
+
+
+def decode_view(value: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(live, suspected) of a recorded view (None: no view recorded yet)."""
+    live, _, suspected = (value or "").partition(SUSPECTS_SEP)
+    return (tuple(n for n in live.split(",") if n), tuple(n for n in suspected.split(",") if n))
+
+
+def member_changes(before: str | None, after: str | None) -> list[tuple[str, str]]:
+    """(node, change) from one recorded view to the next: "joined" (into the
+    live set, from absent or suspected), "suspected" (silent for
+    ``suspect_after_s``, still within the presence window), "left" (silent
+    for the presence window, or gone from the configuration)."""
+    live0, sus0 = decode_view(before)
+    live1, sus1 = decode_view(after)
+    out = [(n, "joined") for n in sorted(set(live1) - set(live0))]
+    out += [(n, "suspected") for n in sorted(set(sus1) - set(sus0))]
+    out += [(n, "left") for n in sorted((set(live0) | set(sus0)) - (set(live1) | set(sus1)))]
+    return out
 
 
 class CoordHost:
-    def __init__(self, node: Node, store: StoreState | None = None) -> None:
+    def __init__(self, node: Node, store: StoreState | None = None, log_keep: int | None = None) -> None:
         if not isinstance(node.protocol, QuorumLease):
             raise ValueError("the embedded coordination store needs protocol = quorum-lease")
         self.node = node
         self.lease: QuorumLease = node.protocol
         s = node.settings
         self.replica = ConfigReplica(s.node_name, tuple(m.name for m in s.members), s.heartbeat_interval_s, store,
-                                      s.clock_drift_ppm)
+                                      s.clock_drift_ppm, log_keep)
         self.lease.coord_last = self.replica.last
         self._members_retry_at = -1.0
 
@@ -65,9 +97,23 @@ class CoordHost:
         return self._done(effects)
 
     def live_members(self, now: float) -> str:
-        me = self.node.settings.node_name
-        alive = self.node.membership.alive
-        return ",".join(sorted(m.name for m in self.node.settings.members if m.name == me or alive(m.name, now)))
+        """The view as this node sees it now, encoded (``encode_view``)."""
+        s = self.node.settings
+        membership = self.node.membership
+        quiet_s = suspect_after_s(s)
+        live: list[str] = []
+        suspected: list[str] = []
+        for m in s.members:
+            seen = membership.last_seen(m.name)
+            if m.name == s.node_name:
+                live.append(m.name)
+            elif seen is None or not membership.alive(m.name, now):
+                continue  # left: not heard within the presence window
+            elif now - seen > quiet_s:
+                suspected.append(m.name)
+            else:
+                live.append(m.name)
+        return encode_view(tuple(sorted(live)), tuple(sorted(suspected)))
 
     def _record_members(self, view: View, now: float) -> list[Any]:
         value = self.live_members(now)

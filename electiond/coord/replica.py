@@ -32,9 +32,18 @@ an entry of a small Raft-style log whose index is the cluster-wide version:
 A failed store write must stop the daemon (fail-stop): the in-memory store
 would otherwise be ahead of the disk it acknowledges from.
 
-Not done here: catching up a follower further behind than the log (it would
-need a snapshot transfer); such a follower stays behind and says so in
-``status()``. Locks, barriers and membership are not in this module.
+- A follower further behind than the kept log (it was down for more than
+  ``log_keep`` committed writes) gets a snapshot: the leader freezes its base
+  (the committed state folded at version V, term T: live keys with their
+  versions, the last grant of each lock) and streams it one item per
+  ``COORD_SNAP`` (each fits a datagram), the follower acking each with
+  ``COORD_SNAP_ACK``. Only when it holds all of them does the follower
+  install it: base = the snapshot, its log cut to what follows V (nothing, as
+  it was behind), commit = V; it persists that, then acks V like an append,
+  and the leader streams the log from V + 1. A half-received snapshot is
+  never installed nor persisted (a restart asks again); a new snapshot id
+  (V, T) restarts the stream. A watch from before V on that follower then
+  gets ``compacted``, as anywhere.
 """
 
 from __future__ import annotations
@@ -42,12 +51,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from electiond.protocols.base import Send
+from electiond.protocols.base import Send, mypyc_attr
 
 COORD_APPEND: Final = "COORD_APPEND"  # leader -> follower: one entry (or none) + commit
 COORD_ACK: Final = "COORD_ACK"  # follower -> leader: how far its log matches
 COORD_REQUEST: Final = "COORD_REQUEST"  # follower -> leader: a client's request, forwarded
 COORD_REPLY: Final = "COORD_REPLY"  # leader -> follower: the outcome for its client
+COORD_SNAP: Final = "COORD_SNAP"  # leader -> follower: item i of n of the snapshot at (v, t)
+COORD_SNAP_ACK: Final = "COORD_SNAP_ACK"  # follower -> leader: items [0, next) of (v, t) held
+SNAP_KEY: Final = "k"  # a live key: key, value, ver
+SNAP_LOCK: Final = "l"  # a lock's last grant: key = name, value = owner, ver = token, ttl_ms
 
 OP_SET: Final = "set"
 OP_DELETE: Final = "delete"
@@ -58,6 +71,7 @@ OP_LOCK: Final = "lock"  # a grant: the entry's version is the fencing token
 OP_RENEW: Final = "renew"  # answered by the leader alone (see the lock rule)
 OP_UNLOCK: Final = "unlock"
 OP_BARRIER: Final = "barrier"  # a participant's poll: key = name, value = participant, version = count
+OP_BARRIER_LEAVE: Final = "barrier_leave"  # the double barrier's leave poll: key = name, value = participant
 BARRIER_PREFIX: Final = "_coord/barrier/"  # the trip record: a replicated key listing who passed
 BARRIER_LEASE_S: Final = 1.0  # a participant not polling for this long is not counted
 BARRIER_DONE: Final = "done"
@@ -72,6 +86,7 @@ ERR_NOT_ACQUIRED: Final = "not_acquired"
 ERR_LOCK_LOST: Final = "lock_lost"
 MAX_TTL_MS: Final = 3_600_000
 
+QUIET_TICKS: Final = 4  # an idle follower still hears the commit point this often (in retry ticks)
 LOG_KEEP: Final = 512  # committed entries kept for watches and catch-up
 MAX_KEY_BYTES: Final = 128
 MAX_VALUE_BYTES: Final = 700  # an entry must fit one datagram (wire.MAX_DATAGRAM_BYTES)
@@ -83,6 +98,9 @@ MESSAGE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     COORD_ACK: {"ok": bool, "match": int},
     COORD_REQUEST: {"req": str, "op": str, "key": str, "value": (str, type(None)), "version": int, "ttl_ms": int},
     COORD_REPLY: {"req": str, "ok": bool, "error": str, "key": str, "value": (str, type(None)), "version": int},
+    COORD_SNAP: {"v": int, "t": int, "i": int, "n": int, "kind": str, "key": str, "value": (str, type(None)),
+                 "ver": int, "ttl_ms": int},
+    COORD_SNAP_ACK: {"v": int, "t": int, "next": int},
 }
 
 
@@ -107,7 +125,9 @@ class StoreState:
     commit: int = 0
     base_version: int = 0
     base_term: int = 0
-    base: tuple[tuple[str, str, int], ...] = ()  # (key, value, version) of live keys
+    # (key, value, version) of every key written; value None: deleted at that version (a
+    # tombstone: a read after compaction still gives the delete's version, never an older one)
+    base: tuple[tuple[str, str | None, int], ...] = ()
     log: tuple[Entry, ...] = ()
     # the last grant of each lock folded into the base: (name, owner, token, ttl_ms)
     locks: tuple[tuple[str, str, int, int], ...] = ()
@@ -165,29 +185,38 @@ class _Lead:
     locks: dict[str, tuple[int, str, float]] = field(default_factory=dict)
     # barrier name -> participant -> until when its last poll counts it (our clock)
     barriers: dict[str, dict[str, float]] = field(default_factory=dict)
+    # peer -> the snapshot being streamed to it: (version, term, items, next item)
+    snaps: dict[str, tuple[int, int, tuple[tuple[str, str, str | None, int, int], ...], int]] = field(
+        default_factory=dict)
+    quiet_ticks: dict[str, int] = field(default_factory=dict)  # peer -> ticks since we last sent it anything
 
 
 def request_ok(op: str, key: str, value: str | None, req: str) -> str:
     """'' if a request is well-formed and within the bounds, else the error."""
-    if op not in (OP_SET, OP_DELETE, OP_CAS, OP_GET, OP_LOCK, OP_RENEW, OP_UNLOCK, OP_BARRIER):
+    if op not in (OP_SET, OP_DELETE, OP_CAS, OP_GET, OP_LOCK, OP_RENEW, OP_UNLOCK, OP_BARRIER, OP_BARRIER_LEAVE):
         return "bad_request"
     if not key or len(key.encode()) > MAX_KEY_BYTES or len(req.encode()) > MAX_REQ_ID_BYTES or not req:
         return ERR_TOO_BIG if key else "bad_request"
     if value is not None and len(value.encode()) > MAX_VALUE_BYTES:
         return ERR_TOO_BIG
-    if op in (OP_SET, OP_CAS, OP_LOCK, OP_BARRIER) and value is None:
+    if op in (OP_SET, OP_CAS, OP_LOCK, OP_BARRIER, OP_BARRIER_LEAVE) and value is None:
         return "bad_request"
     return ""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the mutants in tests/coord_mutants.py derive from it
 class ConfigReplica:
     # the mutant in tests/coord_mutants.py lowers it to 1: acks before a majority persisted
     def commit_quorum(self) -> int:
         return len(self.members) // 2 + 1
 
     def __init__(self, node_name: str, members: tuple[str, ...], heartbeat_interval_s: float,
-                 persisted: StoreState | None = None, clock_drift_ppm: float = 1000.0) -> None:
+                 persisted: StoreState | None = None, clock_drift_ppm: float = 1000.0,
+                 log_keep: int | None = None) -> None:
         self.name = node_name
+        # committed entries kept above the base; the simulator shrinks it to exercise snapshots
+        self.log_keep = LOG_KEEP if log_keep is None else max(1, log_keep)
+        self.snapshots_installed = 0
         self.rho = clock_drift_ppm / 1e6
         self.members = members
         self.peers = tuple(m for m in members if m != node_name)
@@ -197,11 +226,14 @@ class ConfigReplica:
         self._commit = st.commit
         self._base_version = st.base_version
         self._base_term = st.base_term
-        self._base: dict[str, tuple[str, int]] = {k: (v, ver) for k, v, ver in st.base}
+        self._base: dict[str, tuple[str | None, int]] = {k: (v, ver) for k, v, ver in st.base}
         self._log: list[Entry] = list(st.log)
         self._base_locks: dict[str, tuple[str, int, int]] = {n: (o, tok, ttl) for n, o, tok, ttl in st.locks}
         self._lead: _Lead | None = None
         self._next_send = float("inf")
+        # a snapshot being received: (version, term) -> the items so far
+        self._snap_in: tuple[int, int] = (-1, -1)
+        self._snap_items: list[tuple[str, str, str | None, int, int]] = []
 
     # ---- views -------------------------------------------------------------
 
@@ -230,7 +262,8 @@ class ConfigReplica:
     def status(self) -> dict[str, Any]:
         term, version = self.last
         st: dict[str, Any] = {"last_version": version, "last_term": term, "commit": self._commit,
-                              "oldest_watchable": self._base_version, "leading": self._lead is not None}
+                              "oldest_watchable": self._base_version, "leading": self._lead is not None,
+                              "snapshots_installed": self.snapshots_installed}
         if self._lead is not None:
             st["match"] = dict(self._lead.match)
         return st
@@ -294,12 +327,12 @@ class ConfigReplica:
 
     def _compact(self) -> None:
         # fold committed entries beyond LOG_KEEP into the base
-        while len(self._log) > LOG_KEEP and self._log[0].version <= self._commit:
+        while len(self._log) > self.log_keep and self._log[0].version <= self._commit:
             e = self._log.pop(0)
             if e.op == OP_SET and e.value is not None:
                 self._base[e.key] = (e.value, e.version)
             elif e.op == OP_DELETE:
-                self._base.pop(e.key, None)
+                self._base[e.key] = (None, e.version)
             elif e.op == OP_LOCK and e.value is not None:
                 self._base_locks[e.key] = (e.value, e.version, e.ttl_ms)
             self._base_version = e.version
@@ -364,13 +397,90 @@ class ConfigReplica:
         prev_v = nv - 1
         prev_t = self._term_at(prev_v)
         if prev_t < 0:
-            return []  # behind our log: needs a snapshot (not done)
+            return self._send_snap(peer)  # it needs entries we folded into the base
+        lead.snaps.pop(peer, None)
         e = self._entry(nv)
         body: dict[str, Any] = {"prev_v": prev_v, "prev_t": prev_t, "commit": self._commit, "has": e is not None,
                                 "t": e.term if e else 0, "ttl_ms": e.ttl_ms if e else 0, "op": e.op if e else "", "key": e.key if e else "",
                                 "value": e.value if e else None, "req": e.req if e else ""}
         lead.told_commit[peer] = self._commit
         return [Send(COORD_APPEND, lead.term, body, to=peer)]
+
+    # ---- snapshots ----------------------------------------------------------------
+
+    def _snapshot_items(self) -> tuple[tuple[str, str, str | None, int, int], ...]:
+        keys = tuple((SNAP_KEY, k, v, ver, 0) for k, (v, ver) in sorted(self._base.items()))
+        locks = tuple((SNAP_LOCK, n, o, tok, ttl) for n, (o, tok, ttl) in sorted(self._base_locks.items()))
+        return keys + locks
+
+    def _send_snap(self, peer: str) -> list[Any]:
+        lead = self._lead
+        assert lead is not None
+        snap = lead.snaps.get(peer)
+        if snap is None or snap[0] != self._base_version:
+            # frozen when the stream starts: later compaction does not change what this peer gets
+            snap = (self._base_version, self._base_term, self._snapshot_items(), 0)
+            lead.snaps[peer] = snap
+        v, t, items, i = snap
+        n = len(items)
+        kind, key, value, ver, ttl_ms = items[i] if i < n else ("", "", None, 0, 0)
+        lead.told_commit[peer] = self._commit
+        return [Send(COORD_SNAP, lead.term, {"v": v, "t": t, "i": i, "n": n, "kind": kind, "key": key,
+                                             "value": value, "ver": ver, "ttl_ms": ttl_ms}, to=peer)]
+
+    def _on_snap(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
+        if term < self._term or (self._lead is not None and term == self._lead.term):
+            _, last_v = self.last
+            return [Send(COORD_ACK, self._term, {"ok": False, "match": last_v}, to=sender)]
+        changed = term > self._term
+        self._term = term
+        v, t, i, n = int(body["v"]), int(body["t"]), int(body["i"]), int(body["n"])
+        persist: list[Any] = [StorePersist(self.state())] if changed else []
+        if v <= self._commit:
+            # we hold that state already (our ack of the install was lost, or a duplicate): our
+            # committed prefix is the leader's, so our log matches its up to v; it goes on from there
+            return persist + [Send(COORD_ACK, term, {"ok": True, "match": v}, to=sender)]
+        if v < self._snap_in[0]:
+            return persist  # a late item of an older snapshot than the one we are receiving
+        if self._snap_in != (v, t):
+            self._snap_in = (v, t)
+            self._snap_items = []
+        if i == len(self._snap_items) and i < n:
+            value = body["value"]
+            self._snap_items.append((str(body["kind"]), str(body["key"]), value if isinstance(value, str) else None,
+                                     int(body["ver"]), int(body["ttl_ms"])))
+        if len(self._snap_items) < n:
+            return persist + [Send(COORD_SNAP_ACK, term, {"v": v, "t": t, "next": len(self._snap_items)}, to=sender)]
+        self._install(v, t)
+        return [StorePersist(self.state()), Send(COORD_ACK, term, {"ok": True, "match": v}, to=sender)]
+
+    def _install(self, v: int, t: int) -> None:
+        """Replace our state by the complete snapshot at (v, t)."""
+        self._base = {k: (val, ver) for kind, k, val, ver, _ in self._snap_items if kind == SNAP_KEY}
+        self._base_locks = {k: (val or "", ver, ttl) for kind, k, val, ver, ttl in self._snap_items if kind == SNAP_LOCK}
+        # keep what follows v only if our entry at v is the snapshot's (Raft's rule); else all of it goes
+        keep = self._term_at(v) == t
+        self._log = [e for e in self._log if e.version > v] if keep else []
+        self._base_version = v
+        self._base_term = t
+        self._commit = max(self._commit, v)
+        self._snap_in = (-1, -1)
+        self._snap_items = []
+        self.snapshots_installed += 1
+
+    def _on_snap_ack(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
+        lead = self._lead
+        if lead is None or term != lead.term or sender not in lead.match:
+            return []
+        snap = lead.snaps.get(sender)
+        if snap is None or snap[0] != int(body["v"]) or snap[1] != int(body["t"]):
+            return []
+        nxt = int(body["next"])
+        if nxt == snap[3] or nxt > len(snap[2]):
+            return []  # a duplicate: the tick resends what is missing
+        # what the follower holds, even fewer than we thought (it lost a partial one): go on from there
+        lead.snaps[sender] = (snap[0], snap[1], snap[2], nxt)
+        return self._send_snap(sender)
 
     def on_tick(self, view: View, now: float) -> list[Any]:
         effects = self.sync(view, now)
@@ -380,8 +490,11 @@ class ConfigReplica:
         self._next_send = now + self.retry_s
         _, last_v = self.last
         for p in self.peers:
-            # retransmit what is not acked (lost datagrams), and tell the commit point
-            if lead.match[p] < last_v or lead.told_commit[p] < self._commit:
+            # retransmit what is not acked (lost datagrams), and tell the commit point;
+            # now and then also when nothing is new: the last commit news may have been lost
+            lead.quiet_ticks[p] = lead.quiet_ticks.get(p, 0) + 1
+            if lead.match[p] < last_v or lead.told_commit[p] < self._commit or lead.quiet_ticks[p] >= QUIET_TICKS:
+                lead.quiet_ticks[p] = 0
                 effects += self._send_append(p)
         return effects
 
@@ -431,6 +544,8 @@ class ConfigReplica:
             return effects + self._lock_op(view, pend, op, key, value, version, now)
         if op == OP_BARRIER:
             return effects + self._barrier_poll(view, pend, key, value or "", version, now)
+        if op == OP_BARRIER_LEAVE:
+            return effects + self._barrier_leave(view, pend, key, value or "", now)
         return effects + self._write(view, pend, op, key, value, version, now)
 
     def _write(self, view: View, pend: _Pending, op: str, key: str, value: str | None, version: int,
@@ -530,12 +645,17 @@ class ConfigReplica:
         passed = done.split(",") if done else []
         if participant in passed:
             return self._answer(pend, Reply(pend.req, True, "", name, BARRIER_DONE, len(passed)))
+        pending_trip, _ = self.current(trip_key)
+        tripping = pending_trip.split(",") if pending_trip and pending_trip != done else []
+        if participant in tripping:
+            # named by the trip record being committed: a late or duplicated poll must not count
+            # it again in the name's next round (after everyone left and the record is gone)
+            return self._answer(pend, Reply(pend.req, True, "", name, BARRIER_WAITING, len(tripping)))
         parts = lead.barriers.setdefault(name, {})
         parts[participant] = now + BARRIER_LEASE_S
         for p in [p for p, until in parts.items() if until <= now]:
             del parts[p]
         effects: list[Any] = []
-        pending_trip, _ = self.current(trip_key)
         if len(parts) >= self.barrier_need(count) and (pending_trip is None or pending_trip == done):
             _, last_v = self.last
             trip = _Pending(f"trip-{last_v + 1}", None, trip_key, op=OP_SET)
@@ -543,6 +663,32 @@ class ConfigReplica:
             effects = [e for e in effects if type(e) is not Reply]  # nobody waits on the record itself
             del lead.barriers[name]
         return effects + self._answer(pend, Reply(pend.req, True, "", name, BARRIER_WAITING, len(parts)))
+
+    def leave_done(self, remaining: list[str], participant: str) -> bool:
+        return not remaining  # the mutant in tests/coord_mutants.py only waits for its own removal
+
+    def _barrier_leave(self, view: View, pend: _Pending, name: str, participant: str, now: float) -> list[Any]:
+        """The double barrier's leave, polled like enter. The trip record lists
+        who passed; a leave poll removes its participant from it (a replicated
+        write, judged against the log's newest record so a second poll or a
+        retry never removes twice) and is answered "done" only once the
+        committed record is empty: every participant that passed has left.
+        A new leader holds every committed removal, and a lost one is written
+        again by the participant's next poll: nobody is lost or counted twice."""
+        trip_key = BARRIER_PREFIX + name
+        newest, _ = self.current(trip_key)
+        inside = newest.split(",") if newest else []
+        effects: list[Any] = []
+        if participant in inside:
+            rest = [p for p in inside if p != participant]
+            _, last_v = self.last
+            out = _Pending(f"leave-{last_v + 1}", None, trip_key, op=OP_SET if rest else OP_DELETE)
+            effects = self._write(view, out, out.op, trip_key, ",".join(rest) if rest else None, 0, now)
+            effects = [e for e in effects if type(e) is not Reply]  # nobody waits on the record itself
+        done, _ = self.committed_get(trip_key)
+        remaining = done.split(",") if done else []
+        state = BARRIER_DONE if self.leave_done(remaining, participant) else BARRIER_WAITING
+        return effects + self._answer(pend, Reply(pend.req, True, "", name, state, len(remaining)))
 
     def _answer(self, pend: _Pending, reply: Reply) -> list[Any]:
         if pend.origin is None:
@@ -566,6 +712,10 @@ class ConfigReplica:
             return effects + self.request(view, str(body["req"]), str(body["op"]), str(body["key"]),
                                           body["value"], int(body["version"]), now, origin=sender,
                                           ttl_ms=int(body["ttl_ms"]))
+        if kind == COORD_SNAP:
+            return effects + self._on_snap(sender, term, body)
+        if kind == COORD_SNAP_ACK:
+            return effects + self._on_snap_ack(sender, term, body)
         if kind == COORD_REPLY:
             return effects + [Reply(str(body["req"]), bool(body["ok"]), str(body["error"]), str(body["key"]),
                                     body["value"], int(body["version"]))]

@@ -15,6 +15,11 @@ its local committed log. The checker (``CoordChecker``) judges:
 - ``watch-gap``: a watch stream skipped or repeated a version;
 - ``barrier-early``: a participant was let through a barrier before
   ``count`` distinct participants had entered it;
+- ``leave-early``: a participant was let out of a double barrier (its
+  leave) before every participant that passed it had started leaving;
+- ``behind``: once the cluster has been whole and quiet for seconds, a
+  host's committed state is not the leader's (the log kept above the base
+  is drawn small per seed, so hosts that were down catch up by snapshot);
 - ``lock-overlap`` / ``lock-token``: two holders' intervals of one lock
   overlap, or a later grant has a token not above an earlier one. A
   holder's interval runs from the grant's arrival to the first of its
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -40,6 +46,7 @@ from electiond.coord.replica import (
     ERR_UNAVAILABLE,
     BARRIER_DONE,
     OP_BARRIER,
+    OP_BARRIER_LEAVE,
     OP_CAS,
     OP_DELETE,
     OP_GET,
@@ -87,12 +94,32 @@ class CoordChecker:
         self.lock_intervals: list[tuple[float, float, int, int]] = []  # (start, end, token, client)
         self.barrier_entered: dict[str, dict[str, float]] = {}  # barrier -> participant -> first poll
         self.barrier_passes = 0
+        self.barrier_passed_by: dict[str, dict[str, float]] = {}  # barrier -> participant -> first told it passed
+        self.leave_started: dict[str, dict[str, float]] = {}  # barrier -> participant -> first leave poll
+        self.leaves: list[tuple[float, str, str]] = []  # (time let out, barrier, participant)
+
+    def leave_polled(self, t: float, name: str, participant: str) -> None:
+        self.leave_started.setdefault(name, {}).setdefault(participant, t)
+
+    def left(self, t: float, name: str, participant: str) -> None:
+        self.leaves.append((t, name, participant))
+
+    def check_leaves(self, t: float) -> None:
+        # every participant told it passed before ``who`` was let out must have started
+        # leaving by then (one told later belongs to the name's next round: reuse after all left)
+        for at, name, who in self.leaves:
+            started = self.leave_started.get(name, {})
+            passed = self.barrier_passed_by.get(name, {})
+            late = sorted(p for p, t_passed in passed.items() if t_passed <= at and started.get(p, float("inf")) > at)
+            if late:
+                self.violate(at, "leave-early", f"{who} left {name!r} before {late} started leaving")
 
     def barrier_polled(self, t: float, name: str, participant: str) -> None:
         self.barrier_entered.setdefault(name, {}).setdefault(participant, t)
 
     def barrier_passed(self, t: float, name: str, participant: str, count: int) -> None:
         self.barrier_passes += 1
+        self.barrier_passed_by.setdefault(name, {}).setdefault(participant, t)
         entered = [p for p, at in self.barrier_entered.get(name, {}).items() if at <= t]
         if len(entered) < count or participant not in entered:
             self.violate(t, "barrier-early", f"{participant} passed {name!r} with {sorted(entered)} entered, "
@@ -165,6 +192,7 @@ class _Host:
     disk: PersistedState | None = None
     store: StoreState | None = None
     timer_version: int = 0
+    armed_t: float = -1.0  # when the pending (current-version) timer fires; -1: none pending
     watch_from: int = 0
     incarnation: int = 0
 
@@ -194,6 +222,8 @@ class CoordRun:
     unknown: int  # requests whose outcome stayed unknown after every retry
     lock_grants: int
     barrier_passes: int
+    barrier_leaves: int
+    snapshots: int
     events: int
     trace: list[str] = field(default_factory=list)
 
@@ -205,12 +235,13 @@ class CoordRun:
 class CoordSim:
     def __init__(self, seed: int, size: int = 3, replica_cls: type[ConfigReplica] = ConfigReplica,
                  trace: bool = False, registry: Mapping[str, type[ElectionProtocol]] | None = None,
-                 holder_ignores_deadline: bool = False) -> None:
+                 holder_ignores_deadline: bool = False, log_keep: int | None = None) -> None:
         # the mutant holder: keeps its CMD running until its planned release
         self.holder_ignores_deadline = holder_ignores_deadline
         self.holders: dict[int, _Holder] = {}
         self._barrier_round: dict[int, int] = {}
         self._barrier_give_up: dict[int, float] = {}
+        self._barrier_leaving: dict[int, bool] = {}
         self.barrier_count = 0  # set by plan()
         # lock request id -> (client, first send on the client's clock, kind, attempt)
         self.lock_calls: dict[str, list[Any]] = {}
@@ -219,6 +250,8 @@ class CoordSim:
         self.rng = random.Random(seed)
         self.size = size
         self.replica_cls = replica_cls
+        # small: a host down for a few hundred ms falls behind the kept log and needs a snapshot
+        self.log_keep = log_keep if log_keep is not None else self.rng.choice([4, 8, 16, 64])
         members = tuple(Member(f"n{i}", i + 1) for i in range(size))
         drift = 1000.0  # ppm: every clock stays within it
         self.hosts = [
@@ -238,6 +271,8 @@ class CoordSim:
         self.checker = CoordChecker()
         self.calls: dict[str, _Call] = {}
         self.unknown = 0
+        self.snapshots = 0  # installed on live followers by the end (a restart forgets its count)
+        self.checkpoint_commit = 0
         self._next_req = 0
         self.tracing = trace
         self.trace: list[str] = []
@@ -271,13 +306,14 @@ class CoordSim:
             return
         node = Node(h.settings, "quorum-lease", random.Random(self.rng.getrandbits(64)), self.local(h), h.disk,
                     self.registry)
-        h.host = CoordHost(node, h.store)
+        h.host = CoordHost(node, h.store, self.log_keep)
         if self.replica_cls is not ConfigReplica:
             s = h.settings
             h.host.replica = self.replica_cls(s.node_name, tuple(m.name for m in s.members),
-                                              s.heartbeat_interval_s, h.store, s.clock_drift_ppm)
+                                              s.heartbeat_interval_s, h.store, s.clock_drift_ppm, self.log_keep)
             h.host.lease.coord_last = h.host.replica.last
         h.incarnation += 1
+        h.armed_t = -1.0
         h.watch_from = 0
         self.note(f"n{i} boot")
         self._arm(h)
@@ -300,14 +336,18 @@ class CoordSim:
         d = min(ch.node.deadline(), ch.deadline())
         if d == float("inf"):
             return
-        h.timer_version += 1
-        version = h.timer_version
         t = max(self.now, h.clock.true_time_of(d))
+        if t == h.armed_t:
+            return  # the pending timer fires then already: no second heap entry (most arms change nothing)
+        h.timer_version += 1
+        h.armed_t = t
+        version = h.timer_version
         self.at(t, lambda: self._timer(h, version))
 
     def _timer(self, h: _Host, version: int) -> None:
         if h.host is None or version != h.timer_version:
             return
+        h.armed_t = -1.0
         now = self.local(h)
         ch = h.host
         self._carry_out(h, ch.node.on_tick(now))
@@ -373,7 +413,7 @@ class CoordSim:
             copies = 2 if self.rng.random() < self.dup else 1
             for _ in range(copies):
                 delay = self.rng.uniform(0.0005, 0.004) if self.rng.random() > 0.05 else self.rng.uniform(0.004, 0.03)
-                self.at(self.now + delay, lambda j=j, msg=msg: self._deliver(j, msg))
+                self.at(self.now + delay, partial(self._deliver, j, msg))
 
     # ---- clients --------------------------------------------------------------------
 
@@ -542,10 +582,38 @@ class CoordSim:
         if why != "crash":
             self.at(self.now + self.rng.uniform(0.01, 0.2), lambda: self._lock_start(holder.client))
 
+    def _checkpoint(self) -> None:
+        # what every host must have committed by the end, 1.5 quiet seconds later
+        leader = self._leader()
+        ch = self.hosts[leader].host if leader is not None else None
+        self.checkpoint_commit = ch.replica.commit if ch is not None else 0
+
+    def check_caught_up(self) -> None:
+        leader = self._leader()
+        if leader is None:
+            return
+        lead = self.hosts[leader].host
+        assert lead is not None
+        for h in self.hosts:
+            ch = h.host
+            if ch is None or h.index == leader:
+                continue
+            self.snapshots += ch.replica.snapshots_installed
+            mine = [ch.replica.committed_get(k) for k in KEYS]
+            theirs = [lead.replica.committed_get(k) for k in KEYS]
+            # entries committed in the last 1.5 s may still be on their way (lost news is resent
+            # every QUIET_TICKS heartbeats, so ~7 tries); older ones not
+            if ch.replica.commit < self.checkpoint_commit or (ch.replica.commit == lead.replica.commit
+                                                               and mine != theirs):
+                self.checker.violate(self.now, "behind", f"n{h.index} committed {ch.replica.commit} {mine}, "
+                                                         f"leader n{leader} {lead.replica.commit} {theirs}")
+
     def finish(self) -> None:
+        self.check_caught_up()
         for holder in list(self.holders.values()):
             self._end_hold(holder, "crash")
         self.checker.check_locks(self.now)
+        self.checker.check_leaves(self.now)
 
     # ---- barrier clients: each host's works through barriers b0, b1, ... ----------------
 
@@ -553,11 +621,12 @@ class CoordSim:
         if self.now >= self.clients_until:
             return
         self._barrier_round[client] = round_
+        self._barrier_leaving[client] = False
         self._barrier_give_up[client] = self.now + 2.0
         self._barrier_poll(client, round_)
 
-    def _barrier_poll(self, client: int, round_: int) -> None:
-        if self._barrier_round.get(client) != round_:
+    def _barrier_poll(self, client: int, round_: int, leaving: bool = False) -> None:
+        if self._barrier_round.get(client) != round_ or self._barrier_leaving.get(client, False) != leaving:
             return
         if self.now >= self._barrier_give_up[client]:
             self.at(self.now + 0.01, lambda: self._barrier_start(client, round_ + 1))
@@ -567,21 +636,41 @@ class CoordSim:
         if h.host is not None:
             self._next_req += 1
             ch = h.host
-            self.checker.barrier_polled(self.now, name, f"p{client}")
-            self._carry_out(h, ch.request(f"B{client}-{round_}-{self._next_req}", OP_BARRIER, name, f"p{client}",
-                                          self.barrier_count, self.local(h)))
+            if leaving:
+                self.checker.leave_polled(self.now, name, f"p{client}")
+                fx = ch.request(f"BL{client}-{round_}-{self._next_req}", OP_BARRIER_LEAVE, name, f"p{client}", 0,
+                                self.local(h))
+            else:
+                self.checker.barrier_polled(self.now, name, f"p{client}")
+                fx = ch.request(f"B{client}-{round_}-{self._next_req}", OP_BARRIER, name, f"p{client}",
+                                self.barrier_count, self.local(h))
+            self._carry_out(h, fx)
             if h.host is ch:
                 self._arm(h)
-        self.at(self.now + 0.2, lambda: self._barrier_poll(client, round_))
+        self.at(self.now + 0.2, lambda: self._barrier_poll(client, round_, leaving))
 
     def _barrier_reply(self, h: _Host, r: Reply) -> None:
         client = h.index
         round_ = self._barrier_round.get(client)
-        if round_ is None or r.key != f"b{round_}" or not r.ok or r.value != BARRIER_DONE:
+        leaving = r.req.startswith("BL")
+        if (round_ is None or r.key != f"b{round_}" or not r.ok or r.value != BARRIER_DONE
+                or leaving != self._barrier_leaving.get(client, False)):
+            return
+        if leaving:
+            self.checker.left(self.now, r.key, f"p{client}")
+            self._barrier_leaving[client] = False
+            self._barrier_round[client] = round_ + 1  # stops the polls of this round
+            self.at(self.now + self.rng.uniform(0.0, 0.1), lambda: self._barrier_start(client, round_ + 1))
             return
         self.checker.barrier_passed(self.now, r.key, f"p{client}", self.barrier_count)
-        self._barrier_round[client] = round_ + 1  # stops the polls of this round
-        self.at(self.now + self.rng.uniform(0.0, 0.1), lambda: self._barrier_start(client, round_ + 1))
+        if round_ % 2 == 0:
+            self._barrier_round[client] = round_ + 1  # even rounds: a single barrier, on to the next
+            self.at(self.now + self.rng.uniform(0.0, 0.1), lambda: self._barrier_start(client, round_ + 1))
+            return
+        # odd rounds, a double barrier: work a little, then leave (and wait for the others to)
+        self._barrier_leaving[client] = True
+        self._barrier_give_up[client] = self.now + 2.0
+        self.at(self.now + self.rng.uniform(0.0, 0.3), lambda: self._barrier_poll(client, round_, True))
 
     # ---- watchers ------------------------------------------------------------------
 
@@ -606,12 +695,12 @@ class CoordSim:
     def plan(self, duration_s: float) -> None:
         rng = self.rng
         for i in range(self.size):
-            self.at(rng.uniform(0.0, 0.2), lambda i=i: self.boot(i))
+            self.at(rng.uniform(0.0, 0.2), partial(self.boot, i))
         self.clients_until = duration_s - 1.0
         for c in range(self.size):
-            self.at(0.5 + rng.uniform(0.0, 0.1), lambda c=c: self._new_call(c))
-            self.at(0.5 + rng.uniform(0.0, 0.1), lambda c=c: self._lock_start(c))
-            self.at(0.5 + rng.uniform(0.0, 0.3), lambda c=c: self._barrier_start(c, 0))
+            self.at(0.5 + rng.uniform(0.0, 0.1), partial(self._new_call, c))
+            self.at(0.5 + rng.uniform(0.0, 0.1), partial(self._lock_start, c))
+            self.at(0.5 + rng.uniform(0.0, 0.3), partial(self._barrier_start, c, 0))
         self.barrier_count = rng.choice([self.size // 2 + 1, self.size])
         t = 0.8
         faults_until = duration_s - 2.0
@@ -619,16 +708,17 @@ class CoordSim:
             kind = rng.choice(["crash_leader", "crash_leader", "crash", "partition", "isolate_leader"])
             if kind in ("crash_leader", "crash"):
                 down_s = rng.uniform(0.05, 0.8)
-                self.at(t, lambda k=kind, d=down_s: self._crash_some(k == "crash_leader", d))
+                self.at(t, partial(self._crash_some, kind == "crash_leader", down_s))
             else:
                 heal_after = rng.uniform(0.2, 0.8)
-                self.at(t, lambda k=kind: self._partition(k == "isolate_leader"))
+                self.at(t, partial(self._partition, kind == "isolate_leader"))
                 self.at(t + heal_after, self._heal)
             t += rng.uniform(0.3, 1.0)
         self.at(faults_until, self._heal)
         for i in range(self.size):
-            self.at(faults_until, lambda i=i: self.boot(i))
+            self.at(faults_until, partial(self.boot, i))
         self._final_reads_at = duration_s - 0.5
+        self.at(duration_s, self._checkpoint)
 
     def _leader(self) -> int | None:
         for h in self.hosts:
@@ -672,15 +762,15 @@ class CoordSim:
 def run_coord_seed(seed: int, size: int | None = None, duration_s: float = 5.0,
                    replica_cls: type[ConfigReplica] = ConfigReplica, trace: bool = False,
                    registry: Mapping[str, type[ElectionProtocol]] | None = None,
-                   holder_ignores_deadline: bool = False) -> CoordRun:
+                   holder_ignores_deadline: bool = False, log_keep: int | None = None) -> CoordRun:
     rng = random.Random(seed ^ 0xC0DE)
     n = size if size is not None else rng.choice([3, 3, 5])
-    sim = CoordSim(seed, n, replica_cls, trace, registry, holder_ignores_deadline)
+    sim = CoordSim(seed, n, replica_cls, trace, registry, holder_ignores_deadline, log_keep)
     sim.plan(duration_s)
     sim.run_until(sim._final_reads_at)
     sim.final_reads()
-    sim.run_until(duration_s + 3.0)
+    sim.run_until(duration_s + 1.5)  # the quiet tail: every host catches up well within it
     sim.finish()
     c = sim.checker
     return CoordRun(seed, n, c.violations, c.acks, c.reads, c.watch_events, sim.unknown,
-                    len(c.lock_intervals), c.barrier_passes, sim.events, sim.trace)
+                    len(c.lock_intervals), c.barrier_passes, len(c.leaves), sim.snapshots, sim.events, sim.trace)
