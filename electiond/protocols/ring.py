@@ -437,9 +437,16 @@ class Ring(EpochProtocol):
             if not takeover:
                 effects.append(SplitBrain(other, self._epoch, yielded=True))
             effects.append(Demote(self._epoch, "preempted" if takeover else "split_brain"))
-            if their_term < self._epoch:
+            if their_term < self._epoch or their_term <= self._token:
                 # the winner's token is older than ours (it led on the other side of a
-                # partition): tell it, so it re-asserts above every token issued meanwhile
+                # partition), or the very one we hold (we each raised to it over a
+                # different rival): tell it, so it re-asserts above every token issued
+                # meanwhile. The winner takes a rival that repeats the epoch it raised
+                # to over it for its own token relayed back (epoch.py's rule), so an
+                # equal token is told as one above it (found by the simulator, seed 4350)
+                if their_term >= self._epoch:
+                    self._epoch = their_term + 1
+                    effects.append(self._persist())
                 me = self.settings.node_name
                 effects.append(self._send(COORDINATOR, {"leader": me, "origin": me, "ids": [], "hop": None}, to=other))
             self._role = ROLE_FOLLOWER
