@@ -467,6 +467,19 @@ def pump(a: ConfigReplica, others: dict[str, ConfigReplica], fx: list, now: floa
     return went
 
 
+def n3_behind_a_kept_log_of_two():
+    """n1 leads with n2 and commits 8 writes while n3 is away: n3 is behind
+    the leader's kept log (2 entries) and needs a snapshot."""
+    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
+    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
+    c = ConfigReplica("n3", NAMES, HB, log_keep=2)
+    view = lead_view(1)
+    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
+    for i in range(8):
+        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, f"k{i}", f"v{i}", 0, 1.0), 1.0, view)
+    return a, b, c, view
+
+
 def test_a_follower_behind_the_kept_log_catches_up_from_a_snapshot_and_then_the_log():
     a = ConfigReplica("n1", NAMES, HB, log_keep=4)
     b = ConfigReplica("n2", NAMES, HB, log_keep=4)
@@ -499,13 +512,7 @@ def test_a_follower_behind_the_kept_log_catches_up_from_a_snapshot_and_then_the_
 
 
 def test_a_snapshot_half_received_is_neither_installed_nor_persisted_and_lost_items_are_resent():
-    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
-    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
-    c = ConfigReplica("n3", NAMES, HB, log_keep=2)
-    view = lead_view(1)
-    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
-    for i in range(8):
-        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, f"k{i}", f"v{i}", 0, 1.0), 1.0, view)
+    a, b, c, view = n3_behind_a_kept_log_of_two()
     first = [s for s in sends(a.on_tick(view, 5.0)) if s.to == "n3"][0]
     assert first.kind == COORD_SNAP and first.body["i"] == 0 and first.body["n"] >= 6
     fx = deliver(c, follow_view(1), "n1", first, 5.0)
@@ -547,13 +554,7 @@ def test_a_stale_snapshot_does_not_roll_a_follower_back():
 
 
 def test_a_lost_ack_of_the_install_does_not_make_the_leader_resend_the_snapshot_for_ever():
-    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
-    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
-    c = ConfigReplica("n3", NAMES, HB, log_keep=2)
-    view = lead_view(1)
-    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
-    for i in range(8):
-        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, f"k{i}", f"v{i}", 0, 1.0), 1.0, view)
+    a, b, c, view = n3_behind_a_kept_log_of_two()
     # n3 gets the whole snapshot, but its ack of the install is lost
     pump(a, {"n2": b, "n3": c}, a.on_tick(view, 5.0), 5.0, view,
          drop=lambda s: s.kind == COORD_ACK and s.to == "n1" and s.body.get("match") == a.status()["oldest_watchable"])
@@ -631,13 +632,7 @@ def test_a_late_poll_while_the_trip_record_commits_is_not_counted_in_the_names_n
 
 
 def test_a_follower_that_lost_its_partial_snapshot_gets_it_again_from_where_it_is():
-    a = ConfigReplica("n1", NAMES, HB, log_keep=2)
-    b = ConfigReplica("n2", NAMES, HB, log_keep=2)
-    c = ConfigReplica("n3", NAMES, HB, log_keep=2)
-    view = lead_view(1)
-    pump(a, {"n2": b}, a.sync(view, 0.0), 0.0, view)
-    for i in range(8):
-        pump(a, {"n2": b}, a.request(view, f"w{i}", OP_SET, f"k{i}", f"v{i}", 0, 1.0), 1.0, view)
+    a, b, c, view = n3_behind_a_kept_log_of_two()
     s0 = [s for s in sends(a.on_tick(view, 5.0)) if s.to == "n3"][0]
     acks = sends(deliver(c, follow_view(1), "n1", s0, 5.0))
     s1 = sends(deliver(a, view, "n3", acks[0], 5.0))[0]
