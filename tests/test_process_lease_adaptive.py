@@ -30,15 +30,22 @@ def test_a_held_up_leader_asks_for_a_longer_lease_and_followers_promise_for_it(t
         # the interval it fell (a 70 ms stop 40 ms before a heartbeat is due
         # makes it 30 ms late), and a stall may cost the lease on a loaded
         # machine; the strain is a maximum over a minute, so tries add up
-        for _ in range(12):
+        for attempt in range(12):
             leader = c.wait_leader(10.0)
+            # on an idle machine each try takes a whole number of heartbeat
+            # intervals, so every stall would fall at the same phase (CI saw
+            # 36 ms late 12 times); stepping the start by 17 ms spreads them
+            time.sleep((attempt * 0.017) % 0.05)
             _hold_up(c, leader, 0.07)
             time.sleep(0.2)
             st = c.status(leader) or {}
             if st.get("role") != "leader":
                 continue
             seen.append(st["lease_announced_ms"])
-            if st["lease_announced_ms"] > L_MS:
+            # judged once clearly above the lease: a follower's promise is
+            # read some ms after it began, so one for 152 ms proves nothing
+            # (the strain is a maximum over a minute: later tries only grow it)
+            if st["lease_announced_ms"] > L_MS * 1.15:
                 assert st["lease_strain_ms"] >= 40.0
                 followers = [n for n in c.names if n != leader]
                 # a follower's promise now runs past what the configured lease allows
