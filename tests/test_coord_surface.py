@@ -19,6 +19,7 @@ import pytest
 from coordfake import FakeBackend
 from electiond import cli, client as clientmod, control
 from electiond.coord import commands, supervise
+from procio import readline_within
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -217,12 +218,12 @@ def test_members_watch_prints_one_json_line_per_change(served):
                              "--watch"], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
                             cwd=str(REPO))
     try:
-        first = json.loads(proc.stdout.readline())
+        first = json.loads(readline_within(proc.stdout, 15, "members --watch"))
         assert first["node"] == "n1" and first["change"] == "joined"
         served.backend.member_events.append(MemberEvent(2, "n2", "joined", ("n1", "n2")))
         served.backend.member_events.append(MemberEvent(3, "n1", "left", ("n2",)))
-        assert json.loads(proc.stdout.readline())["version"] == 2
-        assert json.loads(proc.stdout.readline()) == {"version": 3, "node": "n1", "change": "left",
+        assert json.loads(readline_within(proc.stdout, 15, "members --watch"))["version"] == 2
+        assert json.loads(readline_within(proc.stdout, 15, "members --watch")) == {"version": 3, "node": "n1", "change": "left",
                                                       "members": ["n2"], "suspected": []}
     finally:
         proc.terminate()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab import Faults, Lan, sh
+from procio import readline_within
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces and nftables rules"),
@@ -66,7 +67,7 @@ def burst(lan: Lan, sender: str, receivers: list[str]) -> dict[str, int]:
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for r in receivers}
     try:
         for p in procs.values():
-            assert p.stdout.readline().strip() == "ready"
+            assert readline_within(p.stdout, 30, "a receiver").strip() == "ready"
         lan.run(sender, sys.executable, "-c", SENDER, lan.address[sender])
         return {r: int(p.communicate("done\n", timeout=30)[0].strip()) for r, p in procs.items()}
     finally:
@@ -132,7 +133,7 @@ def test_a_lan_is_torn_down_on_sigterm(tmp_path: Path) -> None:
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        switch = proc.stdout.readline().strip()
+        switch = readline_within(proc.stdout, 60, "the LAN script").strip()
         prefix = switch[:-2]  # el<pid>: every namespace of that LAN
         assert switch in sh("ip", "netns", "list")
         proc.send_signal(signal.SIGTERM)

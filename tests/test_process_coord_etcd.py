@@ -19,6 +19,7 @@ import pytest
 
 from electiond.devcluster import REPO, Cluster
 from electiond.devetcd import APT_HINT, EtcdCluster, etcd_binary
+from procio import readline_within
 
 pytestmark = pytest.mark.skipif(etcd_binary() is None, reason=f"needs etcd (Debian: {APT_HINT})")
 
@@ -172,7 +173,7 @@ def test_acknowledged_config_writes_survive_a_daemon_kill(tmp_path):
             watch = subprocess.Popen(ctl_argv(c, c.names[1], "config", "watch", "app/"), stdout=subprocess.PIPE,
                                      text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=str(REPO))
             try:
-                seen = [json.loads(watch.stdout.readline()) for _ in range(21)]
+                seen = [json.loads(readline_within(watch.stdout, 20, "config watch")) for _ in range(21)]
             finally:
                 watch.terminate()
                 watch.wait(10)

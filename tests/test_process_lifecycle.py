@@ -275,8 +275,9 @@ def test_sigterm_before_the_loop_takes_signals_still_logs_a_final_line(tmp_path)
         # signal inside that call would find no process to kill (hooks.py)
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        lines = proc.stderr.read().strip().splitlines()
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+        lines = err.strip().splitlines()
         assert "exiting: SIGTERM during --cleanup" in lines[-1], lines
         assert not any("Traceback" in line for line in lines)
         hook_pid = int((tmp_path / "hook.pid").read_text())

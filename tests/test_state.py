@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 from electiond import statelock
 from electiond.protocols.base import PersistedState
 from electiond.state import MAX_COUNTER, MAX_STATE_BYTES, StateError, StateStore, parse_state, recover
+from procio import readline_within
 
 
 def record(**overrides):
@@ -139,7 +140,7 @@ def test_lock_is_not_inherited_by_children(tmp_path):
                              close_fds=False, stdout=subprocess.PIPE)
     try:
         # until its exec the forked child shares the descriptor: wait for the new program
-        assert child.stdout.readline() == b"up\n"
+        assert readline_within(child.stdout, 30, "the child") == b"up\n"
         held.release()
         statelock.acquire(str(tmp_path)).release()
     finally:
