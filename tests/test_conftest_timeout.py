@@ -15,7 +15,7 @@ def run_pytest(tmp_path: Path, body: str, **env: str) -> subprocess.CompletedPro
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
          "-s", str(tmp_path / "test_subject.py")],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**os.environ, **env})
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("ELECTIOND_TEST_")}, **env})
 
 
 def test_a_sleeping_test_fails_at_its_limit_and_the_next_one_runs(tmp_path):
@@ -51,3 +51,15 @@ def test_swallows():
     assert "still running 2 s after its 1 s limit" in done.stderr
     pid = int(pidfile.read_text())
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_limit_in_the_environment_raises_a_marked_one_and_zero_lifts_it(tmp_path):
+    body = """
+import time, pytest
+@pytest.mark.timeout_s(1)
+def test_sleeps():
+    time.sleep(2.5)
+"""
+    assert run_pytest(tmp_path, body, ELECTIOND_TEST_TIMEOUT_S="30").returncode == 0
+    assert run_pytest(tmp_path, body, ELECTIOND_TEST_TIMEOUT_S="0").returncode == 0
+    assert run_pytest(tmp_path, body).returncode == 1

@@ -17,7 +17,8 @@ import pytest
 import debpkg
 from cluster import Cluster
 
-pytestmark = pytest.mark.deb
+# a fresh machine installs the build dependencies before building the package
+pytestmark = [pytest.mark.deb, pytest.mark.timeout_s(1800)]
 
 EXPECTED_FILES = [
     "/usr/sbin/electiond",

@@ -21,6 +21,7 @@ import pytest
 from cluster import REPO
 
 pytestmark = [
+    pytest.mark.timeout_s(1500),  # each runs benchmark commands bounded at 600 s
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
     pytest.mark.skipif(shutil.which("ip") is None, reason="needs ip (iproute2)"),
     pytest.mark.skipif(shutil.which("keepalived") is None,

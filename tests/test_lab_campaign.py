@@ -18,6 +18,8 @@ import pytest
 from cluster import REPO
 from lab.campaign import queue
 from lab.cli import parse_deadline
+
+pytestmark = pytest.mark.timeout_s(1200)  # a lab command is bounded at 600 s
 from lab.report import sections, write_section
 
 needs_root = [

@@ -23,7 +23,8 @@ import pytest
 import debpkg
 from cluster import REPO
 
-pytestmark = pytest.mark.deb
+# a fresh machine builds the Debian 12 rootfs first (bounded at 1200 s), then copy, install and boot
+pytestmark = [pytest.mark.deb, pytest.mark.timeout_s(3000)]
 
 BOOT_TIMEOUT_S = 420  # the boot, every check and the power-off; typically ~1-2 min
 

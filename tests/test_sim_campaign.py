@@ -17,6 +17,8 @@ from tests.sim_mutants import MUTANTS
 
 SEEDS = int(os.environ.get("ELECTIOND_SIM_SEEDS", "2000"))
 CHUNKS = 8
+# a chunk's child is bounded at 300 s; under load a chunk took 97 s
+pytestmark = pytest.mark.timeout_s(900)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

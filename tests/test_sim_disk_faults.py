@@ -18,6 +18,7 @@ from tests.lease_mutants import DurableBeforeWrite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = pathlib.Path(__file__).parent / "sim_scenarios"
+pytestmark = pytest.mark.timeout_s(900)  # two campaign children bounded at 300 s each
 
 
 def test_plans_draw_disk_faults_without_changing_the_other_draws():

@@ -1,7 +1,7 @@
 """The compiled simulator (scripts/sim) runs the same source as the interpreted one.
 
-One test, so that pytest-xdist builds once: compile a copy with mypyc, then
-run the same seeds of every protocol both ways in child processes and compare
+One build per run (a session fixture under a lock, shared by the xdist
+workers): compile a copy with mypyc, then run the same seeds of every protocol both ways in child processes and compare
 the traces byte for byte. A mutant must still be caught compiled (the
 checker did not go blind), a compiled campaign takes the seeds after the
 interpreted campaign's (tests/test_sim_campaign.py), and the explorer, which
@@ -101,10 +101,29 @@ def _run(build: Path | None, *args: str, timeout: int = 600) -> subprocess.Compl
                           cwd=ROOT, check=False)
 
 
-@pytest.mark.skipif(WHY_NOT is not None, reason=f"cannot compile the simulator here: {WHY_NOT}")
-def test_compiled_simulator_traces_like_the_interpreted_one(tmp_path):
-    build = native.build(tmp_path / "sim-native")
+# one worker runs them all (scripts/test passes --dist loadgroup): a second
+# worker would sit out the build waiting on its lock
+pytestmark = pytest.mark.xdist_group("sim-native")
+needs_mypyc = pytest.mark.skipif(WHY_NOT is not None, reason=f"cannot compile the simulator here: {WHY_NOT}")
 
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory) -> Path:
+    """One compiled copy for every xdist worker: the first to come builds it
+    under a lock, the rest reuse it (native.build keeps a build whose source
+    fingerprint still matches). Splitting the checks into tests lets xdist
+    spread them and bounds each in time; one 12-minute test did neither."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp().parent  # the same for every worker of one run
+    with open(shared / "sim-native.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return native.build(shared / "sim-native")
+
+
+@needs_mypyc
+@pytest.mark.timeout_s(1200)
+def test_compiled_simulator_traces_like_the_interpreted_one(build):
     interpreted = _run(None, "-c", DIGESTS, str(SEEDS))
     compiled = _run(build, "-c", DIGESTS, str(SEEDS))
     assert interpreted.returncode == 0, interpreted.stderr
@@ -115,7 +134,11 @@ def test_compiled_simulator_traces_like_the_interpreted_one(tmp_path):
     assert len(a) == 3 * SEEDS
     assert a == b, [k for k in a if a[k] != b.get(k)]
 
-    bench = _run(build, "-m", "electiond.sim", "bench", "--protocol", "quorum-lease", "--seconds", "30")
+
+@needs_mypyc
+@pytest.mark.timeout_s(900)
+def test_compiled_bench_runs_and_a_mutant_is_still_caught(build):
+    bench = _run(build, "-m", "electiond.sim", "bench", "--protocol", "quorum-lease", "--seconds", "10")
     assert bench.returncode == 0, bench.stderr
     assert "violations=0 build=mypyc" in bench.stdout
 
@@ -126,13 +149,25 @@ def test_compiled_simulator_traces_like_the_interpreted_one(tmp_path):
     assert "build=mypyc" in mutant.stdout
     assert "reproduce with: python -m electiond.sim --protocol quorum-lease --seed" in mutant.stdout
 
-    for protocol in ("quorum-lease", "ring", "bully"):
-        campaign = _run(build, "-m", "electiond.sim", "--protocol", protocol, "--seeds", str(CAMPAIGN_SEEDS),
-                        "--first-seed", str(CAMPAIGN_FIRST), timeout=1200)
-        assert campaign.returncode == 0, campaign.stdout[-3000:] + campaign.stderr[-3000:]
-        assert f"runs={CAMPAIGN_SEEDS} violations=0" in campaign.stdout
-        assert "build=mypyc" in campaign.stdout
+    explore = _run(build, "-m", "electiond.sim", "explore", "--depth", "2")
+    assert explore.returncode == 2
+    assert "explore needs the interpreted simulator" in explore.stderr
 
+
+@needs_mypyc
+@pytest.mark.timeout_s(1200)
+@pytest.mark.parametrize("protocol", ["quorum-lease", "ring", "bully"])
+def test_compiled_campaign_after_the_interpreted_seeds(build, protocol):
+    campaign = _run(build, "-m", "electiond.sim", "--protocol", protocol, "--seeds", str(CAMPAIGN_SEEDS),
+                    "--first-seed", str(CAMPAIGN_FIRST), timeout=1200)
+    assert campaign.returncode == 0, campaign.stdout[-3000:] + campaign.stderr[-3000:]
+    assert f"runs={CAMPAIGN_SEEDS} violations=0" in campaign.stdout
+    assert "build=mypyc" in campaign.stdout
+
+
+@needs_mypyc
+@pytest.mark.timeout_s(1500)
+def test_compiled_coordination_simulator_traces_and_campaign(build):
     coord_a = _run(None, "-c", COORD_DIGESTS, str(COORD_SEEDS))
     coord_b = _run(build, "-c", COORD_DIGESTS, str(COORD_SEEDS))
     assert coord_a.returncode == 0 and coord_b.returncode == 0, coord_a.stderr + coord_b.stderr
@@ -140,10 +175,6 @@ def test_compiled_simulator_traces_like_the_interpreted_one(tmp_path):
     assert (ca.pop("build"), cb.pop("build")) == ("interpreted", "mypyc")
     assert len(ca) == COORD_SEEDS and ca == cb, [k for k in ca if ca[k] != cb.get(k)]
     _coord_campaign(build)
-
-    explore = _run(build, "-m", "electiond.sim", "explore", "--depth", "2")
-    assert explore.returncode == 2
-    assert "explore needs the interpreted simulator" in explore.stderr
 
 
 def test_the_build_refuses_to_compile_into_the_source_tree():
