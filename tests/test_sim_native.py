@@ -101,24 +101,19 @@ def _run(build: Path | None, *args: str, timeout: int = 600) -> subprocess.Compl
                           cwd=ROOT, check=False)
 
 
-# one worker runs them all (scripts/test passes --dist loadgroup): a second
-# worker would sit out the build waiting on its lock
-pytestmark = pytest.mark.xdist_group("sim-native")
 needs_mypyc = pytest.mark.skipif(WHY_NOT is not None, reason=f"cannot compile the simulator here: {WHY_NOT}")
+# scripts/test starts this build in the background as the suite starts
+BUILD = Path(os.environ.get("ELECTIOND_SIM_NATIVE_BUILD", str(ROOT / ".build" / "sim-native-test")))
 
 
 @pytest.fixture(scope="session")
-def build(tmp_path_factory) -> Path:
-    """One compiled copy for every xdist worker: the first to come builds it
-    under a lock, the rest reuse it (native.build keeps a build whose source
-    fingerprint still matches). Splitting the checks into tests lets xdist
-    spread them and bounds each in time; one 12-minute test did neither."""
-    import fcntl
-
-    shared = tmp_path_factory.getbasetemp().parent  # the same for every worker of one run
-    with open(shared / "sim-native.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return native.build(shared / "sim-native")
+def build() -> Path:
+    """One compiled copy for every xdist worker: native.build serializes
+    builds into one directory and keeps one whose source fingerprint still
+    matches, so whoever comes first (scripts/test's background build, or a
+    worker) compiles and the rest reuse it. Split into tests, the checks are
+    spread by xdist and bounded each in time; one 12-minute test was neither."""
+    return native.build(BUILD)
 
 
 @needs_mypyc

@@ -100,7 +100,13 @@ def mypyc_available() -> str | None:
 
 
 def build(out: Path, source_root: Path | None = None) -> Path:
-    """Compile a copy of the source into ``out``; reuse it if the source is unchanged."""
+    """Compile a copy of the source into ``out``; reuse it if the source is unchanged.
+
+    Builds into one ``out`` are serialized by a lock beside it: scripts/test
+    starts a build while the suite runs, and every test process that needs
+    it then waits for that one instead of compiling its own."""
+    import fcntl
+
     why_not = mypyc_available()
     if why_not:
         raise BuildError(why_not)
@@ -108,6 +114,13 @@ def build(out: Path, source_root: Path | None = None) -> Path:
     out = out.resolve()
     if out == root:
         raise BuildError("the build directory must not be the source tree (its .so files would shadow the .py)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(root, out)
+
+
+def _build_locked(root: Path, out: Path) -> Path:
     want = _fingerprint(root)
     stamp = out / STAMP
     if stamp.exists() and stamp.read_text() == want and all(_compiled(out, m) for m in MODULES):
