@@ -650,3 +650,26 @@ def test_a_follower_that_lost_its_partial_snapshot_gets_it_again_from_where_it_i
     assert sends(deliver(c2, follow_view(1), "n1", s1, 5.4))[0].body["next"] == 2
     pump(a, {"n2": b, "n3": c2}, a.on_tick(view, 6.0), 6.0, view)
     assert c2.snapshots_installed == 1 and c2.commit == a.commit
+
+
+@pytest.mark.parametrize("kind", [COORD_APPEND, "COORD_SNAP"])
+def test_append_and_snapshot_share_one_stale_term_check(kind):
+    """An older term, or another node's message in the term we lead, is refused
+    the same way by both: ok False, match = our last version; a newer term is
+    adopted (and persisted before any answer)."""
+    if kind == COORD_APPEND:
+        body = {"prev_v": 0, "prev_t": 0, "commit": 0, "has": False, "t": 0, "ttl_ms": 0, "op": "", "key": "",
+                "value": None, "req": ""}
+    else:
+        body = {"v": 7, "t": 2, "i": 0, "n": 3, "kind": "k", "key": "a", "value": "x", "ver": 7, "ttl_ms": 0}
+    b = rep("n2", StoreState(term=3, commit=1, log=(Entry(1, 3, OP_NOOP, "", None, ""),)))
+    fx = b.on_message(follow_view(3), kind, "n1", 2, body, 0.0)
+    assert [(s.kind, s.body) for s in sends(fx)] == [(COORD_ACK, {"ok": False, "match": 1})]
+    # n2 leads term 4: n3 claiming term 4 too is refused
+    b.sync(View("n2", 4, True), 1.0)
+    fx = b.on_message(View("n2", 4, True), kind, "n3", 4, body, 1.1)
+    assert [(s.kind, s.body) for s in sends(fx)] == [(COORD_ACK, {"ok": False, "match": 2})]
+    # a newer term (than the protocol's view has yet) is adopted and persisted
+    fx = b.on_message(follow_view(4, "n3"), kind, "n3", 5, body, 2.0)
+    assert [e for e in fx if type(e) is StorePersist][0].state.term == 5
+

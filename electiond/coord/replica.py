@@ -429,11 +429,10 @@ class ConfigReplica:
                                              "value": value, "ver": ver, "ttl_ms": ttl_ms}, to=peer)]
 
     def _on_snap(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
-        if term < self._term or (self._lead is not None and term == self._lead.term):
+        changed = self._adopt_term(term)
+        if changed is None:
             _, last_v = self.last
             return [Send(COORD_ACK, self._term, {"ok": False, "match": last_v}, to=sender)]
-        changed = term > self._term
-        self._term = term
         v, t, i, n = int(body["v"]), int(body["t"]), int(body["i"]), int(body["n"])
         persist: list[Any] = [StorePersist(self.state())] if changed else []
         if v <= self._commit:
@@ -721,12 +720,22 @@ class ConfigReplica:
                                     body["value"], int(body["version"]))]
         return effects
 
-    def _on_append(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
+    def _adopt_term(self, term: int) -> bool | None:
+        """The check every leader-to-follower message opens with: None if it is
+        stale (an older term, or another node claiming our own leading term:
+        refuse it, telling where our log ends); else adopt its term and say
+        whether that changed ours (then it must be persisted)."""
         if term < self._term or (self._lead is not None and term == self._lead.term):
-            _, last_v = self.last
-            return [Send(COORD_ACK, self._term, {"ok": False, "match": last_v}, to=sender)]
+            return None
         changed = term > self._term
         self._term = term
+        return changed
+
+    def _on_append(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
+        changed = self._adopt_term(term)
+        if changed is None:
+            _, last_v = self.last
+            return [Send(COORD_ACK, self._term, {"ok": False, "match": last_v}, to=sender)]
         prev_v = int(body["prev_v"])
         prev_t = int(body["prev_t"])
         _, last_v = self.last
