@@ -673,3 +673,68 @@ def test_append_and_snapshot_share_one_stale_term_check(kind):
     fx = b.on_message(follow_view(4, "n3"), kind, "n3", 5, body, 2.0)
     assert [e for e in fx if type(e) is StorePersist][0].state.term == 5
 
+
+def _ack_all(a: ConfigReplica, b: ConfigReplica, fx, now: float, view: View) -> None:
+    for s in sends(fx, COORD_APPEND):
+        if s.to == "n2":
+            got = sends(deliver(b, follow_view(view.term), "n1", s, now), COORD_ACK)[0]
+            deliver(a, view, "n2", got, now)
+
+
+def test_a_participant_whose_node_departed_is_pruned_and_the_others_leave_at_once():
+    a, b, c = elected()
+    view = lead_view(1)
+    for who in ("n1/w", "n2/w", "n3/w"):
+        poll(a, b, who, 3, 1.0)
+    assert poll(a, b, "n3/w", 3, 1.1).value == "done"
+    assert a.barrier_records() == ["start"]
+    assert leave(a, b, "n1/w", 2.0).version == 3 and leave(a, b, "n2/w", 2.1).value == "waiting"
+    # n3 (with its participant) is gone: nothing departed yet changes nothing
+    assert a.barrier_prune(view, (), 3.0) == []
+    fx = a.barrier_prune(view, ("n3",), 3.0)
+    assert [e for e in fx if type(e) is StorePersist] and not replies(fx)
+    # called again before the removal committed: no second write
+    last = a.last
+    assert a.barrier_prune(view, ("n3",), 3.05) == [] and a.last == last
+    _ack_all(a, b, fx, 3.1, view)
+    assert a.committed_get("_coord/barrier/start")[0] is None and a.barrier_records() == []
+    assert [leave(a, b, w, 3.2).value for w in ("n1/w", "n2/w")] == ["done", "done"]
+    # replicated: the follower persisted the removal (a new leader does not bring n3/w back)
+    assert b.current("_coord/barrier/start") == a.committed_get("_coord/barrier/start")
+
+
+def test_pruning_keeps_live_nodes_and_ids_without_a_node_and_needs_a_serving_leader():
+    a, b, c = elected()
+    view = lead_view(1)
+    for who in ("n2/w", "n3/w", "plain"):
+        poll(a, b, who, 3, 1.0)
+    assert b.barrier_prune(follow_view(1), ("n3",), 2.0) == []  # only the serving leader prunes
+    _ack_all(a, b, a.barrier_prune(view, ("n3",), 2.0), 2.0, view)
+    assert a.committed_get("_coord/barrier/start")[0] == "n2/w,plain"
+
+
+def test_the_host_prunes_only_after_serving_a_whole_presence_window_and_only_departed_nodes():
+    members = tuple(Member(f"n{i}", i) for i in (1, 2, 3))
+    s = Settings(cluster="t", node_name="n1", members=members, clock_check_s=0.0)
+    node = Node(s, "quorum-lease", random.Random(1), 0.0)
+    host = CoordHost(node)
+    node.membership.saw("n2", 1.0)
+    node.membership.saw("n3", 1.0)
+    window = node.membership.liveness_window_s()
+    assert host.departed(1.0) == ()
+    node.membership.saw("n2", 1.0 + window)
+    assert host.departed(1.0 + window + 0.01) == ("n3",)  # n2 heard again; n1 itself never departs
+    calls: list[tuple[tuple[str, ...], float]] = []
+    host.replica.barrier_prune = lambda view, departed, now: calls.append((departed, now)) or []  # type: ignore
+    host.replica.ready = lambda view: True  # type: ignore
+    hb = s.heartbeat_interval_s
+    t = 10.0
+    host.after_node_event(t)  # starts serving now: nobody pruned yet (a new leader has heard few)
+    t += window * 0.5
+    host.after_node_event(t)
+    assert calls == []
+    t = 10.0 + window + 0.01
+    host.after_node_event(t)
+    assert calls and calls[-1][0] == ("n2", "n3") and calls[-1][1] == t
+    host.after_node_event(t + hb)  # at most one scan every 4 heartbeats
+    assert len(calls) == 1

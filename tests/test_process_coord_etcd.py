@@ -217,6 +217,37 @@ def test_barrier_with_one_participant_dying_before_the_count(tmp_path):
                 assert p.returncode == 0, err
 
 
+def test_a_participant_whose_daemon_is_killed_after_the_barrier_does_not_hold_the_others_leave(tmp_path):
+    """Each participant's key lives by its daemon's election lease (ephemeral,
+    as in ZooKeeper): three enter, one daemon is SIGKILLed, its key goes with
+    its lease (TTL 3 s) and the two others' --leave returns long before its
+    60 s timeout."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with EtcdCluster(tmp_path) as etcd:
+        etcd.start_all()
+        with etcd_daemons(tmp_path, etcd) as c:
+            c.start_all()
+            leader = c.wait_leader(15)
+
+            def barrier(name, *args):
+                return subprocess.Popen(ctl_argv(c, name, "barrier", "eph", *args, "--participant", "w"), env=env,
+                                        cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            entering = [barrier(n, "--count", "3", "--timeout", "30s") for n in c.names]
+            for p in entering:
+                _, err = p.communicate(timeout=40)
+                assert p.returncode == 0, err
+            victim = next(n for n in c.names if n != leader)
+            c.kill(victim)
+            killed_at = time.monotonic()
+            rest = [n for n in c.names if n != victim]
+            leaving = [barrier(n, "--leave", "--timeout", "60s") for n in rest]
+            got = [(p.communicate(timeout=70), p.returncode) for p in leaving]
+            took_s = time.monotonic() - killed_at
+            print(f"--leave of the two survivors returned {took_s:.1f} s after the kill (lease TTL {TTL_S} s)")
+            assert all(rc == 0 and "all left" in out for (out, _), rc in got), got
+            assert took_s < 3 * TTL_S, took_s  # a lease of its own (BARRIER_LEASE_S, 10 s) would not pass
+
+
 def test_members_watch_shows_a_kill_and_the_return(tmp_path):
     with EtcdCluster(tmp_path) as etcd:
         etcd.start_all()

@@ -14,11 +14,15 @@ election prefix, so the election's watch and reads never see them.
 - Config: ``config/<key>``; version = the key's mod revision (a deleted key
   reads as version 0), cas = txn on mod_revision; watch = etcd's watch from
   ``from_version + 1``, so a stream has no gaps (until etcd compacts).
-- Barriers: ``barriers/<name>/in/<participant>`` under a lease this daemon
-  keeps alive; the count is the number of such keys. The first participant
-  to see the count reached writes ``barriers/<name>/ready`` (under a lease of
-  READY_LINGER_S) so that one who looks later still passes. A participant
-  stays registered (for ``--leave``) while its daemon lives.
+- Barriers: ``barriers/<name>/in/<participant>`` under the daemon's own
+  election lease (its session: the lease its member key lives by), so the
+  entry is ephemeral as in ZooKeeper's double barrier: a participant whose
+  daemon or host dies disappears when the member does, and the others'
+  ``--leave`` goes on. The count is the number of such keys. The first
+  participant to see the count reached writes ``barriers/<name>/ready``
+  (under a lease of READY_LINGER_S) so that one who looks later still passes.
+  Without a session lease yet (etcd just became reachable) a lease of
+  BARRIER_LEASE_S kept alive by this daemon stands in.
 - Members: the election's own keys (``<prefix>election/<lease>`` = node
   name): a node is a member while one of its keys lives; versions are etcd
   revisions, the same on every host.
@@ -32,7 +36,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Callable
 
 from electiond.coord.backend import (
     ConfigEntry,
@@ -66,11 +70,15 @@ def coord_prefix(election_prefix: str) -> str:
 
 
 class EtcdBackend(CoordBackend):
-    def __init__(self, client: EtcdClient, election_prefix: str) -> None:
+    def __init__(self, client: EtcdClient, election_prefix: str,
+                 session_lease: Callable[[], int] | None = None) -> None:
+        """``session_lease``: the election's current lease id (0: none yet)."""
         self.client = client
         self.election_prefix = election_prefix
         self.prefix = coord_prefix(election_prefix)
-        self._barrier_leases: dict[tuple[str, str], tuple[int, asyncio.Task]] = {}
+        self._session_lease = session_lease or (lambda: 0)
+        # (name, participant) -> (a lease of our own, its keeper), or (0, None) under the session lease
+        self._barrier_leases: dict[tuple[str, str], tuple[int, asyncio.Task | None]] = {}
 
     # ---- helpers ------------------------------------------------------------------
 
@@ -186,9 +194,13 @@ class EtcdBackend(CoordBackend):
     async def barrier_enter(self, name: str, participant: str, count: int, timeout_s: float) -> int:
         base = self._barrier(name)
         if (name, participant) not in self._barrier_leases:
-            lease_id, _ = await self._grant(BARRIER_LEASE_S)
-            keeper = asyncio.get_running_loop().create_task(self._keep_alive_loop(lease_id))
-            self._barrier_leases[(name, participant)] = (lease_id, keeper)
+            lease_id = self._session_lease()
+            if lease_id:
+                self._barrier_leases[(name, participant)] = (0, None)
+            else:
+                lease_id, _ = await self._grant(BARRIER_LEASE_S)
+                keeper = asyncio.get_running_loop().create_task(self._keep_alive_loop(lease_id))
+                self._barrier_leases[(name, participant)] = (lease_id, keeper)
             await self._call("/v3/kv/put", {"key": b64(base + "in/" + participant), "value": b64(participant),
                                             "lease": lease_id})
         deadline = time.monotonic() + timeout_s
@@ -214,9 +226,18 @@ class EtcdBackend(CoordBackend):
 
     async def _withdraw(self, name: str, participant: str) -> None:
         held = self._barrier_leases.pop((name, participant), None)
-        if held is not None:
+        if held is None:
+            return
+        if held[1] is not None:
             held[1].cancel()
             await self._revoke(held[0])
+        else:
+            # under the session lease: the key goes, the lease stays (the election lives by it)
+            try:
+                await self._call("/v3/kv/deleterange", {"key": b64(self._barrier(name) + "in/" + participant)})
+            except CoordError as exc:
+                log.warning("barrier %r: withdrawing %s failed (%s); it goes with this daemon's lease",
+                            name, participant, exc)
 
     async def barrier_leave(self, name: str, participant: str, timeout_s: float) -> int:
         await self._withdraw(name, participant)
@@ -322,6 +343,7 @@ class EtcdBackend(CoordBackend):
 
     def close(self) -> Any:
         for _, keeper in self._barrier_leases.values():
-            keeper.cancel()  # the leases run out; the participants leave with this daemon
+            if keeper is not None:
+                keeper.cancel()  # the leases run out; the participants leave with this daemon
         self._barrier_leases.clear()
         return None

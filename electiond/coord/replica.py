@@ -689,6 +689,37 @@ class ConfigReplica:
         state = BARRIER_DONE if self.leave_done(remaining, participant) else BARRIER_WAITING
         return effects + self._answer(pend, Reply(pend.req, True, "", name, state, len(remaining)))
 
+    def barrier_records(self) -> list[str]:
+        """Names of the barriers whose trip record (with uncommitted entries) lists someone."""
+        keys = {k for k in self._base if k.startswith(BARRIER_PREFIX)}
+        keys |= {e.key for e in self._log if e.key.startswith(BARRIER_PREFIX)}
+        return sorted(k[len(BARRIER_PREFIX):] for k in keys if self._current(k)[0])
+
+    def barrier_prune(self, view: View, departed: tuple[str, ...], now: float) -> list[Any]:
+        """The double barrier's ephemeral entries: a participant that passed
+        and whose node has since left the member view (``departed``: not heard
+        within the presence window, as ``host.live_members`` decides) is
+        removed from the trip record, as if it had left. Participants are
+        named ``node/id`` (the control socket prefixes the node's name); one
+        without a node part is never pruned. The removal is a replicated write
+        judged against the newest record, like a leave, so calling this again
+        before it committed writes nothing twice."""
+        if not departed or not self.ready(view):
+            return []
+        effects: list[Any] = []
+        for name in self.barrier_records():
+            trip_key = BARRIER_PREFIX + name
+            newest, _ = self._current(trip_key)
+            inside = newest.split(",") if newest else []
+            rest = [p for p in inside if p.partition("/")[0] not in departed or "/" not in p]
+            if len(rest) == len(inside):
+                continue
+            _, last_v = self.last
+            out = _Pending(f"prune-{last_v + 1}", None, trip_key, op=OP_SET if rest else OP_DELETE)
+            fx = self._write(view, out, out.op, trip_key, ",".join(rest) if rest else None, 0, now)
+            effects += [e for e in fx if type(e) is not Reply]  # nobody waits on the record itself
+        return effects
+
     def _answer(self, pend: _Pending, reply: Reply) -> list[Any]:
         if pend.origin is None:
             return [reply]
