@@ -63,7 +63,7 @@ class MemberEvent:
     node: str
     change: str  # "joined" | "left" | "suspected"
     members: tuple[str, ...]  # the live view after the change
-    suspected: tuple[str, ...] = ()  # not heard for a while, not yet left (embedded backend only)
+    suspected: tuple[str, ...] = ()  # not heard for a while, not yet left
 
 
 class CoordBackend(ABC):

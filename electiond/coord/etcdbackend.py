@@ -25,16 +25,20 @@ election prefix, so the election's watch and reads never see them.
   BARRIER_LEASE_S kept alive by this daemon stands in.
 - Members: the election's own keys (``<prefix>election/<lease>`` = node
   name): a node is a member while one of its keys lives; versions are etcd
-  revisions, the same on every host.
+  revisions, the same on every host. Suspected: ``suspects/<lease>`` (value
+  the node) under that member's own lease, written by any daemon watching
+  members once the lease has less than half its TTL left (``overdue``) and
+  deleted once it was refreshed; it goes with the lease, at the revision the
+  member's key goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, Callable
 
@@ -49,6 +53,7 @@ from electiond.coord.backend import (
     Unavailable,
     VersionMismatch,
 )
+from electiond.coord.host import encode_view, member_changes
 from electiond.etcdclient import EtcdClient, EtcdError, b64, prefix_end, unb64
 
 log = logging.getLogger("electiond.coord")
@@ -56,6 +61,8 @@ POLL_S = 0.1  # how often a waiting lock or barrier looks again
 READY_LINGER_S = 30  # a reached barrier stays passable this long
 BARRIER_LEASE_S = 10  # a participant's lease (kept alive every third of it)
 ELECTION_PREFIX = "election/"
+SUSPECTS_PREFIX = "suspects/"  # under the coord prefix: suspects/<member lease hex> = node name
+SUSPECT_POLL_S = 0.25  # how often a watching daemon looks at the member leases' remaining TTL
 
 
 def _int(value: Any) -> int:
@@ -67,6 +74,39 @@ def _int(value: Any) -> int:
 
 def coord_prefix(election_prefix: str) -> str:
     return election_prefix.rstrip("/") + ".coord/"
+
+
+def overdue(remaining_ttl_s: int, granted_ttl_s: int) -> bool:
+    """A member lease is suspected once less than half its granted TTL is
+    left: its holder keeps it alive every third of the TTL, so its refresh is
+    then overdue by more than a sixth of the TTL (etcd counts in whole
+    seconds: with a 3 s TTL, 1 s left; with 6 s, 2 s)."""
+    return granted_ttl_s > 0 and 2 * remaining_ttl_s < granted_ttl_s
+
+
+class MemberState:
+    """Member leases and suspicion markers as one read or watch shows them."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, str] = {}  # lease (hex) of an election key -> node name
+        self.marked: dict[str, str] = {}  # lease (hex) with a suspicion marker -> node name
+
+    def apply(self, kind: str, change: str, lease_hex: str, value: str) -> None:
+        table = self.nodes if kind == "election" else self.marked if kind == "suspect" else None
+        if table is None:
+            return
+        if change == "put":
+            table[lease_hex] = value
+        else:
+            table.pop(lease_hex, None)
+
+    def view(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(live, suspected): a node is suspected when every live key of it is
+        marked (a restarted node's fresh key keeps it live while its old
+        lease runs out), a member while any of its keys lives."""
+        fresh = {n for lease, n in self.nodes.items() if lease not in self.marked}
+        everyone = set(self.nodes.values())
+        return tuple(sorted(fresh)), tuple(sorted(everyone - fresh))
 
 
 class EtcdBackend(CoordBackend):
@@ -254,36 +294,110 @@ class EtcdBackend(CoordBackend):
 
     # ---- members ------------------------------------------------------------------------
 
-    async def _member_keys(self) -> tuple[dict[str, str], int]:
-        a = await self._range(self.election_prefix + ELECTION_PREFIX, prefix=True)
-        keys = {unb64(kv.get("key")): unb64(kv.get("value")) for kv in a.get("kvs") or []}
-        return keys, self._revision(a)
+    def _suspects(self) -> str:
+        return f"{self.prefix}{SUSPECTS_PREFIX}"
+
+    def _member_range(self) -> tuple[str, str]:
+        """One key range (start, b64 end) holding both the election keys and
+        the suspicion markers, so one read or one watch sees both at one
+        revision (other keys in between are skipped)."""
+        ours, theirs = self._suspects(), self.election_prefix + ELECTION_PREFIX
+        ends = sorted([(ours, prefix_end(ours)), (theirs, prefix_end(theirs))])
+        start = ends[0][0]
+        end = max(ends[0][1], ends[1][1], key=lambda e: base64.b64decode(e))
+        return start, end
+
+    def _member_kind(self, key: str) -> tuple[str, str]:
+        """("election" | "suspect" | "", the lease id in hex) of a key in the member range."""
+        for kind, prefix in (("election", self.election_prefix + ELECTION_PREFIX), ("suspect", self._suspects())):
+            if key.startswith(prefix):
+                return kind, key[len(prefix):]
+        return "", ""
+
+    async def _member_state(self) -> tuple[MemberState, int]:
+        start, end = self._member_range()
+        a = await self._call("/v3/kv/range", {"key": b64(start), "range_end": end})
+        st = MemberState()
+        for kv in a.get("kvs") or []:
+            kind, lease_hex = self._member_kind(unb64(kv.get("key")))
+            st.apply(kind, "put", lease_hex, unb64(kv.get("value")))
+        return st, self._revision(a)
 
     async def members(self) -> MemberEvent:
-        keys, revision = await self._member_keys()
-        return MemberEvent(revision, "", "view", tuple(sorted(set(keys.values()))))
+        st, revision = await self._member_state()
+        live, suspected = st.view()
+        return MemberEvent(revision, "", "view", live, suspected)
 
     async def members_watch(self, from_version: int) -> AsyncIterator[MemberEvent]:
-        keys, revision = await self._member_keys()
-        yield MemberEvent(revision, "", "view", tuple(sorted(set(keys.values()))))
-        start = revision + 1
-        prefix = self.election_prefix + ELECTION_PREFIX
-        async for kind, key, value, mod in self._watch(prefix, start):
-            before = Counter(keys.values())
-            if kind == "put":
-                keys[key] = value
-            else:
-                value = keys.pop(key, "")
-            after = Counter(keys.values())
-            if not value or (before[value] > 0) == (after[value] > 0):
-                continue  # a second key of a node already in (a restart), or one of several gone
-            change = "joined" if after[value] > 0 else "left"
-            if mod > from_version:
-                yield MemberEvent(mod, value, change, tuple(sorted(after)))
+        """The current view, then one event per joined / suspected / left
+        node. Suspicion is a marker key written (by any watching daemon, see
+        ``_suspicion_loop``) under the suspected member's own lease: its
+        versions are etcd revisions like the rest, and it goes with the lease."""
+        st, revision = await self._member_state()
+        live, suspected = st.view()
+        yield MemberEvent(revision, "", "view", live, suspected)
+        checker = asyncio.get_running_loop().create_task(self._suspicion_loop())
+        start, end = self._member_range()
+        try:
+            before = encode_view(live, suspected)
+            async for batch in self._watch_messages(start, revision + 1, end):
+                # one view per revision: a lease's expiry deletes its key and its marker at once
+                for rev in sorted({mod for _, _, _, mod in batch}):
+                    for kind, key, value, mod in batch:
+                        k, lease_hex = self._member_kind(key)
+                        if mod == rev and k:
+                            st.apply(k, kind, lease_hex, value)
+                    for ev in self._changes(before, st, rev, from_version):
+                        yield ev
+                    before = encode_view(*st.view())
+        finally:
+            checker.cancel()
 
-    async def _watch(self, key_prefix: str, start_revision: int) -> AsyncIterator[tuple[str, str, str, int]]:
+    @staticmethod
+    def _changes(before: str, st: "MemberState", revision: int, from_version: int) -> list[MemberEvent]:
+        live, suspected = st.view()
+        if revision <= from_version:
+            return []
+        return [MemberEvent(revision, node, change, live, suspected)
+                for node, change in member_changes(before, encode_view(live, suspected))]
+
+    async def _suspicion_loop(self) -> None:
+        """While someone watches members: every SUSPECT_POLL_S look at each
+        member lease's remaining TTL; mark a lease suspected (create-if-absent,
+        under that lease) once ``overdue``, unmark it once refreshed. Several
+        watching daemons do the same idempotent writes."""
+        while True:
+            try:
+                st, _ = await self._member_state()
+                for lease_hex in sorted(st.nodes):
+                    lease_id = int(lease_hex, 16)
+                    a = await self._call("/v3/lease/timetolive", {"ID": lease_id})
+                    remaining, granted = _int(a.get("TTL")), _int(a.get("grantedTTL"))
+                    marker = b64(self._suspects() + lease_hex)
+                    if remaining > 0 and overdue(remaining, granted) and lease_hex not in st.marked:
+                        await self._call("/v3/kv/txn", {
+                            "compare": [{"key": marker, "target": "CREATE", "create_revision": 0}],
+                            "success": [{"request_put": {"key": marker, "value": b64(st.nodes[lease_hex]),
+                                                         "lease": lease_id}}]})
+                    elif remaining > 0 and not overdue(remaining, granted) and lease_hex in st.marked:
+                        await self._call("/v3/kv/deleterange", {"key": marker})
+            except CoordError as exc:
+                log.debug("member suspicion check: %s", exc)  # a lease that just ended, etcd away: next round
+            except ValueError:
+                pass  # an election key not named by a hex lease id: not ours to judge
+            await asyncio.sleep(SUSPECT_POLL_S)
+
+    async def _watch(self, key_prefix: str, start_revision: int,
+                     range_end: str | None = None) -> AsyncIterator[tuple[str, str, str, int]]:
         """(kind, key, value, mod revision) for every change from start_revision on, in order."""
-        body = {"create_request": {"key": b64(key_prefix), "range_end": prefix_end(key_prefix),
+        async for events in self._watch_messages(key_prefix, start_revision, range_end):
+            for event in events:
+                yield event
+
+    async def _watch_messages(self, key_prefix: str, start_revision: int,
+                              range_end: str | None = None) -> AsyncIterator[list[tuple[str, str, str, int]]]:
+        """The events of each watch message together (etcd sends a revision's events in one)."""
+        body = {"create_request": {"key": b64(key_prefix), "range_end": range_end or prefix_end(key_prefix),
                                    "start_revision": start_revision}}
         try:
             async for message in self.client.watch(body):
@@ -295,10 +409,13 @@ class EtcdBackend(CoordBackend):
                         raise CoordError(f"etcd compacted history up to revision {result['compact_revision']}: "
                                          "watch again from a later version")
                     raise Unavailable(f"etcd watch canceled: {result.get('cancel_reason') or '?'}")
+                batch = []
                 for e in result.get("events") or []:
                     kv = e.get("kv") or {}
                     kind = "delete" if e.get("type") == "DELETE" else "put"
-                    yield kind, unb64(kv.get("key")), unb64(kv.get("value")), _int(kv.get("mod_revision"))
+                    batch.append((kind, unb64(kv.get("key")), unb64(kv.get("value")), _int(kv.get("mod_revision"))))
+                if batch:
+                    yield batch
         except EtcdError as exc:
             self.client.rotate()
             raise Unavailable(f"etcd watch: {exc}") from None
