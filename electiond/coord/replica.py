@@ -570,15 +570,21 @@ class ConfigReplica:
         _, last_v = self.last
         e = Entry(last_v + 1, lead.term, op, key, value if op in (OP_SET, OP_LOCK) else None, pend.req,
                   pend.ttl_ms if op == OP_LOCK else 0)
-        self._log.append(e)
+        v = self._append_entry(e)
         pend.value = e.value
-        lead.pending[e.version] = pend
+        lead.pending[v] = pend
         effects: list[Any] = [StorePersist(self.state())]
         effects += self._maybe_commit()
         for p in self.peers:
-            if lead.next_v[p] == e.version:
+            if lead.next_v[p] == v:
                 effects += self._send_append(p)
         return effects
+
+    def _append_entry(self, e: Entry) -> int:
+        """The leader's append of a new entry; its version. (The mutant in
+        tests/coord_mutants.py reuses an older version instead.)"""
+        self._log.append(e)
+        return e.version
 
     # ---- locks ----------------------------------------------------------------------
 
