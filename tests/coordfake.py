@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 from electiond.coord.backend import (
+    Compacted,
     ConfigEntry,
     CoordBackend,
     LockGrant,
@@ -30,6 +31,7 @@ class FakeBackend(CoordBackend):
         self.member_events: list[MemberEvent] = [MemberEvent(1, "n1", "joined", ("n1",))]
         self.renewals = 0
         self.refuse_renewals = False
+        self.oldest_watchable = 0  # a watch from below it is refused (compacted), as the real backends do
 
     def _next(self) -> int:
         self.version += 1
@@ -121,6 +123,8 @@ class FakeBackend(CoordBackend):
         return self._write(key, None)
 
     async def config_watch(self, prefix: str, from_version: int) -> AsyncIterator[ConfigEntry]:
+        if from_version < self.oldest_watchable:
+            raise Compacted(f"required version {from_version} has been compacted")
         sent = 0
         while True:
             for entry in self.history[sent:]:

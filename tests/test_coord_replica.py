@@ -738,3 +738,52 @@ def test_the_host_prunes_only_after_serving_a_whole_presence_window_and_only_dep
     assert calls and calls[-1][0] == ("n2", "n3") and calls[-1][1] == t
     host.after_node_event(t + hb)  # at most one scan every 4 heartbeats
     assert len(calls) == 1
+
+
+def test_deletes_below_the_watermark_leave_no_tombstone_and_a_watch_from_under_it_is_refused():
+    """The compaction watermark is the kept log's start (base_version): a
+    delete folded below it is dropped, not kept forever; the key then reads
+    absent at version 0, and a watch from under the watermark gets
+    compacted, never a silent gap."""
+    a = ConfigReplica("n1", ("n1",), HB, log_keep=2)
+    view = lead_view(1)
+    a.sync(view, 0.0)  # a cluster of one commits alone
+
+    def do(req, op, key, value=None, version=0):
+        r = replies(a.request(view, req, op, key, value, version, 1.0))[0]
+        assert r.ok, r
+        return r
+
+    do("s1", OP_SET, "gone", "x")
+    d = do("d1", OP_DELETE, "gone")
+    do("s2", OP_SET, "kept", "y")
+    # the delete is still in the kept log: read gives the delete's version
+    assert a.committed_get("gone") == (None, d.version)
+    assert replies(a.request(view, "g0", OP_GET, "gone", None, 0, 1.0))[0].version == d.version
+    for i in range(4):
+        do(f"f{i}", OP_SET, "filler", str(i))
+    assert a.status()["oldest_watchable"] > d.version
+    # folded below the watermark: no tombstone left anywhere (memory, disk, snapshot)
+    assert a.committed_get("gone") == (None, 0)
+    assert "gone" not in [k for k, _, _ in a.state().base]
+    assert "gone" not in [k for _, k, _, _, _ in a._snapshot_items()]
+    assert a.committed_get("kept")[0] == "y"
+    assert a.changes_since(d.version) == ERR_COMPACTED
+    # cas from 0 re-creates it, as before compaction
+    assert do("c1", OP_CAS, "gone", "again", 0).value == "again"
+    # a store written before compaction dropped tombstones: they are dropped on load
+    old = StoreState(term=1, commit=5, base_version=5, base_term=1, base=(("old", None, 3), ("live", "v", 4)))
+    b = ConfigReplica("n1", ("n1",), HB, old)
+    assert b.committed_get("old") == (None, 0) and b.committed_get("live") == ("v", 4)
+    assert [k for k, _, _ in b.state().base] == ["live"]
+
+
+def test_a_snapshot_from_an_older_leader_with_tombstones_installs_without_them():
+    c = ConfigReplica("n3", NAMES, HB)
+    body = {"v": 9, "t": 1, "n": 2, "ttl_ms": 0}
+    fx = c.on_message(follow_view(1), "COORD_SNAP", "n1", 1, {**body, "i": 0, "kind": "k", "key": "dead",
+                                                                "value": None, "ver": 5}, 1.0)
+    fx = c.on_message(follow_view(1), "COORD_SNAP", "n1", 1, {**body, "i": 1, "kind": "k", "key": "live",
+                                                                "value": "v", "ver": 7}, 1.1)
+    assert c.snapshots_installed == 1
+    assert c.committed_get("dead") == (None, 0) and c.committed_get("live") == ("v", 7)

@@ -242,7 +242,10 @@ def test_a_node_down_for_more_writes_than_the_kept_log_catches_up_by_snapshot(tm
             next(iter(local.watch("k", from_version=1)))
             raise AssertionError("a watch from a compacted version streamed")
         except CoordRefused as exc:
-            assert "older than the store keeps" in str(exc), exc
+            assert exc.code == "compacted" and "has been compacted" in str(exc), exc
+        r = subprocess.run(ctl_argv(c, victim, "config", "watch", "k", "--from", "1"), capture_output=True,
+                           text=True, timeout=30, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=str(REPO))
+        assert r.returncode == 77 and "compacted" in r.stderr, (r.returncode, r.stderr)
         # from a version the snapshot's log tail holds (each later write, such as the member
         # view's, folds one more entry: watch well inside the tail, not at its very start)
         seen: list[int] = []

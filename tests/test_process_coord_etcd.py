@@ -180,6 +180,13 @@ def test_acknowledged_config_writes_survive_a_daemon_kill(tmp_path):
             assert [e["version"] for e in seen] == sorted(e["version"] for e in seen)
             assert {(e["key"], e["value"], e["version"]) for e in seen} >= \
                 {(k, v, ver) for k, (v, ver) in acked.items()}
+            # etcd compacts its history: a watch from below gets the same code and exit status (77)
+            # as the embedded store's, never a silent gap
+            newest = max(v for _, v in acked.values())
+            member = etcd.running()[0]
+            assert etcd._post(member, "/v3/kv/compaction", {"revision": newest, "physical": True}, 5.0) is not None
+            r = ctl(c, c.names[0], "config", "watch", "app/", "--from", "1")
+            assert r.returncode == 77 and "compacted" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_barrier_with_one_participant_dying_before_the_count(tmp_path):

@@ -39,6 +39,10 @@ class VersionMismatch(CoordError):
     code = "version_mismatch"  # cas against a version that is not the current one
 
 
+class Compacted(CoordError):
+    code = "compacted"  # a watch from a version older than the backend keeps: read again, watch from later
+
+
 class Unavailable(CoordError):
     code = "unavailable"  # no leader / no quorum / etcd unreachable now: retry later
 

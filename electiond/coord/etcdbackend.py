@@ -44,6 +44,7 @@ from typing import Any, Callable
 
 from electiond.coord.backend import (
     ConfigEntry,
+    Compacted,
     CoordBackend,
     CoordError,
     LockGrant,
@@ -406,8 +407,9 @@ class EtcdBackend(CoordBackend):
                 result = message.get("result") or {}
                 if result.get("canceled"):
                     if _int(result.get("compact_revision")):
-                        raise CoordError(f"etcd compacted history up to revision {result['compact_revision']}: "
-                                         "watch again from a later version")
+                        raise Compacted(f"required revision has been compacted (etcd keeps revisions from "
+                                        f"{result['compact_revision']} on): read the keys again and watch from "
+                                        f"{result['compact_revision']}")
                     raise Unavailable(f"etcd watch canceled: {result.get('cancel_reason') or '?'}")
                 batch = []
                 for e in result.get("events") or []:

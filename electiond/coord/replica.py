@@ -25,6 +25,14 @@ an entry of a small Raft-style log whose index is the cluster-wide version:
 - Watches read any node's committed log, which is a prefix of the one
   committed sequence: gap-free. The log keeps the last ``LOG_KEEP``
   committed entries; a watch from before them gets ``compacted``, never a gap.
+- Compaction watermark = ``base_version``, the kept log's start. Entries
+  below it are folded into the base, which keeps only each live key's last
+  value: older versions and deletes (tombstones) are dropped there. That is
+  safe exactly there because nothing can ask for them any more: a watch
+  from below the watermark is refused (``compacted``), and a read of a
+  deleted key needs only "absent" (version 0, as etcd answers; a cas from 0
+  re-creates it either way). While the delete is still in the kept log a
+  read answers the delete's version.
 - Client requests carry a request id, stored in the entry: a retry (to the
   same or a new leader) of a request already in the log gets that entry's
   outcome instead of being applied twice.
@@ -125,8 +133,8 @@ class StoreState:
     commit: int = 0
     base_version: int = 0
     base_term: int = 0
-    # (key, value, version) of every key written; value None: deleted at that version (a
-    # tombstone: a read after compaction still gives the delete's version, never an older one)
+    # (key, value, version) of every live key at base_version (deleted keys are dropped: the
+    # compaction watermark is base_version; a store from before that may still list (key, None, v))
     base: tuple[tuple[str, str | None, int], ...] = ()
     log: tuple[Entry, ...] = ()
     # the last grant of each lock folded into the base: (name, owner, token, ttl_ms)
@@ -226,7 +234,8 @@ class ConfigReplica:
         self._commit = st.commit
         self._base_version = st.base_version
         self._base_term = st.base_term
-        self._base: dict[str, tuple[str | None, int]] = {k: (v, ver) for k, v, ver in st.base}
+        # a store written before tombstones were compacted may hold some: they are below the watermark
+        self._base: dict[str, tuple[str | None, int]] = {k: (v, ver) for k, v, ver in st.base if v is not None}
         self._log: list[Entry] = list(st.log)
         self._base_locks: dict[str, tuple[str, int, int]] = {n: (o, tok, ttl) for n, o, tok, ttl in st.locks}
         self._lead: _Lead | None = None
@@ -332,7 +341,9 @@ class ConfigReplica:
             if e.op == OP_SET and e.value is not None:
                 self._base[e.key] = (e.value, e.version)
             elif e.op == OP_DELETE:
-                self._base[e.key] = (None, e.version)
+                # below the watermark (the kept log's start) a delete leaves nothing behind: no watch
+                # can start under it, and a read of the key answers "absent, version 0"
+                self._base.pop(e.key, None)
             elif e.op == OP_LOCK and e.value is not None:
                 self._base_locks[e.key] = (e.value, e.version, e.ttl_ms)
             self._base_version = e.version
@@ -455,7 +466,7 @@ class ConfigReplica:
 
     def _install(self, v: int, t: int) -> None:
         """Replace our state by the complete snapshot at (v, t)."""
-        self._base = {k: (val, ver) for kind, k, val, ver, _ in self._snap_items if kind == SNAP_KEY}
+        self._base = {k: (val, ver) for kind, k, val, ver, _ in self._snap_items if kind == SNAP_KEY and val is not None}
         self._base_locks = {k: (val or "", ver, ttl) for kind, k, val, ver, ttl in self._snap_items if kind == SNAP_LOCK}
         # keep what follows v only if our entry at v is the snapshot's (Raft's rule); else all of it goes
         keep = self._term_at(v) == t

@@ -100,6 +100,7 @@ class CoordChecker:
         self.reads = 0
         self.watch_events = 0
         self.lock_intervals: list[tuple[float, float, int, int]] = []  # (start, end, token, client)
+        self.absent_reads: list[tuple[float, float, str, int]] = []  # (invoked, t, key, newest acked version)
         self.barrier_entered: dict[str, dict[str, float]] = {}  # barrier -> participant -> first poll
         self.barrier_passes = 0
         self.barrier_passed_by: dict[str, dict[str, float]] = {}  # barrier -> participant -> first told it passed
@@ -211,9 +212,20 @@ class CoordChecker:
         if version > 0:
             self.saw(t, version, OP_SET if value is not None else OP_DELETE, key, value, "read")
         newest = max((v for at, v in self.acked[key] if at < t_invoked), default=0)
-        if version < newest:
+        if value is None and version == 0 and newest > 0:
+            # absent at version 0: right if a delete at or above ``newest`` was compacted since (below
+            # the watermark a delete leaves nothing); judged at the end, once every watch has told
+            # which versions were deletes of this key
+            self.absent_reads.append((t_invoked, t, key, newest))
+        elif version < newest:
             self.violate(t, "lost-write", f"get {key!r} invoked at {t_invoked:.4f} returned version {version}, "
                                           f"but version {newest} was acknowledged before")
+
+    def check_absent_reads(self) -> None:
+        for t_invoked, t, key, newest in self.absent_reads:
+            if not any(v >= newest and op == OP_DELETE and k == key for v, (op, k, _) in self.by_version.items()):
+                self.violate(t, "lost-write", f"get {key!r} invoked at {t_invoked:.4f} found it absent (version 0), "
+                                              f"but version {newest} was acknowledged before and no delete followed")
 
     def watched(self, t: float, host: str, last: int, e: Entry) -> None:
         self.watch_events += 1
@@ -236,6 +248,10 @@ class CoordChecker:
             last_end = max(last_end, end)
             last_token = max(last_token, token)
             last_client = client
+
+
+def _absent_as_0(got: tuple[str | None, int]) -> tuple[str | None, int]:
+    return (None, 0) if got[0] is None else got
 
 
 @dataclass
@@ -666,8 +682,9 @@ class CoordSim:
             if ch is None or h.index == leader:
                 continue
             self.snapshots += ch.replica.snapshots_installed
-            mine = [ch.replica.committed_get(k) for k in KEYS]
-            theirs = [lead.replica.committed_get(k) for k in KEYS]
+            # a deleted key: its version is the delete's or 0, as far as each compacted (both say absent)
+            mine = [_absent_as_0(ch.replica.committed_get(k)) for k in KEYS]
+            theirs = [_absent_as_0(lead.replica.committed_get(k)) for k in KEYS]
             # entries committed in the last 1.5 s may still be on their way (lost news is resent
             # every QUIET_TICKS heartbeats, so ~7 tries); older ones not
             if ch.replica.commit < self.checkpoint_commit or (ch.replica.commit == lead.replica.commit
@@ -682,6 +699,7 @@ class CoordSim:
         self.checker.check_locks(self.now)
         self.checker.check_leaves(self.now)
         self.checker.check_member_streams(self.now)
+        self.checker.check_absent_reads()
 
     # ---- barrier clients: each host's works through barriers b0, b1, ... ----------------
 
