@@ -43,9 +43,13 @@ would otherwise be ahead of the disk it acknowledges from.
 - A follower further behind than the kept log (it was down for more than
   ``log_keep`` committed writes) gets a snapshot: the leader freezes its base
   (the committed state folded at version V, term T: live keys with their
-  versions, the last grant of each lock) and streams it one item per
-  ``COORD_SNAP`` (each fits a datagram), the follower acking each with
-  ``COORD_SNAP_ACK``. Only when it holds all of them does the follower
+  versions, the last grant of each lock) and streams it in batches: each
+  ``COORD_SNAP`` carries item i in its single-item fields plus, in the
+  ``more_*`` lists, as many following items as fit ``SNAP_BATCH_BYTES``
+  (at most ``SNAP_BATCH_MAX``), well inside a datagram; the follower acks
+  how many it holds with ``COORD_SNAP_ACK``. (A follower without batches
+  reads only the first item and acks one: the stream still completes, one
+  item per round trip.) Only when it holds all of them does the follower
   install it: base = the snapshot, its log cut to what follows V (nothing, as
   it was behind), commit = V; it persists that, then acks V like an append,
   and the leader streams the log from V + 1. A half-received snapshot is
@@ -68,6 +72,13 @@ COORD_REPLY: Final = "COORD_REPLY"  # leader -> follower: the outcome for its cl
 COORD_SNAP: Final = "COORD_SNAP"  # leader -> follower: item i of n of the snapshot at (v, t)
 COORD_SNAP_ACK: Final = "COORD_SNAP_ACK"  # follower -> leader: items [0, next) of (v, t) held
 SNAP_KEY: Final = "k"  # a live key: key, value, ver
+# a snapshot message's items beyond its first, estimated as key + value + SNAP_ITEM_OVERHEAD bytes,
+# stay within this (a single item may be up to MAX_KEY_BYTES + MAX_VALUE_BYTES alone): with the
+# envelope, MAC and field names a batch encodes to about 1100 bytes at most, under the 1400 of
+# wire.MAX_DATAGRAM_BYTES; and msgpack arrays on the wire hold at most 64 entries
+SNAP_BATCH_BYTES: Final = 800
+SNAP_BATCH_MAX: Final = 48
+SNAP_ITEM_OVERHEAD: Final = 24
 SNAP_LOCK: Final = "l"  # a lock's last grant: key = name, value = owner, ver = token, ttl_ms
 
 OP_SET: Final = "set"
@@ -110,6 +121,51 @@ MESSAGE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                  "ver": int, "ttl_ms": int},
     COORD_SNAP_ACK: {"v": int, "t": int, "next": int},
 }
+
+
+def snap_batch(items: tuple[tuple[str, str, str | None, int, int], ...],
+               start: int) -> list[tuple[str, str, str | None, int, int]]:
+    """The items from ``start`` on that ride along in one COORD_SNAP after its
+    first: as many as fit SNAP_BATCH_BYTES (estimated), at most SNAP_BATCH_MAX - 1."""
+    out: list[tuple[str, str, str | None, int, int]] = []
+    budget = SNAP_BATCH_BYTES
+    if start >= 1 and start - 1 < len(items):
+        first = items[start - 1]
+        budget -= len(first[1].encode()) + len(first[2].encode() if first[2] is not None else b"") + SNAP_ITEM_OVERHEAD
+    for j in range(start, min(len(items), start + SNAP_BATCH_MAX - 1)):
+        it = items[j]
+        size = len(it[1].encode()) + len(it[2].encode() if it[2] is not None else b"") + SNAP_ITEM_OVERHEAD
+        if size > budget:
+            break
+        budget -= size
+        out.append(it)
+    return out
+
+
+def snap_items_of(body: dict[str, Any]) -> list[tuple[str, str, str | None, int, int]]:
+    """Every item a COORD_SNAP carries, its first and the ``more_*`` lists
+    (absent from a sender without batches; malformed lists are ignored)."""
+    value = body["value"]
+    out: list[tuple[str, str, str | None, int, int]] = [
+        (str(body["kind"]), str(body["key"]), value if isinstance(value, str) else None, int(body["ver"]),
+         int(body["ttl_ms"]))]
+    kinds = body.get("more_kinds")
+    keys = body.get("more_keys")
+    values = body.get("more_values")
+    vers = body.get("more_vers")
+    ttls = body.get("more_ttls")
+    if not (isinstance(kinds, list) and isinstance(keys, list) and isinstance(values, list)
+            and isinstance(vers, list) and isinstance(ttls, list)):
+        return out
+    if not len(kinds) == len(keys) == len(values) == len(vers) == len(ttls):
+        return out
+    for j in range(len(kinds)):
+        k, key, val, ver, ttl = kinds[j], keys[j], values[j], vers[j], ttls[j]
+        if not (isinstance(k, str) and isinstance(key, str) and (val is None or isinstance(val, str))
+                and type(ver) is int and type(ttl) is int):
+            return out[:1]  # one bad item: take only the first, the rest comes again
+        out.append((k, key, val, ver, ttl))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,9 +491,17 @@ class ConfigReplica:
         v, t, items, i = snap
         n = len(items)
         kind, key, value, ver, ttl_ms = items[i] if i < n else ("", "", None, 0, 0)
+        body: dict[str, Any] = {"v": v, "t": t, "i": i, "n": n, "kind": kind, "key": key, "value": value,
+                                "ver": ver, "ttl_ms": ttl_ms}
+        more = snap_batch(items, i + 1)
+        if more:
+            body["more_kinds"] = [it[0] for it in more]
+            body["more_keys"] = [it[1] for it in more]
+            body["more_values"] = [it[2] for it in more]
+            body["more_vers"] = [it[3] for it in more]
+            body["more_ttls"] = [it[4] for it in more]
         lead.told_commit[peer] = self._commit
-        return [Send(COORD_SNAP, lead.term, {"v": v, "t": t, "i": i, "n": n, "kind": kind, "key": key,
-                                             "value": value, "ver": ver, "ttl_ms": ttl_ms}, to=peer)]
+        return [Send(COORD_SNAP, lead.term, body, to=peer)]
 
     def _on_snap(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
         changed = self._adopt_term(term)
@@ -455,10 +519,11 @@ class ConfigReplica:
         if self._snap_in != (v, t):
             self._snap_in = (v, t)
             self._snap_items = []
-        if i == len(self._snap_items) and i < n:
-            value = body["value"]
-            self._snap_items.append((str(body["kind"]), str(body["key"]), value if isinstance(value, str) else None,
-                                     int(body["ver"]), int(body["ttl_ms"])))
+        have = len(self._snap_items)
+        if i <= have < n:
+            # items i, i+1, ... of the stream: keep those we do not hold yet, in order
+            got = snap_items_of(body)
+            self._snap_items.extend(got[have - i:n - i])
         if len(self._snap_items) < n:
             return persist + [Send(COORD_SNAP_ACK, term, {"v": v, "t": t, "next": len(self._snap_items)}, to=sender)]
         self._install(v, t)
