@@ -371,7 +371,10 @@ class EtcdBackend(CoordBackend):
             try:
                 st, _ = await self._member_state()
                 for lease_hex in sorted(st.nodes):
-                    lease_id = int(lease_hex, 16)
+                    try:
+                        lease_id = int(lease_hex, 16)
+                    except ValueError:
+                        continue  # an election key not named by a hex lease id: not ours to judge
                     a = await self._call("/v3/lease/timetolive", {"ID": lease_id})
                     remaining, granted = _int(a.get("TTL")), _int(a.get("grantedTTL"))
                     marker = b64(self._suspects() + lease_hex)
@@ -384,8 +387,6 @@ class EtcdBackend(CoordBackend):
                         await self._call("/v3/kv/deleterange", {"key": marker})
             except CoordError as exc:
                 log.debug("member suspicion check: %s", exc)  # a lease that just ended, etcd away: next round
-            except ValueError:
-                pass  # an election key not named by a hex lease id: not ours to judge
             await asyncio.sleep(SUSPECT_POLL_S)
 
     async def _watch(self, key_prefix: str, start_revision: int,
