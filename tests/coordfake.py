@@ -95,10 +95,12 @@ class FakeBackend(CoordBackend):
     async def members_watch(self, from_version: int) -> AsyncIterator[MemberEvent]:
         sent = 0
         while True:
-            for event in self.member_events[sent:]:
+            # counted one by one: events appended while we were suspended at a yield are still sent
+            while sent < len(self.member_events):
+                event = self.member_events[sent]
+                sent += 1
                 if event.version > from_version:
                     yield event
-            sent = len(self.member_events)
             await asyncio.sleep(POLL_S)
 
     async def config_get(self, key: str) -> ConfigEntry:
@@ -127,8 +129,9 @@ class FakeBackend(CoordBackend):
             raise Compacted(f"required version {from_version} has been compacted")
         sent = 0
         while True:
-            for entry in self.history[sent:]:
+            while sent < len(self.history):
+                entry = self.history[sent]
+                sent += 1
                 if entry.key.startswith(prefix) and entry.version > from_version:
                     yield entry
-            sent = len(self.history)
             await asyncio.sleep(POLL_S)
