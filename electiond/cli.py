@@ -5,7 +5,8 @@ a refused command, 2 the daemon cannot be reached or answered nonsense, 3
 permission denied (a mutating command from neither root nor [control]
 admin_group), 4 a bad request (a usage error, an unknown node); lock,
 barrier and run-as-leader add 75 (not obtained in time) and 76 (lost: CMD
-was stopped), or exit with CMD's own status (coordcli.py). With
+was stopped), or exit with CMD's own status (coordcli.py); config watch and
+members --watch add 77 (the versions asked for have been compacted). With
 --json, every answer and every error is one JSON object on stdout.
 """
 

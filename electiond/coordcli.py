@@ -3,8 +3,10 @@ members --watch, config.
 
 Exit codes beyond electionctl's own (0-4): CMD's own exit status (128+N if
 a signal ended it), EXIT_NOT_ACQUIRED (75) when a lock, a barrier or
-leadership was not obtained within --wait/--timeout, and EXIT_LOST (76) when
-the lock or leadership was lost and CMD was stopped for it.
+leadership was not obtained within --wait/--timeout, EXIT_LOST (76) when
+the lock or leadership was lost and CMD was stopped for it, and
+EXIT_COMPACTED (77) when a watch asked for versions the backend no longer
+keeps (never a silent gap).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from electiond.coord.supervise import (
     renew_at_s,
 )
 
-EXIT_NOT_ACQUIRED, EXIT_LOST = 75, 76
+EXIT_NOT_ACQUIRED, EXIT_LOST, EXIT_COMPACTED = 75, 76, 77
 COMMANDS = ("lock", "run-as-leader", "barrier", "config")
 DEFAULT_KILL_GRACE_S = 2.0
 DEFAULT_LEADER_GRACE_S = 1.0
@@ -114,7 +116,8 @@ def run(args: argparse.Namespace, emit: Any, fail: Any) -> int:
 
 
 def refusal_exit(exc: CoordRefused) -> int:
-    return {"not_acquired": EXIT_NOT_ACQUIRED, "lock_lost": EXIT_LOST, "permission": 3, "bad_request": 4,
+    return {"not_acquired": EXIT_NOT_ACQUIRED, "lock_lost": EXIT_LOST, "compacted": EXIT_COMPACTED,
+            "permission": 3, "bad_request": 4,
             "unsupported": 4, "unavailable": 2}.get(exc.code or "", 1)
 
 

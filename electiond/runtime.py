@@ -785,7 +785,10 @@ class Runtime:
         if self._coord is None and self.etcd is not None and self.config.etcd is not None:
             from electiond.coord.etcdbackend import EtcdBackend
 
-            self._coord = EtcdBackend(self.etcd.client, self.config.etcd.prefix)
+            node = self.node
+            # barrier entries live by the election's lease: they go when this member does
+            self._coord = EtcdBackend(self.etcd.client, self.config.etcd.prefix,
+                                      lambda: int(getattr(node.protocol, "lease_id", 0) or 0) if node else 0)
         return self._coord
 
     async def _pause(self, wait_s: float) -> dict[str, Any]:

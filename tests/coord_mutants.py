@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from electiond.coord.replica import ConfigReplica
+from electiond.coord.host import MEMBERS_KEY
+from electiond.coord.replica import ConfigReplica, Entry
 from electiond.protocols.lease import QuorumLease
 
 
@@ -41,3 +42,17 @@ class NoSnapshot(ConfigReplica):
 
     def _send_snap(self, peer: str) -> list[Any]:
         return []
+
+
+class MemberViewInPlace(ConfigReplica):
+    """Updates the member view in place: a new view of the same term takes
+    the version of its last one instead of a new entry (a version reused)."""
+
+    def _append_entry(self, e: Entry) -> int:
+        if e.key == MEMBERS_KEY:
+            for i in range(len(self._log) - 1, -1, -1):
+                old = self._log[i]
+                if old.key == MEMBERS_KEY and old.term == e.term:
+                    self._log[i] = Entry(old.version, e.term, e.op, e.key, e.value, e.req, e.ttl_ms)
+                    return old.version
+        return super()._append_entry(e)

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 from electiond.coord.backend import (
+    Compacted,
     ConfigEntry,
     CoordBackend,
     LockGrant,
@@ -30,6 +31,7 @@ class FakeBackend(CoordBackend):
         self.member_events: list[MemberEvent] = [MemberEvent(1, "n1", "joined", ("n1",))]
         self.renewals = 0
         self.refuse_renewals = False
+        self.oldest_watchable = 0  # a watch from below it is refused (compacted), as the real backends do
 
     def _next(self) -> int:
         self.version += 1
@@ -93,10 +95,12 @@ class FakeBackend(CoordBackend):
     async def members_watch(self, from_version: int) -> AsyncIterator[MemberEvent]:
         sent = 0
         while True:
-            for event in self.member_events[sent:]:
+            # counted one by one: events appended while we were suspended at a yield are still sent
+            while sent < len(self.member_events):
+                event = self.member_events[sent]
+                sent += 1
                 if event.version > from_version:
                     yield event
-            sent = len(self.member_events)
             await asyncio.sleep(POLL_S)
 
     async def config_get(self, key: str) -> ConfigEntry:
@@ -121,10 +125,13 @@ class FakeBackend(CoordBackend):
         return self._write(key, None)
 
     async def config_watch(self, prefix: str, from_version: int) -> AsyncIterator[ConfigEntry]:
+        if from_version < self.oldest_watchable:
+            raise Compacted(f"required version {from_version} has been compacted")
         sent = 0
         while True:
-            for entry in self.history[sent:]:
+            while sent < len(self.history):
+                entry = self.history[sent]
+                sent += 1
                 if entry.key.startswith(prefix) and entry.version > from_version:
                     yield entry
-            sent = len(self.history)
             await asyncio.sleep(POLL_S)

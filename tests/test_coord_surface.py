@@ -200,6 +200,19 @@ def test_config_watch_streams_changes_from_a_version_on(served):
     assert later["key"] == "app/b"
 
 
+def test_a_watch_from_a_compacted_version_is_refused_with_its_own_code_and_exit_77(served):
+    served.backend.oldest_watchable = 5
+    c = clientmod.Client(served.server.path)
+    with pytest.raises(clientmod.CoordRefused) as got:
+        next(iter(c.watch("app/", from_version=2)))
+    assert got.value.code == "compacted"
+    r = ctl(served, "config", "watch", "app/", "--from", "2", timeout_s=20)
+    assert r.returncode == 77 and "compacted" in r.stderr, (r.returncode, r.stderr)
+    from electiond import coordcli
+
+    assert coordcli.EXIT_COMPACTED == 77
+
+
 def test_a_watch_is_not_closed_as_idle(served):
     c = clientmod.Client(served.server.path)
     stream = c.watch("k", 0)

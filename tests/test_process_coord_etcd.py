@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -27,10 +28,10 @@ TTL_S = 3
 LOOPS = 10
 
 
-def etcd_daemons(workdir, etcd: EtcdCluster) -> Cluster:
+def etcd_daemons(workdir, etcd: EtcdCluster, ttl_s: int = TTL_S) -> Cluster:
     cluster = Cluster(workdir, 3, protocol="etcd",
                       timing={"heartbeat_interval": "100ms", "election_timeout": "300ms-500ms"})
-    cluster.config_text += f"\n[etcd]\nendpoints = {etcd.endpoints()}\nlease_ttl = {TTL_S}s\n"
+    cluster.config_text += f"\n[etcd]\nendpoints = {etcd.endpoints()}\nlease_ttl = {ttl_s}s\n"
     return cluster
 
 
@@ -180,6 +181,13 @@ def test_acknowledged_config_writes_survive_a_daemon_kill(tmp_path):
             assert [e["version"] for e in seen] == sorted(e["version"] for e in seen)
             assert {(e["key"], e["value"], e["version"]) for e in seen} >= \
                 {(k, v, ver) for k, (v, ver) in acked.items()}
+            # etcd compacts its history: a watch from below gets the same code and exit status (77)
+            # as the embedded store's, never a silent gap
+            newest = max(v for _, v in acked.values())
+            member = etcd.running()[0]
+            assert etcd._post(member, "/v3/kv/compaction", {"revision": newest, "physical": True}, 5.0) is not None
+            r = ctl(c, c.names[0], "config", "watch", "app/", "--from", "1")
+            assert r.returncode == 77 and "compacted" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_barrier_with_one_participant_dying_before_the_count(tmp_path):
@@ -218,6 +226,37 @@ def test_barrier_with_one_participant_dying_before_the_count(tmp_path):
                 assert p.returncode == 0, err
 
 
+def test_a_participant_whose_daemon_is_killed_after_the_barrier_does_not_hold_the_others_leave(tmp_path):
+    """Each participant's key lives by its daemon's election lease (ephemeral,
+    as in ZooKeeper): three enter, one daemon is SIGKILLed, its key goes with
+    its lease (TTL 3 s) and the two others' --leave returns long before its
+    60 s timeout."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with EtcdCluster(tmp_path) as etcd:
+        etcd.start_all()
+        with etcd_daemons(tmp_path, etcd) as c:
+            c.start_all()
+            leader = c.wait_leader(15)
+
+            def barrier(name, *args):
+                return subprocess.Popen(ctl_argv(c, name, "barrier", "eph", *args, "--participant", "w"), env=env,
+                                        cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            entering = [barrier(n, "--count", "3", "--timeout", "30s") for n in c.names]
+            for p in entering:
+                _, err = p.communicate(timeout=40)
+                assert p.returncode == 0, err
+            victim = next(n for n in c.names if n != leader)
+            c.kill(victim)
+            killed_at = time.monotonic()
+            rest = [n for n in c.names if n != victim]
+            leaving = [barrier(n, "--leave", "--timeout", "60s") for n in rest]
+            got = [(p.communicate(timeout=70), p.returncode) for p in leaving]
+            took_s = time.monotonic() - killed_at
+            print(f"--leave of the two survivors returned {took_s:.1f} s after the kill (lease TTL {TTL_S} s)")
+            assert all(rc == 0 and "all left" in out for (out, _), rc in got), got
+            assert took_s < 3 * TTL_S, took_s  # a lease of its own (BARRIER_LEASE_S, 10 s) would not pass
+
+
 def test_members_watch_shows_a_kill_and_the_return(tmp_path):
     with EtcdCluster(tmp_path) as etcd:
         etcd.start_all()
@@ -246,6 +285,75 @@ def test_members_watch_shows_a_kill_and_the_return(tmp_path):
             finally:
                 watch.terminate()
                 watch.wait(10)
+
+
+def test_members_watch_shows_a_frozen_member_suspected_then_back_or_left(tmp_path):
+    """SIGSTOP a follower's daemon: its keep-alives stop, so once less than
+    half its lease TTL (6 s) is left it is suspected; SIGCONT before expiry
+    brings it back (joined); frozen again past the expiry it has left, and
+    after SIGCONT it joins with a new lease. Watched on two hosts: versions
+    strictly increase in each stream, and one version is one view on both."""
+    ttl_s = 6
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with EtcdCluster(tmp_path) as etcd:
+        etcd.start_all()
+        with etcd_daemons(tmp_path, etcd, ttl_s) as c:
+            c.start_all()
+            leader = c.wait_leader(15)
+            frozen = next(n for n in c.names if n != leader)
+            watchers = [n for n in c.names if n != frozen]
+            retry(lambda: all(len(_view(c, n)) == 3 for n in watchers), 30, "all three in the view")
+            streams: dict[str, list[dict]] = {n: [] for n in watchers}
+            procs = []
+            for n in watchers:
+                p = subprocess.Popen(ctl_argv(c, n, "members", "--watch"), stdout=subprocess.PIPE, text=True,
+                                     env=env, cwd=str(REPO))
+                procs.append(p)
+                threading.Thread(target=lambda p=p, out=streams[n]: [out.append(json.loads(x)) for x in p.stdout],
+                                 daemon=True).start()
+
+            def seen(change: str, after: int = 0):
+                got = [e for e in streams[watchers[0]] if e["node"] == frozen and e["change"] == change
+                       and e["version"] > after]
+                return got[0] if got else None
+            try:
+                retry(lambda: all(streams.values()), 10, "the first views")
+                c.signal(frozen, signal.SIGSTOP)
+                stopped_at = time.monotonic()
+                sus = retry(lambda: seen("suspected"), ttl_s + 5, f"{frozen} suspected")
+                sus_after_s = time.monotonic() - stopped_at
+                assert frozen in sus["suspected"] and frozen not in sus["members"], sus
+                c.signal(frozen, signal.SIGCONT)
+                back = retry(lambda: seen("joined", sus["version"]), 10, f"{frozen} back")
+                assert frozen in back["members"] and not back["suspected"], back
+                assert not seen("left"), "left although it was back before its lease ended"
+                c.signal(frozen, signal.SIGSTOP)
+                sus2 = retry(lambda: seen("suspected", back["version"]), ttl_s + 5, f"{frozen} suspected again")
+                gone = retry(lambda: seen("left", sus2["version"]), ttl_s + 10, f"{frozen} left")
+                c.signal(frozen, signal.SIGCONT)
+                again = retry(lambda: seen("joined", gone["version"]), 30, f"{frozen} joined again")
+                print(f"suspected {sus_after_s:.1f} s after SIGSTOP (TTL {ttl_s} s); versions "
+                      f"{sus['version']} {back['version']} {sus2['version']} {gone['version']} {again['version']}")
+                time.sleep(1.0)  # the second stream catches up
+                for n, events in streams.items():
+                    versions = [e["version"] for e in events[1:]]
+                    assert all(a <= b for a, b in zip(versions, versions[1:])), (n, versions)
+                    changes = [e["change"] for e in events if e["node"] == frozen]
+                    assert changes[:5] == ["suspected", "joined", "suspected", "left", "joined"], (n, changes)
+                views = {}
+                for n, events in streams.items():
+                    for e in events[1:]:
+                        views.setdefault(e["version"], set()).add((tuple(e["members"]), tuple(e["suspected"])))
+                assert all(len(v) == 1 for v in views.values()), views
+            finally:
+                for s in (signal.SIGCONT,):
+                    try:
+                        c.signal(frozen, s)
+                    except Exception:
+                        pass
+                for p in procs:
+                    p.terminate()
+                    p.wait(10)
 
 
 def _view(c: Cluster, name: str) -> list[str]:

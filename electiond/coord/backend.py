@@ -39,6 +39,10 @@ class VersionMismatch(CoordError):
     code = "version_mismatch"  # cas against a version that is not the current one
 
 
+class Compacted(CoordError):
+    code = "compacted"  # a watch from a version older than the backend keeps: read again, watch from later
+
+
 class Unavailable(CoordError):
     code = "unavailable"  # no leader / no quorum / etcd unreachable now: retry later
 
@@ -63,7 +67,7 @@ class MemberEvent:
     node: str
     change: str  # "joined" | "left" | "suspected"
     members: tuple[str, ...]  # the live view after the change
-    suspected: tuple[str, ...] = ()  # not heard for a while, not yet left (embedded backend only)
+    suspected: tuple[str, ...] = ()  # not heard for a while, not yet left
 
 
 class CoordBackend(ABC):

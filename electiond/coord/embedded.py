@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from electiond.coord.backend import (
     ConfigEntry,
+    Compacted,
     CoordBackend,
     CoordError,
     LockGrant,
@@ -200,8 +201,9 @@ class EmbeddedBackend(CoordBackend):
         while True:
             got = self.host.replica.changes_since(last, prefix)
             if got == ERR_COMPACTED:
-                raise CoordError(f"version {from_version} is older than the store keeps; read the keys again "
-                                 f"and watch from {self.host.replica.status()['oldest_watchable']}")
+                raise Compacted(f"required version {last} has been compacted (the store keeps versions from "
+                                f"{self.host.replica.status()['oldest_watchable']} on): read the keys again and "
+                                f"watch from {self.host.replica.status()['oldest_watchable']}")
             assert not isinstance(got, str)
             for e in got:
                 last = e.version

@@ -67,6 +67,10 @@ class CoordHost:
                                       s.clock_drift_ppm, log_keep)
         self.lease.coord_last = self.replica.last
         self._members_retry_at = -1.0
+        self._prune_at = -1.0
+        # (term, when we first served in it): a departed peer is pruned from barriers only once
+        # we have served a whole presence window, so "not heard" means silent, not "new leader"
+        self._serving_since: tuple[int, float] = (-1, 0.0)
 
     @staticmethod
     def handles(kind: str) -> bool:
@@ -94,7 +98,23 @@ class CoordHost:
         effects = self.replica.on_tick(view, now)
         if self.replica.ready(view) and now >= self._members_retry_at:
             effects += self._record_members(view, now)
+        if self.replica.ready(view) and now >= self._prune_at:
+            effects += self._prune_barriers(view, now)
         return self._done(effects)
+
+    def departed(self, now: float) -> tuple[str, ...]:
+        """Members this node counts as left (the member view's rule: not heard
+        within the presence window; suspected ones are not departed)."""
+        live, suspected = decode_view(self.live_members(now))
+        return tuple(m.name for m in self.node.settings.members if m.name not in live and m.name not in suspected)
+
+    def _prune_barriers(self, view: View, now: float) -> list[Any]:
+        if self._serving_since[0] != view.term:
+            self._serving_since = (view.term, now)
+        self._prune_at = now + 4 * self.node.settings.heartbeat_interval_s
+        if now - self._serving_since[1] < self.node.membership.liveness_window_s():
+            return []
+        return self.replica.barrier_prune(view, self.departed(now), now)
 
     def live_members(self, now: float) -> str:
         """The view as this node sees it now, encoded (``encode_view``)."""

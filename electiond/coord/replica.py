@@ -25,6 +25,14 @@ an entry of a small Raft-style log whose index is the cluster-wide version:
 - Watches read any node's committed log, which is a prefix of the one
   committed sequence: gap-free. The log keeps the last ``LOG_KEEP``
   committed entries; a watch from before them gets ``compacted``, never a gap.
+- Compaction watermark = ``base_version``, the kept log's start. Entries
+  below it are folded into the base, which keeps only each live key's last
+  value: older versions and deletes (tombstones) are dropped there. That is
+  safe exactly there because nothing can ask for them any more: a watch
+  from below the watermark is refused (``compacted``), and a read of a
+  deleted key needs only "absent" (version 0, as etcd answers; a cas from 0
+  re-creates it either way). While the delete is still in the kept log a
+  read answers the delete's version.
 - Client requests carry a request id, stored in the entry: a retry (to the
   same or a new leader) of a request already in the log gets that entry's
   outcome instead of being applied twice.
@@ -35,9 +43,13 @@ would otherwise be ahead of the disk it acknowledges from.
 - A follower further behind than the kept log (it was down for more than
   ``log_keep`` committed writes) gets a snapshot: the leader freezes its base
   (the committed state folded at version V, term T: live keys with their
-  versions, the last grant of each lock) and streams it one item per
-  ``COORD_SNAP`` (each fits a datagram), the follower acking each with
-  ``COORD_SNAP_ACK``. Only when it holds all of them does the follower
+  versions, the last grant of each lock) and streams it in batches: each
+  ``COORD_SNAP`` carries item i in its single-item fields plus, in the
+  ``more_*`` lists, as many following items as fit ``SNAP_BATCH_BYTES``
+  (at most ``SNAP_BATCH_MAX``), well inside a datagram; the follower acks
+  how many it holds with ``COORD_SNAP_ACK``. (A follower without batches
+  reads only the first item and acks one: the stream still completes, one
+  item per round trip.) Only when it holds all of them does the follower
   install it: base = the snapshot, its log cut to what follows V (nothing, as
   it was behind), commit = V; it persists that, then acks V like an append,
   and the leader streams the log from V + 1. A half-received snapshot is
@@ -60,6 +72,13 @@ COORD_REPLY: Final = "COORD_REPLY"  # leader -> follower: the outcome for its cl
 COORD_SNAP: Final = "COORD_SNAP"  # leader -> follower: item i of n of the snapshot at (v, t)
 COORD_SNAP_ACK: Final = "COORD_SNAP_ACK"  # follower -> leader: items [0, next) of (v, t) held
 SNAP_KEY: Final = "k"  # a live key: key, value, ver
+# a snapshot message's items beyond its first, estimated as key + value + SNAP_ITEM_OVERHEAD bytes,
+# stay within this (a single item may be up to MAX_KEY_BYTES + MAX_VALUE_BYTES alone): with the
+# envelope, MAC and field names a batch encodes to about 1100 bytes at most, under the 1400 of
+# wire.MAX_DATAGRAM_BYTES; and msgpack arrays on the wire hold at most 64 entries
+SNAP_BATCH_BYTES: Final = 800
+SNAP_BATCH_MAX: Final = 48
+SNAP_ITEM_OVERHEAD: Final = 24
 SNAP_LOCK: Final = "l"  # a lock's last grant: key = name, value = owner, ver = token, ttl_ms
 
 OP_SET: Final = "set"
@@ -104,6 +123,51 @@ MESSAGE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
 }
 
 
+def snap_batch(items: tuple[tuple[str, str, str | None, int, int], ...],
+               start: int) -> list[tuple[str, str, str | None, int, int]]:
+    """The items from ``start`` on that ride along in one COORD_SNAP after its
+    first: as many as fit SNAP_BATCH_BYTES (estimated), at most SNAP_BATCH_MAX - 1."""
+    out: list[tuple[str, str, str | None, int, int]] = []
+    budget = SNAP_BATCH_BYTES
+    if start >= 1 and start - 1 < len(items):
+        first = items[start - 1]
+        budget -= len(first[1].encode()) + len(first[2].encode() if first[2] is not None else b"") + SNAP_ITEM_OVERHEAD
+    for j in range(start, min(len(items), start + SNAP_BATCH_MAX - 1)):
+        it = items[j]
+        size = len(it[1].encode()) + len(it[2].encode() if it[2] is not None else b"") + SNAP_ITEM_OVERHEAD
+        if size > budget:
+            break
+        budget -= size
+        out.append(it)
+    return out
+
+
+def snap_items_of(body: dict[str, Any]) -> list[tuple[str, str, str | None, int, int]]:
+    """Every item a COORD_SNAP carries, its first and the ``more_*`` lists
+    (absent from a sender without batches; malformed lists are ignored)."""
+    value = body["value"]
+    out: list[tuple[str, str, str | None, int, int]] = [
+        (str(body["kind"]), str(body["key"]), value if isinstance(value, str) else None, int(body["ver"]),
+         int(body["ttl_ms"]))]
+    kinds = body.get("more_kinds")
+    keys = body.get("more_keys")
+    values = body.get("more_values")
+    vers = body.get("more_vers")
+    ttls = body.get("more_ttls")
+    if not (isinstance(kinds, list) and isinstance(keys, list) and isinstance(values, list)
+            and isinstance(vers, list) and isinstance(ttls, list)):
+        return out
+    if not len(kinds) == len(keys) == len(values) == len(vers) == len(ttls):
+        return out
+    for j in range(len(kinds)):
+        k, key, val, ver, ttl = kinds[j], keys[j], values[j], vers[j], ttls[j]
+        if not (isinstance(k, str) and isinstance(key, str) and (val is None or isinstance(val, str))
+                and type(ver) is int and type(ttl) is int):
+            return out[:1]  # one bad item: take only the first, the rest comes again
+        out.append((k, key, val, ver, ttl))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     version: int
@@ -125,8 +189,8 @@ class StoreState:
     commit: int = 0
     base_version: int = 0
     base_term: int = 0
-    # (key, value, version) of every key written; value None: deleted at that version (a
-    # tombstone: a read after compaction still gives the delete's version, never an older one)
+    # (key, value, version) of every live key at base_version (deleted keys are dropped: the
+    # compaction watermark is base_version; a store from before that may still list (key, None, v))
     base: tuple[tuple[str, str | None, int], ...] = ()
     log: tuple[Entry, ...] = ()
     # the last grant of each lock folded into the base: (name, owner, token, ttl_ms)
@@ -226,7 +290,8 @@ class ConfigReplica:
         self._commit = st.commit
         self._base_version = st.base_version
         self._base_term = st.base_term
-        self._base: dict[str, tuple[str | None, int]] = {k: (v, ver) for k, v, ver in st.base}
+        # a store written before tombstones were compacted may hold some: they are below the watermark
+        self._base: dict[str, tuple[str | None, int]] = {k: (v, ver) for k, v, ver in st.base if v is not None}
         self._log: list[Entry] = list(st.log)
         self._base_locks: dict[str, tuple[str, int, int]] = {n: (o, tok, ttl) for n, o, tok, ttl in st.locks}
         self._lead: _Lead | None = None
@@ -332,7 +397,9 @@ class ConfigReplica:
             if e.op == OP_SET and e.value is not None:
                 self._base[e.key] = (e.value, e.version)
             elif e.op == OP_DELETE:
-                self._base[e.key] = (None, e.version)
+                # below the watermark (the kept log's start) a delete leaves nothing behind: no watch
+                # can start under it, and a read of the key answers "absent, version 0"
+                self._base.pop(e.key, None)
             elif e.op == OP_LOCK and e.value is not None:
                 self._base_locks[e.key] = (e.value, e.version, e.ttl_ms)
             self._base_version = e.version
@@ -424,16 +491,23 @@ class ConfigReplica:
         v, t, items, i = snap
         n = len(items)
         kind, key, value, ver, ttl_ms = items[i] if i < n else ("", "", None, 0, 0)
+        body: dict[str, Any] = {"v": v, "t": t, "i": i, "n": n, "kind": kind, "key": key, "value": value,
+                                "ver": ver, "ttl_ms": ttl_ms}
+        more = snap_batch(items, i + 1)
+        if more:
+            body["more_kinds"] = [it[0] for it in more]
+            body["more_keys"] = [it[1] for it in more]
+            body["more_values"] = [it[2] for it in more]
+            body["more_vers"] = [it[3] for it in more]
+            body["more_ttls"] = [it[4] for it in more]
         lead.told_commit[peer] = self._commit
-        return [Send(COORD_SNAP, lead.term, {"v": v, "t": t, "i": i, "n": n, "kind": kind, "key": key,
-                                             "value": value, "ver": ver, "ttl_ms": ttl_ms}, to=peer)]
+        return [Send(COORD_SNAP, lead.term, body, to=peer)]
 
     def _on_snap(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
-        if term < self._term or (self._lead is not None and term == self._lead.term):
+        changed = self._adopt_term(term)
+        if changed is None:
             _, last_v = self.last
             return [Send(COORD_ACK, self._term, {"ok": False, "match": last_v}, to=sender)]
-        changed = term > self._term
-        self._term = term
         v, t, i, n = int(body["v"]), int(body["t"]), int(body["i"]), int(body["n"])
         persist: list[Any] = [StorePersist(self.state())] if changed else []
         if v <= self._commit:
@@ -445,10 +519,11 @@ class ConfigReplica:
         if self._snap_in != (v, t):
             self._snap_in = (v, t)
             self._snap_items = []
-        if i == len(self._snap_items) and i < n:
-            value = body["value"]
-            self._snap_items.append((str(body["kind"]), str(body["key"]), value if isinstance(value, str) else None,
-                                     int(body["ver"]), int(body["ttl_ms"])))
+        have = len(self._snap_items)
+        if i <= have < n:
+            # items i, i+1, ... of the stream: keep those we do not hold yet, in order
+            got = snap_items_of(body)
+            self._snap_items.extend(got[have - i:n - i])
         if len(self._snap_items) < n:
             return persist + [Send(COORD_SNAP_ACK, term, {"v": v, "t": t, "next": len(self._snap_items)}, to=sender)]
         self._install(v, t)
@@ -456,7 +531,7 @@ class ConfigReplica:
 
     def _install(self, v: int, t: int) -> None:
         """Replace our state by the complete snapshot at (v, t)."""
-        self._base = {k: (val, ver) for kind, k, val, ver, _ in self._snap_items if kind == SNAP_KEY}
+        self._base = {k: (val, ver) for kind, k, val, ver, _ in self._snap_items if kind == SNAP_KEY and val is not None}
         self._base_locks = {k: (val or "", ver, ttl) for kind, k, val, ver, ttl in self._snap_items if kind == SNAP_LOCK}
         # keep what follows v only if our entry at v is the snapshot's (Raft's rule); else all of it goes
         keep = self._term_at(v) == t
@@ -571,15 +646,21 @@ class ConfigReplica:
         _, last_v = self.last
         e = Entry(last_v + 1, lead.term, op, key, value if op in (OP_SET, OP_LOCK) else None, pend.req,
                   pend.ttl_ms if op == OP_LOCK else 0)
-        self._log.append(e)
+        v = self._append_entry(e)
         pend.value = e.value
-        lead.pending[e.version] = pend
+        lead.pending[v] = pend
         effects: list[Any] = [StorePersist(self.state())]
         effects += self._maybe_commit()
         for p in self.peers:
-            if lead.next_v[p] == e.version:
+            if lead.next_v[p] == v:
                 effects += self._send_append(p)
         return effects
+
+    def _append_entry(self, e: Entry) -> int:
+        """The leader's append of a new entry; its version. (The mutant in
+        tests/coord_mutants.py reuses an older version instead.)"""
+        self._log.append(e)
+        return e.version
 
     # ---- locks ----------------------------------------------------------------------
 
@@ -690,6 +771,37 @@ class ConfigReplica:
         state = BARRIER_DONE if self.leave_done(remaining, participant) else BARRIER_WAITING
         return effects + self._answer(pend, Reply(pend.req, True, "", name, state, len(remaining)))
 
+    def barrier_records(self) -> list[str]:
+        """Names of the barriers whose trip record (with uncommitted entries) lists someone."""
+        keys = {k for k in self._base if k.startswith(BARRIER_PREFIX)}
+        keys |= {e.key for e in self._log if e.key.startswith(BARRIER_PREFIX)}
+        return sorted(k[len(BARRIER_PREFIX):] for k in keys if self._current(k)[0])
+
+    def barrier_prune(self, view: View, departed: tuple[str, ...], now: float) -> list[Any]:
+        """The double barrier's ephemeral entries: a participant that passed
+        and whose node has since left the member view (``departed``: not heard
+        within the presence window, as ``host.live_members`` decides) is
+        removed from the trip record, as if it had left. Participants are
+        named ``node/id`` (the control socket prefixes the node's name); one
+        without a node part is never pruned. The removal is a replicated write
+        judged against the newest record, like a leave, so calling this again
+        before it committed writes nothing twice."""
+        if not departed or not self.ready(view):
+            return []
+        effects: list[Any] = []
+        for name in self.barrier_records():
+            trip_key = BARRIER_PREFIX + name
+            newest, _ = self._current(trip_key)
+            inside = newest.split(",") if newest else []
+            rest = [p for p in inside if p.partition("/")[0] not in departed or "/" not in p]
+            if len(rest) == len(inside):
+                continue
+            _, last_v = self.last
+            out = _Pending(f"prune-{last_v + 1}", None, trip_key, op=OP_SET if rest else OP_DELETE)
+            fx = self._write(view, out, out.op, trip_key, ",".join(rest) if rest else None, 0, now)
+            effects += [e for e in fx if type(e) is not Reply]  # nobody waits on the record itself
+        return effects
+
     def _answer(self, pend: _Pending, reply: Reply) -> list[Any]:
         if pend.origin is None:
             return [reply]
@@ -721,12 +833,22 @@ class ConfigReplica:
                                     body["value"], int(body["version"]))]
         return effects
 
-    def _on_append(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
+    def _adopt_term(self, term: int) -> bool | None:
+        """The check every leader-to-follower message opens with: None if it is
+        stale (an older term, or another node claiming our own leading term:
+        refuse it, telling where our log ends); else adopt its term and say
+        whether that changed ours (then it must be persisted)."""
         if term < self._term or (self._lead is not None and term == self._lead.term):
-            _, last_v = self.last
-            return [Send(COORD_ACK, self._term, {"ok": False, "match": last_v}, to=sender)]
+            return None
         changed = term > self._term
         self._term = term
+        return changed
+
+    def _on_append(self, sender: str, term: int, body: dict[str, Any]) -> list[Any]:
+        changed = self._adopt_term(term)
+        if changed is None:
+            _, last_v = self.last
+            return [Send(COORD_ACK, self._term, {"ok": False, "match": last_v}, to=sender)]
         prev_v = int(body["prev_v"])
         prev_t = int(body["prev_t"])
         _, last_v = self.last

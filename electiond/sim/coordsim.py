@@ -20,6 +20,14 @@ its local committed log. The checker (``CoordChecker``) judges:
 - ``behind``: once the cluster has been whole and quiet for seconds, a
   host's committed state is not the leader's (the log kept above the base
   is drawn small per seed, so hosts that were down catch up by snapshot);
+- ``member-view``: one member-view version carried two views (on two
+  hosts' watches, or one host's over time): versions are agreed;
+- ``member-order`` / ``member-gap``: a host's member-view stream (the
+  versions of ``_coord/members`` its watch gives, as ``members --watch``
+  reads them) did not strictly increase, or skipped a view version some
+  host saw;
+- ``member-rejoin``: a stream reported a node joined twice with no left or
+  suspected between (the changes derived as ``host.member_changes`` does);
 - ``lock-overlap`` / ``lock-token``: two holders' intervals of one lock
   overlap, or a later grant has a token not above an earlier one. A
   holder's interval runs from the grant's arrival to the first of its
@@ -40,7 +48,7 @@ from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from electiond.coord.host import CoordHost
+from electiond.coord.host import MEMBERS_KEY, CoordHost, decode_view, member_changes
 from electiond.coord.replica import (
     ERR_COMPACTED,
     ERR_UNAVAILABLE,
@@ -92,11 +100,69 @@ class CoordChecker:
         self.reads = 0
         self.watch_events = 0
         self.lock_intervals: list[tuple[float, float, int, int]] = []  # (start, end, token, client)
+        self.absent_reads: list[tuple[float, float, str, int]] = []  # (invoked, t, key, newest acked version)
         self.barrier_entered: dict[str, dict[str, float]] = {}  # barrier -> participant -> first poll
         self.barrier_passes = 0
         self.barrier_passed_by: dict[str, dict[str, float]] = {}  # barrier -> participant -> first told it passed
         self.leave_started: dict[str, dict[str, float]] = {}  # barrier -> participant -> first leave poll
         self.leaves: list[tuple[float, str, str]] = []  # (time let out, barrier, participant)
+
+        self.member_views: dict[int, str | None] = {}  # member-view version -> the view
+        self.member_streams: list[list[int]] = []  # every watch stream's member-view versions
+        # host -> (its current stream's versions, [the view before], node -> its last change)
+        self._member_stream: dict[str, tuple[list[int], list[str | None], dict[str, str]]] = {}
+        self.member_events = 0
+        self.member_joins: list[tuple[float, str, int, str]] = []  # (t, host, version, node)
+
+    def member_stream_start(self, host: str, before: str | None, before_version: int = 0) -> None:
+        """A host's watch starts (again) with ``before`` (at ``before_version``) as the view it knows."""
+        if before_version > 0:
+            old = self.member_views.setdefault(before_version, before)
+            if old != before:
+                self.violate(0.0, "member-view", f"member view version {before_version}: {old!r} and "
+                                                 f"{before!r} ({host}'s starting view)")
+        versions: list[int] = [before_version] if before_version > 0 else []  # gaps count from the start view
+        self.member_streams.append(versions)
+        live, suspected = decode_view(before)
+        last = {n: "joined" for n in live}
+        last.update({n: "suspected" for n in suspected})
+        self._member_stream[host] = (versions, [before], last)
+
+    def member_view(self, t: float, host: str, version: int, value: str | None) -> None:
+        stream = self._member_stream.get(host)
+        if stream is None:
+            return
+        versions, before, last = stream
+        if versions and version <= versions[-1]:
+            self.violate(t, "member-order", f"{host}: member view {version} after {versions[-1]}")
+        old = self.member_views.setdefault(version, value)
+        if old != value:
+            self.violate(t, "member-view", f"member view version {version}: {old!r} and {value!r} ({host})")
+        for node, change in member_changes(before[0], value):
+            self.member_events += 1
+            if change == "joined" and last.get(node) == "joined":
+                self.violate(t, "member-rejoin", f"{host}: {node} joined at {version} without leaving")
+            last[node] = change
+            if change == "joined":
+                self.member_joins.append((t, host, version, node))
+        before[0] = value
+        versions.append(version)
+
+    def check_member_streams(self, t: float) -> None:
+        known = sorted(self.member_views)
+        for versions in self.member_streams:
+            for a, b in zip(versions, versions[1:]):
+                skipped = [v for v in known if a < v < b]
+                if skipped:
+                    self.violate(t, "member-gap", f"a member stream went from {a} to {b}, skipping {skipped}")
+        # judged against the agreed sequence too: a join reported at v means the node was not
+        # live in the agreed view just before v (else it was reported joined twice, e.g. by a
+        # stream that began from a wrong view or skipped the one with its earlier join)
+        for at, host, version, node in self.member_joins:
+            earlier = [v for v in known if v < version]
+            if earlier and node in decode_view(self.member_views[earlier[-1]])[0]:
+                self.violate(at, "member-rejoin", f"{host}: {node} joined at {version}, but it was live in "
+                                                  f"view {earlier[-1]} with no left or suspected between")
 
     def leave_polled(self, t: float, name: str, participant: str) -> None:
         self.leave_started.setdefault(name, {}).setdefault(participant, t)
@@ -146,9 +212,20 @@ class CoordChecker:
         if version > 0:
             self.saw(t, version, OP_SET if value is not None else OP_DELETE, key, value, "read")
         newest = max((v for at, v in self.acked[key] if at < t_invoked), default=0)
-        if version < newest:
+        if value is None and version == 0 and newest > 0:
+            # absent at version 0: right if a delete at or above ``newest`` was compacted since (below
+            # the watermark a delete leaves nothing); judged at the end, once every watch has told
+            # which versions were deletes of this key
+            self.absent_reads.append((t_invoked, t, key, newest))
+        elif version < newest:
             self.violate(t, "lost-write", f"get {key!r} invoked at {t_invoked:.4f} returned version {version}, "
                                           f"but version {newest} was acknowledged before")
+
+    def check_absent_reads(self) -> None:
+        for t_invoked, t, key, newest in self.absent_reads:
+            if not any(v >= newest and op == OP_DELETE and k == key for v, (op, k, _) in self.by_version.items()):
+                self.violate(t, "lost-write", f"get {key!r} invoked at {t_invoked:.4f} found it absent (version 0), "
+                                              f"but version {newest} was acknowledged before and no delete followed")
 
     def watched(self, t: float, host: str, last: int, e: Entry) -> None:
         self.watch_events += 1
@@ -171,6 +248,10 @@ class CoordChecker:
             last_end = max(last_end, end)
             last_token = max(last_token, token)
             last_client = client
+
+
+def _absent_as_0(got: tuple[str | None, int]) -> tuple[str | None, int]:
+    return (None, 0) if got[0] is None else got
 
 
 @dataclass
@@ -226,6 +307,7 @@ class CoordRun:
     snapshots: int
     events: int
     trace: list[str] = field(default_factory=list)
+    member_events: int = 0
 
     @property
     def ok(self) -> bool:
@@ -315,6 +397,7 @@ class CoordSim:
         h.incarnation += 1
         h.armed_t = -1.0
         h.watch_from = 0
+        self.checker.member_stream_start(h.settings.node_name, None)
         self.note(f"n{i} boot")
         self._arm(h)
         self._schedule_watch(h)
@@ -599,8 +682,9 @@ class CoordSim:
             if ch is None or h.index == leader:
                 continue
             self.snapshots += ch.replica.snapshots_installed
-            mine = [ch.replica.committed_get(k) for k in KEYS]
-            theirs = [lead.replica.committed_get(k) for k in KEYS]
+            # a deleted key: its version is the delete's or 0, as far as each compacted (both say absent)
+            mine = [_absent_as_0(ch.replica.committed_get(k)) for k in KEYS]
+            theirs = [_absent_as_0(lead.replica.committed_get(k)) for k in KEYS]
             # entries committed in the last 1.5 s may still be on their way (lost news is resent
             # every QUIET_TICKS heartbeats, so ~7 tries); older ones not
             if ch.replica.commit < self.checkpoint_commit or (ch.replica.commit == lead.replica.commit
@@ -614,6 +698,8 @@ class CoordSim:
             self._end_hold(holder, "crash")
         self.checker.check_locks(self.now)
         self.checker.check_leaves(self.now)
+        self.checker.check_member_streams(self.now)
+        self.checker.check_absent_reads()
 
     # ---- barrier clients: each host's works through barriers b0, b1, ... ----------------
 
@@ -684,10 +770,14 @@ class CoordSim:
         got = h.host.replica.changes_since(h.watch_from)
         if got == ERR_COMPACTED:
             h.watch_from = h.host.replica.commit  # the explicit error; start again from now
+            view, view_version = h.host.replica.committed_get(MEMBERS_KEY)
+            self.checker.member_stream_start(h.settings.node_name, view, view_version)
         elif not isinstance(got, str):
             for e in got:
                 self.checker.watched(self.now, h.settings.node_name, h.watch_from, e)
                 h.watch_from = e.version
+                if e.key == MEMBERS_KEY and e.op == OP_SET:
+                    self.checker.member_view(self.now, h.settings.node_name, e.version, e.value)
         self._schedule_watch(h)
 
     # ---- a random schedule -----------------------------------------------------------
@@ -773,4 +863,5 @@ def run_coord_seed(seed: int, size: int | None = None, duration_s: float = 5.0,
     sim.finish()
     c = sim.checker
     return CoordRun(seed, n, c.violations, c.acks, c.reads, c.watch_events, sim.unknown,
-                    len(c.lock_intervals), c.barrier_passes, len(c.leaves), sim.snapshots, sim.events, sim.trace)
+                    len(c.lock_intervals), c.barrier_passes, len(c.leaves), sim.snapshots, sim.events, sim.trace,
+                    c.member_events)
