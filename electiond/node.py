@@ -34,7 +34,7 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.bully import Bully
 from electiond.protocols.etcd import EtcdElection
-from electiond.protocols.lease import HEARTBEAT_ACK, PREVOTE_REPLY, VOTE, QuorumLease
+from electiond.protocols.lease import HEARTBEAT_ACK, NO_HINT_MS, PREVOTE_REPLY, VOTE, QuorumLease
 from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
@@ -304,7 +304,7 @@ class Node:
             return []
         effects = self.protocol.on_message(msg, now)
         if effects and self._withhold_grants:
-            effects = _without_grants(effects)
+            effects = _without_grants(effects, self.protocol.term)
         if not effects:
             self._note_role()
             return effects
@@ -739,16 +739,25 @@ class Node:
         return effects
 
 
-def _without_grants(effects: list[Effect]) -> list[Effect]:
+def _without_grants(effects: list[Effect], term: int) -> list[Effect]:
     """quorum-lease's grants (a granted VOTE, an ok LEASE_ACK, a granted
     PREVOTE_REPLY) left out: the protocol still keeps its promise, the
     requester just cannot count it (and is not led into a candidacy we could
-    not vote in)."""
+    not vote in). A vote or pre-vote grant is replaced by a refusal in our
+    term that says waiting will not cure it: a candidate that heard nothing
+    kept asking for its whole round, though this vote was cast (so lost to
+    any rival) and would never count; told, it gives up an unwinnable split
+    at once (issue 17: a restarted node in its clock check was in most of
+    the benchmark's slow failovers)."""
     kept: list[Effect] = []
     for e in effects:
-        if type(e) is Send and ((e.kind == HEARTBEAT_ACK and e.body.get("ok") is True)
-                                or ((e.kind == VOTE or e.kind == PREVOTE_REPLY) and e.body.get("granted") is True)):
-            continue
+        if type(e) is Send:
+            if e.kind == HEARTBEAT_ACK and e.body.get("ok") is True:
+                continue
+            if (e.kind == VOTE or e.kind == PREVOTE_REPLY) and e.body.get("granted") is True:
+                kept.append(Send(e.kind, term, {"round": e.body["round"], "granted": False, "retry_ms": NO_HINT_MS},
+                                 to=e.to))
+                continue
         kept.append(e)
     return kept
 

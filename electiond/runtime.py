@@ -23,6 +23,7 @@ from electiond import metrics
 from electiond import net
 from electiond import pausefile
 from electiond import sockfilter
+from electiond import trace
 from electiond.budget import SourceBudget, rates_for
 from electiond.config import Config
 from electiond.coord import commands as coordcmds
@@ -192,6 +193,7 @@ class Runtime:
         incarnation = self.store.begin_incarnation()
         now = time.monotonic()
         rng = random.Random(random.SystemRandom().getrandbits(64))
+        trace.open_for(self.settings.node_name)
         self.node = Node(self.settings, self.config.protocol, rng, now, persisted,
                          max_promote_failures=self.config.hooks.max_promote_failures,
                          max_changes_per_hour=self.config.max_changes_per_hour)
@@ -375,6 +377,8 @@ class Runtime:
             coord = self.coord
             self._process(lambda now: coord.host.on_message(msg, now))
             return
+        if trace.enabled():
+            trace.message("rx", msg.kind, msg.sender, msg.term, msg.body)
         self._process(lambda now: self.node.on_message(msg, now))
 
     def _on_duplicate(self, received: Received, addr: tuple[str, int]) -> None:
@@ -433,6 +437,8 @@ class Runtime:
         if self._duplicate_fault and DUPLICATE_NAME not in self.node.blockers:
             self._duplicate_fault = False
             log.warning("duplicate name cleared: no other process has used our name for a while; standing again")
+        if trace.enabled():
+            trace.state(self.node.protocol, now)
         self._log_clock_events()
         self._refresh_if_due(now, self.refresh.due(now), REASON_INTERVAL)
         self._schedule()
@@ -585,6 +591,8 @@ class Runtime:
     def _send(self, send: Send) -> None:
         assert self.codec is not None and self._send_sock is not None
         datagram = self.codec.encode(send)
+        if trace.enabled():
+            trace.message("tx", send.kind, send.to, send.term, send.body)
         self.counters.sent[send.kind] = self.counters.sent.get(send.kind, 0) + 1
         address = self._peer_addresses.get(send.to) if send.to else None
         now_s = time.monotonic()

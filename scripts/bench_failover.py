@@ -9,6 +9,8 @@ the absolute numbers are not.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import shutil
 import statistics
@@ -33,8 +35,13 @@ def settled_leader(cluster: Cluster, timeout_s: float = 20.0) -> str:
 
 
 def measure(protocol: str, nodes: int, kills: int, rng: random.Random,
-            preempt: str = "no", timing: dict[str, str] | None = None) -> tuple[list[float], list[float]]:
+            preempt: str = "no", timing: dict[str, str] | None = None,
+            keep: bool = False, trace: bool = False) -> tuple[list[float], list[float]]:
     workdir = Path(tempfile.mkdtemp(prefix=f"electiond-bench-{protocol}-"))
+    if trace:
+        # each daemon writes workdir/<node>.trace (electiond/trace.py); the
+        # kills go to workdir/kills.jsonl, to line single failovers up
+        os.environ["ELECTIOND_TRACE_DIR"] = str(workdir)
     to_hook_ms: list[float] = []
     to_agree_ms: list[float] = []
     try:
@@ -56,6 +63,9 @@ def measure(protocol: str, nodes: int, kills: int, rng: random.Random,
                              if e[1] == "promote" and e[2] == new_leader and e[0] >= killed_at],
                     15.0, "the promote hook")[0]
                 to_hook_ms.append((hook[0] - killed_at) * 1000)
+                with open(workdir / "kills.jsonl", "a") as kills_log:
+                    kills_log.write(json.dumps({"killed_at": killed_at, "leader": leader, "new_leader": new_leader,
+                                                "hook_at": hook[0], "agreed_ms": to_agree_ms[-1]}) + "\n")
                 print(f"  {protocol} kill {i + 1}/{kills}: {leader} -> {new_leader} "
                       f"hook {to_hook_ms[-1]:.0f} ms, agreed {to_agree_ms[-1]:.0f} ms", file=sys.stderr)
                 cluster.start(leader)
@@ -69,7 +79,11 @@ def measure(protocol: str, nodes: int, kills: int, rng: random.Random,
                     # that holds for a second
                     leader = settled_leader(cluster)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        os.environ.pop("ELECTIOND_TRACE_DIR", None)
+        if keep or trace:
+            print(f"  {protocol}: logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return to_hook_ms, to_agree_ms
 
 
@@ -83,12 +97,16 @@ def main() -> int:
                         help="the nodes' preempt setting (yes: the restarted top node takes back)")
     parser.add_argument("--timing", action="append", default=[], metavar="KEY=VALUE",
                         help="extra [timing] config for every protocol, e.g. lease_max=150ms (repeatable)")
+    parser.add_argument("--keep", action="store_true", help="keep each cluster's directory (logs, hooks.log, kills.jsonl)")
+    parser.add_argument("--trace", action="store_true",
+                        help="every daemon writes a message and phase trace (<node>.trace) beside its log; implies --keep")
     args = parser.parse_args()
     timing = dict(kv.split("=", 1) for kv in args.timing)
     rng = random.Random(args.seed)
     rows = []
     for protocol in args.protocols.split(","):
-        hook_ms, agree_ms = measure(protocol, args.nodes, args.kills, rng, args.preempt, timing)
+        hook_ms, agree_ms = measure(protocol, args.nodes, args.kills, rng, args.preempt, timing,
+                                    keep=args.keep, trace=args.trace)
         rows.append((protocol, hook_ms, agree_ms))
     print(f"\nfailover after kill -9 of the leader: {args.nodes} nodes on loopback, heartbeat {HEARTBEAT_MS} ms, "
           f"preempt = {args.preempt}, {args.kills} kills each"

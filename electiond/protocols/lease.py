@@ -220,6 +220,10 @@ class QuorumLease(ElectionProtocol):
         # adaptive lease: how late heartbeats and acks have been lately
         self._strain = _Strain()
         self._lost_votes: set[str] = set()  # voters that chose another candidate this term
+        # the leader our detector (or lapsed promise) gave up on: until we
+        # hear from it again it answers no vote, so a split that can only be
+        # won with its vote is given up at once
+        self._silent_leader: str | None = None
         self._next_send = INF  # leader: next heartbeat; candidate: next retransmit
         self._last_heartbeat_at = -INF
         self._lease_until = -INF
@@ -381,6 +385,7 @@ class QuorumLease(ElectionProtocol):
             # Not right after our own freeze: its heartbeats may be queued
             lapsed = self._watch.local_pauses == pauses and now >= self._promise_lapse_at()
             if suspected or lapsed:
+                self._silent_leader = self._leader
                 self._leader = None
                 self._leader_priority = None
                 effects.append(LeaderChanged(None, self._term))
@@ -400,6 +405,8 @@ class QuorumLease(ElectionProtocol):
         # a leader woken from a freeze looks at its lease before anything else
         effects = self._check_lease(now)
         self._last_heard[msg.sender] = now
+        if msg.sender == self._silent_leader:
+            self._silent_leader = None
         if self._recovering:
             effects += self._hear_while_recovering(msg, now)
         if "priority" in msg.body:
@@ -438,6 +445,7 @@ class QuorumLease(ElectionProtocol):
         granted = msg.term > self._term and wait_s == 0.0 and not behind
         if granted:
             hint = 0
+            self._yield_to(msg, now)
         elif msg.term <= self._term or behind:
             hint = NO_HINT_MS
         else:
@@ -450,6 +458,23 @@ class QuorumLease(ElectionProtocol):
                 to=msg.sender,
             )
         ]
+
+    def _yield_to(self, msg: Message, now: float) -> None:
+        """A pre-vote we granted comes from a node ranked before us (higher
+        priority, then higher id: the order of _rank_delay_s): if we are
+        leaderless and about to stand, or pre-voting ourselves, step back for
+        one pre-vote phase rather than split the votes with it. The rank
+        delay alone (1 ms per id) is lost in scheduling noise on a busy host:
+        two or three candidates in one term were most slow failovers."""
+        if self._role != ROLE_FOLLOWER or self._leader is not None or not self._eligible:
+            return
+        s = self.settings
+        their_rank = (int(msg.body["priority"]), s.id_of(msg.sender))
+        if their_rank <= (s.priority, s.self_id):
+            return
+        self._cancel_prevote()
+        # by then it has won (its heartbeat stops us) or its pre-vote failed
+        self._candidacy_at = max(self._candidacy_at, now + s.election_timeout_min_s + self._rank_delay_s())
 
     def _on_prevote_reply(self, msg: Message, now: float) -> list[Effect]:
         if msg.term > self._term and not msg.body["granted"]:
@@ -493,6 +518,13 @@ class QuorumLease(ElectionProtocol):
         if self._coord_behind(msg.body):
             # it misses a store entry we hold (maybe acknowledged): not this term
             return self._vote_reply(msg, False, NO_HINT_MS)
+        if msg.term == self._term and self._voted_for not in (None, msg.sender):
+            # our vote in this term is cast (to a rival, or to ourselves): say
+            # it is final, before any wait hint, so the candidate counts it
+            # lost and gives up an unwinnable split at once. Answered with a
+            # hint (our promise to the rival lapses in L_f), it kept asking
+            # for its whole round (issue 17: most slow failovers)
+            return self._vote_reply(msg, False, NO_HINT_MS)
         wait_s = self._vote_blocked_for(msg.sender, now)
         if wait_s > 0.0:
             # bound to another leader: keep our term, so a node that could
@@ -523,13 +555,23 @@ class QuorumLease(ElectionProtocol):
             if msg.body["retry_ms"] == NO_HINT_MS:
                 # it voted for another candidate of this term: that vote is final
                 self._lost_votes.add(msg.sender)
-                if len(self.settings.members) - len(self._lost_votes) < self.settings.quorum:
+                if self._votes_within_reach() < self.settings.quorum:
                     # a split vote nobody can win: stop renewing our voters'
                     # promises and retry later rather than at the round's end
                     self._abandon_round(now, self._backoff.next_delay_s(self.rng))
             return []
         self._record_grant(msg.sender, self._lease_start(sent_at, now) + self.settings.lease_s)
         return self._maybe_win(now)
+
+    def _votes_within_reach(self) -> int:
+        """How many votes this candidacy could still collect: every member
+        but those lost to a rival, and but the leader we timed out (silent
+        since), unless it granted already. Only decides when to give up."""
+        reach = len(self.settings.members) - len(self._lost_votes)
+        silent = self._silent_leader
+        if silent is not None and silent not in self._lost_votes and silent not in self._granted_until:
+            reach -= 1
+        return reach
 
     def _on_heartbeat(self, msg: Message, now: float) -> list[Effect]:
         if msg.term < self._term:
