@@ -94,9 +94,18 @@ class HistoryEntry:
     detail: dict[str, Any]
 
 
+# PRESENCE beacons a member hears per second at most, whatever the cluster's
+# size: every member beacons to every other, so a fixed period made that work
+# grow with n^2 over the cluster (at 65 daemons, 64 beacons a second each, six
+# times the leader's heartbeats: most of what a follower decoded)
+PRESENCE_HEARD_PER_S = 32.0
+
+
 def presence_interval_s(settings: Settings) -> float:
-    """Every member's PRESENCE beacon period."""
-    return max(0.5, 10 * settings.heartbeat_interval_s)
+    """Every member's PRESENCE beacon period: 10 heartbeats (at least 0.5 s),
+    longer in a cluster of more than 33 so no member hears more than
+    PRESENCE_HEARD_PER_S beacons a second."""
+    return max(0.5, 10 * settings.heartbeat_interval_s, (len(settings.members) - 1) / PRESENCE_HEARD_PER_S)
 
 
 def clock_check_wait_s(settings: Settings) -> float:
@@ -115,6 +124,9 @@ class Membership:
 
     def __init__(self, settings: Settings, now: float) -> None:
         self._settings = settings
+        # asked for every member on every status line and clock check: worked
+        # out once (settings never change under a node), not per call
+        self._liveness_window_s = 3 * presence_interval_s(settings)
         self._last_seen: dict[str, float | None] = {m.name: None for m in settings.peers()}
         self._duplicate_seen: dict[str, float] = {}  # name -> last time two processes used it
         # what each peer's last PRESENCE said about itself (paused, fault, served term)
@@ -169,7 +181,7 @@ class Membership:
     def liveness_window_s(self) -> float:
         # a peer that multicasts nothing (a follower in bully) still answers
         # elections; the window is generous because it is informational only
-        return 3 * self.presence_interval_s()
+        return self._liveness_window_s
 
     def presence_interval_s(self) -> float:
         return presence_interval_s(self._settings)

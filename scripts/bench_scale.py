@@ -84,12 +84,25 @@ def measure(system: str, size: int, args, root: Path, rng: random.Random) -> dic
     except (AssertionError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
         # one size that does not come up is a finding of its own, not the end of the run
         row["error"] = str(exc).splitlines()[0][:200].replace("|", "/")
+        if args.keep is not None:
+            keep_statuses(bed, root / f"{system}-statuses.json")
     finally:
         row["failover_ms"] = list(bed.samples_ms)
         row["missed"] = bed.missed
         bed.close()
     args.log(f"  scale {system} x{size}: {row}")
     return row
+
+
+def keep_statuses(bed: Bed, path: Path) -> None:
+    """Every electiond daemon's status as it failed to settle (what each one
+    thinks, its loop lag, who it hears), for --keep: the diagnosis of a size
+    that did not come up needs more than the timeout."""
+    cluster = getattr(bed.system, "cluster", None)
+    if cluster is None:
+        return
+    names = cluster.running()
+    path.write_text(json.dumps(dict(zip(names, cluster.statuses(names))), indent=1))
 
 
 def _f(x, fmt: str = ".2f") -> str:
@@ -103,12 +116,13 @@ def scale(args) -> int:
     load_before = load_average()
     began = time.time()
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="electiond-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="electiond-bench-") as scratch:
+        tmp = scratch if args.keep is None else str(args.keep)
         for i, size in enumerate(sizes):
             order = systems[i % len(systems):] + systems[:i % len(systems)]
             for system in order:
                 sub = Path(tmp) / f"{size}"
-                sub.mkdir(exist_ok=True)
+                sub.mkdir(parents=True, exist_ok=True)
                 rows.append(measure(system, size, args, sub, rng))
             # written after every size: a run cut short keeps what it measured
             done = sizes[:i + 1]
@@ -170,4 +184,7 @@ def add_parser(sub, systems_default: str, out_default: Path) -> None:
     sc.add_argument("--systems", default=systems_default)
     sc.add_argument("--seed", type=int, default=1)
     sc.add_argument("--out", type=Path, default=out_default)
+    sc.add_argument("--keep", type=Path, metavar="DIR",
+                    help="run in DIR and keep it: every daemon's log and hook log, and each size that did not "
+                         "settle, its daemons' statuses (SIZE/SYSTEM-statuses.json)")
     sc.add_argument("--quick", action="store_true", help="smoke run: 3 and 5 daemons, 5 s window, 1 kill")

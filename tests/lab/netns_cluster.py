@@ -58,6 +58,9 @@ class NetnsCluster(Cluster):
 
     socket_wait_s = 15.0  # the lab raises it: on a loaded 2-core machine a daemon may take long to start
 
+    # the daemons' nice value (None: inherit ours); the lab sets the shipped unit's
+    nice: int | None = None
+
     def wait_socket(self, name: str) -> None:
         self.wait_for(lambda: os.path.exists(self.socket(name)), self.socket_wait_s, f"{name} to open its socket")
 
@@ -73,9 +76,10 @@ class NetnsCluster(Cluster):
         import subprocess
 
         log = open(self.workdir / f"{name}.log", "ab")
-        # ip netns exec execs the daemon, so the pid we hold is the daemon's
+        # nice and ip netns exec exec the daemon, so the pid we hold is the daemon's
+        niced = () if self.nice is None else ("nice", "-n", str(self.nice))
         self.procs[name] = subprocess.Popen(
-            ["ip", "netns", "exec", self.lan.ns[name], sys.executable, "-m", "electiond",
+            [*niced, "ip", "netns", "exec", self.lan.ns[name], sys.executable, "-m", "electiond",
              "--config", str(self.config_path(name)), "--node", name],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
