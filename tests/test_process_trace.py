@@ -21,12 +21,20 @@ def test_traced_failover_with_a_member_in_its_clock_check(tmp_path, monkeypatch)
     monkeypatch.setitem(os.environ, "ELECTIOND_TRACE_DIR", str(tmp_path))
     with Cluster(tmp_path, 5, protocol="quorum-lease") as c:
         c.start_all()
+        # settled first: a leader elected while some members were still in their
+        # own start-up clock check (they ack nothing) can lose its lease to the
+        # follower kill below, and the node killed as "the leader" is then none
+        c.wait_for(lambda: c.agreed_leader() and all((c.status(n) or {}).get("phase") in ("leader", "follower")
+                                                     for n in c.names), 20.0, "a settled cluster")
         old = c.wait_leader(15.0)
         follower = next(n for n in c.names if n != old)
         c.kill(follower)
         c.start(follower)  # back in its start-up clock check (2 s or more)
         time.sleep(1.0)  # past its quarantine, not past its clock check
         c.wait_for(lambda: (c.status(follower) or {}).get("phase") == "clock-check", 5.0, "the clock check")
+        # the leader now, the one to kill (normally still the same one)
+        old = c.wait_for(lambda: c.agreed_leader(among=[n for n in c.names if n != follower]), 5.0,
+                         "the leader the others agree on")
         killed_at = time.time()
         c.kill(old)
         new = c.wait_leader(5.0, among=[n for n in c.names if n != old])
