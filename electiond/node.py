@@ -34,7 +34,7 @@ from electiond.protocols.base import (
 )
 from electiond.protocols.bully import Bully
 from electiond.protocols.etcd import EtcdElection
-from electiond.protocols.lease import HEARTBEAT_ACK, NO_HINT_MS, PREVOTE_REPLY, VOTE, QuorumLease
+from electiond.protocols.lease import HEARTBEAT_ACK, NO_HINT_MS, PREVOTE_REPLY, VOTE, QuorumLease, vote_reply
 from electiond.protocols.ring import Ring
 
 PROTOCOLS: dict[str, type[ElectionProtocol]] = {
@@ -767,8 +767,7 @@ def _without_grants(effects: list[Effect], term: int) -> list[Effect]:
             if e.kind == HEARTBEAT_ACK and e.body.get("ok") is True:
                 continue
             if (e.kind == VOTE or e.kind == PREVOTE_REPLY) and e.body.get("granted") is True:
-                kept.append(Send(e.kind, term, {"round": e.body["round"], "granted": False, "retry_ms": NO_HINT_MS},
-                                 to=e.to))
+                kept.append(vote_reply(e.kind, term, e.body["round"], False, NO_HINT_MS, e.to))
                 continue
         kept.append(e)
     return kept

@@ -450,14 +450,8 @@ class QuorumLease(ElectionProtocol):
             hint = NO_HINT_MS
         else:
             hint = _ceil_ms(wait_s)
-        return [
-            Send(
-                PREVOTE_REPLY,
-                msg.term if granted else self._term,
-                {"round": msg.body["round"], "granted": granted, "retry_ms": hint},
-                to=msg.sender,
-            )
-        ]
+        return [vote_reply(PREVOTE_REPLY, msg.term if granted else self._term, msg.body["round"], granted, hint,
+                           msg.sender)]
 
     def _yield_to(self, msg: Message, now: float) -> None:
         """A pre-vote we granted comes from a node ranked before us (higher
@@ -538,9 +532,7 @@ class QuorumLease(ElectionProtocol):
         # not wait for one (a write per retransmitted request would only
         # push the retry back)
         effects: list[Effect] = self._persist() if granted or self.disk.ok else []
-        effects.append(
-            Send(VOTE, self._term, {"round": msg.body["round"], "granted": granted, "retry_ms": hint_ms}, to=msg.sender)
-        )
+        effects.append(vote_reply(VOTE, self._term, msg.body["round"], granted, hint_ms, msg.sender))
         return effects
 
     def _on_vote(self, msg: Message, now: float) -> list[Effect]:
@@ -1179,6 +1171,12 @@ class QuorumLease(ElectionProtocol):
             self._to_follower()
         self._cancel_prevote()
         return effects
+
+
+def vote_reply(kind: str, term: int, round_: int, granted: bool, retry_ms: int, to: str | None) -> Send:
+    """A VOTE or PREVOTE_REPLY: one place for its body, which Node also sends
+    (a grant it withholds during its clock check goes out as a final refusal)."""
+    return Send(kind, term, {"round": round_, "granted": granted, "retry_ms": retry_ms}, to=to)
 
 
 def _ceil_ms(seconds: float) -> int:
