@@ -85,6 +85,29 @@ def _kill_children() -> None:
     psutil.wait_procs(children, timeout=5)
 
 
+# Modules whose every test may run for many minutes (a marked limit of at least
+# this) go first: started last, one of them would run alone on one worker while
+# the other idles, the suite's tail. Longest first is the classic remedy.
+FRONT_LOADED_LIMIT_S = 600
+
+
+def _module_limit_s(item: pytest.Item) -> float:
+    module = getattr(item, "module", None)
+    marks = getattr(module, "pytestmark", [])
+    marks = marks if isinstance(marks, list) else [marks]
+    limits = [float(m.args[0]) for m in marks if getattr(m, "name", "") == "timeout_s"]
+    return max(limits, default=0.0)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Stable, and by module-level marks only, so a module's tests stay together
+    # (module fixtures are set up once) and every xdist worker sorts alike.
+    def key(item: pytest.Item) -> float:
+        limit_s = _module_limit_s(item)
+        return -limit_s if limit_s >= FRONT_LOADED_LIMIT_S else 0.0
+    items.sort(key=key)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem):
     limit_s = _limit_s(item)

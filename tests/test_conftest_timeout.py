@@ -63,3 +63,21 @@ def test_sleeps():
     assert run_pytest(tmp_path, body, ELECTIOND_TEST_TIMEOUT_S="30").returncode == 0
     assert run_pytest(tmp_path, body, ELECTIOND_TEST_TIMEOUT_S="0").returncode == 0
     assert run_pytest(tmp_path, body).returncode == 1
+
+
+def test_modules_marked_long_are_collected_first_longest_first_each_kept_together(tmp_path):
+    shutil.copy(HERE / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_a_quick.py").write_text("def test_one(): pass\ndef test_two(): pass\n")
+    (tmp_path / "test_b_long.py").write_text(
+        "import pytest\npytestmark = pytest.mark.timeout_s(900)\ndef test_one(): pass\ndef test_two(): pass\n")
+    (tmp_path / "test_c_longest.py").write_text(
+        "import pytest\npytestmark = pytest.mark.timeout_s(3000)\ndef test_one(): pass\n")
+    (tmp_path / "test_d_marked_short.py").write_text(
+        "import pytest\n@pytest.mark.timeout_s(5000)\ndef test_one(): pass\n")  # a function mark moves nothing
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:xdist", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    order = [line.split("::")[0].split("/")[-1] + "::" + line.split("::")[1]
+             for line in done.stdout.splitlines() if "::" in line]
+    assert order == ["test_c_longest.py::test_one", "test_b_long.py::test_one", "test_b_long.py::test_two",
+                     "test_a_quick.py::test_one", "test_a_quick.py::test_two", "test_d_marked_short.py::test_one"], \
+        done.stdout + done.stderr
