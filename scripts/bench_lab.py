@@ -1,7 +1,7 @@
 """scripts/bench: electiond's three protocols and keepalived, measured in one
 run on one namespace LAN setup (root only), trial by trial interleaved.
 
-  scripts/bench failover [--intervals 50,100,1000] [--kills 20] [--kills-slow 20] [--quick]
+  scripts/bench failover [--intervals 50,100,1000] [--kills 20] [--kills-slow 20] [--preempt no|yes] [--quick]
   scripts/bench footprint [--interval 50] [--seconds 60] [--quick]   (appends to the report)
   scripts/bench load [--interval 50] [--seconds 60] [--quick]        (appends to the report)
 
@@ -49,12 +49,13 @@ def stats(values: list[float]) -> dict[str, float]:
 class Bed:
     """One system on its own 5-host LAN."""
 
-    def __init__(self, system: str, hosts_n: int, heartbeat_ms: int, root: Path) -> None:
+    def __init__(self, system: str, hosts_n: int, heartbeat_ms: int, root: Path, preempt: str = "no") -> None:
         self.hosts = [f"n{i}" for i in range(1, hosts_n + 1)]
         self.lan = Lan(self.hosts, clients=())
         workdir = root / f"{system}-{heartbeat_ms}"
         workdir.mkdir()
-        self.system: LabSystem = make_system(system, self.lan, workdir, self.hosts, heartbeat_ms)
+        self.system: LabSystem = make_system(system, self.lan, workdir, self.hosts, heartbeat_ms,
+                                             {"preempt": preempt})
         self.heartbeat_ms = heartbeat_ms
         self.name = system
         self.samples_ms: list[float] = []
@@ -129,7 +130,7 @@ def failover(args) -> int:
             beds: list[Bed] = []
             try:
                 for system in systems:
-                    beds.append(Bed(system, args.hosts, hb, Path(tmp)))
+                    beds.append(Bed(system, args.hosts, hb, Path(tmp), args.preempt))
                 for bed in beds:
                     bed.start()
                 for bed in beds:
@@ -159,6 +160,14 @@ def failover(args) -> int:
     return 0 if all(samples for _hb, _s, samples, _m in rows) and not aborted else 1
 
 
+def keepalived_ratio(rows, hb: int, median_ms: float) -> str:
+    """median_ms over keepalived's median at interval hb in the same run; "-" without one."""
+    theirs = [samples for h, system, samples, _m in rows if h == hb and system == "keepalived" and samples]
+    if not theirs:
+        return "-"
+    return f"{median_ms / stats(theirs[0])['median']:.2f}"
+
+
 def report(args, rows, load_before, load_after, elapsed_s: float, aborted: list[str]) -> str:
     command = "scripts/bench " + " ".join(shlex.quote(a) for a in args.argv)
     lines = [
@@ -173,20 +182,22 @@ def report(args, rows, load_before, load_after, elapsed_s: float, aborted: list[
         "running at once and measured trial by trial in turn. Time from the SIGKILL to the successor's promote",
         "hook (electiond) or notify_master script (keepalived) starting, as stamped by the hook itself.",
         "electiond: heartbeat_interval = the interval, election_timeout 3-6 intervals, lease 3 intervals,",
-        "preempt = no. keepalived: VRRPv3, advert_int = the interval, all BACKUP, nopreempt, priorities",
+        f"preempt = {args.preempt}. keepalived: VRRPv3, advert_int = the interval, all BACKUP, nopreempt, priorities",
         "100..104 (its master-down timer is 3 adverts plus a priority skew). Before every kill the system has",
         "one agreed leader and, for quorum-lease, every daemon (a restarted one too) has passed its start-up",
         "clock check. A kill whose successor does not promote within 10 s + 20 intervals counts as missed.",
+        "x keepalived = the median over keepalived's median at the same interval, in the same run.",
         "",
-        "| interval | system | kills | missed | median ms | p90 ms | min ms | max ms | median (intervals) | p90 (intervals) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| interval | system | kills | missed | median ms | x keepalived | p90 ms | min ms | max ms | median (intervals) | p90 (intervals) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for hb, system, samples, missed in rows:
         if not samples:
-            lines.append(f"| {hb} ms | {system} | 0 | {missed} | - | - | - | - | - | - |")
+            lines.append(f"| {hb} ms | {system} | 0 | {missed} | - | - | - | - | - | - | - |")
             continue
         st = stats(samples)
-        lines.append(f"| {hb} ms | {system} | {len(samples)} | {missed} | {st['median']:.0f} | {st['p90']:.0f} | "
+        lines.append(f"| {hb} ms | {system} | {len(samples)} | {missed} | {st['median']:.0f} | "
+                     f"{keepalived_ratio(rows, hb, st['median'])} | {st['p90']:.0f} | "
                      f"{st['min']:.0f} | {st['max']:.0f} | {st['median'] / hb:.1f} | {st['p90'] / hb:.1f} |")
     lines += [f"\n- {a}" for a in aborted]
     if args.quick:
@@ -361,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     fo.add_argument("--hosts", type=int, default=5)
     fo.add_argument("--seed", type=int, default=1)
     fo.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    fo.add_argument("--preempt", choices=("no", "yes"), default="no",
+                    help="electiond's preempt setting (default no; yes: the restarted top node takes over "
+                         "again, and the next kill hits it); keepalived stays nopreempt")
     fo.add_argument("--quick", action="store_true", help="smoke run: 2 kills at 100 ms only")
     fp = sub.add_parser("footprint", help="CPU %% and RSS per daemon in steady state (appends to --out)")
     fp.add_argument("--interval", type=int, default=50, help="heartbeat/advert interval in ms (default 50)")

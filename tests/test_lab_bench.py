@@ -31,17 +31,24 @@ pytestmark = [
 
 def test_bench_failover_quick_reports_every_system(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
+    # preempt = yes: the restarted top node takes over again (the default's case for bully and ring)
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_lab.py"), "failover", "--quick",
-                             "--out", str(out)], capture_output=True, text=True, timeout=600,
+                             "--preempt", "yes", "--out", str(out)], capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     text = out.read_text()
+    medians = {}
     for system in ("quorum-lease", "bully", "ring", "keepalived"):
-        row = re.search(rf"^\| 100 ms \| {system} \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|", text, re.M)
+        row = re.search(rf"^\| 100 ms \| {system} \| (\d+) \| (\d+) \| (\d+) \| ([\d.]+) \| (\d+) \|", text, re.M)
         assert row, f"no figures for {system}:\n{text}"
         kills, missed, median_ms = int(row.group(1)), int(row.group(2)), int(row.group(3))
         assert kills + missed == 2 and kills >= 1 and 0 < median_ms < 20_000, row.group(0)
-    assert "scripts/bench failover --quick" in text and "Load average" in text
+        medians[system] = (median_ms, float(row.group(4)))
+    keepalived_ms = medians["keepalived"][0]
+    for system, (median_ms, ratio) in medians.items():  # each median over keepalived's, same run
+        assert ratio == pytest.approx(median_ms / keepalived_ms, abs=0.01), (system, median_ms, ratio)
+    assert "scripts/bench failover --quick --preempt yes" in text and "Load average" in text
+    assert "preempt = yes" in text
 
     # footprint and load append their tables to the same report (two systems: CI time)
     for command in ("footprint", "load"):

@@ -282,7 +282,9 @@ class KeepalivedSystem(LabSystem):
         return "\n".join(parts)
 
 
-def make_system(system: str, lan: Lan, workdir: Path, hosts: list[str], heartbeat_ms: int) -> LabSystem:
+def make_system(system: str, lan: Lan, workdir: Path, hosts: list[str], heartbeat_ms: int,
+                node_options: dict[str, str] | None = None) -> LabSystem:
+    """node_options: [node] keys for electiond's daemons (default preempt = no); keepalived has none."""
     if system == "keepalived":
         return KeepalivedSystem(lan, workdir, hosts, heartbeat_ms)
-    return ElectiondSystem(lan, workdir, hosts, heartbeat_ms, system)
+    return ElectiondSystem(lan, workdir, hosts, heartbeat_ms, system, node_options)
