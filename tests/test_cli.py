@@ -15,7 +15,10 @@ def ctl(*args):
 def test_status_json_and_is_leader(tmp_path):
     with Cluster(tmp_path, 3, protocol="bully") as c:
         c.start_all()
-        leader = c.wait_leader(5.0)
+        # bully with preempt = yes ends with the highest id leading; a lower one
+        # may lead for a moment first on a loaded machine (n2, then n3, seen
+        # once), so wait for the end state rather than the first agreement
+        leader = c.wait_for(lambda: c.agreed_leader() == "n3" and "n3", 15.0, "n3 leading, as bully settles")
         follower = next(n for n in c.names if n != leader)
         out = ctl("--socket", c.socket(follower), "status", "--json")
         assert out.returncode == 0, out.stderr
@@ -49,7 +52,10 @@ def test_unreachable_daemon_exits_2_with_one_line(tmp_path):
 def test_refused_command_exits_1(tmp_path):
     with Cluster(tmp_path, 3, protocol="bully") as c:
         c.start_all()
-        leader = c.wait_leader(5.0)
+        # bully with preempt = yes ends with the highest id leading; a lower one
+        # may lead for a moment first on a loaded machine (n2, then n3, seen
+        # once), so wait for the end state rather than the first agreement
+        leader = c.wait_for(lambda: c.agreed_leader() == "n3" and "n3", 15.0, "n3 leading, as bully settles")
         follower = next(n for n in c.names if n != leader)
         out = ctl("--socket", c.socket(follower), "stepdown")
         assert out.returncode == 1 and "not the leader" in out.stderr
