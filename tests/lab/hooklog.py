@@ -1,9 +1,10 @@
 """One hook log for every daemon of a lab run, and the leadership checker.
 
 Each line is ``<wall-clock ns> <node> <event> <term>``, appended by the
-promote/demote/fault hooks of electiond (from its environment) or by
-keepalived's notify scripts (from their arguments). Either way the stamp is
-taken after the daemon decided (a hook's spawn). The harness keeps its own marks (kill, freeze, resume, start, heal)
+promote/demote/fault hooks of electiond (from its environment) or, for
+keepalived, by the reader of its notify FIFO (kafifo.py; term 0). Either way
+the stamp is taken after the daemon decided (a hook's spawn, the reader's
+wake-up). The harness keeps its own marks (kill, freeze, resume, start, heal)
 with wall-clock times; the checker turns both into leadership intervals per
 node:
 
@@ -35,11 +36,6 @@ from pathlib import Path
 ELECTIOND_HOOK = """#!/bin/sh
 # lab hook log: wall-clock ns, node, event, term
 echo "$(date +%s%N) $ELECTIOND_NODE $ELECTIOND_EVENT ${{ELECTIOND_TERM:-0}}" >> "{log}"
-"""
-
-# keepalived's notify scripts: <script> <node> <event>
-NOTIFY_HOOK = """#!/bin/sh
-echo "$(date +%s%N) $1 $2 0" >> "{log}"
 """
 
 
