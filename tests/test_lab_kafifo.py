@@ -6,6 +6,7 @@ order, drained on SIGTERM, no process or FIFO left behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,3 +134,20 @@ def test_the_reader_exits_when_the_lab_is_gone(tmp_path: Path) -> None:
             lab.kill()
             lab.wait(10)
         lab.stdout.close()
+
+
+@pytest.mark.skipif(shutil.which("keepalived") is None, reason="needs keepalived (its config is written)")
+def test_stop_all_stops_a_reader_whose_keepalived_never_started(tmp_path: Path) -> None:
+    """Interrupted between a reader's start and keepalived's spawn (a SIGTERM
+    to the lab): stop_all still stops that reader and removes its FIFO. No LAN
+    is needed for this (nothing is sent)."""
+    import types
+
+    from lab.systems import KeepalivedSystem
+
+    system = KeepalivedSystem(types.SimpleNamespace(subnet="10.213.100"), tmp_path, ["n1", "n2"], 50)
+    reader = system.readers["n1"]
+    reader.start()
+    pid = reader.proc.pid
+    system.stop_all()
+    assert not _alive(pid) and not reader.fifo.exists() and not system.readers["n2"].fifo.exists()

@@ -289,6 +289,8 @@ class KeepalivedSystem(LabSystem):
             self._signal(host, signal.SIGTERM)
         for host in list(self.procs):
             self._wait_dead(host)
+        for reader in self.readers.values():
+            reader.stop()  # one whose keepalived never started (interrupted in between)
 
     def diagnostics(self) -> str:
         parts = []
