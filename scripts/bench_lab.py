@@ -8,7 +8,8 @@ run on one namespace LAN setup (root only), trial by trial interleaved.
 failover: 5 hosts per system, each system on its own LAN, all running at
 once. One trial SIGKILLs the current leader of every system in turn (the
 order rotates each trial) and times the kill to the successor's promote hook
-(electiond) or notify_master (keepalived); the killed daemon is restarted and
+(electiond) or its MASTER line in keepalived's notify FIFO, as the lab's
+reader stamped it (tests/lab/kafifo.py); the killed daemon is restarted and
 the system settles before the next trial. Heartbeat (electiond) = advert
 interval (keepalived, VRRPv3), election timeouts and leases scaled with it.
 Writes docs/benchmarks.md (or --out) and, when matplotlib imports, a PNG plot
@@ -104,7 +105,7 @@ class Bed:
             log(f"  {self.name} {self.heartbeat_ms} ms: no successor within {self.bound_s():.0f}s")
         restarted_at = time.time()
         s.start(leader)
-        # the restarted daemon reports in (its startup demote / BACKUP notify) before the next kill
+        # the restarted daemon reports in (its startup demote / BACKUP on its FIFO) before the next kill
         wait_for(lambda: any(e.node == leader and e.t_s >= restarted_at for e in read_log(s.log)),
                  30.0, f"{leader} to come back", s.diagnostics)
         self.settle()
@@ -180,7 +181,8 @@ def report(args, rows, load_before, load_after, elapsed_s: float, aborted: list[
         "",
         f"{args.hosts} hosts per system, each system on its own namespace LAN (bridge, veths), all systems",
         "running at once and measured trial by trial in turn. Time from the SIGKILL to the successor's promote",
-        "hook (electiond) or notify_master script (keepalived) starting, as stamped by the hook itself.",
+        "hook (electiond, stamped by the hook itself, so after its spawn) or MASTER line (keepalived, written to",
+        "its notify FIFO when it changes state, stamped by the lab's reader on reading: no spawn in between).",
         "electiond: heartbeat_interval = the interval, election_timeout 3-6 intervals, lease 3 intervals,",
         f"preempt = {args.preempt}. keepalived: VRRPv3, advert_int = the interval, all BACKUP, nopreempt, priorities",
         "100..104 (its master-down timer is 3 adverts plus a priority skew). Before every kill the system has",

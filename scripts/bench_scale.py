@@ -6,7 +6,7 @@ from size to size): build a LAN of that many host namespaces, start every
 daemon at once and measure
 
 * time to the first leader: from the first spawn to the first promote hook
-  (notify_master for keepalived), and to one leader every daemon agrees on
+  (MASTER on its notify FIFO for keepalived), and to one leader every daemon agrees on
   (electiond: every control socket names it; keepalived: the hook log alone);
 * steady state for --steady-s (the issue asks for 10 minutes; the report says
   which window ran): packets sent and received per second per node on lan0
@@ -147,7 +147,7 @@ def table(args, rows: list[dict], systems: list[str], load_before: str, elapsed_
         "system" + (" (the issue asks for 10 minutes; this run used the shorter window given by --steady-s)."
                     if args.steady_s < 600 else "."),
         "first leader = first spawn to the first promote hook; agreed = to one leader every daemon names",
-        "(keepalived: by its notify scripts alone); packets/s = lan0's kernel counters in each namespace over the",
+        "(keepalived: by its notify FIFOs alone); packets/s = lan0's kernel counters in each namespace over the",
         "window; false elections = promote hooks in the window (nothing failed in it); failover = SIGKILL of the",
         f"leader to the successor's promote, {args.kills} per size and system, each on a settled cluster (one agreed",
         "leader; quorum-lease: every daemon past its start-up clock check). Starting N Python daemons at once on",

@@ -79,3 +79,42 @@ def test_the_log_parser_skips_torn_lines(tmp_path: Path) -> None:
     log = tmp_path / "log"
     log.write_text("2000000000 n2 promote 2\n1000000000 n1 promote 1\n15000 n3 prom\n")
     assert read_log(log) == [ev(1.0, "n1", "promote", 1), ev(2.0, "n2", "promote", 2)]
+
+
+def test_a_promote_stamped_while_its_node_is_frozen_opens_at_the_freeze() -> None:
+    # keepalived wrote MASTER, froze before the FIFO reader stamped it: it led
+    # from no later than the freeze, and demoting at once on resume ends it there
+    events = [ev(2.3, "n1", "promote"), ev(3.0, "n2", "promote"), ev(6.1, "n1", "demote")]
+    marks = [Mark(2.0, "freeze", "n1"), Mark(6.0, "resume", "n1")]
+    v = check(events, marks, end_s=10.0, resume_demote_s=0.5)
+    n1 = [iv for iv in v.intervals if iv.node == "n1"]
+    assert [(iv.start_s, iv.end_s, iv.ended_by) for iv in n1] == [(2.0, 2.0, "froze")]
+    assert v.overlaps == [] and v.late_demotes == []
+
+
+def test_a_promote_stamped_while_frozen_with_a_late_demote_leads_through_the_freeze() -> None:
+    events = [ev(2.3, "n1", "promote"), ev(3.0, "n2", "promote"), ev(7.5, "n1", "demote")]
+    marks = [Mark(2.0, "freeze", "n1"), Mark(6.0, "resume", "n1")]
+    v = check(events, marks, end_s=10.0, resume_demote_s=0.5)
+    assert v.overlaps == [("n1", "n2", 3.0, 7.5)] and len(v.late_demotes) == 1
+
+
+def test_a_demote_stamped_while_frozen_ended_the_interval_at_the_freeze() -> None:
+    # BACKUP written just before the freeze, read just after it
+    events = [ev(1.0, "n1", "promote"), ev(2.2, "n1", "demote"), ev(2.5, "n2", "promote")]
+    marks = [Mark(2.0, "freeze", "n1"), Mark(6.0, "resume", "n1")]
+    v = check(events, marks, end_s=10.0)
+    assert v.intervals[0].end_s == 2.0 and v.intervals[0].ended_by == "demote"
+    assert v.overlaps == [] and v.late_demotes == []
+
+
+def test_a_promote_stamped_after_the_kill_is_stale_until_the_node_starts_again() -> None:
+    # MASTER written just before the SIGKILL, drained by the reader after it:
+    # the dead node does not lead; once started again its promotes count
+    events = [ev(1.0, "n1", "promote"), ev(2.0, "n2", "promote"), ev(2.1, "n2", "promote"),
+              ev(4.0, "n1", "demote"), ev(6.0, "n2", "promote")]
+    marks = [Mark(1.5, "kill", "n1"), Mark(1.9, "kill", "n2"), Mark(3.0, "start", "n1"), Mark(5.0, "start", "n2")]
+    v = check(events, marks, end_s=10.0)
+    assert [(iv.node, iv.start_s, iv.end_s, iv.ended_by) for iv in v.intervals] == [
+        ("n1", 1.0, 1.5, "killed"), ("n2", 6.0, 10.0, "still leading")]
+    assert v.overlaps == []

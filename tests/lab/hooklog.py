@@ -1,10 +1,12 @@
 """One hook log for every daemon of a lab run, and the leadership checker.
 
 Each line is ``<wall-clock ns> <node> <event> <term>``, appended by the
-promote/demote/fault hooks of electiond (from its environment) or by
-keepalived's notify scripts (from their arguments). The harness keeps its own
-marks (kill, freeze, resume, start, heal) with wall-clock times; the checker
-turns both into leadership intervals per node:
+promote/demote/fault hooks of electiond (from its environment) or, for
+keepalived, by the reader of its notify FIFO (kafifo.py; term 0). Either way
+the stamp is taken after the daemon decided (a hook's spawn, the reader's
+wake-up). The harness keeps its own marks (kill, freeze, resume, start, heal)
+with wall-clock times; the checker turns both into leadership intervals per
+node:
 
 * an interval opens at a promote hook;
 * it ends at that node's demote hook (and, for keepalived, its fault notify),
@@ -13,6 +15,14 @@ turns both into leadership intervals per node:
   ``resume_demote_s`` of the SIGCONT. A frozen leader whose demote comes later
   (or never) is counted as leading right through its freeze, so anyone who led
   meanwhile overlaps it, and the late demote is reported as a violation.
+
+A stamp can only be late, never early, so a record stamped while its node was
+frozen or dead was decided before that: a frozen process decides nothing, a
+dead one nothing more. A promote stamped while the node is frozen opens its
+interval at the freeze (and the freeze rule above applies to it); a demote or
+fault stamped then ends the interval at the freeze. A record stamped after
+the node's kill and before its next start is stale: the kill already ended
+the interval, and a promote would open one of no length.
 """
 
 from __future__ import annotations
@@ -26,11 +36,6 @@ from pathlib import Path
 ELECTIOND_HOOK = """#!/bin/sh
 # lab hook log: wall-clock ns, node, event, term
 echo "$(date +%s%N) $ELECTIOND_NODE $ELECTIOND_EVENT ${{ELECTIOND_TERM:-0}}" >> "{log}"
-"""
-
-# keepalived's notify scripts: <script> <node> <event>
-NOTIFY_HOOK = """#!/bin/sh
-echo "$(date +%s%N) $1 $2 0" >> "{log}"
 """
 
 
@@ -111,30 +116,54 @@ def intervals(events: list[HookEvent], marks: list[Mark], end_s: float,
     """Each node's leadership intervals (see the module docstring) and the
     late demotes after a resume."""
     timeline: list[tuple[float, int, object]] = [(e.t_s, 1, e) for e in events]
-    timeline += [(m.t_s, 0, m) for m in marks if m.kind in ("kill", "freeze", "resume")]
+    timeline += [(m.t_s, 0, m) for m in marks if m.kind in ("kill", "freeze", "resume", "start")]
     timeline.sort(key=lambda row: (row[0], row[1]))
     open_: dict[str, Interval] = {}
-    frozen_at: dict[str, float] = {}
+    frozen_at: dict[str, float] = {}  # leaders frozen (their intervals may end there)
     resumed_at: dict[str, float] = {}
+    paused_since: dict[str, float] = {}  # any node frozen and not yet resumed
+    dead: set[str] = set()  # killed and not yet started again
     done: list[Interval] = []
     late: list[str] = []
     for t, _order, item in timeline:
         if isinstance(item, Mark):
             node = item.node
             if item.kind == "kill":
+                dead.add(node)
+                paused_since.pop(node, None)
                 frozen_at.pop(node, None)
                 resumed_at.pop(node, None)
                 if node in open_:
                     iv = open_.pop(node)
                     iv.end_s, iv.ended_by = t, "killed"
                     done.append(iv)
-            elif item.kind == "freeze" and node in open_:
-                frozen_at[node] = t
-            elif item.kind == "resume" and node in frozen_at:
-                resumed_at[node] = t
+            elif item.kind == "start":
+                dead.discard(node)
+            elif item.kind == "freeze":
+                paused_since[node] = t
+                if node in open_:
+                    frozen_at[node] = t
+            elif item.kind == "resume":
+                paused_since.pop(node, None)
+                if node in frozen_at:
+                    resumed_at[node] = t
             continue
         e = item
         assert isinstance(e, HookEvent)
+        if e.node in dead:
+            continue  # decided before the kill, which ended its interval already
+        paused = paused_since.get(e.node)
+        if paused is not None:
+            # decided no later than the freeze
+            if e.event == "promote" and e.node not in open_:
+                open_[e.node] = Interval(e.node, paused, None, e.term)
+                frozen_at[e.node] = paused
+            elif e.event in ends and e.node in open_:
+                iv = open_.pop(e.node)
+                frozen_at.pop(e.node, None)
+                iv.end_s, iv.ended_by = max(iv.start_s, paused), e.event
+                done.append(iv)
+            continue
         if e.event == "promote":
             if e.node in open_:
                 continue  # a repeated promote extends the same interval

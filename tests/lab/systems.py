@@ -1,9 +1,10 @@
 """The systems under test on a lab LAN, behind one interface: electiond with
 any of its protocols, and keepalived (VRRPv3) as a peer.
 
-Both write the same hook log (hooklog.py) and take the same process faults;
-the harness records a Mark for every action so the checker knows when a node
-died, froze or resumed.
+Both write the same hook log (hooklog.py): electiond from its hooks,
+keepalived through a reader of its ordered notify FIFO (kafifo.py). Both take
+the same process faults; the harness records a Mark for every action so the
+checker knows when a node died, froze or resumed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from electiond.devcluster import REPO, wait_for
 
-from .hooklog import NOTIFY_HOOK, Marks, check, read_log, write_hook
+from .hooklog import Marks, check, read_log, write_hook
+from .kafifo import FifoReader
 from .lan import Lan
 from .netns_cluster import NetnsCluster
 
@@ -178,8 +180,8 @@ class ElectiondSystem(LabSystem):
 
 KEEPALIVED_CONF = """global_defs {{
     router_id {host}
-    script_user root
     vrrp_version 3
+    notify_fifo {fifo}
 }}
 vrrp_instance lab {{
     state BACKUP
@@ -191,10 +193,6 @@ vrrp_instance lab {{
     virtual_ipaddress {{
         {vip} dev lan0
     }}
-    notify_master "{hook} {host} promote"
-    notify_backup "{hook} {host} demote"
-    notify_fault "{hook} {host} fault"
-    notify_stop "{hook} {host} demote"
 }}
 """
 
@@ -202,7 +200,14 @@ vrrp_instance lab {{
 class KeepalivedSystem(LabSystem):
     """Debian's keepalived, VRRP only, one per host namespace, all BACKUP with
     nopreempt (like electiond's preempt = no), the advert interval equal to
-    electiond's heartbeat. Its VIP is inside the lab subnet."""
+    electiond's heartbeat. Its VIP is inside the lab subnet.
+
+    Observed through its notify FIFO, not notify scripts (which keepalived
+    starts asynchronously, so their stamps can land out of order): before each
+    keepalived starts, a FifoReader makes the host's FIFO and starts its
+    reader; after keepalived is dead the reader drains what it wrote and
+    stops, so every line of one incarnation is stamped before the next one
+    starts."""
 
     name = "keepalived"
     ends = ("demote", "fault")
@@ -211,15 +216,19 @@ class KeepalivedSystem(LabSystem):
         super().__init__(lan, workdir, hosts, heartbeat_ms)
         if shutil.which("keepalived") is None:
             raise RuntimeError("keepalived is not installed (apt-get install keepalived)")
-        self.hook = write_hook(workdir / "lab-notify", self.log, NOTIFY_HOOK)
         self.vip = f"{lan.subnet}.{vip_host}/24"
         self.procs: dict[str, subprocess.Popen] = {}
+        # the readers stamp at the nice electiond's hooks run at (its daemons'
+        # unit Nice=), so neither system's records wait longer for a CPU;
+        # keepalived itself runs at nice 0, as Debian's unit has it
+        self.readers = {host: FifoReader(workdir / host / "notify.fifo", self.log, workdir / f"{host}.fifo.log", host,
+                                         nice=unit_nice()) for host in hosts}
         vrid = 1 + os.getpid() % 250
         for i, host in enumerate(hosts):
             (workdir / host).mkdir(exist_ok=True)
             (workdir / f"{host}.keepalived.conf").write_text(KEEPALIVED_CONF.format(
                 host=host, vrid=vrid, priority=100 + i, advert_s=f"{heartbeat_ms / 1000:g}",
-                vip=self.vip, hook=self.hook))
+                vip=self.vip, fifo=self.readers[host].fifo))
 
     def _spawn(self, host: str) -> None:
         d = self.workdir / host
@@ -227,15 +236,21 @@ class KeepalivedSystem(LabSystem):
         # a zombie not yet reaped, a new keepalived would think it still runs
         for stale in ("keepalived.pid", "vrrp.pid"):
             (d / stale).unlink(missing_ok=True)
+        self.readers[host].start()
         log = open(self.workdir / f"{host}.log", "ab")
         # its own session: a SIGKILL of the group takes parent and VRRP child
         # at once, as a crash of the host's keepalived would (no goodbye advert)
-        self.procs[host] = subprocess.Popen(
-            self.lan.exec_argv(host, "keepalived", "--dont-fork", "--log-console", "--vrrp",
-                               "--use-file", str(self.workdir / f"{host}.keepalived.conf"),
-                               "--pid", str(d / "keepalived.pid"), "--vrrp_pid", str(d / "vrrp.pid")),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir)
-        log.close()
+        try:
+            self.procs[host] = subprocess.Popen(
+                self.lan.exec_argv(host, "keepalived", "--dont-fork", "--log-console", "--vrrp",
+                                   "--use-file", str(self.workdir / f"{host}.keepalived.conf"),
+                                   "--pid", str(d / "keepalived.pid"), "--vrrp_pid", str(d / "vrrp.pid")),
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir)
+        except BaseException:
+            self.readers[host].stop()
+            raise
+        finally:
+            log.close()
 
     def _signal(self, host: str, sig: int) -> None:
         proc = self.procs[host]
@@ -263,6 +278,8 @@ class KeepalivedSystem(LabSystem):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # keepalived is gone, so all it wrote is in the FIFO: the reader drains it and stops
+        self.readers[host].stop()
 
     def running(self) -> list[str]:
         return [h for h, p in self.procs.items() if p.poll() is None]
@@ -272,6 +289,8 @@ class KeepalivedSystem(LabSystem):
             self._signal(host, signal.SIGTERM)
         for host in list(self.procs):
             self._wait_dead(host)
+        for reader in self.readers.values():
+            reader.stop()  # one whose keepalived never started (interrupted in between)
 
     def diagnostics(self) -> str:
         parts = []
