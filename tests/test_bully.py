@@ -96,9 +96,22 @@ def test_backoff_grows_exponentially():
 
 def test_election_from_lower_is_answered_and_starts_own():
     b = bully("n2")
-    effects = b.on_message(msg(ELECTION, "n1", to="n2"), 0.05)
+    # after its start-up listen period (election_timeout_max = 0.30 s)
+    effects = b.on_message(msg(ELECTION, "n1", to="n2"), 0.35)
     assert sends(effects)[0] == Send(ANSWER, 0, {}, to="n1")
     assert [(e.kind, e.to) for e in sends(effects)[1:]] == [(ELECTION, "n3")]
+
+
+def test_election_from_lower_during_the_listen_period_is_only_answered():
+    # daemons started in ascending order: n2 is up, n3 not yet; taking n1's
+    # election over, n2 would crown itself before n3 (or a leader) was heard
+    b = bully("n2")
+    effects = b.on_message(msg(ELECTION, "n1", to="n2"), 0.05)
+    assert [(e.kind, e.to) for e in sends(effects)] == [(ANSWER, "n1")]
+    assert b.role == "follower"
+    # it campaigns itself when the listen ends (nobody led meanwhile)
+    effects = b.on_tick(b.deadline())
+    assert [(e.kind, e.to) for e in sends(effects)] == [(ELECTION, "n3")]
 
 
 def test_leader_answers_election_and_reasserts():

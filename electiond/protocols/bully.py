@@ -256,6 +256,12 @@ class Bully(EpochProtocol):
         for us, and a node that merely cannot hear it (a one-way cut) must
         not set off elections all the way up each time it retries. Never a
         live leader below us (preempt off kept it: we would depose it)."""
+        if now < self._listen_until:
+            # still learning the cluster at start-up: the asker hears our
+            # ANSWER, and we campaign ourselves when the listen ends. Taking
+            # over here made each daemon of an ascending start crown itself
+            # (the nodes above it not up yet) before it heard who led
+            return False
         if not self._has_live_leader(now):
             return True
         assert self._leader is not None
