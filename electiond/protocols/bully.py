@@ -107,6 +107,13 @@ class Bully(EpochProtocol):
         # timeout before it first campaigns or preempts, so that daemons
         # started together do not each crown themselves in turn
         self._listen_until = now + settings.election_timeout_max_s
+        # ... and it takes over from a lower leader only after preempt_delay
+        # (keepalived's preempt_delay: seconds after start-up). Daemons booting
+        # together come up one after another, slower than a listen period on
+        # a loaded host (65 on 2 cores: one every 0.5 s), and each new highest
+        # one preempted the last: 20 promote hooks. Held this long, the ones
+        # that came up meanwhile answer its ELECTION, and only the top one wins
+        self._preempt_from = now + max(settings.election_timeout_max_s, settings.preempt_delay_s)
         # the randomized first timeout still spreads the first campaigns apart
         self._retry_at = self._listen_until + (self._retry_at - now)
 
@@ -137,7 +144,7 @@ class Bully(EpochProtocol):
         if self._leader is not None:
             d = self._graced(self._watch.deadline())
             if self._preempt_pending:
-                return d if d < self._listen_until else self._listen_until
+                return d if d < self._preempt_from else self._preempt_from
             return d
         return self._retry_at
 
@@ -175,7 +182,7 @@ class Bully(EpochProtocol):
                 self._suspect(self._leader, now)
                 self._leader = None
                 return [LeaderChanged(None, self._epoch), *self._start_election(now)]
-            if self._preempt_pending and now >= self._listen_until:
+            if self._preempt_pending and now >= self._preempt_from:
                 return self._maybe_preempt(now)
             return []
         if now >= self._retry_at:
@@ -367,8 +374,8 @@ class Bully(EpochProtocol):
             and not self._preempt_suppressed(self._leader)
             and self._can_stand(now)
         ):
-            if now < self._listen_until:
-                # still listening: a higher node may be about to show itself
+            if now < self._preempt_from:
+                # just started: a higher node may be about to show itself
                 self._preempt_pending = True
                 return []
             return self._start_election(now)
