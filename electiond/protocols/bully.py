@@ -101,7 +101,7 @@ class Bully(EpochProtocol):
         # the deadline a late wake-up already earned a grace for (once each)
         self._graced_deadline = float("nan")
         self._grace_until = float("-inf")
-        self._preempt_pending = False  # a preemption put off by the listen period
+        self._preempt_pending = False  # a preemption put off by the start-up hold (_preempt_from)
         # start-up listen period: a node that just started learns the cluster
         # (a sitting leader's heartbeat, others' elections) for one election
         # timeout before it first campaigns or preempts, so that daemons
