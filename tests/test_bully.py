@@ -96,9 +96,22 @@ def test_backoff_grows_exponentially():
 
 def test_election_from_lower_is_answered_and_starts_own():
     b = bully("n2")
-    effects = b.on_message(msg(ELECTION, "n1", to="n2"), 0.05)
+    # after its start-up listen period (election_timeout_max = 0.30 s)
+    effects = b.on_message(msg(ELECTION, "n1", to="n2"), 0.35)
     assert sends(effects)[0] == Send(ANSWER, 0, {}, to="n1")
     assert [(e.kind, e.to) for e in sends(effects)[1:]] == [(ELECTION, "n3")]
+
+
+def test_election_from_lower_during_the_listen_period_is_only_answered():
+    # daemons started in ascending order: n2 is up, n3 not yet; taking n1's
+    # election over, n2 would crown itself before n3 (or a leader) was heard
+    b = bully("n2")
+    effects = b.on_message(msg(ELECTION, "n1", to="n2"), 0.05)
+    assert [(e.kind, e.to) for e in sends(effects)] == [(ANSWER, "n1")]
+    assert b.role == "follower"
+    # it campaigns itself when the listen ends (nobody led meanwhile)
+    effects = b.on_tick(b.deadline())
+    assert [(e.kind, e.to) for e in sends(effects)] == [(ELECTION, "n3")]
 
 
 def test_leader_answers_election_and_reasserts():
@@ -129,7 +142,8 @@ def test_silent_leader_is_suspected():
 
 @pytest.mark.parametrize("preempt", [True, False])
 def test_preempt(preempt):
-    b = bully("n3", preempt=preempt)
+    s = Settings(cluster="c", node_name="n3", members=MEMBERS, preempt=preempt, preempt_delay_s=0.0)
+    b = Bully(s, random.Random(1), 0.0)
     # during its start-up listen period (election_timeout_max = 0.30 s) it
     # follows n2 but does not preempt yet: a higher node may show itself
     for i in range(1, 6):
@@ -144,6 +158,21 @@ def test_preempt(preempt):
         assert effects == [] and b.leader == "n2"
         effects = b.on_message(msg(HEARTBEAT, "n2", term=3), 0.35)
         assert not of(effects, Promote) and b.leader == "n2"
+
+
+def test_a_starting_node_preempts_only_after_preempt_delay():
+    # keepalived's preempt_delay: daemons booting together come up one after
+    # another; each new highest one taking over at once made a promote storm
+    s = Settings(cluster="c", node_name="n3", members=MEMBERS, preempt_delay_s=2.0)
+    b = Bully(s, random.Random(1), 0.0)
+    t = 0.0
+    while t < 1.95:
+        t += 0.05
+        effects = b.on_message(msg(HEARTBEAT, "n2", term=3), t) + b.on_tick(t)
+        assert not of(effects, Promote) and not sends(effects, ELECTION) and b.leader == "n2"
+    assert b.deadline() <= 2.0  # woken when the delay ends
+    effects = b.on_tick(2.0)
+    assert of(effects, Promote) == [Promote(4, "elected")] and b.role == "leader"
 
 
 def test_split_brain_lower_yields():

@@ -29,7 +29,8 @@ def test_restarted_higher_id_takes_over_with_preempt(tmp_path):
         c.kill("n3")
         assert c.wait_leader(5.0) == "n2"
         c.start("n3")
-        c.wait_for(lambda: c.agreed_leader() == "n3", 5.0, "n3 to take over")
+        # it takes over preempt_delay (5 s, the default) after its start
+        c.wait_for(lambda: c.agreed_leader() == "n3", 15.0, "n3 to take over")
 
 
 def test_restarted_node_does_not_take_over_without_preempt(tmp_path):

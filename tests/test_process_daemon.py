@@ -20,7 +20,8 @@ def test_authenticated_cluster_and_a_wrong_key_is_dropped(tmp_path):
         c.config_text = c.config_text.replace("interface = 127.0.0.1", f"interface = 127.0.0.1\nkey_file = {good}")
         c.start("n1")
         c.start("n2")
-        c.wait_for(lambda: c.agreed_leader() == "n2", 5.0, "n2 to lead")
+        # n1 may lead first; n2 takes over preempt_delay (5 s) after its start
+        c.wait_for(lambda: c.agreed_leader() == "n2", 12.0, "n2 to lead")
         assert c.status("n2")["authenticated"] is True
         c.config_text = c.config_text.replace(str(good), str(bad))
         c.start("n3")  # highest id, wrong key: must not take over
