@@ -273,6 +273,15 @@ members = {members}
 
         return self.wait_for(checked, timeout_s, f"{name}'s clock check")
 
+    def history_wall(self, name: str, event: str, after: float = float("-inf")) -> list[float]:
+        """Wall-clock times, oldest first, at which name itself recorded event
+        (promote, demote, ...) in its history after ``after``: the daemon's
+        decision, not when its hook process got to run (spawning one lags by
+        seconds on a loaded machine). The daemons share this host's clock."""
+        now = time.time()
+        entries = request(self.socket(name), "history", timeout_s=5.0)
+        return sorted(t for t in (now - e["ago_s"] for e in entries if e["event"] == event) if t > after)
+
     def hook_events(self) -> list[tuple[float, str, str, int, str]]:
         events = []
         for line in self.hook_log.read_text().splitlines():

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from electiond.cli import request
 from electiond.devcluster import wait_for
 from lab import VIP, VIP_CIDR, VIP_HOOK, NetnsCluster, sh, vip_holders
 from lab import VipLan as Lan
@@ -77,13 +76,6 @@ class Isolation:
             sh("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", self.table, check=False)
 
 
-def history_wall(cluster: NetnsCluster, name: str, event: str) -> list[float]:
-    """Wall-clock times of one kind of history entry (the daemons share the host's clock)."""
-    now = time.time()
-    entries = request(cluster.socket(name), "history", timeout_s=5.0)
-    return [now - e["ago_s"] for e in entries if e["event"] == event]
-
-
 def settled(lan: Lan, cluster: NetnsCluster, among: list[str], diag) -> str:
     def check() -> str | None:
         leader = cluster.agreed_leader(among)
@@ -135,8 +127,8 @@ def test_two_voters_and_a_witness_on_a_lan(tmp_path: Path) -> None:
         wait_for(lambda: not lan.has_vip(leader) and lan.has_vip(other), 20, f"the VIP to move to {other}", diag)
         events = [e for e in cluster.hook_events() if e[0] > cut_at]
         old_demote_done = min(e[0] for e in events if e[1] == "demote" and e[2] == leader)
-        new_promoted_at = min(t for t in history_wall(cluster, other, "promote") if t > cut_at)
-        old_demoted_at = min(t for t in history_wall(cluster, leader, "demote") if t > cut_at)
+        new_promoted_at = cluster.history_wall(other, "promote", cut_at)[0]
+        old_demoted_at = cluster.history_wall(leader, "demote", cut_at)[0]
         print(f"\nisolated {leader}: demoted +{old_demoted_at - cut_at:.3f}s, vip down by +{old_demote_done - cut_at:.3f}s;"
               f" {other} promoted +{new_promoted_at - cut_at:.3f}s")
         # history stamps are rounded to the millisecond

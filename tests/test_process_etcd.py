@@ -60,17 +60,6 @@ def promotes_after(cluster: Cluster, t: float):
     return [e for e in cluster.hook_events() if e[1] == "promote" and e[0] > t]
 
 
-def decided_at(cluster: Cluster, node: str, event: str, after: float) -> list[float]:
-    """Wall times at which `node` itself promoted or demoted after `after`, from
-    its history: the daemon's decision, not when its hook process got to run
-    (spawning one lags by seconds on a loaded machine: 3.39 s once)."""
-    now_wall = time.time()
-    reply = request(cluster.socket(node), "history")
-    entries = reply if isinstance(reply, list) else reply["history"]
-    return sorted(now_wall - e["ago_s"] for e in entries
-                  if e["event"] == event and now_wall - e["ago_s"] > after)
-
-
 def test_leader_killed_successor_within_ttl_plus_a_second(tmp_path):
     with EtcdCluster(tmp_path) as etcd:
         etcd.start_all()
@@ -85,7 +74,7 @@ def test_leader_killed_successor_within_ttl_plus_a_second(tmp_path):
             killed_at = time.time()
             c.kill(leader)
             successor = c.wait_for(lambda: promotes_after(c, killed_at), TTL_S + 5, "a successor's promote hook")[0]
-            took_s = decided_at(c, successor[2], "promote", killed_at)[0] - killed_at
+            took_s = c.history_wall(successor[2], "promote", killed_at)[0] - killed_at
             print(f"failover: {took_s:.2f}s with lease_ttl {TTL_S}s "
                   f"(promote hook ran {successor[0] - killed_at:.2f}s after the kill)")
             assert took_s <= TTL_S + 1.0
@@ -132,7 +121,7 @@ def test_etcd_quorum_lost_leader_demotes_first_nobody_promotes_until_back(tmp_pa
             # not have let the lease go before lost_at + TTL: it demoted first.
             # Judged by when the daemon demoted (its history), not when the hook
             # process got to run: spawning it lags on a loaded machine (3.39 s once)
-            demoted_at = decided_at(c, leader, "demote", lost_at)
+            demoted_at = c.history_wall(leader, "demote", lost_at)
             assert demoted_at, request(c.socket(leader), "history")
             # The surviving etcd member, if it led, answers keep-alives until
             # check-quorum makes it step down: etcd can let the lease go no
@@ -227,7 +216,7 @@ def test_electionctl_and_a_clean_stop_that_does_not_wait_for_the_ttl(tmp_path):
             c.signal(leader, signal.SIGTERM)
             c.procs[leader].wait(15)
             promote = c.wait_for(lambda: promotes_after(c, stopped_at), ttl_s, "a successor after a clean stop")[0]
-            took_s = decided_at(c, promote[2], "promote", stopped_at)[0] - stopped_at
+            took_s = c.history_wall(promote[2], "promote", stopped_at)[0] - stopped_at
             print(f"clean stop to successor's promote: {took_s:.2f}s (lease_ttl {ttl_s}s)")
             assert took_s < ttl_s / 2
             assert_no_overlap(intervals(c.hook_events()))

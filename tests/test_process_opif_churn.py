@@ -11,11 +11,6 @@ from cluster import Cluster
 from electiond.cli import request
 
 
-def promote_times(c, name):
-    history = request(c.socket(name), "history", timeout_s=5.0)
-    return [time.time() - e["ago_s"] for e in history if e["event"] == "promote"]
-
-
 @pytest.mark.parametrize("protocol", ["quorum-lease", "bully"])
 def test_every_promote_hook_failing_decays_to_no_changes(tmp_path, protocol):
     with Cluster(tmp_path, 3, protocol=protocol, hooks={"promote": "/bin/false"}) as c:
@@ -26,7 +21,7 @@ def test_every_promote_hook_failing_decays_to_no_changes(tmp_path, protocol):
                    45, "every node in promote-failure FAULT")
         settled = time.time()
         time.sleep(8.0)
-        times = sorted(t for n in c.names for t in promote_times(c, n))
+        times = sorted(t for n in c.names for t in c.history_wall(n, "promote"))
         assert 3 <= len(times) <= 3 * 3 + 1, times  # at most max_promote_failures per node (+ one in flight)
         late = [t for t in times if t > settled + 0.5]
         assert late == [], f"promotes after every node was in FAULT: {late}"
@@ -41,11 +36,11 @@ def test_one_node_backs_off_growing_then_faults_and_resume_retries(tmp_path):
         c.start_all()
         c.wait_for(lambda: "promote_failed" in ((c.status("n1") or {}).get("blocked_by") or {}), 30,
                    "n1 in promote-failure FAULT")
-        times = promote_times(c, "n1")
+        times = c.history_wall("n1", "promote")
         assert len(times) == 3, times
         gaps = [b - a for a, b in zip(times, times[1:])]
         assert gaps[0] >= 1.0 and gaps[1] > gaps[0], gaps  # it was 330 ms, for ever
         time.sleep(3.0)
-        assert len(promote_times(c, "n1")) == 3
+        assert len(c.history_wall("n1", "promote")) == 3
         request(c.socket("n1"), "resume")
-        c.wait_for(lambda: len(promote_times(c, "n1")) >= 4, 10, "a new try after resume")
+        c.wait_for(lambda: len(c.history_wall("n1", "promote")) >= 4, 10, "a new try after resume")
